@@ -1,0 +1,80 @@
+"""The ``compress`` command line (typer). Exit codes: 0 success, 1 a check failed, 2 bad input."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from compress.errors import InputError, ValidationFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distill a teacher ensemble into a compact student, export it, and check it in its runtime.")
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main() -> None:
+    """compress: distillation, quantization and export for on-device models."""
+
+
+@app.command("distill-and-export")
+def distill_and_export(
+    target: str = typer.Option("onnx", help="Export target: onnx."),
+    data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, or an .npz. Default: scikit-learn's bundled digits."),
+    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz."),
+    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, or module:function=weights.pt. Default: mlp-1200, cnn, resnet."),
+    student: str = typer.Option("mlp-small", help="Student architecture from the model registry."),
+    temperature: float = typer.Option(2.0, "--temperature", "-T", help="Distillation temperature T."),
+    alpha: float = typer.Option(0.1, help="Weight of the hard-label loss; the soft loss gets 1 - alpha."),
+    epochs: int = typer.Option(100, help="Student distillation epochs."),
+    teacher_epochs: int = typer.Option(20, help="Epochs for built-in teacher members (cached)."),
+    lr: float = typer.Option(3e-3, help="Student learning rate (Adam, cosine schedule)."),
+    batch_size: int = typer.Option(64, help="Training batch size."),
+    seed: int = typer.Option(0, help="Random seed: same settings + seed give the same result."),
+    threads: int = typer.Option(1, help="Runtime threads for validation and latency."),
+    latency_runs: int = typer.Option(100, help="Timed batch-1 runs per model after warm-up."),
+    out: str = typer.Option("dist", help="Output root; artifacts go to <out>/<name>/."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: <data>-<student>-<target>)."),
+    device: Optional[str] = typer.Option(None, help="Torch device for training (default: cuda if available, else cpu)."),
+    unlabelled: bool = typer.Option(False, help="Ignore training labels: distill from soft targets only."),
+    limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
+    limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    jitter: int = typer.Option(0, help="Random shift of up to N pixels when training built-in teachers."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Train/load the teacher ensemble, distill the student, export it and validate it in its runtime."""
+    from compress.pipeline import RunConfig, run
+    from devices.report import print_report, to_json
+
+    cfg = RunConfig(target=target, data=data, data_format=data_format, student=student, temperature=temperature,
+                    alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs, lr=lr, batch_size=batch_size,
+                    seed=seed, threads=threads, latency_runs=latency_runs, out=out, name=name, device=device,
+                    unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
+    if teacher:
+        cfg.teachers = list(teacher)
+    try:
+        report = run(cfg, console=err, quiet=quiet or json_output or not sys.stderr.isatty())
+    except InputError as exc:
+        fail(str(exc), 2)
+    except ValidationFailed as exc:
+        fail(str(exc), 1)
+    if json_output:
+        typer.echo(to_json(report))
+    else:
+        print_report(report, Console() if sys.stdout.isatty() else Console(width=160))
+    if not report["passed"]:
+        failed = "; ".join(c["name"] for c in report["checks"] if not c["passed"])
+        fail(f"validation failed: {failed} (see {report['run']['out_dir']}/report.json)", 1)
+
+
+if __name__ == "__main__":
+    app()

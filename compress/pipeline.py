@@ -1,0 +1,344 @@
+"""``distill-and-export``: data -> teacher ensemble -> cached soft targets -> student -> export -> validate.
+
+Each stage is a plain function call; this module only wires them together, shows progress and writes
+``<out>/<name>/`` atomically (everything goes to a temporary folder that replaces the old one at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from compress import __version__, models
+from compress.atomic import replace_path
+from compress.cache import cache_dir, content_key, file_sha256
+from compress.data import Dataset, load_data
+from compress.errors import InputError
+from compress.losses import LOSSES
+from compress.teachers import Teacher, ensemble_probs, load_teachers, soft_targets
+from compress.train import fit, pick_device, predict_logits, seed_everything
+from devices import validation
+from devices.runner import Runner
+from devices.runners import RUNNERS
+from export import TARGETS
+from export.common import ModelInfo
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; every field is a CLI option (and later a recipe key)."""
+
+    target: str = "onnx"
+    data: str | None = None  # None / "digits" = the embedded default
+    data_format: str | None = None
+    teachers: list[str] = field(default_factory=lambda: list(models.DEFAULT_TEACHERS))
+    student: str = models.DEFAULT_STUDENT
+    loss: str = "hinton"
+    temperature: float = 2.0
+    alpha: float = 0.1
+    epochs: int = 100
+    teacher_epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 64
+    seed: int = 0
+    threads: int = 1
+    latency_runs: int = 100
+    out: str = "dist"
+    name: str | None = None
+    device: str | None = None
+    unlabelled: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    jitter: int = 0
+
+    def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise InputError(f"--target {self.target!r}: unknown; expected one of {sorted(TARGETS)}")
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss {self.loss!r}: unknown; expected one of {sorted(LOSSES)}")
+        if self.student not in models.MODELS:
+            raise InputError(f"--student {self.student!r}: unknown; expected one of {sorted(models.MODELS)}")
+        if not self.temperature > 0:
+            raise InputError(f"--temperature {self.temperature}: expected a number > 0")
+        if not 0 <= self.alpha <= 1:
+            raise InputError(f"--alpha {self.alpha}: expected a number in [0, 1]")
+        for opt in ("epochs", "batch_size", "threads", "latency_runs"):
+            if getattr(self, opt) < 1:
+                raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
+        if self.teacher_epochs < 1:
+            raise InputError(f"--teacher-epochs {self.teacher_epochs}: expected an integer >= 1")
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=quiet, transient=False)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "compress": __version__}
+    for pkg in ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "coremltools", "ai-edge-litert", "litert-torch"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _member_onnx(member: Teacher, data: Dataset) -> Path | None:
+    """The member as an ONNX file, so it is timed in the same runtime as the student (cached by content)."""
+    if member.onnx_path is not None:
+        return member.onnx_path
+    if member.module is None:
+        return None
+    path = cache_dir("teacher-onnx") / f"{member.fingerprint[:32]}.onnx"
+    if not path.is_file():
+        info = ModelInfo(name=member.name, labels=data.labels, normalization=data.normalization,
+                         description=f"teacher member {member.name}")
+        try:
+            TARGETS["onnx"][0](member.module, torch.as_tensor(data.x_test[:1]), path, info)
+        except InputError:
+            return None
+    return path
+
+
+def _row(model: str, role: str, runtime: str, logits: np.ndarray | None, data: Dataset, teacher_pred: np.ndarray,
+         params, macs, size, latency, threads, parity=None) -> dict:
+    return {
+        "model": model, "role": role, "runtime": runtime,
+        "accuracy": None if logits is None else validation.accuracy(logits, data.y_test),
+        "agreement_with_teacher": None if logits is None else validation.agreement(logits, teacher_pred),
+        "params": params, "macs": macs, "size_bytes": size,
+        "latency_ms": None if latency is None else {**latency, "threads": threads},
+        "parity": parity,
+    }
+
+
+def _probs(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> dict:
+    """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``)."""
+    cfg.validate()
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    data = load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                     unlabelled=cfg.unlabelled, seed=cfg.seed)
+    name = cfg.name or f"{data.name}-{cfg.student}-{cfg.target}"
+    out_root = Path(cfg.out)
+    final_dir = out_root / name
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_root, prefix=".write-test-")
+        probe.close()
+    except OSError as exc:
+        raise InputError(f"--out {str(out_root)!r}: cannot write there ({exc.strerror or exc})") from None
+    seed_everything(cfg.seed)  # the student's initial weights depend only on the seed
+    student = models.build(cfg.student, data.input_shape, data.num_classes)
+    device = pick_device(cfg.device)
+
+    with _progress(console, quiet) as progress:
+        # 1. teachers
+        task = progress.add_task("teacher members", total=len(cfg.teachers))
+        members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
+                                jitter_pixels=cfg.jitter,
+                                on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
+        progress.update(task, completed=len(members), description="teacher members")
+        # 2. soft targets, once per (teacher, transfer set, T)
+        targets, targets_cached = soft_targets(members, data.x_train, cfg.temperature,
+                                               content_key(data.fingerprint(), len(data.x_train)))
+        # 3. distillation
+        loss_fn = LOSSES[cfg.loss]
+        labels = None if data.y_train is None else torch.as_tensor(data.y_train)
+        task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs)
+
+        def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+            soft = torch.as_tensor(np.asarray(targets[idx]), device=logits.device)
+            hard = None if labels is None else labels[idx].to(logits.device)
+            return loss_fn(logits, soft, hard, cfg.temperature, cfg.alpha)
+
+        history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                      seed=cfg.seed, device=device, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
+        student = student.cpu().eval()
+
+        # 4. export into a temporary folder
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+        try:
+            task = progress.add_task(f"exporting to {cfg.target}", total=1)
+            export_fn, file_name = TARGETS[cfg.target]
+            info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization,
+                             description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
+                             version=__version__)
+            artifact = tmp_dir / file_name
+            export_fn(student, torch.as_tensor(data.x_test[:1]), artifact, info)
+            (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
+            progress.update(task, completed=1)
+
+            # 5. validate and time, teacher and student in the same runtime
+            task = progress.add_task("validating and timing", total=len(members) + 3)
+            report = _validate(cfg, data, members, student, artifact, progress, task)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+
+    report["run"].update({
+        "name": name, "out_dir": str(final_dir), "target": cfg.target, "threads": cfg.threads,
+        "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
+                                               "cached": m.cached} for m in members],
+        "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
+        "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
+        "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    })
+    try:
+        (tmp_dir / "report.json").write_text(json.dumps(report, indent=2))
+        manifest = _manifest(cfg, data, members, student, tmp_dir, file_name, name)
+        (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        replace_path(tmp_dir, final_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return report
+
+
+def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, artifact: Path,
+              progress: Progress, task) -> dict:
+    threads, runs = cfg.threads, cfg.latency_runs
+    x, shape = data.x_test, data.input_shape
+    teacher_probs = ensemble_probs(members, x)
+    teacher_pred = np.argmax(teacher_probs, axis=1)
+    rows, checks = [], []
+
+    # members, each exported to ONNX and timed in ONNX Runtime like the student
+    member_runners: list[Runner] = []
+    member_rows = []
+    for m in members:
+        torch_logits = m.logits(x)
+        onnx_path = _member_onnx(m, data)
+        macs = models.count_macs(m.module, shape) if m.module is not None and m.kind != "pt2" else None
+        if onnx_path is None:
+            with torch_threads(threads):
+                lat = validation.measure_latency(lambda b: m.logits(b), x, runs=runs)
+            member_rows.append(_row(f"member {m.name}", "member", f"torch {torch.__version__}", torch_logits, data,
+                                    teacher_pred, m.params, macs, None, lat, threads))
+        else:
+            runner = RUNNERS["onnx"](onnx_path, threads)
+            member_runners.append(runner)
+            logits = validation.batched(runner.predict, x)
+            par = None if m.kind == "onnx" else validation.parity(torch_logits, logits)
+            member_rows.append(_row(f"member {m.name}", "member", runner.engine, logits, data, teacher_pred,
+                                    m.params, macs, onnx_path.stat().st_size,
+                                    validation.measure_latency(runner.predict, x, runs=runs), threads, par))
+        progress.advance(task)
+
+    same_runtime = len(member_runners) == len(members)
+    params = [r["params"] for r in member_rows]
+    macs = [r["macs"] for r in member_rows]
+    sizes = [r["size_bytes"] for r in member_rows]
+    total = lambda vals: None if any(v is None for v in vals) else int(sum(vals))  # noqa: E731
+    if same_runtime:
+        def ensemble_predict(b: np.ndarray) -> np.ndarray:
+            return np.log(np.mean([_probs(r.predict(b)) for r in member_runners], axis=0))
+
+        ens_logits = validation.batched(ensemble_predict, x)
+        ens_lat = validation.measure_latency(ensemble_predict, x, runs=runs)
+        ens_runtime = member_runners[0].engine
+    else:
+        ens_logits, ens_lat, ens_runtime = np.log(teacher_probs), None, "mixed (not timed)"
+    rows.append(_row("teacher ensemble", "teacher", ens_runtime, ens_logits, data, teacher_pred,
+                     total(params), total(macs), total(sizes), ens_lat, threads))
+    rows.extend(member_rows)
+    progress.advance(task)
+
+    # student in torch, then in the target runtime
+    s_params, s_macs = models.count_params(student), models.count_macs(student, shape)
+    s_logits = predict_logits(student, x)
+    with torch_threads(threads), torch.inference_mode():
+        torch_lat = validation.measure_latency(lambda b: student(torch.from_numpy(b)), x, runs=runs)
+    rows.append(_row("student", "student", f"torch {torch.__version__}", s_logits, data, teacher_pred,
+                     s_params, s_macs, None, torch_lat, threads))
+    progress.advance(task)
+    runner = RUNNERS[cfg.target](artifact, threads)
+    r_logits = validation.batched(runner.predict, x)
+    par = validation.parity(s_logits, r_logits)
+    r_lat = validation.measure_latency(runner.predict, x, runs=runs) if runner.measured else None
+    student_row = _row(f"student ({cfg.target})", "student", runner.engine, r_logits, data, teacher_pred, s_params,
+                       s_macs, artifact.stat().st_size, r_lat, threads, par)
+    rows.append(student_row)
+    progress.advance(task)
+
+    checks.append({"name": f"{cfg.target} parity vs torch student", "passed": par["passed"],
+                   "detail": f"max abs logit diff {par['max_abs_diff']:.2e} (tolerance {par['tolerance']:.0e}), "
+                             f"top-1 agreement {100 * par['top1_agreement']:.2f}% on {len(x)} real test samples"})
+    for r in member_rows:
+        if r["parity"] is not None:
+            checks.append({"name": f"{r['model']} onnx parity vs torch", "passed": r["parity"]["passed"],
+                           "detail": f"max abs logit diff {r['parity']['max_abs_diff']:.2e}"})
+    ens_params = rows[0]["params"]
+    comparison = {
+        "param_ratio": (ens_params / s_params) if ens_params else None,
+        "mac_ratio": (rows[0]["macs"] / s_macs) if rows[0]["macs"] and s_macs else None,
+        "latency_ratio_p50": (ens_lat["p50"] / r_lat["p50"]) if ens_lat and r_lat and same_runtime else None,
+        "accuracy_gap": rows[0]["accuracy"] - student_row["accuracy"],
+        "same_runtime": same_runtime and cfg.target == "onnx",
+        "timing_note": (f"both exported to ONNX and timed in {runner.engine}, {threads} thread(s), batch 1, "
+                        f"{runs} runs after warm-up" if same_runtime and cfg.target == "onnx" else
+                        "teacher and student were NOT timed in the same runtime; compare latencies with care"),
+    }
+    return {"schema": "compress.report/1", "tool": {"name": "compress", "version": __version__},
+            "versions": versions(), "run": {}, "rows": rows, "comparison": comparison, "checks": checks,
+            "passed": all(c["passed"] for c in checks)}
+
+
+def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
+              file_name: str, name: str) -> dict:
+    recipe = asdict(cfg)
+    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size if p.is_file() else
+                      sum(f.stat().st_size for f in p.rglob("*") if f.is_file())}
+             for p in sorted(folder.iterdir())}
+    return {
+        "schema": "compress.manifest/1",
+        "name": name,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": {"name": "compress", "version": __version__},
+        "versions": versions(),
+        "target": cfg.target,
+        "artifact": file_name,
+        "inputs": [{"name": "input", "shape": ["batch", *data.input_shape], "dtype": "float32",
+                    "kind": "image" if len(data.input_shape) == 3 else "features"}],
+        "outputs": [{"name": "logits", "shape": ["batch", data.num_classes], "dtype": "float32",
+                     "meaning": "unnormalized class scores in labels.txt order; softmax gives probabilities"}],
+        "normalization": data.normalization,
+        "labels": data.labels,
+        "labels_file": "labels.txt",
+        "student": {"arch": cfg.student, "params": models.count_params(student),
+                    "macs": models.count_macs(student, data.input_shape)},
+        "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint} for m in members],
+        "data": data.describe(),
+        "recipe": recipe,
+        "recipe_sha256": content_key(recipe),
+        "files": files,
+    }

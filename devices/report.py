@@ -1,0 +1,81 @@
+"""Reports: the same content as a table for people (rich) and as ``report.json`` for machines.
+
+report.json schema ``compress.report/1`` (stable; fields are only ever added):
+  run         what ran: name, target, data (loader, sizes, normalization), teachers, student, settings
+  rows[]      one per model: model, role (teacher|member|student), runtime, accuracy,
+              agreement_with_teacher, params, macs, size_bytes, latency_ms {p50, p90, runs, batch, threads}
+              (null where not measured), parity (for exported models, vs the torch model they came from)
+  comparison  student vs teacher ensemble ratios, and whether both were timed in the same runtime
+  checks[]    name, passed, detail; ``passed`` is true when every check passed
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def _count(v) -> str:
+    if v is None:
+        return "—"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.2f}{unit}"
+    return str(int(v))
+
+
+def _size(v) -> str:
+    if v is None:
+        return "—"
+    for unit, div in (("MB", 1 << 20), ("kB", 1 << 10)):
+        if v >= div:
+            return f"{v / div:.1f} {unit}"
+    return f"{v} B"
+
+
+def _ms(lat, key) -> str:
+    return "—" if not lat else f"{lat[key]:.3f}"
+
+
+def table(report: dict) -> Table:
+    run = report["run"]
+    t = Table(title=f"{run['name']}: {run['data']['name']} test split ({run['data']['test']} samples), "
+                    f"target {run['target']}, {run['threads']} thread(s), batch 1", title_justify="left")
+    for col, just in (("model", "left"), ("runtime", "left"), ("accuracy", "right"), ("agree w/ teacher", "right"),
+                      ("params", "right"), ("MACs", "right"), ("size", "right"), ("p50 ms", "right"),
+                      ("p90 ms", "right"), ("parity max|Δ|", "right")):
+        t.add_column(col, justify=just)
+    for r in report["rows"]:
+        par = r.get("parity")
+        par_text = "—" if not par else (
+            f"{par['max_abs_diff']:.1e} {'ok' if par['passed'] else 'FAIL'}" if par["max_abs_diff"] is not None else "FAIL")
+        t.add_row(r["model"], r["runtime"], _pct(r["accuracy"]), _pct(r["agreement_with_teacher"]),
+                  _count(r["params"]), _count(r["macs"]), _size(r["size_bytes"]), _ms(r["latency_ms"], "p50"),
+                  _ms(r["latency_ms"], "p90"), par_text)
+    return t
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(table(report))
+    cmp_ = report.get("comparison") or {}
+    if cmp_:
+        console.print(
+            f"student vs teacher ensemble: {cmp_['param_ratio']:.1f}x fewer params, {cmp_['mac_ratio']:.1f}x fewer MACs, "
+            + (f"{cmp_['latency_ratio_p50']:.1f}x lower p50 latency" if cmp_.get("latency_ratio_p50") else "latency not compared")
+            + f" ({cmp_['timing_note']})"
+        )
+    for c in report["checks"]:
+        mark = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
+        console.print(f"{mark} {c['name']}: {c['detail']}")
+    console.print(f"artifacts: {report['run']['out_dir']}")
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=False)

@@ -1,0 +1,38 @@
+"""Shared fixtures: an isolated cache per test session, the shared data sets, and small real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+MNIST = SHARED / "mnist"
+FSDD = SHARED / "fsdd"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Never touch the user's cache: every test session gets its own."""
+    path = tmp_path_factory.mktemp("compress-cache")
+    old = os.environ.get("COMPRESS_CACHE_DIR")
+    os.environ["COMPRESS_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("COMPRESS_CACHE_DIR", None)
+    else:
+        os.environ["COMPRESS_CACHE_DIR"] = old
+
+
+def require_mnist() -> Path:
+    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST IDX files not found at {MNIST} (the shared data sets are absent in a fresh clone)")
+    return MNIST
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from compress.data import load_digits
+
+    return load_digits()
