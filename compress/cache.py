@@ -43,6 +43,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def path_size(path: Path) -> int:
+    """Bytes on disk of a file, or of every file in a folder (an .mlpackage is a folder)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def state_dict_sha256(state_dict: dict) -> str:
     """Content hash of a model's weights (names, shapes and bytes)."""
     h = hashlib.sha256()

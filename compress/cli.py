@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Optional
+
+# The converters' C++ logging (TensorFlow Lite, absl/glog) is noise for users; our own errors say what failed.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools pass-by-pass bars; we show our own progress
+for _noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 import typer
 from rich.console import Console
@@ -27,7 +36,11 @@ def main() -> None:
 
 @app.command("distill-and-export")
 def distill_and_export(
-    target: str = typer.Option("onnx", help="Export target: onnx."),
+    target: str = typer.Option("onnx", help="Export target: onnx, tflite or coreml."),
+    quantize: str = typer.Option("none", help="none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: see README)."),
+    precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
+    deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target (default iOS16; int8 activations need iOS17+)."),
+    calibration_samples: int = typer.Option(300, help="Transfer-set samples used to calibrate static int8."),
     data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, or an .npz. Default: scikit-learn's bundled digits."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz."),
     teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, or module:function=weights.pt. Default: mlp-1200, cnn, resnet."),
@@ -35,7 +48,7 @@ def distill_and_export(
     temperature: float = typer.Option(2.0, "--temperature", "-T", help="Distillation temperature T."),
     alpha: float = typer.Option(0.1, help="Weight of the hard-label loss; the soft loss gets 1 - alpha."),
     epochs: int = typer.Option(100, help="Student distillation epochs."),
-    teacher_epochs: int = typer.Option(20, help="Epochs for built-in teacher members (cached)."),
+    teacher_epochs: int = typer.Option(10, help="Epochs for built-in teacher members (cached)."),
     lr: float = typer.Option(3e-3, help="Student learning rate (Adam, cosine schedule)."),
     batch_size: int = typer.Option(64, help="Training batch size."),
     seed: int = typer.Option(0, help="Random seed: same settings + seed give the same result."),
@@ -55,7 +68,7 @@ def distill_and_export(
     from compress.pipeline import RunConfig, run
     from devices.report import print_report, to_json
 
-    cfg = RunConfig(target=target, data=data, data_format=data_format, student=student, temperature=temperature,
+    cfg = RunConfig(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target, calibration_samples=calibration_samples, data=data, data_format=data_format, student=student, temperature=temperature,
                     alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs, lr=lr, batch_size=batch_size,
                     seed=seed, threads=threads, latency_runs=latency_runs, out=out, name=name, device=device,
                     unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)

@@ -23,14 +23,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from compress import __version__, models
 from compress.atomic import replace_path
-from compress.cache import cache_dir, content_key, file_sha256
+from compress.cache import cache_dir, content_key, file_sha256, path_size
 from compress.data import Dataset, load_data
 from compress.errors import InputError
 from compress.losses import LOSSES
+from compress.quantize import NEEDS_CALIBRATION, export_options, variant_name
 from compress.teachers import Teacher, ensemble_probs, load_teachers, soft_targets
 from compress.train import fit, pick_device, predict_logits, seed_everything
 from devices import validation
 from devices.runner import Runner
+from devices.io_spec import IO_DESCRIBERS
 from devices.runners import RUNNERS
 from export import TARGETS
 from export.common import ModelInfo
@@ -41,6 +43,10 @@ class RunConfig:
     """Everything one run needs; every field is a CLI option (and later a recipe key)."""
 
     target: str = "onnx"
+    quantize: str = "none"
+    precision: str | None = None  # coreml compute precision (fp16 default there)
+    deployment_target: str | None = None  # coreml minimum deployment target (iOS16 default there)
+    calibration_samples: int = 300
     data: str | None = None  # None / "digits" = the embedded default
     data_format: str | None = None
     teachers: list[str] = field(default_factory=lambda: list(models.DEFAULT_TEACHERS))
@@ -49,7 +55,7 @@ class RunConfig:
     temperature: float = 2.0
     alpha: float = 0.1
     epochs: int = 100
-    teacher_epochs: int = 20
+    teacher_epochs: int = 10
     lr: float = 3e-3
     batch_size: int = 64
     seed: int = 0
@@ -77,6 +83,7 @@ class RunConfig:
         for opt in ("epochs", "batch_size", "threads", "latency_runs"):
             if getattr(self, opt) < 1:
                 raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
+        export_options(self.target, self.quantize, self.precision, self.deployment_target)  # unsupported combinations fail here
         if self.teacher_epochs < 1:
             raise InputError(f"--teacher-epochs {self.teacher_epochs}: expected an integer >= 1")
 
@@ -106,18 +113,24 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _member_onnx(member: Teacher, data: Dataset) -> Path | None:
-    """The member as an ONNX file, so it is timed in the same runtime as the student (cached by content)."""
-    if member.onnx_path is not None:
+def member_target(target: str) -> str:
+    """Where teacher members are exported and timed: the student's runtime when it runs here, else ONNX."""
+    return target if target in ("onnx", "tflite") else "onnx"
+
+
+def _member_artifact(member: Teacher, data: Dataset, target: str) -> Path | None:
+    """The member exported (fp32) to ``target``, so it is timed like the student; cached by content."""
+    if member.onnx_path is not None and target == "onnx":
         return member.onnx_path
     if member.module is None:
         return None
-    path = cache_dir("teacher-onnx") / f"{member.fingerprint[:32]}.onnx"
+    export_fn, file_name = TARGETS[target]
+    path = cache_dir(f"teacher-{target}") / f"{member.fingerprint[:32]}{Path(file_name).suffix}"
     if not path.is_file():
         info = ModelInfo(name=member.name, labels=data.labels, normalization=data.normalization,
                          description=f"teacher member {member.name}")
         try:
-            TARGETS["onnx"][0](member.module, torch.as_tensor(data.x_test[:1]), path, info)
+            export_fn(member.module, torch.as_tensor(data.x_test[:1]), path, info, **export_options(target, "none"))
         except InputError:
             return None
     return path
@@ -148,7 +161,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
     started = time.perf_counter()
     data = load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
                      unlabelled=cfg.unlabelled, seed=cfg.seed)
-    name = cfg.name or f"{data.name}-{cfg.student}-{cfg.target}"
+    name = cfg.name or f"{data.name}-{cfg.student}-{cfg.target}" + ("" if cfg.quantize == "none" else f"-{cfg.quantize}")
     out_root = Path(cfg.out)
     final_dir = out_root / name
     try:
@@ -194,13 +207,17 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
                              description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
                              version=__version__)
             artifact = tmp_dir / file_name
-            export_fn(student, torch.as_tensor(data.x_test[:1]), artifact, info)
+            options = export_options(cfg.target, cfg.quantize, cfg.precision, cfg.deployment_target)
+            if (cfg.target, cfg.quantize) in NEEDS_CALIBRATION:
+                pick = np.random.default_rng(cfg.seed).permutation(len(data.x_train))[:cfg.calibration_samples]
+                options["calibration"] = data.x_train[np.sort(pick)]
+            export_fn(student, torch.as_tensor(data.x_test[:1]), artifact, info, **options)
             (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
             progress.update(task, completed=1)
 
             # 5. validate and time, teacher and student in the same runtime
             task = progress.add_task("validating and timing", total=len(members) + 3)
-            report = _validate(cfg, data, members, student, artifact, progress, task)
+            report = _validate(cfg, data, members, student, artifact, variant_name(cfg.target, options), progress, task)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
@@ -225,19 +242,20 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
 
 
 def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, artifact: Path,
-              progress: Progress, task) -> dict:
+              variant: str, progress: Progress, task) -> dict:
     threads, runs = cfg.threads, cfg.latency_runs
     x, shape = data.x_test, data.input_shape
     teacher_probs = ensemble_probs(members, x)
     teacher_pred = np.argmax(teacher_probs, axis=1)
     rows, checks = [], []
 
-    # members, each exported to ONNX and timed in ONNX Runtime like the student
+    # members, each exported (fp32) to the student's runtime and timed there like the student
+    m_target = member_target(cfg.target)
     member_runners: list[Runner] = []
     member_rows = []
     for m in members:
         torch_logits = m.logits(x)
-        onnx_path = _member_onnx(m, data)
+        onnx_path = _member_artifact(m, data, m_target)
         macs = models.count_macs(m.module, shape) if m.module is not None and m.kind != "pt2" else None
         if onnx_path is None:
             with torch_threads(threads):
@@ -245,12 +263,12 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
             member_rows.append(_row(f"member {m.name}", "member", f"torch {torch.__version__}", torch_logits, data,
                                     teacher_pred, m.params, macs, None, lat, threads))
         else:
-            runner = RUNNERS["onnx"](onnx_path, threads)
+            runner = RUNNERS[m_target](onnx_path, threads)
             member_runners.append(runner)
             logits = validation.batched(runner.predict, x)
             par = None if m.kind == "onnx" else validation.parity(torch_logits, logits)
             member_rows.append(_row(f"member {m.name}", "member", runner.engine, logits, data, teacher_pred,
-                                    m.params, macs, onnx_path.stat().st_size,
+                                    m.params, macs, path_size(onnx_path),
                                     validation.measure_latency(runner.predict, x, runs=runs), threads, par))
         progress.advance(task)
 
@@ -283,30 +301,32 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
     progress.advance(task)
     runner = RUNNERS[cfg.target](artifact, threads)
     r_logits = validation.batched(runner.predict, x)
-    par = validation.parity(s_logits, r_logits)
+    par = validation.parity(s_logits, r_logits, validation.tolerance_for(cfg.target, variant))
     r_lat = validation.measure_latency(runner.predict, x, runs=runs) if runner.measured else None
-    student_row = _row(f"student ({cfg.target})", "student", runner.engine, r_logits, data, teacher_pred, s_params,
-                       s_macs, artifact.stat().st_size, r_lat, threads, par)
+    student_row = _row(f"student ({cfg.target} {variant})", "student", runner.engine, r_logits, data, teacher_pred, s_params,
+                       s_macs, path_size(artifact), r_lat, threads, par)
     rows.append(student_row)
     progress.advance(task)
 
-    checks.append({"name": f"{cfg.target} parity vs torch student", "passed": par["passed"],
-                   "detail": f"max abs logit diff {par['max_abs_diff']:.2e} (tolerance {par['tolerance']:.0e}), "
-                             f"top-1 agreement {100 * par['top1_agreement']:.2f}% on {len(x)} real test samples"})
+    checks.append({"name": f"{cfg.target} {variant} parity vs torch student", "passed": par["passed"],
+                   "detail": f"{validation.describe_parity(par)} on {len(x)} real test samples, engine {runner.engine}"})
     for r in member_rows:
         if r["parity"] is not None:
-            checks.append({"name": f"{r['model']} onnx parity vs torch", "passed": r["parity"]["passed"],
-                           "detail": f"max abs logit diff {r['parity']['max_abs_diff']:.2e}"})
+            checks.append({"name": f"{r['model']} {m_target} parity vs torch", "passed": r["parity"]["passed"],
+                           "detail": validation.describe_parity(r["parity"])})
     ens_params = rows[0]["params"]
+    comparable = same_runtime and m_target == cfg.target and runner.measured
     comparison = {
         "param_ratio": (ens_params / s_params) if ens_params else None,
         "mac_ratio": (rows[0]["macs"] / s_macs) if rows[0]["macs"] and s_macs else None,
-        "latency_ratio_p50": (ens_lat["p50"] / r_lat["p50"]) if ens_lat and r_lat and same_runtime else None,
+        "latency_ratio_p50": (ens_lat["p50"] / r_lat["p50"]) if ens_lat and r_lat and comparable else None,
         "accuracy_gap": rows[0]["accuracy"] - student_row["accuracy"],
-        "same_runtime": same_runtime and cfg.target == "onnx",
-        "timing_note": (f"both exported to ONNX and timed in {runner.engine}, {threads} thread(s), batch 1, "
-                        f"{runs} runs after warm-up" if same_runtime and cfg.target == "onnx" else
-                        "teacher and student were NOT timed in the same runtime; compare latencies with care"),
+        "same_runtime": comparable,
+        "timing_note": (f"both exported to {cfg.target} and timed in {runner.engine}, {threads} thread(s), batch 1, "
+                        f"{runs} runs after warm-up" if comparable else
+                        f"NOT compared: the student runs in {runner.engine}"
+                        + ("" if runner.measured else " (no latency measured here)")
+                        + f", the teachers in {member_runners[0].engine if member_runners else 'torch'}"),
     }
     return {"schema": "compress.report/1", "tool": {"name": "compress", "version": __version__},
             "versions": versions(), "run": {}, "rows": rows, "comparison": comparison, "checks": checks,
@@ -316,9 +336,7 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
               file_name: str, name: str) -> dict:
     recipe = asdict(cfg)
-    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size if p.is_file() else
-                      sum(f.stat().st_size for f in p.rglob("*") if f.is_file())}
-             for p in sorted(folder.iterdir())}
+    files = {p.name: {"sha256": file_sha256(p), "bytes": path_size(p)} for p in sorted(folder.iterdir())}
     return {
         "schema": "compress.manifest/1",
         "name": name,
@@ -327,10 +345,9 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "versions": versions(),
         "target": cfg.target,
         "artifact": file_name,
-        "inputs": [{"name": "input", "shape": ["batch", *data.input_shape], "dtype": "float32",
-                    "kind": "image" if len(data.input_shape) == 3 else "features"}],
-        "outputs": [{"name": "logits", "shape": ["batch", data.num_classes], "dtype": "float32",
-                     "meaning": "unnormalized class scores in labels.txt order; softmax gives probabilities"}],
+        "input_kind": "image" if len(data.input_shape) == 3 else "features",
+        **IO_DESCRIBERS[cfg.target](folder / file_name),
+        "output_meaning": "unnormalized class scores (logits) in labels.txt order; softmax gives probabilities",
         "normalization": data.normalization,
         "labels": data.labels,
         "labels_file": "labels.txt",

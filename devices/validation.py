@@ -25,15 +25,62 @@ def agreement(logits: np.ndarray, reference_pred: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == reference_pred))
 
 
-def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float = FP32_PARITY_TOLERANCE) -> dict:
-    """Compare a runtime's outputs with the torch model's on the same inputs."""
+def tolerance_for(target: str, variant: str) -> dict:
+    """Parity bounds for an exported variant, from the runner module that states them and why.
+
+    Keys: ``max_abs`` (max |runtime - torch| logit), ``p99_abs`` (99th percentile of it), ``max_rel``
+    (max abs over max(1, max |torch logit|)) and ``top1`` (minimum top-1 agreement); None = unbounded.
+    """
+    if variant == "fp32":
+        return {"max_abs": FP32_PARITY_TOLERANCE}
+    if target == "tflite":
+        from devices.tflite_runner import TOLERANCES
+
+        t = TOLERANCES[variant]
+        return {"max_abs": t["max_abs"], "p99_abs": t["p99_abs"], "top1": t["top1"]}
+    if target == "coreml":
+        from devices.coreml_runner import MIN_TOP1_AGREEMENT, TOLERANCES
+
+        return {"max_rel": TOLERANCES[variant], "top1": MIN_TOP1_AGREEMENT}
+    raise KeyError(f"no parity tolerance for {target}/{variant}")
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float | dict = FP32_PARITY_TOLERANCE) -> dict:
+    """Compare a runtime's outputs with the torch model's on the same inputs, against ``tolerance``."""
+    spec = {"max_abs": tolerance} if not isinstance(tolerance, dict) else dict(tolerance)
     if reference.shape != candidate.shape:
-        return {"max_abs_diff": None, "top1_agreement": None, "tolerance": tolerance, "passed": False,
+        return {"max_abs_diff": None, "top1_agreement": None, "tolerance": spec, "passed": False,
                 "detail": f"output shape {candidate.shape} differs from the torch model's {reference.shape}"}
-    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
-    top1 = agreement(candidate, np.argmax(reference, axis=1))
-    ok = bool(np.isfinite(diff) and diff <= tolerance)
-    return {"max_abs_diff": diff, "top1_agreement": top1, "tolerance": tolerance, "passed": ok}
+    ref = reference.astype(np.float64)
+    diff = np.abs(ref - candidate.astype(np.float64))
+    measured = {
+        "max_abs_diff": float(diff.max()),
+        "p99_abs_diff": float(np.percentile(diff, 99)),
+        "max_rel_diff": float(diff.max() / max(1.0, float(np.abs(ref).max()))),
+        "top1_agreement": agreement(candidate, np.argmax(reference, axis=1)),
+    }
+    bounds = {"max_abs": "max_abs_diff", "p99_abs": "p99_abs_diff", "max_rel": "max_rel_diff"}
+    ok = all(np.isfinite(v) for v in measured.values())
+    for key, field in bounds.items():
+        if spec.get(key) is not None:
+            ok &= measured[field] <= spec[key]
+    if spec.get("top1") is not None:
+        ok &= measured["top1_agreement"] >= spec["top1"]
+    return {**measured, "tolerance": spec, "passed": bool(ok)}
+
+
+def describe_parity(p: dict) -> str:
+    """One line for people: what was measured against which bound."""
+    if p.get("max_abs_diff") is None:
+        return p.get("detail", "no outputs to compare")
+    spec = p["tolerance"]
+    parts = [f"max abs logit diff {p['max_abs_diff']:.2e}" + (f" (bound {spec['max_abs']:.0e})" if spec.get("max_abs") else "")]
+    if spec.get("p99_abs") is not None:
+        parts.append(f"p99 {p['p99_abs_diff']:.2e} (bound {spec['p99_abs']:g})")
+    if spec.get("max_rel") is not None:
+        parts.append(f"relative {p['max_rel_diff']:.2e} (bound {spec['max_rel']:g})")
+    parts.append(f"top-1 agreement {100 * p['top1_agreement']:.2f}%" + (f" (min {100 * spec['top1']:g}%)" if spec.get("top1") else ""))
+    return ", ".join(parts)
 
 
 def batched(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -20,4 +20,6 @@ def _lazy(module: str) -> Callable:
 
 TARGETS = {
     "onnx": (_lazy("export.onnx"), "model.onnx"),
+    "tflite": (_lazy("export.tflite"), "model.tflite"),
+    "coreml": (_lazy("export.coreml"), "model.mlpackage"),
 }

@@ -32,7 +32,7 @@ def default_run(tmp_path_factory):
 def test_default_run_meets_the_issue_targets(default_run):
     cwd, report = default_run
     rows = {r["model"]: r for r in report["rows"]}
-    ensemble, student_onnx = rows["teacher ensemble"], rows["student (onnx)"]
+    ensemble, student_onnx = rows["teacher ensemble"], rows["student (onnx fp32)"]
     assert len([r for r in report["rows"] if r["role"] == "member"]) >= 3
     assert ensemble["accuracy"] - student_onnx["accuracy"] <= 0.02
     assert ensemble["params"] >= 10 * student_onnx["params"]
@@ -61,7 +61,7 @@ def test_artifacts_reproduce_the_report(default_run):
     idx = [int(np.flatnonzero(np.all(np.isclose(x_all, t[0], atol=1e-5), axis=(1, 2)))[0]) for t in data.x_test]
     logits = batched(open_onnx(out / "model.onnx").predict, x_all[idx][:, None].astype(np.float32))
     acc = float(np.mean(logits.argmax(1) == data.y_test))
-    row = next(r for r in report["rows"] if r["model"] == "student (onnx)")
+    row = next(r for r in report["rows"] if r["model"] == "student (onnx fp32)")
     assert acc == pytest.approx(row["accuracy"])
 
 
@@ -79,7 +79,7 @@ def test_table_output_names_every_row(tmp_path):
     proc = compress("distill-and-export", "--teacher", "mlp-small", "--teacher", "cnn-small", "--student", "mlp-small",
                     "--teacher-epochs", "2", "--epochs", "3", "--latency-runs", "5", "--name", "t", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for text in ("teacher ensemble", "member mlp-small", "member cnn-small", "student (onnx)", "p50 ms", "PASS onnx parity"):
+    for text in ("teacher ensemble", "member mlp-small", "member cnn-small", "student (onnx fp32)", "p50 ms", "PASS onnx fp32 parity"):
         assert text in proc.stdout
 
 
@@ -131,7 +131,7 @@ def test_unlabelled_transfer_set_with_an_onnx_teacher(tmp_path, digits):
     assert report["run"]["data"]["labelled_transfer_set"] is False
     rows = {r["model"]: r for r in report["rows"]}
     assert rows["member teacher.onnx"]["runtime"].startswith("ONNX Runtime")
-    assert rows["student (onnx)"]["agreement_with_teacher"] > 0.8
+    assert rows["student (onnx fp32)"]["agreement_with_teacher"] > 0.8
 
 
 def test_mnist_idx_folder(tmp_path):
@@ -143,6 +143,6 @@ def test_mnist_idx_folder(tmp_path):
     report = json.loads(proc.stdout)
     rows = {r["model"]: r for r in report["rows"]}
     assert report["run"]["data"]["input_shape"] == [1, 28, 28]
-    assert rows["student (onnx)"]["accuracy"] > 0.85 and rows["teacher ensemble"]["accuracy"] > 0.9
-    assert rows["student (onnx)"]["parity"]["passed"]
+    assert rows["student (onnx fp32)"]["accuracy"] > 0.85 and rows["teacher ensemble"]["accuracy"] > 0.9
+    assert rows["student (onnx fp32)"]["parity"]["passed"]
     assert (tmp_path / "dist" / "mnist-mlp-small-onnx" / "model.onnx").is_file()
