@@ -37,6 +37,11 @@ class Dataset:
     y_test: np.ndarray
     labels: list[str]
     normalization: dict = field(default_factory=dict)
+    input_kind: str = ""  # "image", "features" or "audio" (raw PCM); derived from the shape when empty
+
+    def __post_init__(self) -> None:
+        if not self.input_kind:
+            self.input_kind = "image" if self.x_train.ndim == 4 else "features"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -65,6 +70,7 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "labels": self.labels,
             "normalization": self.normalization,
+            "input_kind": self.input_kind,
             "labelled_transfer_set": self.y_train is not None,
         }
 
@@ -272,12 +278,22 @@ def load_npz(path: str | Path, **_) -> Dataset:
                     arrays["y_test"], labels, scale)
 
 
+def load_audio_folder(path: str | Path, **options) -> Dataset:
+    """Labelled audio folders (see ``compress.audio``); imported lazily so images need no audio stack."""
+    from compress.audio import load_audio_folder as load
+
+    return load(path, **options)
+
+
 DATASETS = {
     "digits": load_digits,
     "idx": load_idx,
     "image-folder": load_image_folder,
     "npz": load_npz,
+    "audio-folder": load_audio_folder,
 }
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 
 def detect_format(path: Path) -> str:
@@ -287,6 +303,8 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if any("idx" in p.name for p in path.iterdir() if p.is_file()):
             return "idx"
+        if any(p.suffix.lower() in AUDIO_SUFFIXES for p in path.rglob("*") if p.is_file()):
+            return "audio-folder"
         return "image-folder"
     raise InputError(f"{path}: not found or not a known data format; expected an .npz file, a folder of IDX files or a class-per-folder image tree")
 

@@ -204,7 +204,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             task = progress.add_task(f"exporting to {cfg.target}", total=1)
             export_fn, file_name = TARGETS[cfg.target]
             info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization,
-                             description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
+                             input_kind=data.input_kind, description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
                              version=__version__)
             artifact = tmp_dir / file_name
             options = export_options(cfg.target, cfg.quantize, cfg.precision, cfg.deployment_target)
@@ -345,7 +345,7 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "versions": versions(),
         "target": cfg.target,
         "artifact": file_name,
-        "input_kind": "image" if len(data.input_shape) == 3 else "features",
+        "input_kind": data.input_kind,
         **IO_DESCRIBERS[cfg.target](folder / file_name),
         "output_meaning": "unnormalized class scores (logits) in labels.txt order; softmax gives probabilities",
         "normalization": data.normalization,
