@@ -40,6 +40,7 @@ def distill_and_export(
     quantize: str = typer.Option("none", help="none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: see README)."),
     precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
     deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target (default iOS16; int8 activations need iOS17+)."),
+    min_runtime: Optional[str] = typer.Option(None, help="TFLite: fail validation unless the model loads in this runtime version (e.g. 2.14)."),
     calibration_samples: int = typer.Option(300, help="Transfer-set samples used to calibrate static int8."),
     data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, or an .npz. Default: scikit-learn's bundled digits."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz."),
@@ -68,7 +69,7 @@ def distill_and_export(
     from compress.pipeline import RunConfig, run
     from devices.report import print_report, to_json
 
-    cfg = RunConfig(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target, calibration_samples=calibration_samples, data=data, data_format=data_format, student=student, temperature=temperature,
+    cfg = RunConfig(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target, min_runtime=min_runtime, calibration_samples=calibration_samples, data=data, data_format=data_format, student=student, temperature=temperature,
                     alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs, lr=lr, batch_size=batch_size,
                     seed=seed, threads=threads, latency_runs=latency_runs, out=out, name=name, device=device,
                     unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)

@@ -123,3 +123,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_shape))
     return int(counter.get_total_flops() // 2)
+
+from compress.speech import SPEECH_MODELS  # noqa: E402  (speech families register beside the image ones)
+MODELS.update(SPEECH_MODELS)

@@ -46,6 +46,7 @@ class RunConfig:
     quantize: str = "none"
     precision: str | None = None  # coreml compute precision (fp16 default there)
     deployment_target: str | None = None  # coreml minimum deployment target (iOS16 default there)
+    min_runtime: str | None = None  # tflite: oldest LiteRT/TFLite runtime the app ships (e.g. "2.14")
     calibration_samples: int = 300
     data: str | None = None  # None / "digits" = the embedded default
     data_format: str | None = None
@@ -84,6 +85,8 @@ class RunConfig:
             if getattr(self, opt) < 1:
                 raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
         export_options(self.target, self.quantize, self.precision, self.deployment_target)  # unsupported combinations fail here
+        if self.min_runtime is not None and self.target != "tflite":
+            raise InputError(f"--min-runtime {self.min_runtime!r}: only the tflite target has a runtime-version check")
         if self.teacher_epochs < 1:
             raise InputError(f"--teacher-epochs {self.teacher_epochs}: expected an integer >= 1")
 
@@ -314,6 +317,9 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         if r["parity"] is not None:
             checks.append({"name": f"{r['model']} {m_target} parity vs torch", "passed": r["parity"]["passed"],
                            "detail": validation.describe_parity(r["parity"])})
+    compatibility = None
+    if cfg.target == "tflite":
+        compatibility = _tflite_compatibility(artifact, cfg.min_runtime, checks)
     ens_params = rows[0]["params"]
     comparable = same_runtime and m_target == cfg.target and runner.measured
     comparison = {
@@ -329,8 +335,27 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
                         + f", the teachers in {member_runners[0].engine if member_runners else 'torch'}"),
     }
     return {"schema": "compress.report/1", "tool": {"name": "compress", "version": __version__},
-            "versions": versions(), "run": {}, "rows": rows, "comparison": comparison, "checks": checks,
+            "versions": versions(), "run": {}, "rows": rows, "comparison": comparison,
+            "compatibility": compatibility, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
+
+
+def _tflite_compatibility(artifact: Path, min_runtime: str | None, checks: list) -> dict:
+    """Operators with versions, the oldest runtime that loads them, and the user's --min-runtime check."""
+    from compress.errors import ValidationFailed
+    from devices import tflite_compat
+
+    needed = tflite_compat.min_runtime(artifact)
+    if min_runtime is not None:
+        try:
+            tflite_compat.check_min_runtime(artifact, min_runtime)
+            checks.append({"name": f"loads in TFLite {min_runtime}", "passed": True,
+                           "detail": f"every operator version is supported since {needed} or earlier"})
+        except ValidationFailed as exc:
+            checks.append({"name": f"loads in TFLite {min_runtime}", "passed": False, "detail": str(exc)})
+    return {"runtime": "tflite", "operators": tflite_compat.report(artifact), "min_runtime": needed,
+            "unknown_operators": [list(u) for u in tflite_compat.unknown_ops(artifact)],
+            "required_by_user": min_runtime}
 
 
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,

@@ -56,6 +56,12 @@ TOLERANCE_REASONS: dict[str, str] = {
 
 MIN_TOP1_AGREEMENT = 0.99
 
+# Variants whose top-1 bound differs from MIN_TOP1_AGREEMENT, with the reason.
+MIN_TOP1 = {
+    "palettize-4": 0.98,  # 16 weight levels per tensor: on a ~5k-parameter student about 1% of borderline
+    # digits flip (observed 98.9% agreement with a 97.5% -> 96.9% accuracy change on the digits test split)
+}
+
 
 def parity_error(reference: np.ndarray, scores: np.ndarray) -> float:
     """max |scores - reference| / max(1, max |reference|): the quantity ``TOLERANCES`` bounds."""

@@ -71,6 +71,10 @@ def print_report(report: dict, console: Console | None = None) -> None:
             + (f"{cmp_['latency_ratio_p50']:.1f}x lower p50 latency" if cmp_.get("latency_ratio_p50") else "latency not compared")
             + f" ({cmp_['timing_note']})"
         )
+    compat = report.get("compatibility")
+    if compat:
+        ops = ", ".join(f"{o['op']} v{o['version']}" for o in compat["operators"])
+        console.print(f"TFLite operators: {ops}; oldest runtime that loads the model: {compat['min_runtime']}")
     for c in report["checks"]:
         mark = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
         console.print(f"{mark} {c['name']}: {c['detail']}")

@@ -39,9 +39,9 @@ def tolerance_for(target: str, variant: str) -> dict:
         t = TOLERANCES[variant]
         return {"max_abs": t["max_abs"], "p99_abs": t["p99_abs"], "top1": t["top1"]}
     if target == "coreml":
-        from devices.coreml_runner import MIN_TOP1_AGREEMENT, TOLERANCES
+        from devices.coreml_runner import MIN_TOP1, MIN_TOP1_AGREEMENT, TOLERANCES
 
-        return {"max_rel": TOLERANCES[variant], "top1": MIN_TOP1_AGREEMENT}
+        return {"max_rel": TOLERANCES[variant], "top1": MIN_TOP1.get(variant, MIN_TOP1_AGREEMENT)}
     raise KeyError(f"no parity tolerance for {target}/{variant}")
 
 

@@ -1,0 +1,202 @@
+"""Per-layer quantization error finding for static int8 ONNX models, and float fallback for the worst layers.
+
+``layer_errors`` uses ONNX Runtime's QDQ debugging helpers (``onnxruntime.quantization.qdq_loss_debug``):
+both the fp32 model (pre-processed exactly as ``export.onnx_quant.quantize`` pre-processes it, so node and
+tensor names match) and the QDQ model are augmented to output every intermediate tensor
+(``modify_model_output_intermediate_tensors``), run on the same real samples (``collect_activations``), and
+each quantized activation of the QDQ model is compared with the same tensor of the float model
+(``create_activation_matching`` + ``compute_activation_error``: SQNR in dB, higher is better). Weights are
+compared with ``create_weight_matching`` + ``compute_weight_error``.
+
+The SQNR of a tensor in the QDQ model includes every error made upstream of it, so the last layers always
+look worst. What singles out the layer to blame is the SQNR a layer *loses*: ``error_added_db`` = SQNR of its
+activation input minus SQNR of its output (both against the float model). Ops that only move data (Relu,
+Reshape, pooling, ...) are attributed to the compute node before them, since ORT's QDQ format folds them
+into that node's quantized output. The list is sorted by ``error_added_db``, worst first.
+
+``quantize_with_fallback`` quantizes to static int8 and, while the accuracy drop exceeds the budget, keeps
+the worst layer in float (``nodes_to_exclude``), one more at a time, re-validating each time.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from compress.atomic import atomic_path
+from compress.errors import InputError
+
+# Ops whose output ORT's QDQ quantizer shares with (or folds into) the quantized op before them.
+PASSTHROUGH = {"Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Identity",
+               "Cast", "Dropout"}
+MAX_SAMPLES = 256  # activations of every tensor are kept in memory: a few hundred samples are plenty
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration: np.ndarray) -> list[dict]:
+    """Per-layer error of the QDQ model at ``quantized_path`` against the fp32 model, worst first.
+
+    ``calibration``: real float32 model inputs (N, ...), e.g. transfer-set or held-out samples (at most
+    ``MAX_SAMPLES`` are used). Each row: ``node`` (the name ``quantize(..., nodes_to_exclude=...)`` takes),
+    ``op_type``, ``tensor`` (the quantized output compared), ``sqnr_db`` (that tensor vs the float model),
+    ``input_sqnr_db`` (the layer's activation input vs the float model; None for an unquantized graph
+    input), ``error_added_db`` (input minus output SQNR: what this layer loses), ``weight_sqnr_db`` (its
+    int8 weights vs the float weights; None without weights).
+    """
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    from export.onnx_quant import calibration_reader, check_calibration, preprocess
+
+    fp32_path, quantized_path = Path(fp32_path), Path(quantized_path)
+    for p in (fp32_path, quantized_path):
+        if not p.is_file():
+            raise InputError(f"{p}: no such ONNX model")
+    samples = check_calibration(calibration, "int8")[:MAX_SAMPLES]
+    qmodel = onnx.load(str(quantized_path), load_external_data=False)
+    if not any(n.op_type == "QuantizeLinear" for n in qmodel.graph.node):
+        raise InputError(f"{quantized_path}: not a static (QDQ) int8 model; per-layer errors need "
+                         "QuantizeLinear/DequantizeLinear pairs (quantize with scheme 'int8')")
+
+    with tempfile.TemporaryDirectory(prefix="quant-debug-") as work:
+        work = Path(work)
+        prepared = preprocess(fp32_path, work / "prepared.onnx")
+        dbg.modify_model_output_intermediate_tensors(str(prepared), str(work / "float_aug.onnx"))
+        dbg.modify_model_output_intermediate_tensors(str(quantized_path), str(work / "qdq_aug.onnx"))
+        float_acts = dbg.collect_activations(str(work / "float_aug.onnx"), calibration_reader(prepared, samples))
+        qdq_acts = dbg.collect_activations(str(work / "qdq_aug.onnx"), calibration_reader(prepared, samples))
+        matched = dbg.create_activation_matching(qdq_acts, float_acts)
+        act_err = dbg.compute_activation_error({k: v for k, v in matched.items() if v.get("float")})
+        weight_err = dbg.compute_weight_error(dbg.create_weight_matching(str(prepared), str(quantized_path)))
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+
+    initializers = {i.name for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    sqnr = {name: float(err["xmodel_err"]) for name, err in act_err.items() if "xmodel_err" in err}
+
+    def activation_inputs(node) -> list[str]:
+        return [i for i in node.input if i and i not in initializers and not _is_constant(producer.get(i))]
+
+    def source_layer(tensor: str):
+        """The compute node a tensor's quantization error belongs to (skipping pass-through ops)."""
+        node = producer.get(tensor)
+        while node is not None and node.op_type in PASSTHROUGH:
+            inputs = activation_inputs(node)
+            if not inputs:
+                return node
+            node = producer.get(inputs[0])
+        return node
+
+    def upstream_sqnr(tensor: str) -> float | None:
+        """SQNR of the nearest quantized tensor at or above ``tensor`` (None: reaches a float graph input)."""
+        seen = set()
+        while tensor not in seen:
+            seen.add(tensor)
+            if tensor in sqnr:
+                return sqnr[tensor]
+            node = producer.get(tensor)
+            inputs = activation_inputs(node) if node is not None else []
+            if not inputs:
+                return None
+            tensor = inputs[0]
+        return None
+
+    rows: dict[str, dict] = {}
+    for tensor, value in sqnr.items():
+        node = source_layer(tensor)
+        if node is None:  # the graph input itself: quantized, but not a layer one can keep in float
+            continue
+        row = rows.get(node.name)
+        if row is not None and row["sqnr_db"] <= value:
+            continue
+        ins = [upstream_sqnr(i) for i in activation_inputs(node)]
+        ins = [v for v in ins if v is not None]
+        input_sqnr = min(ins) if ins else None
+        weights = [weight_err[i] for i in node.input if i in weight_err and i in initializers]
+        rows[node.name] = {
+            "node": node.name,
+            "op_type": node.op_type,
+            "tensor": tensor,
+            "sqnr_db": value,
+            "input_sqnr_db": input_sqnr,
+            # an unquantized float input counts as exact: cap at the SQNR of a float32 round-off (~150 dB)
+            "error_added_db": (input_sqnr if input_sqnr is not None else 150.0) - value,
+            "weight_sqnr_db": min(weights) if weights else None,
+        }
+    out = sorted(rows.values(), key=lambda r: (-r["error_added_db"], r["sqnr_db"]))
+    for r in out:
+        for key in ("sqnr_db", "input_sqnr_db", "error_added_db", "weight_sqnr_db"):
+            r[key] = _finite(r[key]) if r[key] is not None else None
+    return out
+
+
+def _is_constant(node) -> bool:
+    return node is not None and node.op_type == "Constant"
+
+
+def quantize_with_fallback(fp32_path: Path | str, out_path: Path | str, calibration: np.ndarray,
+                           eval_fn: Callable[[Path], float], budget: float, max_excluded: int = 3) -> dict:
+    """Static int8 within an accuracy budget, keeping the worst layers in float where needed.
+
+    ``eval_fn(path) -> accuracy`` on held-out data (the caller's; never the calibration samples).
+    ``budget``: the largest accepted accuracy drop vs fp32 (e.g. 0.01 = one point). Quantizes to static
+    int8; while the drop exceeds ``budget`` and fewer than ``max_excluded`` layers are in float, ranks the
+    layers again with ``layer_errors`` and keeps the worst remaining one in float. The best variant found
+    (highest accuracy; the first one within budget) is written to ``out_path``.
+
+    Returns ``fp32_accuracy``, ``int8_accuracy`` (no fallback), ``accuracy`` and ``drop`` of what was
+    written, ``budget``, ``within_budget``, ``kept_in_float`` (node names), ``attempts`` (one per try:
+    ``excluded``, ``accuracy``, ``drop``) and ``layer_errors`` (the first ranking).
+    """
+    from export.onnx_quant import quantize
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if budget < 0:
+        raise InputError(f"budget: {budget} must be >= 0 (an accuracy drop, e.g. 0.01)")
+    fp32_acc = float(eval_fn(fp32_path))
+    attempts: list[dict] = []
+    first_ranking: list[dict] | None = None
+    excluded: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="quant-fallback-") as work:
+        work = Path(work)
+        best: tuple[float, Path, list[str]] | None = None
+        while True:
+            candidate = work / f"int8-{len(excluded)}.onnx"
+            quantize(fp32_path, candidate, "int8", calibration=calibration, nodes_to_exclude=excluded)
+            acc = float(eval_fn(candidate))
+            attempts.append({"excluded": list(excluded), "accuracy": acc, "drop": fp32_acc - acc})
+            if best is None or acc > best[0]:
+                best = (acc, candidate, list(excluded))
+            if fp32_acc - acc <= budget or len(excluded) >= max_excluded:
+                break
+            ranking = layer_errors(fp32_path, candidate, calibration)
+            if first_ranking is None:
+                first_ranking = ranking
+            remaining = [r["node"] for r in ranking if r["node"] not in excluded]
+            if not remaining:
+                break
+            excluded.append(remaining[0])
+        acc, chosen, kept = best if fp32_acc - attempts[-1]["accuracy"] > budget else (
+            attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"])
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(chosen, tmp)
+    return {
+        "path": str(out_path),
+        "fp32_accuracy": fp32_acc,
+        "int8_accuracy": attempts[0]["accuracy"],
+        "accuracy": acc,
+        "drop": fp32_acc - acc,
+        "budget": budget,
+        "within_budget": fp32_acc - acc <= budget,
+        "kept_in_float": kept,
+        "attempts": attempts,
+        "layer_errors": first_ranking or [],
+    }
