@@ -16,9 +16,12 @@ import torch
 
 
 def cache_dir(*parts: str) -> Path:
-    from platformdirs import user_cache_dir
+    root = os.environ.get("COMPRESS_CACHE_DIR")
+    if not root:
+        from platformdirs import user_cache_dir
 
-    root = Path(os.environ.get("COMPRESS_CACHE_DIR") or user_cache_dir("compress"))
+        root = user_cache_dir("compress")
+    root = Path(root)
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -62,6 +62,7 @@ def distill_and_export(
     limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     jitter: int = typer.Option(0, help="Random shift of up to N pixels when training built-in teachers."),
+    bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
@@ -72,7 +73,7 @@ def distill_and_export(
     cfg = RunConfig(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target, min_runtime=min_runtime, calibration_samples=calibration_samples, data=data, data_format=data_format, student=student, temperature=temperature,
                     alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs, lr=lr, batch_size=batch_size,
                     seed=seed, threads=threads, latency_runs=latency_runs, out=out, name=name, device=device,
-                    unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
+                    bias_correction=bias_correction, unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
     if teacher:
         cfg.teachers = list(teacher)
     try:

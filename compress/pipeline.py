@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from compress import __version__, models
 from compress.atomic import replace_path
+from compress.bias_correction import parse_correction, shift_class_bias
 from compress.cache import cache_dir, content_key, file_sha256, path_size
 from compress.data import Dataset, load_data
 from compress.errors import InputError
@@ -69,6 +70,7 @@ class RunConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     jitter: int = 0
+    bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -200,6 +202,8 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
         history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                       seed=cfg.seed, device=device, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
         student = student.cpu().eval()
+        if cfg.bias_correction:
+            shift_class_bias(student, *parse_correction(cfg.bias_correction, data.labels))
 
         # 4. export into a temporary folder
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
