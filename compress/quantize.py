@@ -1,11 +1,11 @@
 """One ``--quantize`` option, mapped to what each target's converter calls it.
 
-  scheme         onnx        tflite (litert-torch)     coreml (coremltools)
-  none           fp32        fp32                      --precision (fp16 default, or fp32)
-  fp16           -           fp16 weights              fp16 compute precision
-  int8-weights   -           dynamic-range int8        linear int8 weights, per channel
-  int8           -           full int8 (PT2E static)   int8 weights + activations (iOS 17+)
-  palettize-N    -           -                         k-means N-bit palettes, N in 4, 6, 8
+  scheme         onnx (ORT tools)         tflite (litert-torch)     coreml (coremltools)
+  none           fp32                     fp32                      --precision (fp16 default, or fp32)
+  fp16           fp16, float32 I/O        fp16 weights              fp16 compute precision
+  int8-weights   dynamic int8             dynamic-range int8        linear int8 weights, per channel
+  int8           static QDQ, per-channel  full int8 (PT2E static)   int8 weights + activations (iOS 17+)
+  palettize-N    -                        -                         k-means N-bit palettes, N in 4, 6, 8
 
 Calibration samples for static int8 always come from the transfer set, never from random data.
 """
@@ -17,6 +17,9 @@ from compress.errors import InputError
 SCHEMES: dict[str, dict[str, dict]] = {
     "onnx": {
         "none": {},
+        "fp16": {"quantize": "fp16"},
+        "int8-weights": {"quantize": "int8-weights"},
+        "int8": {"quantize": "int8"},
     },
     "tflite": {
         "none": {"variant": "fp32"},
@@ -35,7 +38,7 @@ SCHEMES: dict[str, dict[str, dict]] = {
     },
 }
 
-NEEDS_CALIBRATION = {("tflite", "int8"), ("coreml", "int8")}
+NEEDS_CALIBRATION = {("onnx", "int8"), ("tflite", "int8"), ("coreml", "int8")}
 
 
 def export_options(target: str, scheme: str, precision: str | None = None, deployment_target: str | None = None) -> dict:
@@ -62,4 +65,4 @@ def variant_name(target: str, options: dict) -> str:
         return options["variant"]
     if target == "coreml":
         return options.get("compression") or options["precision"]
-    return "fp32"
+    return options.get("quantize") or "fp32"

@@ -200,3 +200,19 @@ def quantize_with_fallback(fp32_path: Path | str, out_path: Path | str, calibrat
         "attempts": attempts,
         "layer_errors": first_ranking or [],
     }
+
+
+def format_table(rows: list[dict], top: int | None = 10, title: str = "per-layer int8 error (worst first)"):
+    """A rich Table of ``layer_errors`` rows (for ``compress debug-quant``)."""
+    from rich.table import Table
+
+    def db(v):
+        return "—" if v is None else f"{v:.1f}"
+
+    table = Table(title=title)
+    for col in ("#", "node", "op", "output tensor", "error added dB", "output SQNR dB", "input SQNR dB", "weight SQNR dB"):
+        table.add_column(col, justify="left" if col in ("node", "op", "output tensor") else "right")
+    for i, r in enumerate(rows[:top] if top else rows, 1):
+        table.add_row(str(i), r["node"], r["op_type"], r["tensor"], db(r["error_added_db"]), db(r["sqnr_db"]),
+                      db(r["input_sqnr_db"]), db(r["weight_sqnr_db"]))
+    return table

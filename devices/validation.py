@@ -33,6 +33,11 @@ def tolerance_for(target: str, variant: str) -> dict:
     """
     if variant == "fp32":
         return {"max_abs": FP32_PARITY_TOLERANCE}
+    if target == "onnx":
+        from export.onnx_quant import TOLERANCES
+
+        t = TOLERANCES[variant]
+        return {"max_abs": t["max_abs"], "p99_abs": t["p99_abs"], "top1": t["top1"]}
     if target == "tflite":
         from devices.tflite_runner import TOLERANCES
 

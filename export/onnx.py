@@ -32,9 +32,19 @@ def _failed_op(exc: BaseException) -> str | None:
     return None
 
 
-def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: ModelInfo, *, opset: int | None = None) -> Path:
-    """Export ``model`` to ``path`` (atomically); input ``input`` [batch, ...], output ``logits`` [batch, classes]."""
+def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: ModelInfo, *, opset: int | None = None,
+           quantize: str | None = None, calibration=None) -> Path:
+    """Export ``model`` to ``path`` (atomically); input ``input`` [batch, ...], output ``logits`` [batch, classes].
+
+    ``quantize`` ("fp16", "int8-weights", "int8") exports fp32 first, then applies ONNX Runtime's
+    quantization tools (``export.onnx_quant``); "int8" needs ``calibration`` samples.
+    """
     import onnx
+
+    if quantize:
+        from export.onnx_quant import export_quantized
+
+        return export_quantized(model, example, path, info, scheme=quantize, calibration=calibration, opset=opset)
 
     model = model.eval().cpu()
     example = example.detach().cpu()

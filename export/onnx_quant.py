@@ -149,10 +149,11 @@ def _float_inputs_for_excluded(proto, excluded: set[str]) -> None:
     """Let the nodes kept in float read the float tensor, not its QuantizeLinear -> DequantizeLinear copy.
 
     Needed because ONNX Runtime's ``WeightBiasQuantization`` graph optimizer (on by default, basic level)
-    re-quantizes the float weights of any Conv/Gemm/MatMul whose input comes from a DequantizeLinear, per
-    tensor, when the session is created: an excluded layer would silently run with int8 weights again
+    re-quantizes the float weights of a Conv/Gemm/MatMul whose input comes from a DequantizeLinear when the
+    session is created: an excluded layer would silently run with int8 weights again
     (observed: a layer kept in float by ``nodes_to_exclude`` still collapsed accuracy to chance). Q/DQ pairs
-    left without consumers are removed. ``quantize`` keeps Relu/Clip explicit in this case
+    left without consumers are removed (with their scales); the producer of such a tensor then runs as
+    DequantizeLinear + float op (int8 weights, float compute). ``quantize`` keeps Relu/Clip explicit in this case
     (``QDQKeepRemovableActivations``), so the tensor before each QuantizeLinear is the real activation.
     """
     graph = proto.graph
@@ -173,6 +174,9 @@ def _float_inputs_for_excluded(proto, excluded: set[str]) -> None:
             break
         for n in dead:
             graph.node.remove(n)
+    used = {i for node in graph.node for i in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibration: np.ndarray | None = None,
@@ -244,3 +248,20 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
         except onnx.checker.ValidationError as exc:
             raise InputError(f"{fp32_path}: the {scheme} model fails onnx.checker ({str(exc).splitlines()[0]})") from None
     return out_path
+
+
+def export_quantized(model, example, path: Path | str, info, *, scheme: str, calibration: np.ndarray | None = None,
+                     nodes_to_exclude: list[str] | None = None, opset: int | None = None) -> Path:
+    """``export.onnx.export`` to fp32, then ``quantize`` to ``scheme``: the exporter signature for ``--quantize``.
+
+    Fails before the (slower) export when ``scheme`` is unknown or int8 has no calibration samples.
+    """
+    from export.onnx import export
+
+    if scheme not in SCHEMES:
+        raise InputError(f"scheme {scheme!r}: expected one of {', '.join(SCHEMES)} for target 'onnx'")
+    if scheme == "int8":
+        check_calibration(calibration, scheme)
+    with tempfile.TemporaryDirectory(prefix="onnx-fp32-") as work:
+        fp32 = export(model, example, Path(work) / "model.onnx", info, opset=opset)
+        return quantize(fp32, path, scheme, calibration=calibration, nodes_to_exclude=nodes_to_exclude)
