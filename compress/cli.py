@@ -62,6 +62,8 @@ def distill_and_export(
     limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     jitter: int = typer.Option(0, help="Random shift of up to N pixels when training built-in teachers."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware distillation before int8 conversion (tflite --quantize int8)."),
+    qat_epochs: int = typer.Option(3, help="Epochs of quantization-aware distillation."),
     bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -73,7 +75,7 @@ def distill_and_export(
     cfg = RunConfig(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target, min_runtime=min_runtime, calibration_samples=calibration_samples, data=data, data_format=data_format, student=student, temperature=temperature,
                     alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs, lr=lr, batch_size=batch_size,
                     seed=seed, threads=threads, latency_runs=latency_runs, out=out, name=name, device=device,
-                    bias_correction=bias_correction, unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
+                    qat=qat, qat_epochs=qat_epochs, bias_correction=bias_correction, unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
     if teacher:
         cfg.teachers = list(teacher)
     try:
@@ -89,6 +91,41 @@ def distill_and_export(
     if not report["passed"]:
         failed = "; ".join(c["name"] for c in report["checks"] if not c["passed"])
         fail(f"validation failed: {failed} (see {report['run']['out_dir']}/report.json)", 1)
+
+
+@app.command("debug-quant")
+def debug_quant(
+    quantized: str = typer.Argument(..., help="The quantized ONNX model (e.g. dist/<name>/model.onnx from --quantize int8)."),
+    fp32: str = typer.Option(..., help="The float ONNX model it was quantized from."),
+    data: Optional[str] = typer.Option(None, help="Data for calibration samples (default: the digits)."),
+    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    samples: int = typer.Option(256, help="Transfer-set samples to compare activations on."),
+    top: int = typer.Option(10, help="Show the N worst layers."),
+    seed: int = typer.Option(0, help="Seed of the sample choice."),
+    json_output: bool = typer.Option(False, "--json", help="Print the layer list as JSON."),
+) -> None:
+    """List the layers where int8 adds the most error (signal-to-quantization-noise, worst first)."""
+    import json as json_lib
+    from pathlib import Path
+
+    import numpy as np
+
+    from compress.data import load_data
+    from devices.quant_debug import format_table, layer_errors
+
+    try:
+        for path in (quantized, fp32):
+            if not Path(path).is_file():
+                raise InputError(f"{path}: file not found; expected an ONNX model")
+        ds = load_data(data, data_format, seed=seed)
+        pick = np.random.default_rng(seed).permutation(len(ds.x_train))[:samples]
+        rows = layer_errors(fp32, quantized, ds.x_train[np.sort(pick)])
+    except InputError as exc:
+        fail(str(exc), 2)
+    if json_output:
+        typer.echo(json_lib.dumps(rows, indent=2))
+    else:
+        Console().print(format_table(rows, top=top))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Each stage is a plain function call; this module only wires them together, shows
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import platform
 import shutil
@@ -70,6 +71,8 @@ class RunConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     jitter: int = 0
+    qat: bool = False  # quantization-aware distillation before int8 conversion (tflite int8)
+    qat_epochs: int = 3
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
 
     def validate(self) -> None:
@@ -87,6 +90,9 @@ class RunConfig:
             if getattr(self, opt) < 1:
                 raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
         export_options(self.target, self.quantize, self.precision, self.deployment_target)  # unsupported combinations fail here
+        if self.qat and (self.target, self.quantize) != ("tflite", "int8"):
+            raise InputError(f"--qat: quantization-aware distillation is available for --target tflite --quantize int8, "
+                             f"not --target {self.target} --quantize {self.quantize}")
         if self.min_runtime is not None and self.target != "tflite":
             raise InputError(f"--min-runtime {self.min_runtime!r}: only the tflite target has a runtime-version check")
         if self.teacher_epochs < 1:
@@ -218,13 +224,25 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             if (cfg.target, cfg.quantize) in NEEDS_CALIBRATION:
                 pick = np.random.default_rng(cfg.seed).permutation(len(data.x_train))[:cfg.calibration_samples]
                 options["calibration"] = data.x_train[np.sort(pick)]
-            export_fn(student, torch.as_tensor(data.x_test[:1]), artifact, info, **options)
+            example = torch.as_tensor(data.x_test[:1])
+            source = student  # the torch model the artifact is checked against
+            if cfg.qat:
+                from compress.qat import export_tflite, qat_distill
+
+                progress.update(task, description=f"quantization-aware distillation ({cfg.qat_epochs} epochs)")
+                source = qat_distill(copy.deepcopy(student), data.x_train, targets, data.y_train,
+                                     temperature=cfg.temperature, alpha=cfg.alpha, epochs=cfg.qat_epochs,
+                                     lr=cfg.lr / 10, seed=cfg.seed, calibration=options["calibration"])
+                export_tflite(source, example, artifact, info)
+            else:
+                export_fn(student, example, artifact, info, **options)
             (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
             progress.update(task, completed=1)
 
             # 5. validate and time, teacher and student in the same runtime
             task = progress.add_task("validating and timing", total=len(members) + 3)
-            report = _validate(cfg, data, members, student, artifact, variant_name(cfg.target, options), progress, task)
+            variant = variant_name(cfg.target, options) + ("-qat" if cfg.qat else "")
+            report = _validate(cfg, data, members, student, artifact, variant, progress, task, source)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
@@ -249,7 +267,9 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
 
 
 def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, artifact: Path,
-              variant: str, progress: Progress, task) -> dict:
+              variant: str, progress: Progress, task, source: torch.nn.Module) -> dict:
+    """Measure every row; ``source`` is the torch model the artifact was converted from (the student, or
+    its quantization-aware int8 graph), the reference for parity."""
     threads, runs = cfg.threads, cfg.latency_runs
     x, shape = data.x_test, data.input_shape
     teacher_probs = ensemble_probs(members, x)
@@ -308,14 +328,21 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
     progress.advance(task)
     runner = RUNNERS[cfg.target](artifact, threads)
     r_logits = validation.batched(runner.predict, x)
-    par = validation.parity(s_logits, r_logits, validation.tolerance_for(cfg.target, variant))
+    if source is student:
+        ref_logits, tolerance = s_logits, validation.tolerance_for(cfg.target, variant)
+    else:  # a QAT int8 graph: the converter should reproduce its int8 arithmetic closely
+        from compress.qat import predict
+
+        ref_logits, tolerance = predict(source, x), validation.tolerance_for(cfg.target, variant.removesuffix("-qat"))
+    par = validation.parity(ref_logits, r_logits, tolerance)
     r_lat = validation.measure_latency(runner.predict, x, runs=runs) if runner.measured else None
     student_row = _row(f"student ({cfg.target} {variant})", "student", runner.engine, r_logits, data, teacher_pred, s_params,
                        s_macs, path_size(artifact), r_lat, threads, par)
     rows.append(student_row)
     progress.advance(task)
 
-    checks.append({"name": f"{cfg.target} {variant} parity vs torch student", "passed": par["passed"],
+    reference_name = "torch student" if source is student else "torch QAT int8 graph"
+    checks.append({"name": f"{cfg.target} {variant} parity vs {reference_name}", "passed": par["passed"],
                    "detail": f"{validation.describe_parity(par)} on {len(x)} real test samples, engine {runner.engine}"})
     for r in member_rows:
         if r["parity"] is not None:

@@ -85,3 +85,52 @@ def test_targets_on_mnist(tmp_path, mnist, target, quantize, precision):
     assert exported["accuracy"] > 0.85
     if quantize == "int8":
         assert abs(exported["accuracy"] - torch_row["accuracy"]) <= 0.005
+
+
+@pytest.mark.parametrize("quantize", ["fp16", "int8-weights", "int8"])
+def test_onnx_quantized_variants_on_digits(tmp_path, quantize):
+    report = run(RunConfig(target="onnx", quantize=quantize, out=str(tmp_path), **FAST), quiet=True)
+    torch_row, exported = student_rows(report)
+    assert exported["model"] == f"student (onnx {quantize})" and exported["parity"]["passed"], exported["parity"]
+    assert exported["size_bytes"] < 0.75 * next(r for r in report["rows"] if r["model"] == "member mlp-800")["size_bytes"]
+    assert abs(exported["accuracy"] - torch_row["accuracy"]) <= 0.01
+
+
+def test_unsupported_combination_names_what_the_target_supports():
+    from compress.errors import InputError
+
+    with pytest.raises(InputError, match=r"--quantize 'palettize-4': not supported for target 'onnx'; expected one of "
+                                         r"\['fp16', 'int8', 'int8-weights', 'none'\]"):
+        RunConfig(target="onnx", quantize="palettize-4").validate()
+    with pytest.raises(InputError, match="--qat: quantization-aware distillation is available for --target tflite"):
+        RunConfig(target="onnx", quantize="int8", qat=True).validate()
+
+
+def test_qat_tflite_int8_is_checked_against_its_own_int8_graph(tmp_path):
+    report = run(RunConfig(target="tflite", quantize="int8", qat=True, qat_epochs=1, out=str(tmp_path), **FAST),
+                 quiet=True)
+    torch_row, exported = student_rows(report)
+    assert exported["model"] == "student (tflite int8-qat)"
+    check = next(c for c in report["checks"] if "parity" in c["name"] and "student" not in c["name"])
+    assert "torch QAT int8 graph" in check["name"] and check["passed"]
+    assert abs(exported["accuracy"] - torch_row["accuracy"]) <= 0.01
+
+
+def test_debug_quant_names_layers_worst_first(tmp_path):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    common = dict(out=str(tmp_path), name="m", **FAST)
+    run(RunConfig(target="onnx", **common), quiet=True)
+    (tmp_path / "m" / "model.onnx").rename(tmp_path / "fp32.onnx")
+    run(RunConfig(target="onnx", quantize="int8", **common), quiet=True)
+    result = CliRunner().invoke(app, ["debug-quant", str(tmp_path / "m" / "model.onnx"), "--fp32",
+                                      str(tmp_path / "fp32.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.output[result.output.index("["):])
+    assert [r["op_type"] for r in rows] and all(r["op_type"] == "Gemm" for r in rows)
+    added = [r["error_added_db"] for r in rows]
+    assert added == sorted(added, reverse=True)
