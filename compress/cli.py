@@ -62,6 +62,7 @@ def distill_and_export(
     limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     jitter: int = typer.Option(0, help="Random shift of up to N pixels when training built-in teachers."),
+    int8_budget: Optional[float] = typer.Option(None, help="ONNX int8: largest accepted accuracy drop in points; the worst layers stay in float until it fits."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware distillation before int8 conversion (tflite --quantize int8)."),
     qat_epochs: int = typer.Option(3, help="Epochs of quantization-aware distillation."),
     bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
@@ -75,7 +76,7 @@ def distill_and_export(
     cfg = RunConfig(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target, min_runtime=min_runtime, calibration_samples=calibration_samples, data=data, data_format=data_format, student=student, temperature=temperature,
                     alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs, lr=lr, batch_size=batch_size,
                     seed=seed, threads=threads, latency_runs=latency_runs, out=out, name=name, device=device,
-                    qat=qat, qat_epochs=qat_epochs, bias_correction=bias_correction, unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
+                    int8_budget=int8_budget, qat=qat, qat_epochs=qat_epochs, bias_correction=bias_correction, unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test, jitter=jitter)
     if teacher:
         cfg.teachers = list(teacher)
     try:

@@ -71,6 +71,7 @@ class RunConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     jitter: int = 0
+    int8_budget: float | None = None  # onnx int8: accuracy-drop budget in points; worst layers fall back to float
     qat: bool = False  # quantization-aware distillation before int8 conversion (tflite int8)
     qat_epochs: int = 3
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
@@ -93,6 +94,11 @@ class RunConfig:
         if self.qat and (self.target, self.quantize) != ("tflite", "int8"):
             raise InputError(f"--qat: quantization-aware distillation is available for --target tflite --quantize int8, "
                              f"not --target {self.target} --quantize {self.quantize}")
+        if self.int8_budget is not None and (self.target, self.quantize) != ("onnx", "int8"):
+            raise InputError(f"--int8-budget: the float fallback is available for --target onnx --quantize int8, "
+                             f"not --target {self.target} --quantize {self.quantize}")
+        if self.int8_budget is not None and self.int8_budget < 0:
+            raise InputError(f"--int8-budget {self.int8_budget}: expected an accuracy drop in points >= 0")
         if self.min_runtime is not None and self.target != "tflite":
             raise InputError(f"--min-runtime {self.min_runtime!r}: only the tflite target has a runtime-version check")
         if self.teacher_epochs < 1:
@@ -222,10 +228,11 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             artifact = tmp_dir / file_name
             options = export_options(cfg.target, cfg.quantize, cfg.precision, cfg.deployment_target)
             if (cfg.target, cfg.quantize) in NEEDS_CALIBRATION:
-                pick = np.random.default_rng(cfg.seed).permutation(len(data.x_train))[:cfg.calibration_samples]
-                options["calibration"] = data.x_train[np.sort(pick)]
+                calibration_idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.x_train))[:cfg.calibration_samples])
+                options["calibration"] = data.x_train[calibration_idx]
             example = torch.as_tensor(data.x_test[:1])
             source = student  # the torch model the artifact is checked against
+            fallback = None  # what the int8 float fallback kept, when asked for
             if cfg.qat:
                 from compress.qat import export_tflite, qat_distill
 
@@ -234,6 +241,9 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
                                      temperature=cfg.temperature, alpha=cfg.alpha, epochs=cfg.qat_epochs,
                                      lr=cfg.lr / 10, seed=cfg.seed, calibration=options["calibration"])
                 export_tflite(source, example, artifact, info)
+            elif cfg.int8_budget is not None:
+                fallback = _int8_with_fallback(student, example, artifact, info, calibration_idx, data,
+                                               cfg.int8_budget, tmp_dir)
             else:
                 export_fn(student, example, artifact, info, **options)
             (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
@@ -243,6 +253,13 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             task = progress.add_task("validating and timing", total=len(members) + 3)
             variant = variant_name(cfg.target, options) + ("-qat" if cfg.qat else "")
             report = _validate(cfg, data, members, student, artifact, variant, progress, task, source)
+            if fallback is not None:
+                report["quantization_fallback"] = fallback
+                report["checks"].append({
+                    "name": f"int8 accuracy drop within {cfg.int8_budget:g} points", "passed": fallback["within_budget"],
+                    "detail": f"drop {100 * fallback['drop']:.2f} points on {fallback['eval_samples']} held-out training "
+                              f"samples; kept in float: {', '.join(fallback['kept_in_float']) or 'nothing'}"})
+                report["passed"] = all(c["passed"] for c in report["checks"])
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
@@ -369,6 +386,37 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
             "versions": versions(), "run": {}, "rows": rows, "comparison": comparison,
             "compatibility": compatibility, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
+
+
+def _int8_with_fallback(student, example, artifact: Path, info: ModelInfo, calibration_idx: np.ndarray,
+                        data: Dataset, budget_points: float, tmp_dir: Path) -> dict:
+    """ONNX static int8 within an accuracy budget: the worst layers stay in float until the drop fits.
+
+    The drop is measured on training samples that were not used for calibration (the test split is never
+    used to choose the model); the student saw them in training, so this measures quantization damage,
+    not generalization.
+    """
+    from devices.onnx_runner import open_onnx
+    from devices.quant_debug import quantize_with_fallback
+    from export.onnx import export as export_onnx
+
+    work = tmp_dir / ".fallback"
+    work.mkdir()
+    fp32_path = export_onnx(student, example, work / "fp32.onnx", info)
+    rest = np.setdiff1d(np.arange(len(data.x_train)), calibration_idx)
+    held = rest[-min(len(rest), 1000):]
+    x_eval = data.x_train[held]
+    y_eval = data.y_train[held] if data.y_train is not None else np.argmax(validation.batched(
+        open_onnx(fp32_path).predict, x_eval), axis=1)
+
+    def eval_fn(path: Path) -> float:
+        return validation.accuracy(validation.batched(open_onnx(path).predict, x_eval), y_eval)
+
+    result = quantize_with_fallback(fp32_path, artifact, data.x_train[calibration_idx], eval_fn, budget_points / 100)
+    shutil.rmtree(work, ignore_errors=True)
+    result.pop("path", None)
+    result["eval_samples"] = int(len(held))
+    return result
 
 
 def _tflite_compatibility(artifact: Path, min_runtime: str | None, checks: list) -> dict:

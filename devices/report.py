@@ -71,6 +71,11 @@ def print_report(report: dict, console: Console | None = None) -> None:
             + (f"{cmp_['latency_ratio_p50']:.1f}x lower p50 latency" if cmp_.get("latency_ratio_p50") else "latency not compared")
             + f" ({cmp_['timing_note']})"
         )
+    fb = report.get("quantization_fallback")
+    if fb:
+        console.print(f"int8 fallback: fp32 {100 * fb['fp32_accuracy']:.2f}% -> int8 {100 * fb['int8_accuracy']:.2f}% -> "
+                      f"shipped {100 * fb['accuracy']:.2f}% on {fb['eval_samples']} held-out training samples; "
+                      f"kept in float: {', '.join(fb['kept_in_float']) or 'nothing'}")
     compat = report.get("compatibility")
     if compat:
         ops = ", ".join(f"{o['op']} v{o['version']}" for o in compat["operators"])

@@ -134,3 +134,17 @@ def test_debug_quant_names_layers_worst_first(tmp_path):
     assert [r["op_type"] for r in rows] and all(r["op_type"] == "Gemm" for r in rows)
     added = [r["error_added_db"] for r in rows]
     assert added == sorted(added, reverse=True)
+
+
+def test_int8_budget_reports_the_fallback(tmp_path):
+    report = run(RunConfig(target="onnx", quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST),
+                 quiet=True)
+    fb = report["quantization_fallback"]
+    assert fb["eval_samples"] > 0 and fb["attempts"][0]["excluded"] == []
+    assert fb["within_budget"] == (fb["drop"] <= 0.005)
+    assert any(c["name"] == "int8 accuracy drop within 0.5 points" for c in report["checks"])
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.json"]
+    from compress.errors import InputError
+
+    with pytest.raises(InputError, match="--int8-budget: the float fallback is available for --target onnx"):
+        RunConfig(target="tflite", quantize="int8", int8_budget=1.0).validate()
