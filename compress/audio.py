@@ -14,7 +14,7 @@ Where labels come from (``label_pattern``):
 How the split is made (``split``):
 
 * ``None`` (auto): the ``train/``/``test/`` folders when present; else ``"index<5"`` when the names carry
-  an integer ``{index}`` field (the usual split of recording collections such as the Free Spoken Digit
+  an integer ``{index}`` field and that rule leaves clips on both sides (the usual split of recording collections such as the Free Spoken Digit
   Dataset, where takes 0-4 of every speaker and label are the test set); else a stratified random
   ``test_fraction``.
 * ``"<field><op><int>"`` (op one of ``< <= > >= == !=``): a rule on an integer name field; matching files
@@ -217,7 +217,8 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
     if split is None:
         if presplit and label_pattern == "folder":
             split = "folders"
-        elif meta and all(re.fullmatch(r"-?\d+", d.get("index", "x")) for d in meta):
+        elif (all(re.fullmatch(r"-?\d+", d.get("index", "x")) for d in meta)
+              and 0 < sum(int(d["index"]) < 5 for d in meta) < len(meta)):
             split = "index<5"
         else:
             split = "random"

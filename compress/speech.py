@@ -60,7 +60,7 @@ def _cbr(cin: int, cout: int, k=3, stride=1, padding=1, groups=1) -> list[nn.Mod
             nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-def speech_cnn(input_shape, num_classes, channels=(32, 64, 128, 256), frontend: dict | None = None) -> nn.Module:
+def speech_cnn(input_shape, num_classes, channels=(16, 64, 128, 256), frontend: dict | None = None) -> nn.Module:
     """VGG-style teacher: one 3×3 conv/BN/ReLU per stage, 2×2 max-pool between stages, global average pooling."""
     fe, _ = _frontend(input_shape, "speech-cnn", frontend)
     layers: list[nn.Module] = [nn.BatchNorm2d(1)]
@@ -87,7 +87,7 @@ class _Residual(nn.Module):
         return self.act(self.skip(x) + self.body(x))
 
 
-def speech_resnet(input_shape, num_classes, widths=(32, 64), blocks=2, frontend: dict | None = None) -> nn.Module:
+def speech_resnet(input_shape, num_classes, widths=(24, 48, 96), blocks=2, frontend: dict | None = None) -> nn.Module:
     """Residual teacher: stride-2 stem, ``blocks`` basic blocks per width (the first of each later stage strided)."""
     fe, _ = _frontend(input_shape, "speech-resnet", frontend)
     layers: list[nn.Module] = [nn.BatchNorm2d(1), *_cbr(1, widths[0], stride=2)]
@@ -112,7 +112,7 @@ def speech_wide_cnn(input_shape, num_classes, width=96, frontend: dict | None = 
     return SpeechModel(fe, nn.Sequential(*layers))
 
 
-def ds_cnn(input_shape, num_classes, channels=24, blocks=3, frontend: dict | None = None) -> nn.Module:
+def ds_cnn(input_shape, num_classes, channels=40, blocks=3, frontend: dict | None = None) -> nn.Module:
     """DS-CNN student (Hello Edge): a 10×4 conv with stride 2, ``blocks`` depthwise-separable blocks
     (depthwise 3×3 + pointwise 1×1, each with BN/ReLU; the first block strided), average pooling, linear.
     A few thousand parameters."""
