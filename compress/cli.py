@@ -10,7 +10,8 @@ from typing import Optional
 # The converters' C++ logging (TensorFlow Lite, absl/glog) is noise for users; our own errors say what failed.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools pass-by-pass bars; we show our own progress
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TORCH_LOGS", "-onnx,-export")  # torch's exporter warnings (e.g. "torchvision is not installed")  # coremltools pass-by-pass bars; we show our own progress
 for _noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
