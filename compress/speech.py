@@ -115,7 +115,7 @@ def speech_wide_cnn(input_shape, num_classes, width=96, frontend: dict | None = 
 def ds_cnn(input_shape, num_classes, channels=40, blocks=3, frontend: dict | None = None) -> nn.Module:
     """DS-CNN student (Hello Edge): a 10×4 conv with stride 2, ``blocks`` depthwise-separable blocks
     (depthwise 3×3 + pointwise 1×1, each with BN/ReLU; the first block strided), average pooling, linear.
-    A few thousand parameters."""
+    About 8k parameters with the default 40 channels."""
     fe, _ = _frontend(input_shape, "ds-cnn", frontend)
     layers: list[nn.Module] = [nn.BatchNorm2d(1), *_cbr(1, channels, k=(10, 4), stride=2, padding=(4, 1))]
     for b in range(blocks):

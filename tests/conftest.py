@@ -25,6 +25,17 @@ def isolated_cache(tmp_path_factory):
         os.environ["COMPRESS_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Test models are tiny: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def require_mnist() -> Path:
     if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST IDX files not found at {MNIST} (the shared data sets are absent in a fresh clone)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compress.data import load_data, load_digits, read_idx
+from compress.data import load_data, read_idx
 from compress.errors import InputError
 from tests.conftest import require_mnist
 

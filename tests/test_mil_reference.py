@@ -32,15 +32,6 @@ REL_FP16 = 5e-3
 N_SAMPLES = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- data ---------------------------------------------------------------------------------------
 
 
