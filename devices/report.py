@@ -21,7 +21,7 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
 
-def _count(v) -> str:
+def format_count(v) -> str:
     if v is None:
         return "—"
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -30,7 +30,7 @@ def _count(v) -> str:
     return str(int(v))
 
 
-def _size(v) -> str:
+def format_size(v) -> str:
     if v is None:
         return "—"
     for unit, div in (("MB", 1 << 20), ("kB", 1 << 10)):
@@ -56,7 +56,7 @@ def table(report: dict) -> Table:
         par_text = "—" if not par else (
             f"{par['max_abs_diff']:.1e} {'ok' if par['passed'] else 'FAIL'}" if par["max_abs_diff"] is not None else "FAIL")
         t.add_row(r["model"], r["runtime"], _pct(r["accuracy"]), _pct(r["agreement_with_teacher"]),
-                  _count(r["params"]), _count(r["macs"]), _size(r["size_bytes"]), _ms(r["latency_ms"], "p50"),
+                  format_count(r["params"]), format_count(r["macs"]), format_size(r["size_bytes"]), _ms(r["latency_ms"], "p50"),
                   _ms(r["latency_ms"], "p90"), par_text)
     return t
 

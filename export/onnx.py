@@ -47,7 +47,7 @@ def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: Mode
         return export_quantized(model, example, path, info, scheme=quantize, calibration=calibration, opset=opset)
 
     model = model.eval().cpu()
-    example = example.detach().cpu()
+    example = example.detach().cpu().contiguous()  # a strided example loses the dynamic batch axis
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
