@@ -47,3 +47,12 @@ def digits():
     from compress.data import load_digits
 
     return load_digits()
+
+
+def export_and_open(model, example, folder: Path, target: str, info, **options):
+    """Export ``model`` with the target's exporter and open the file in the target's runner (the registries)."""
+    from devices.runners import RUNNERS
+    from export import TARGETS
+
+    export_fn, file_name = TARGETS[target]
+    return RUNNERS[target](export_fn(model, example, folder / file_name, info, **options))

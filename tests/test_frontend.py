@@ -17,7 +17,7 @@ import torch
 
 from compress.frontend import LIBROSA_TOLERANCE, LogMel, mel_filterbank
 from export.common import ModelInfo
-from tests.conftest import FSDD
+from tests.conftest import FSDD, export_and_open
 
 FP32_MAX_ABS = 1e-4
 COREML_FP16_MAX_ABS = 0.25
@@ -101,22 +101,8 @@ def _clips_or_synthetic() -> np.ndarray:
 
 def _export_and_run(model, x, tmp_path, target, precision="fp32"):
     info = ModelInfo(name="logmel", labels=[], normalization={}, input_kind="audio")
-    example = torch.as_tensor(x[:1])
-    if target == "onnx":
-        from devices.onnx_runner import open_onnx
-        from export.onnx import export
-
-        runner = open_onnx(export(model, example, tmp_path / "m.onnx", info))
-    elif target == "tflite":
-        from devices.tflite_runner import open_tflite
-        from export.tflite import export
-
-        runner = open_tflite(export(model, example, tmp_path / "m.tflite", info))
-    else:
-        from devices.coreml_runner import open_coreml
-        from export.coreml import export
-
-        runner = open_coreml(export(model, example, tmp_path / "m.mlpackage", info, precision=precision))
+    options = {"precision": precision} if target == "coreml" else {}
+    runner = export_and_open(model, torch.as_tensor(x[:1]), tmp_path, target, info, **options)
     return np.concatenate([runner.predict(x[i:i + 1]).reshape(1, -1) for i in range(len(x))])
 
 

@@ -20,7 +20,7 @@ from compress.errors import InputError
 from compress.speech import SPEECH_MODELS
 from devices.validation import FP32_PARITY_TOLERANCE
 from export.common import ModelInfo
-from tests.conftest import FSDD
+from tests.conftest import FSDD, export_and_open
 
 TEACHERS = ("speech-cnn", "speech-resnet", "speech-wide-cnn")
 COREML_FP16_REL = 2e-2
@@ -84,22 +84,8 @@ def test_ds_cnn_export_parity_on_fsdd(tmp_path, fsdd_student, target, precision)
     ds, model, x, ref = fsdd_student
     assert np.abs(ref).max() > 1.0  # trained: logits are not all near zero
     info = ModelInfo(name="ds-cnn", labels=ds.labels, normalization=ds.normalization, input_kind="audio")
-    example = torch.as_tensor(x[:1])
-    if target == "onnx":
-        from devices.onnx_runner import open_onnx
-        from export.onnx import export
-
-        runner = open_onnx(export(model, example, tmp_path / "m.onnx", info))
-    elif target == "tflite":
-        from devices.tflite_runner import open_tflite
-        from export.tflite import export
-
-        runner = open_tflite(export(model, example, tmp_path / "m.tflite", info))
-    else:
-        from devices.coreml_runner import open_coreml
-        from export.coreml import export
-
-        runner = open_coreml(export(model, example, tmp_path / "m.mlpackage", info, precision=precision))
+    options = {"precision": precision} if target == "coreml" else {}
+    runner = export_and_open(model, torch.as_tensor(x[:1]), tmp_path, target, info, **options)
     got = np.concatenate([runner.predict(x[i:i + 1]) for i in range(len(x))]) if target != "onnx" else runner.predict(x)
     assert got.shape == ref.shape
     if precision == "fp32":
