@@ -30,7 +30,7 @@ from compress.data import Dataset, load_data
 from compress.errors import InputError
 from compress.losses import LOSSES
 from compress.quantize import NEEDS_CALIBRATION, export_options, variant_name
-from compress.teachers import Teacher, ensemble_probs, load_teachers, soft_targets
+from compress.teachers import Teacher, ensemble_probs, load_teachers, soft_targets, softmax
 from compress.train import fit, pick_device, predict_logits, seed_everything
 from devices import validation
 from devices.runner import Runner
@@ -163,12 +163,6 @@ def _row(model: str, role: str, runtime: str, logits: np.ndarray | None, data: D
         "latency_ms": None if latency is None else {**latency, "threads": threads},
         "parity": parity,
     }
-
-
-def _probs(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
 
 
 def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> dict:
@@ -323,7 +317,7 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
     total = lambda vals: None if any(v is None for v in vals) else int(sum(vals))  # noqa: E731
     if same_runtime:
         def ensemble_predict(b: np.ndarray) -> np.ndarray:
-            return np.log(np.mean([_probs(r.predict(b)) for r in member_runners], axis=0))
+            return np.log(np.mean([softmax(r.predict(b)) for r in member_runners], axis=0))
 
         ens_logits = validation.batched(ensemble_predict, x)
         ens_lat = validation.measure_latency(ensemble_predict, x, runs=runs)

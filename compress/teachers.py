@@ -200,16 +200,17 @@ def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) 
         raise InputError(f"teacher {seen[0]!r}: predicts {seen[1]} classes but the data has {num_classes} labels")
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(z / T) per row, in float64 and shifted by the row maximum so large logits cannot overflow."""
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def ensemble_probs(members: list[Teacher], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.)."""
-    total = None
-    for m in members:
-        z = m.logits(x).astype(np.float64) / temperature
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        total = p if total is None else total + p
-    return (total / len(members)).astype(np.float32)
+    return (sum(softmax(m.logits(x), temperature) for m in members) / len(members)).astype(np.float32)
 
 
 def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data_key: str) -> tuple[np.ndarray, bool]:
