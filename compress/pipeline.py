@@ -135,10 +135,14 @@ def member_target(target: str) -> str:
     return target if target in ("onnx", "tflite") else "onnx"
 
 
-def _member_artifact(member: Teacher, data: Dataset, target: str) -> Path | None:
-    """The member exported (fp32) to ``target``, so it is timed like the student; cached by content."""
-    if member.onnx_path is not None and target == "onnx":
-        return member.onnx_path
+def _member_artifact(member: Teacher, data: Dataset, target: str) -> tuple[Path, str] | None:
+    """The member as a file for ``target`` (fp32, cached by content), so it is timed like the student.
+
+    Returns (path, target it runs in). A member given as an ONNX file has no torch module to convert, so
+    it stays in ONNX Runtime; None when the member cannot be exported (it is then timed in torch).
+    """
+    if member.onnx_path is not None and (target == "onnx" or member.module is None):
+        return member.onnx_path, "onnx"
     if member.module is None:
         return None
     export_fn, file_name = TARGETS[target]
@@ -150,7 +154,7 @@ def _member_artifact(member: Teacher, data: Dataset, target: str) -> Path | None
             export_fn(member.module, torch.as_tensor(data.x_test[:1]), path, info, **export_options(target, "none"))
         except InputError:
             return None
-    return path
+    return path, target
 
 
 def _row(model: str, role: str, runtime: str, logits: np.ndarray | None, data: Dataset, teacher_pred: np.ndarray,
@@ -290,23 +294,26 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
     # members, each exported (fp32) to the student's runtime and timed there like the student
     m_target = member_target(cfg.target)
     member_runners: list[Runner] = []
+    member_targets: list[str] = []
     member_rows = []
     for m in members:
         torch_logits = m.logits(x)
-        onnx_path = _member_artifact(m, data, m_target)
+        exported = _member_artifact(m, data, m_target)
         macs = models.count_macs(m.module, shape) if m.module is not None and m.kind != "pt2" else None
-        if onnx_path is None:
+        if exported is None:
             with torch_threads(threads):
                 lat = validation.measure_latency(lambda b: m.logits(b), x, runs=runs)
             member_rows.append(_row(f"member {m.name}", "member", f"torch {torch.__version__}", torch_logits, data,
                                     teacher_pred, m.params, macs, None, lat, threads))
         else:
-            runner = RUNNERS[m_target](onnx_path, threads)
+            member_path, runs_in = exported
+            runner = RUNNERS[runs_in](member_path, threads)
             member_runners.append(runner)
+            member_targets.append(runs_in)
             logits = validation.batched(runner.predict, x)
             par = None if m.kind == "onnx" else validation.parity(torch_logits, logits)
             member_rows.append(_row(f"member {m.name}", "member", runner.engine, logits, data, teacher_pred,
-                                    m.params, macs, path_size(onnx_path),
+                                    m.params, macs, path_size(member_path),
                                     validation.measure_latency(runner.predict, x, runs=runs), threads, par))
         progress.advance(task)
 
@@ -321,7 +328,8 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
 
         ens_logits = validation.batched(ensemble_predict, x)
         ens_lat = validation.measure_latency(ensemble_predict, x, runs=runs)
-        ens_runtime = member_runners[0].engine
+        engines = {r.engine for r in member_runners}
+        ens_runtime = engines.pop() if len(engines) == 1 else "mixed runtimes"
     else:
         ens_logits, ens_lat, ens_runtime = np.log(teacher_probs), None, "mixed (not timed)"
     rows.append(_row("teacher ensemble", "teacher", ens_runtime, ens_logits, data, teacher_pred,
@@ -357,13 +365,13 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
                    "detail": f"{validation.describe_parity(par)} on {len(x)} real test samples, engine {runner.engine}"})
     for r in member_rows:
         if r["parity"] is not None:
-            checks.append({"name": f"{r['model']} {m_target} parity vs torch", "passed": r["parity"]["passed"],
+            checks.append({"name": f"{r['model']} parity vs torch ({r['runtime']})", "passed": r["parity"]["passed"],
                            "detail": validation.describe_parity(r["parity"])})
     compatibility = None
     if cfg.target == "tflite":
         compatibility = _tflite_compatibility(artifact, cfg.min_runtime, checks)
     ens_params = rows[0]["params"]
-    comparable = same_runtime and m_target == cfg.target and runner.measured
+    comparable = same_runtime and set(member_targets) == {cfg.target} and runner.measured
     comparison = {
         "param_ratio": (ens_params / s_params) if ens_params else None,
         "mac_ratio": (rows[0]["macs"] / s_macs) if rows[0]["macs"] and s_macs else None,

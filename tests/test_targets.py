@@ -148,3 +148,26 @@ def test_int8_budget_reports_the_fallback(tmp_path):
 
     with pytest.raises(InputError, match="--int8-budget: the float fallback is available for --target onnx"):
         RunConfig(target="tflite", quantize="int8", int8_budget=1.0).validate()
+
+
+def test_onnx_file_teacher_stays_in_onnx_runtime_for_another_target(tmp_path, digits):
+    """A teacher given as .onnx has no torch module to convert: it is timed in ONNX Runtime, labelled so,
+    and the report does not claim a same-runtime latency comparison with a TFLite student."""
+    import torch
+
+    from compress import models
+    from compress.train import fit
+    from export.common import ModelInfo
+    from export.onnx import export
+
+    teacher = models.build("mlp-small", digits.input_shape, 10)
+    y = torch.as_tensor(digits.y_train)
+    fit(teacher, digits.x_train, lambda z, i: torch.nn.functional.cross_entropy(z, y[i]), epochs=5)
+    export(teacher, torch.as_tensor(digits.x_test[:1]), tmp_path / "t.onnx", ModelInfo("t", digits.labels))
+    report = run(RunConfig(target="tflite", teachers=[str(tmp_path / "t.onnx"), "cnn-small"], teacher_epochs=2,
+                           epochs=10, latency_runs=5, out=str(tmp_path)), quiet=True)
+    members = {r["model"]: r for r in report["rows"] if r["role"] == "member"}
+    assert members["member t.onnx"]["runtime"].startswith("ONNX Runtime")
+    assert members["member cnn-small"]["runtime"].startswith("LiteRT")
+    assert report["rows"][0]["runtime"] == "mixed runtimes"
+    assert report["comparison"]["same_runtime"] is False and report["comparison"]["latency_ratio_p50"] is None
