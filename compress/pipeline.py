@@ -52,6 +52,7 @@ class RunConfig:
     calibration_samples: int = 300
     data: str | None = None  # None / "digits" = the embedded default
     data_format: str | None = None
+    data_options: dict = field(default_factory=dict)  # loader options (split, sample_rate, label_pattern, ...)
     teachers: list[str] = field(default_factory=lambda: list(models.DEFAULT_TEACHERS))
     student: str = models.DEFAULT_STUDENT
     loss: str = "hinton"
@@ -60,9 +61,11 @@ class RunConfig:
     epochs: int = 100
     teacher_epochs: int = 10
     lr: float = 3e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
     batch_size: int = 64
     seed: int = 0
-    threads: int = 1
+    threads: int | None = None  # None: the device profile's, else 1
     latency_runs: int = 100
     out: str = "dist"
     name: str | None = None
@@ -75,10 +78,20 @@ class RunConfig:
     qat: bool = False  # quantization-aware distillation before int8 conversion (tflite int8)
     qat_epochs: int = 3
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
+    profile: str | None = None  # device profile name or .toml path: threads and budgets
+    max_accuracy_drop: float | None = None  # budgets (points, ms, kB, MB); a breach fails the run (exit 1)
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    max_peak_memory_mb: float | None = None
+    recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
 
     def validate(self) -> None:
         if self.target not in TARGETS:
             raise InputError(f"--target {self.target!r}: unknown; expected one of {sorted(TARGETS)}")
+        from compress.train import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {self.optimizer!r}: unknown; expected one of {sorted(OPTIMIZERS)}")
         if self.loss not in LOSSES:
             raise InputError(f"--loss {self.loss!r}: unknown; expected one of {sorted(LOSSES)}")
         if self.student not in models.MODELS:
@@ -88,7 +101,7 @@ class RunConfig:
         if not 0 <= self.alpha <= 1:
             raise InputError(f"--alpha {self.alpha}: expected a number in [0, 1]")
         for opt in ("epochs", "batch_size", "threads", "latency_runs"):
-            if getattr(self, opt) < 1:
+            if getattr(self, opt) is not None and getattr(self, opt) < 1:
                 raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
         export_options(self.target, self.quantize, self.precision, self.deployment_target)  # unsupported combinations fail here
         if self.qat and (self.target, self.quantize) != ("tflite", "int8"):
@@ -169,40 +182,103 @@ def _row(model: str, role: str, runtime: str, logits: np.ndarray | None, data: D
     }
 
 
-def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> dict:
-    """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``)."""
+def _epochs_done(checkpoint: Path) -> int:
+    if not checkpoint.is_file():
+        return 0
+    return len(torch.load(str(checkpoint), map_location="cpu", weights_only=False)["history"])
+
+
+def _resolve_profile(cfg: RunConfig) -> dict | None:
+    """Load the device profile; its threads apply when none were given, its budgets fill unset ones."""
+    if cfg.profile is None:
+        cfg.threads = cfg.threads or 1
+        return None
+    from devices.profiles import load_profile
+
+    profile = load_profile(cfg.profile)
+    if profile["runtime"] != cfg.target:
+        raise InputError(f"--device {profile['name']!r}: the profile runs {profile['runtime']}, "
+                         f"but the target is {cfg.target}; expected a {cfg.target} profile")
+    cfg.threads = cfg.threads or int(profile.get("threads") or 1)
+    return profile
+
+
+def _init_distributed() -> tuple[int, int]:
+    """Join the ``torchrun`` process group when launched by it (gloo on CPU, nccl on GPUs)."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    from compress.train import distributed
+
+    return distributed()
+
+
+def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
+    """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
+    key = content_key("student-checkpoint", 1, cfg.student, data.fingerprint(), len(data.x_train),
+                      data.y_train is not None, [m.fingerprint for m in members], cfg.loss, float(cfg.temperature),
+                      float(cfg.alpha), cfg.epochs, float(cfg.lr), cfg.optimizer, float(cfg.weight_decay),
+                      cfg.batch_size, cfg.seed, world)
+    return cache_dir("students") / f"{cfg.student}-{key[:24]}.pt"
+
+
+def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> dict | None:
+    """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``).
+
+    Under ``torchrun`` every process trains its share; only rank 0 exports, validates and returns the
+    report (the others return None).
+    """
     cfg.validate()
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    profile = _resolve_profile(cfg)
+    rank, world = _init_distributed()
     data = load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                     unlabelled=cfg.unlabelled, seed=cfg.seed)
+                     unlabelled=cfg.unlabelled, seed=cfg.seed, **cfg.data_options)
     name = cfg.name or f"{data.name}-{cfg.student}-{cfg.target}" + ("" if cfg.quantize == "none" else f"-{cfg.quantize}")
     out_root = Path(cfg.out)
     final_dir = out_root / name
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_root, prefix=".write-test-")
-        probe.close()
-    except OSError as exc:
-        raise InputError(f"--out {str(out_root)!r}: cannot write there ({exc.strerror or exc})") from None
+    if rank == 0:
+        try:
+            out_root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=out_root, prefix=".write-test-")
+            probe.close()
+        except OSError as exc:
+            raise InputError(f"--out {str(out_root)!r}: cannot write there ({exc.strerror or exc})") from None
     seed_everything(cfg.seed)  # the student's initial weights depend only on the seed
     student = models.build(cfg.student, data.input_shape, data.num_classes)
     device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
 
-    with _progress(console, quiet) as progress:
-        # 1. teachers
+    with _progress(console, quiet or rank != 0) as progress:
+        # 1. teachers, then 2. soft targets once per (teacher, transfer set, T): rank 0 computes and caches
+        # them; the other processes wait, then read the same cache files (read-only memmap).
+        if rank != 0:
+            torch.distributed.barrier()
         task = progress.add_task("teacher members", total=len(cfg.teachers))
         members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
                                 jitter_pixels=cfg.jitter,
                                 on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
         progress.update(task, completed=len(members), description="teacher members")
-        # 2. soft targets, once per (teacher, transfer set, T)
         targets, targets_cached = soft_targets(members, data.x_train, cfg.temperature,
                                                content_key(data.fingerprint(), len(data.x_train)))
-        # 3. distillation
+        if rank == 0 and world > 1:
+            torch.distributed.barrier()
+        # 3. distillation, checkpointed every epoch (an interrupted run resumes from the last one)
         loss_fn = LOSSES[cfg.loss]
         labels = None if data.y_train is None else torch.as_tensor(data.y_train)
-        task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs)
+        checkpoint = _student_checkpoint(cfg, data, members, world)
+        done = _epochs_done(checkpoint)
+        if done and rank == 0:
+            console.print(f"{'student already trained' if done >= cfg.epochs else f'resuming from epoch {done}/{cfg.epochs}'}"
+                          f" (checkpoint {checkpoint})", highlight=False, soft_wrap=True, markup=False)
+        task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs, completed=done)
 
         def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             soft = torch.as_tensor(np.asarray(targets[idx]), device=logits.device)
@@ -210,7 +286,13 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             return loss_fn(logits, soft, hard, cfg.temperature, cfg.alpha)
 
         history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                      seed=cfg.seed, device=device, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
+                      optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
+                      checkpoint=checkpoint, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
+        if world > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+            if rank != 0:
+                return None
         student = student.cpu().eval()
         if cfg.bias_correction:
             shift_class_bias(student, *parse_correction(cfg.bias_correction, data.labels))
@@ -268,6 +350,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
                                                "cached": m.cached} for m in members],
         "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
         "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
+        "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else profile["name"],
         "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
         "wall_time_s": round(time.perf_counter() - started, 2),
     })
@@ -384,9 +467,14 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
                         + ("" if runner.measured else " (no latency measured here)")
                         + f", the teachers in {member_runners[0].engine if member_runners else 'torch'}"),
     }
+    from sklearn.metrics import confusion_matrix
+
+    confusion = {"reference": "teacher ensemble", "candidate": student_row["model"], "labels": data.labels,
+                 "matrix": confusion_matrix(teacher_pred, np.argmax(r_logits, axis=1),
+                                            labels=list(range(data.num_classes))).tolist()}
     return {"schema": "compress.report/1", "tool": {"name": "compress", "version": __version__},
             "versions": versions(), "run": {}, "rows": rows, "comparison": comparison,
-            "compatibility": compatibility, "checks": checks,
+            "compatibility": compatibility, "confusion": confusion, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
 
 

@@ -7,6 +7,7 @@ What differs between the two is only the per-batch loss, passed in as ``batch_lo
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -46,6 +47,29 @@ def jitter(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Te
     return padded[batch, chan, rows, cols]
 
 
+OPTIMIZERS = {
+    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+}
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside ``torchrun``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    from compress.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, str(tmp))
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -55,35 +79,62 @@ def fit(
     lr: float = 1e-3,
     batch_size: int = 64,
     weight_decay: float = 0.0,
+    optimizer: str = "adam",
     seed: int = 0,
     device: torch.device | None = None,
     jitter_pixels: int = 0,
+    checkpoint: Path | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` in place with Adam and a cosine learning-rate schedule; returns per-epoch mean loss."""
+    """Train ``model`` in place with a cosine learning-rate schedule; returns per-epoch mean loss.
+
+    With ``checkpoint``, everything that decides the next epoch (weights, optimizer and schedule state,
+    the shuffling generator, torch's RNG) is saved after every epoch, and a later call with the same
+    path continues after the last saved epoch: an interrupted run resumes and ends bit-identical to an
+    uninterrupted one. Under ``torchrun`` each process takes its share of every batch and
+    DistributedDataParallel averages the gradients; rank 0 writes the checkpoint.
+    """
     device = device or pick_device()
     seed_everything(seed)
+    rank, world = distributed()
     model.to(device).train()
+    trained = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     x_all = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(device)  # small data sets live on the device
     order_rng = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
     steps_per_epoch = max(1, -(-len(x_all) // batch_size))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     history: list[float] = []
-    for epoch in range(epochs):
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(str(checkpoint), map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        order_rng.set_state(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+    for epoch in range(len(history), epochs):
         order = torch.randperm(len(x_all), generator=order_rng).numpy()
         total, seen = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
         for start in range(0, len(order), batch_size):
             idx = np.sort(order[start:start + batch_size])  # sorted: friendlier to memory-mapped targets
             xb = jitter(x_all[torch.as_tensor(idx, device=device)], jitter_pixels, order_rng)
-            loss = batch_loss(model(xb), idx)
-            optimizer.zero_grad(set_to_none=True)
+            if world > 1:  # this process's share of the batch; DDP averages the gradients
+                xb, idx = xb[rank::world], idx[rank::world]
+            loss = batch_loss(trained(xb), idx)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
             schedule.step()
             total += loss.detach() * len(idx)
             seen += len(idx)
-        history.append(float(total) / seen)
+        history.append(float(total) / max(seen, 1))
+        if checkpoint is not None and rank == 0:
+            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                          "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(),
+                                          "torch_rng": torch.get_rng_state(), "history": history})
         if on_epoch:
             on_epoch(epoch, history[-1])
     model.eval()

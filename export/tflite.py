@@ -28,7 +28,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,8 +53,13 @@ def export(
     *,
     variant: str = "fp32",
     calibration: np.ndarray | None = None,
+    float_layers: Sequence[str] | None = None,
 ) -> Path:
     """Convert ``model`` to a ``.tflite`` at ``path`` (atomically) and return ``path``.
+
+    ``float_layers``: for ``int8``/``int8-dynamic``, torch module names (as in ``model.named_modules()``,
+    e.g. ``"fc2"``, ``"blocks.3"``) whose ops stay in float (the PT2E quantizer does not annotate them; the
+    converter puts DEQUANTIZE/QUANTIZE around them). A name also covers its submodules.
 
     ``example``: an input batch in the model's normalized input space (only ``example[:1]`` is used: the
     TFLite model has a fixed batch of 1). ``calibration``: float samples shaped like ``example`` rows
@@ -66,6 +71,15 @@ def export(
     if not isinstance(example, torch.Tensor) or example.ndim < 1 or example.shape[0] < 1:
         raise InputError("example: expected a torch.Tensor batch with at least one sample")
     sample = example[:1].detach().to(torch.float32)
+    float_layers = [str(n) for n in (float_layers or [])]
+    if float_layers:
+        if variant not in ("int8", "int8-dynamic"):
+            raise InputError(f"float_layers: only variants 'int8' and 'int8-dynamic' quantize layers, not {variant!r}")
+        known = {name for name, _ in model.named_modules() if name}
+        unknown = [n for n in float_layers if n not in known]
+        if unknown:
+            raise InputError(f"float_layers: {', '.join(unknown)} not a module of the model "
+                             f"(modules: {', '.join(sorted(known)[:20])}{', ...' if len(known) > 20 else ''})")
     calib = None
     if variant == "int8":
         if calibration is None:
@@ -81,7 +95,7 @@ def export(
     model.eval()
     try:
         with _quiet_progress():
-            data = _convert(model, sample, variant, calib)
+            data = _convert(model, sample, variant, calib, float_layers)
     finally:
         model.train(was_training)
 
@@ -91,7 +105,8 @@ def export(
     return path
 
 
-def _convert(model: torch.nn.Module, sample: torch.Tensor, variant: str, calib: np.ndarray | None) -> bytes:
+def _convert(model: torch.nn.Module, sample: torch.Tensor, variant: str, calib: np.ndarray | None,
+             float_layers: Sequence[str] = ()) -> bytes:
     import litert_torch
 
     args = (sample,)
@@ -110,7 +125,7 @@ def _convert(model: torch.nn.Module, sample: torch.Tensor, variant: str, calib: 
                 warnings.warn(f"tflite fp16: could not restamp op versions ({exc}); the compatibility report "
                               "may understate the runtime this model needs", stacklevel=2)
                 return data
-        return _convert_pt2e(model, args, dynamic=(variant == "int8-dynamic"), calib=calib)
+        return _convert_pt2e(model, args, dynamic=(variant == "int8-dynamic"), calib=calib, float_layers=float_layers)
     except InputError:
         raise
     except Exception as exc:  # the converter raises RuntimeError / MLIR errors with the op inside
@@ -120,22 +135,74 @@ def _convert(model: torch.nn.Module, sample: torch.Tensor, variant: str, calib: 
         raise InputError(f"model: op {op} cannot be converted to target {TARGET!r} (litert-torch cannot lower it)") from exc
 
 
-def _convert_pt2e(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: np.ndarray | None) -> bytes:
+def _convert_pt2e(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: np.ndarray | None,
+                  float_layers: Sequence[str] = ()) -> bytes:
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
 
-    graph, quantizer = _pt2e_quantize(model, args, dynamic=dynamic, calib=calib)
+    graph, quantizer = _pt2e_quantize(model, args, dynamic=dynamic, calib=calib, float_layers=float_layers)
     edge = litert_torch.convert(graph, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     return bytes(edge.model_content())
 
 
-def _pt2e_quantize(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: np.ndarray | None):
-    """PT2E quantization with litert-torch's quantizer: (quantized torch graph, quantizer)."""
+def module_path(node) -> str | None:
+    """The torch module name (``named_modules()`` form, e.g. ``"blocks.0.conv"``) an exported fx node came
+    from, or None for ops of the root module itself."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    fqn = str(list(stack.values())[-1][0])
+    fqn = re.sub(r"^L\['self'\]\.?", "", fqn)
+    fqn = re.sub(r"\[(\d+)\]", r".\1", fqn).strip(".")
+    return fqn or None
+
+
+def _in_layers(node, layers: Sequence[str]) -> bool:
+    path = module_path(node)
+    return path is not None and any(path == m or path.startswith(m + ".") for m in layers)
+
+
+def _quantizer_class():
+    """litert-torch's PT2EQuantizer, with layers kept in float by module name.
+
+    Its own ``set_module_name(name, None)`` cannot be used with torch 2.13: its filter strips a
+    ``"L__self___"`` prefix from the ``nn_module_stack`` keys, which torch.export now spells ``"L__self__"``
+    (and it turns every ``_`` of a module name into ``.``), so no node matches. This filter reads the
+    module's qualified name from the stack's values instead.
+    """
+    from litert_torch.quantize import pt2e_quantizer
+
+    class FloatLayersQuantizer(pt2e_quantizer.PT2EQuantizer):
+        def __init__(self, float_layers: Sequence[str] = ()):
+            super().__init__()
+            self.float_layers = tuple(float_layers)
+
+        def _keep(self, node) -> bool:
+            return not _in_layers(node, self.float_layers)
+
+        def _annotate_for_static_quantization_config(self, model):
+            if not self.float_layers:
+                return super()._annotate_for_static_quantization_config(model)
+            return self._annotate_all_static_patterns(model, self.global_config, self._keep)
+
+        def _annotate_for_dynamic_quantization_config(self, model):
+            if not self.float_layers:
+                return super()._annotate_for_dynamic_quantization_config(model)
+            return self._annotate_all_dynamic_patterns(model, self.global_config, self._keep)
+
+    return FloatLayersQuantizer
+
+
+def _pt2e_quantize(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: np.ndarray | None,
+                   float_layers: Sequence[str] = ()):
+    """PT2E quantization with litert-torch's quantizer: (quantized torch graph, quantizer).
+
+    ``float_layers``: module names whose ops are not annotated (stay float)."""
     from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+    quantizer = _quantizer_class()(float_layers).set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     )
     graph = torch.export.export(model, args).module()
