@@ -220,5 +220,10 @@ def debug_quant(
         Console().print(format_table(rows, top=top))
 
 
+from compress.cli_devices import devices_app, validate_command  # noqa: E402
+
+app.add_typer(devices_app, name="devices")
+app.command("validate")(validate_command)
+
 if __name__ == "__main__":
     app()

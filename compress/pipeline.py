@@ -356,6 +356,9 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
     })
     try:
         (tmp_dir / "report.json").write_text(json.dumps(report, indent=2))
+        from devices import html_report
+
+        html_report.write(report, tmp_dir / "report.html")
         manifest = _manifest(cfg, data, members, student, tmp_dir, file_name, name)
         (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         replace_path(tmp_dir, final_dir)

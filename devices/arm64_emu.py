@@ -122,8 +122,19 @@ def _step(name: str, cmd: list[str], timeout: float = 900, **kw) -> str:
     except subprocess.TimeoutExpired:
         raise EmulatorUnavailable(f"{name} failed: no result after {timeout:.0f} s") from None
     if proc.returncode != 0:
-        raise EmulatorUnavailable(f"{name} failed: {_last_line(proc.stderr or proc.stdout)}")
+        raise EmulatorUnavailable(f"{name} failed: {_reason(proc.stderr or proc.stdout)}")
     return proc.stdout
+
+
+def _reason(text: str) -> str:
+    """The informative line of a failed apt/pip/dpkg run: apt ends with a generic "E: Some index files
+    failed" after the "W: Failed to fetch ... (cause)" line, pip with "ERROR:" lines."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    for pick in (lambda s: "Failed to fetch" in s or s.startswith("ERROR:"), lambda s: s.startswith("E:")):
+        hits = [line for line in lines if pick(line)]
+        if hits:
+            return hits[0]
+    return _last_line(text)
 
 
 def _last_line(text: str) -> str:
@@ -191,7 +202,7 @@ def _build(tmp: Path, say: Callable[[str], None]) -> None:
     debs = tmp / "debs"
     debs.mkdir()
     say("apt-get update (private config, amd64 + arm64)")
-    _step("apt-get update", ["apt-get", "-q", "update"], env=env)
+    _step("apt-get update", ["apt-get", "-q", "--error-on=any", "update"], env=env)
     say(f"apt-get download qemu-user-static + {len(DEBS)} arm64 packages")
     _step("apt-get download", ["apt-get", "-q", "download", "qemu-user-static:amd64",
                                *(f"{p}:arm64" for p in DEBS)], env=env, cwd=debs)
@@ -283,7 +294,8 @@ def _run(path: Path, x: np.ndarray, threads: int, timeout: float) -> tuple[np.nd
                          [str(CHILD), str(path.resolve()), str(in_path), str(out_path), str(int(threads))])
         start = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_guest_env(Path(info["site"])))
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  env=_guest_env(Path(info["site"])))
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{path.name}: the ARM64 emulator run took longer than {timeout:.0f} s") from None
         except OSError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import re
 import sys
 from pathlib import Path
@@ -64,15 +65,16 @@ def _parity_text(par: dict | None) -> tuple[str, str]:
 def plot_points(report: dict) -> dict:
     """What the two scatter plots show, as data: ``{"latency": {...}, "size": {...}}``.
 
-    Each entry has ``plotted`` (dicts with model, role, style, x, y and for latency p90) and ``skipped``
+    Each entry has ``plotted`` (dicts with index (the row number in the table, also printed next to the
+    point), model, role, style, x, y and for latency p90) and ``skipped``
     (model, reason). Separated from drawing so a test, or a reader of the code, can check that a row without
     a measurement is listed as skipped and never drawn at a made-up value.
     """
     out = {"latency": {"plotted": [], "skipped": []}, "size": {"plotted": [], "skipped": []}}
-    for row in report.get("rows", []):
+    for index, row in enumerate(report.get("rows", []), start=1):
         model, acc = row.get("model"), row.get("accuracy")
-        base = {"model": model, "role": row.get("role"), "style": _style_key(row), "runtime": row.get("runtime"),
-                "y": acc}
+        base = {"index": index, "model": model, "role": row.get("role"), "style": _style_key(row),
+                "runtime": row.get("runtime"), "y": acc}
         lat = row.get("latency_ms") or {}
         p50 = lat.get("p50")
         if acc is None:
@@ -133,38 +135,55 @@ def _svg(fig, prefix: str) -> str:
     if ids:
         pattern = re.compile(r'(id="|url\(#|href="#)(' + "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True)) + r')(?=[")])')
         svg = pattern.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg)
-    svg = svg.replace("<svg ", f'<svg role="img" class="plot-svg" ', 1)
+    svg = svg.replace("<svg ", '<svg role="img" class="plot-svg" ', 1)
     return svg.strip()
 
 
-def _scatter(points: list[dict], xlabel: str, title: str, prefix: str, latency: bool) -> str:
-    from matplotlib.ticker import FuncFormatter
+def _scatter(points: list[dict], xlabel: str, prefix: str, latency: bool) -> str:
+    """Accuracy (y) against a log-scale x; each point numbered like its table row, legend below the axes
+    (a legend beside them would squeeze the plot whenever a model name is long)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig = _figure(6.4, 4.2)
+    ncol = 2 if len(points) > 3 else 1
+    fig = _figure(5.6, 3.6 + 0.2 * math.ceil(len(points) / ncol))
     ax = fig.add_subplot()
-    ys = [p["y"] for p in points]
-    for i, p in enumerate(points):
+    handles = []
+    for p in points:
         color, marker, size = ROLE_STYLE[p["style"]]
         if latency and p.get("p90") and p["p90"] > p["x"]:
             ax.plot([p["x"], p["p90"]], [p["y"], p["y"]], color=color, lw=1.5, alpha=0.45, zorder=2)
-        ax.plot([p["x"]], [p["y"]], marker=marker, ms=size, color=color, mec="white", mew=0.8, ls="none", zorder=3,
-                label=_mpl_text(p["model"]))
-        ax.annotate(str(i + 1), (p["x"], p["y"]), xytext=(5, 5), textcoords="offset points", fontsize=8,
-                    color="#333333", zorder=4)
+        (h,) = ax.plot([p["x"]], [p["y"]], marker=marker, ms=size, color=color, mec="white", mew=0.8, ls="none",
+                       zorder=3, gid=f"point-{p['index']}")  # -> <g id="<plot>-point-<row number>"> in the SVG
+        handles.append(h)
+    # one label per position: rows that land on the same spot (e.g. two exports of one student) share it
+    spots: dict[tuple, list[str]] = {}
+    for p in points:
+        spots.setdefault((round(math.log10(p["x"]), 2), round(p["y"], 4)), []).append(str(p["index"]))
+    for p in points:
+        key = (round(math.log10(p["x"]), 2), round(p["y"], 4))
+        if spots[key] and spots[key][0] == str(p["index"]):
+            ax.annotate(",".join(spots[key]), (p["x"], p["y"]), xytext=(5, 4), textcoords="offset points", fontsize=9,
+                        color="#333333", zorder=4)
     ax.set_xscale("log")
+    if latency:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:  # sizes in the table's units (powers of 1024), so the axis reads like the size column
+        ticks = [k * 1024 ** e for e in range(0, 5) for k in (1, 10, 100)]
+        ax.set_xticks(ticks, [format_size(t).replace(".0 ", " ") for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
-    ax.set_title(title, fontsize=11, loc="left")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%" if v * 100 == round(v * 100) else f"{100 * v:.1f}%"))
-    if ys:
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: f"{100 * v:.0f}%" if abs(100 * v - round(100 * v)) < 1e-6 else f"{100 * v:.1f}%"))
+    if points:
+        ys = [p["y"] for p in points]
         lo, hi = min(ys), max(ys)
         pad = max(0.01, (hi - lo) * 0.15)
         ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) + (0.005 if hi + pad >= 1.0 else 0))
         xs = [p["x"] for p in points] + [p["p90"] for p in points if latency and p.get("p90")]
         ax.set_xlim(min(xs) / 1.8, max(xs) * 1.8)
-        ax.legend([h for h in ax.get_lines() if h.get_label() and not h.get_label().startswith("_")],
-                  [f"{i + 1}. {_mpl_text(p['model'])}" for i, p in enumerate(points)],
-                  fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
+        fig.legend(handles, [f"{p['index']}. {_mpl_text(p['model'])}" for p in points], fontsize=8,
+                   loc="outside lower center", ncol=ncol, frameon=False, handletextpad=0.3, columnspacing=1.2)
     else:
         ax.text(0.5, 0.5, "nothing to plot", ha="center", va="center", transform=ax.transAxes, color="#888888")
     ax.grid(True, which="major", alpha=0.35)
@@ -178,8 +197,8 @@ def _confusion_svg(conf: dict, prefix: str) -> str:
     m = np.asarray(conf["matrix"], dtype=float)
     labels = [_mpl_text(x) for x in conf["labels"]]
     n = len(labels)
-    side = min(7.5, max(3.8, 0.42 * n + 1.6))
-    fig = _figure(side + 0.9, side)
+    side = min(7.5, max(3.4, 0.32 * n + 1.4))
+    fig = _figure(side + 0.3, side)
     ax = fig.add_subplot()
     # diagonal (agreement) in green, off-diagonal (disagreement) in red, each on its own scale so a handful
     # of disagreements is visible next to hundreds of agreements
@@ -205,7 +224,6 @@ def _confusion_svg(conf: dict, prefix: str) -> str:
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_xlabel(f"{_mpl_text(conf.get('candidate', 'student'))} predicts")
     ax.set_ylabel(f"{_mpl_text(conf.get('reference', 'teacher'))} predicts")
-    ax.set_title("where the student disagrees with the teacher", fontsize=11, loc="left")
     ax.set_xticks(np.arange(-0.5, n, 1), minor=True)
     ax.set_yticks(np.arange(-0.5, n, 1), minor=True)
     ax.grid(which="minor", color="#dddddd", lw=0.5)
@@ -241,18 +259,22 @@ ul.checks li { margin: 3px 0; }
 .stat { background: #f0f3f6; border-radius: 6px; padding: 6px 12px; }
 .stat b { font-size: 16px; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
-th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th, td { padding: 5px 6px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 th { background: #eef1f4; font-weight: 600; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.r-teacher td { background: #f1f6fb; }
 tr.r-exported td { background: #fff3ef; font-weight: 600; }
 td.ok { color: var(--ok); } td.fail { color: var(--fail); font-weight: 700; }
-td.nm { color: var(--muted); font-style: italic; }
+td.nm { color: var(--muted); font-style: italic; white-space: normal; }
+td.model { min-width: 180px; }
+td.runtime { min-width: 120px; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 6px; }
 .plots { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 .plot { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px; min-width: 0; }
 .plot svg { width: 100%; height: auto; display: block; }
-.plot.confusion { max-width: 760px; }
+.plot.confusion { display: flex; flex-wrap: wrap; gap: 8px 20px; align-items: flex-start; }
+.plot.confusion .cm { flex: 0 1 560px; min-width: 0; }
+.plot.confusion .cm-text { flex: 1 1 300px; }
 .plot h3 { margin: 0 0 4px; font-size: 14px; }
 .skipped { color: var(--muted); font-size: 13px; margin: 6px 0 0; padding-left: 18px; }
 .kv td:first-child { color: var(--muted); white-space: nowrap; width: 1%; }
@@ -374,8 +396,8 @@ def _table(report: dict) -> str:
         nm = "" if lat and lat.get("p50") is not None else " nm"
         out.append(
             f'<tr class="r-{key}"><td class="num">{i + 1}</td>'
-            f'<td><span class="dot" style="background:{ROLE_STYLE[key][0]}"></span>{_e(r.get("model"))}</td>'
-            f'<td>{_e(ROLE_LABEL[key])}</td><td>{_e(r.get("runtime"))}</td>'
+            f'<td class="model"><span class="dot" style="background:{ROLE_STYLE[key][0]}"></span>{_e(r.get("model"))}</td>'
+            f'<td>{_e(ROLE_LABEL[key])}</td><td class="runtime">{_e(r.get("runtime"))}</td>'
             f'<td class="num">{_e(_pct(r.get("accuracy")))}</td><td class="num">{_e(_pct(r.get("agreement_with_teacher")))}</td>'
             f'<td class="num">{_e(format_count(r.get("params")))}</td><td class="num">{_e(format_count(r.get("macs")))}</td>'
             f'<td class="num">{_e(format_size(r.get("size_bytes")))}</td>'
@@ -403,10 +425,8 @@ def _plots(report: dict) -> str:
     cmp_ = report.get("comparison") or {}
     lat_caption = ("p50 latency at batch 1 (dot) with a line to p90; numbers match the table."
                    + ("" if cmp_.get("same_runtime", True) else " Runtimes differ between rows: compare with care."))
-    lat = _scatter(pts["latency"]["plotted"], "p50 latency per sample, ms (log scale)", "accuracy vs latency",
-                   "plat", latency=True)
-    size = _scatter(pts["size"]["plotted"], "model file size, bytes (log scale)", "accuracy vs size", "psize",
-                    latency=False)
+    lat = _scatter(pts["latency"]["plotted"], "p50 latency per sample, ms (log scale)", "plat", latency=True)
+    size = _scatter(pts["size"]["plotted"], "model file size (log scale)", "psize", latency=False)
     return ('<div class="plots">'
             f'<div class="plot"><h3>Accuracy vs latency</h3>{lat}<p class="detail">{_e(lat_caption)}</p>'
             f'{_skipped_list(pts["latency"]["skipped"])}</div>'
@@ -431,12 +451,12 @@ def _confusion(report: dict) -> str:
                   for c, i, j in pairs[:5])
     summary = (f"{_e(conf.get('candidate'))} agrees with the {_e(conf.get('reference', 'teacher'))} on "
                f"<b>{agree}</b> of {total} test samples ({100 * agree / total:.2f}%)." if total else "No samples.")
-    return (f'<div class="plot confusion"><h3>Student vs teacher confusion</h3>{_confusion_svg(conf, "pconf")}'
-            f'<p class="detail">Rows: what the {_e(conf.get("reference", "teacher"))} predicts; columns: what '
+    return (f'<div class="plot confusion"><div class="cm">{_confusion_svg(conf, "pconf")}</div><div class="cm-text">'
+            f'<h3>Student vs teacher confusion</h3><p class="detail">Rows: what the {_e(conf.get("reference", "teacher"))} predicts; columns: what '
             f'{_e(conf.get("candidate", "the student"))} predicts. Green: agreement (shade = share of the row); '
             f"red: disagreement (shade = count).</p><p>{summary}</p>"
             + (f'<p class="detail">Most frequent disagreements:</p><ul class="skipped">{top}</ul>' if top else "")
-            + "</div>")
+            + "</div></div>")
 
 
 def _optional_sections(report: dict) -> str:
@@ -449,7 +469,7 @@ def _optional_sections(report: dict) -> str:
             f"<td class=\"num\">{_value(b.get('limit'))}</td>"
             + "".join(f"<td>{_e(k)}: {_value(v)}</td>" for k, v in b.items() if k not in ("name", "limit", "value", "passed"))
             + "</tr>" for b in budgets if isinstance(b, dict))
-        out.append(f'<h2>Budgets</h2><div class="card"><table><tr><th></th><th>budget</th><th class="num">value</th>'
+        out.append(f'<h2>Budgets</h2><div class="card"><table><tr><th style="width:1%"></th><th>budget</th><th class="num">value</th>'
                    f'<th class="num">limit</th></tr>{rows}</table></div>')
     fb = report.get("quantization_fallback")
     if fb:

@@ -47,6 +47,7 @@ class _Op:
     # parameter name -> list of ("name", var name) or ("value", decoded value)
     bindings: dict[str, list[tuple[str, Any]]]
     outputs: list[tuple[str, Any]]  # (var name, numpy dtype or None for non-tensor outputs)
+    name: str | None = None  # the op's ``name`` attribute (what coremltools' ``op_name_configs`` keys on)
 
     @property
     def where(self) -> str:
@@ -129,6 +130,11 @@ class MILProgram:
                     f"{self.path}: MIL op '{op.type}' ({parsed.where}) has nested blocks (control flow), "
                     f"which the MIL reference evaluator does not support"
                 )
+            if "name" in op.attributes:
+                try:
+                    parsed.name = str(np.asarray(decode_value(op.attributes["name"], self._blobs)).reshape(-1)[0])
+                except Exception:  # a name that does not decode is only a label
+                    parsed.name = None
             for key, value in op.attributes.items():
                 if key != "name":
                     parsed.bindings[key] = [("value", decode_value(value, self._blobs))]

@@ -33,6 +33,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -124,18 +125,22 @@ def _convert(model, example, info: ModelInfo, precision: str, target, max_batch:
         raise InputError(f"model: {what} cannot be converted to target 'coreml' ({first})") from exc
 
 
-def _weight_config(compression: str):
+def _weight_config(compression: str, float_ops: Sequence[str] = ()):
     import coremltools.optimize.coreml as cto
 
+    # op_name_configs {op: None}: the op's weights (consts feeding it) stay uncompressed
+    skip = {str(name): None for name in float_ops}
     if compression in ("int8-weights", "int8"):
         return cto.OptimizationConfig(
             global_config=cto.OpLinearQuantizerConfig(
                 mode="linear_symmetric", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
-            )
+            ),
+            op_name_configs=skip,
         )
     nbits = int(compression.split("-")[1])
     return cto.OptimizationConfig(
-        global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, weight_threshold=WEIGHT_THRESHOLD)
+        global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, weight_threshold=WEIGHT_THRESHOLD),
+        op_name_configs=skip,
     )
 
 
@@ -179,11 +184,14 @@ def activation_ranges(mlmodel, samples: np.ndarray) -> dict[str, dict[str, float
     return stats
 
 
-def _quantize_activations(mlmodel, samples: np.ndarray):
-    """Insert calibrated int8 quantize/dequantize pairs around activations (coremltools' passes)."""
+def _quantize_activations(mlmodel, samples: np.ndarray, float_ops: Sequence[str] = ()):
+    """Insert calibrated int8 quantize/dequantize pairs around activations (coremltools' passes).
+
+    ``float_ops``: MIL op names left without quantize/dequantize pairs (``op_name_configs`` {name: None})."""
     import coremltools.optimize.coreml as cto
 
-    config = cto.OptimizationConfig(global_config=cto.experimental.OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
+    config = cto.OptimizationConfig(global_config=cto.experimental.OpActivationLinearQuantizerConfig(mode="linear_symmetric"),
+                                    op_name_configs={str(name): None for name in float_ops})
     if platform.system() == "Darwin":
         data = [{INPUT_NAME: np.asarray(samples[i : i + 1], dtype=np.float32)} for i in range(len(samples))]
         return cto.experimental.linear_quantize_activations(mlmodel, config, data)
@@ -211,8 +219,25 @@ def _quantize_activations(mlmodel, samples: np.ndarray):
     )
 
 
-def _compress(mlmodel, compression: str, calibration, target, target_name: str, example_shape):
+def op_names(mlmodel) -> list[str]:
+    """Names of the non-constant ops of a converted model's ``main`` function (what ``float_ops`` takes)."""
+    prog = getattr(mlmodel, "_mil_program", None)
+    if prog is None:
+        return []
+    return [op.name for op in prog.functions["main"].operations
+            if op.op_type != "const" and not op.op_type.startswith("constexpr_")]
+
+
+def _compress(mlmodel, compression: str, calibration, target, target_name: str, example_shape,
+              float_ops: Sequence[str] = ()):
     import coremltools.optimize.coreml as cto
+
+    if float_ops:
+        known = op_names(mlmodel)
+        unknown = [n for n in float_ops if known and n not in known]
+        if unknown:
+            raise InputError(f"float_ops: {', '.join(unknown)} not an op of the converted program "
+                             f"(ops: {', '.join(known[:20])}{', ...' if len(known) > 20 else ''})")
 
     if compression == "int8":
         if _ios_version(target) < 8:  # iOS17 = Core ML 7 = spec 8
@@ -227,12 +252,12 @@ def _compress(mlmodel, compression: str, calibration, target, target_name: str, 
             raise InputError(
                 f"calibration: samples have shape {tuple(samples.shape)}, expected (n, {', '.join(map(str, example_shape[1:]))})"
             )
-        mlmodel = _quantize_activations(mlmodel, samples)
+        mlmodel = _quantize_activations(mlmodel, samples, float_ops)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if compression in ("int8-weights", "int8"):
-            return cto.linear_quantize_weights(mlmodel, _weight_config(compression))
-        return cto.palettize_weights(mlmodel, _weight_config(compression))
+            return cto.linear_quantize_weights(mlmodel, _weight_config(compression, float_ops))
+        return cto.palettize_weights(mlmodel, _weight_config(compression, float_ops))
 
 
 def _set_metadata(mlmodel, info: ModelInfo) -> None:
@@ -254,6 +279,7 @@ def export(
     calibration: np.ndarray | None = None,
     minimum_deployment_target: str = "iOS16",
     max_batch: int | None = None,
+    float_ops: Sequence[str] | None = None,
 ) -> Path:
     """Convert ``model`` (traced on ``example``) to a Core ML ML Program at ``path`` (a ``.mlpackage``).
 
@@ -261,6 +287,10 @@ def export(
     example's fixed batch. Only for models without labels: a Core ML classifier predicts one example per
     call (its ``classLabel``/``classLabel_probs`` outputs hold one row), so classifiers keep the example's
     batch (normally 1) and the runners loop over a batch.
+
+    ``float_ops``: MIL op names (e.g. ``"linear_1_cast_fp16"``, the ``node`` of
+    ``devices.quant_debug_coreml.layer_errors``) that compression leaves in float: no activation
+    quantize/dequantize pairs and uncompressed weights (coremltools ``op_name_configs`` {name: None}).
 
     Returns ``path``. Raises ``InputError`` for an unknown precision/compression/target, a target too old
     for the compression, missing calibration data, or an op coremltools cannot convert.
@@ -294,6 +324,9 @@ def export(
                 f"precision: '{precision}' cannot be combined with compression 'int8' (coremltools' activation "
                 f"quantization inserts fp16 scales); use precision 'fp16'"
             )
+    float_ops = [str(n) for n in (float_ops or [])]
+    if float_ops and compression is None:
+        raise InputError("float_ops: only a compression ('int8', 'int8-weights', 'palettize-N') has ops to keep in float")
     if path.suffix != ".mlpackage":
         raise InputError(f"{path}: Core ML ML Programs are saved as a .mlpackage folder; use a path ending in .mlpackage")
 
@@ -305,7 +338,8 @@ def export(
     finally:
         model.train(was_training)
     if compression is not None:
-        mlmodel = _compress(mlmodel, compression, calibration, target, minimum_deployment_target, tuple(example.shape))
+        mlmodel = _compress(mlmodel, compression, calibration, target, minimum_deployment_target, tuple(example.shape),
+                            float_ops)
     _set_metadata(mlmodel, info)
     with atomic_path(path) as tmp:
         mlmodel.save(str(tmp))

@@ -1,0 +1,285 @@
+"""Per-layer int8 error of a Core ML ML Program, and float fallback for the worst ops (Core ML target).
+
+``layer_errors(float_path, int8_path, x)`` runs both ``.mlpackage`` files in the MIL reference evaluator
+(``devices.mil_reference``, numpy; Core ML itself only runs on macOS) on the same real samples, keeping every
+intermediate variable (``run_single(..., keep_all=True)``), and compares each variable of the compressed
+program with the variable of the same name in the float program (coremltools keeps op and variable names
+through its compression passes; ``_cast_fp16``/``_cast_fp32`` suffixes are ignored so an fp32 reference
+matches an fp16 one). Quantized weights are compared after decompression (the ``constexpr_*`` ops).
+
+SQNR in dB and the attribution are those of ``devices.quant_debug``: ``error_added_db`` = SQNR of the op's
+activation input minus SQNR of its output, worst first; ``quantize``/``dequantize``/``cast``/``relu``/
+reshape-like ops are attributed to the compute op before them. In a Core ML int8 program the
+quantize/dequantize pair *in front of* a conv/linear belongs to that op (it is inserted for it, and keeping
+the op in float removes it), so the op is charged with its input's quantization too.
+
+Each row's ``node`` is the MIL op name (e.g. ``linear_1_cast_fp16``): ``export.coreml.export(...,
+float_ops=[...])`` keeps those ops in float (coremltools ``op_name_configs={name: None}`` for the activation
+quantize/dequantize insertion and for weight compression). With ``model`` given, ``module`` names the torch
+module whose weights the op holds. ``quantize_with_fallback`` is the budgeted loop (keys as in
+``devices.quant_debug``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from compress.errors import InputError
+from devices.quant_debug import MAX_SAMPLES
+
+PASSTHROUGH = {"quantize", "dequantize", "cast", "relu", "relu6", "reshape", "transpose", "squeeze",
+               "expand_dims", "max_pool", "identity", "clip", "slice_by_index", "slice_by_size", "pad"}
+SKIP = {"classify"}
+EXACT_DB = 150.0
+MAX_COREML_SAMPLES = 128  # the numpy evaluator is slow on conv nets: a hundred samples rank layers fine
+
+
+def _norm(name: str) -> str:
+    for suffix in ("_cast_fp16", "_cast_fp32"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    """10 log10(signal / noise), capped at +-EXACT_DB (an exact copy is as good as float32 round-off)."""
+    if noise <= 0:
+        return EXACT_DB
+    if signal <= 0:
+        return -EXACT_DB
+    return max(-EXACT_DB, min(EXACT_DB, 10.0 * math.log10(signal / noise)))
+
+
+def _weight_modules(model: torch.nn.Module | None) -> list[tuple[str, np.ndarray]]:
+    if model is None:
+        return []
+    out = []
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if name and isinstance(w, torch.Tensor) and w.ndim >= 2:
+            out.append((name, w.detach().float().cpu().numpy()))
+    return out
+
+
+def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np.ndarray,
+                 model: torch.nn.Module | None = None, max_samples: int = MAX_COREML_SAMPLES) -> list[dict]:
+    """Per-op error of the compressed ``.mlpackage`` at ``quantized_path`` against the float one, worst first.
+
+    ``samples``: real float32 model inputs (N, ...) (at most ``max_samples``, the numpy evaluator is slow).
+    Rows as in ``devices.quant_debug.layer_errors``: ``node`` (MIL op name, what ``float_ops`` takes),
+    ``module`` (torch module name when ``model`` is given and its weights match, else None), ``op_type``,
+    ``tensor``, ``sqnr_db``, ``input_sqnr_db``, ``error_added_db``, ``weight_sqnr_db``.
+    """
+    from devices.mil_reference import load_program
+
+    float_path, quantized_path = Path(float_path), Path(quantized_path)
+    for p in (float_path, quantized_path):
+        if not p.exists():
+            raise InputError(f"{p}: no such Core ML package")
+    fprog, qprog = load_program(float_path), load_program(quantized_path)
+    if not any(t in ("quantize", "dequantize") or t.startswith("constexpr_") for t in qprog.op_types):
+        raise InputError(f"{quantized_path}: not a compressed program (no quantize/dequantize or constexpr_* ops); "
+                         "export it with compression 'int8' or 'int8-weights'")
+    samples = np.asarray(samples, dtype=np.float32)[: min(MAX_SAMPLES, max_samples)]
+    if len(samples) == 0:
+        raise InputError("samples: need at least one real model input")
+    (in_name,) = qprog.inputs
+    shape = qprog.inputs[in_name][1]
+
+    qops = [op for op in qprog._ops if op.type != "const" and not op.type.startswith("constexpr_")]
+    fops = [op for op in fprog._ops if op.type != "const" and not op.type.startswith("constexpr_")]
+    f_vars = {_norm(name): name for op in fops for name, dt in op.outputs if dt is not None}
+    producer = {name: op for op in qops for name, _ in op.outputs}
+    pairs = {name: f_vars[_norm(name)] for op in qops if op.type not in SKIP
+             for name, dt in op.outputs if dt is not None and _norm(name) in f_vars}
+    pairs[in_name] = in_name
+
+    signal = dict.fromkeys(pairs, 0.0)
+    noise = dict.fromkeys(pairs, 0.0)
+    for x in samples:
+        x = x[None] if shape is None else x.reshape(shape)
+        fenv = fprog.run_single({in_name: x}, keep_all=True)
+        qenv = qprog.run_single({in_name: x}, keep_all=True)
+        for qn, fn in pairs.items():
+            a = np.asarray(fenv[fn], dtype=np.float64).reshape(-1)
+            b = np.asarray(qenv[qn], dtype=np.float64).reshape(-1)
+            if a.size != b.size:
+                continue
+            signal[qn] += float(np.dot(a, a))
+            d = a - b
+            noise[qn] += float(np.dot(d, d))
+    sqnr = {n: _sqnr(signal[n], noise[n]) for n in pairs}
+
+    qconsts, fconsts = qprog._constants(), fprog._constants()
+
+    def activation_inputs(op) -> list[str]:
+        names = [v for key in ("x", "y", "input", "values") for kind, v in op.bindings.get(key, []) if kind == "name"]
+        return [n for n in names if n in producer or n == in_name]
+
+    def source_op(var: str):
+        op = producer.get(var)
+        while op is not None and op.type in PASSTHROUGH:
+            ins = activation_inputs(op)
+            if not ins:
+                return op
+            op = producer.get(ins[0])
+        return op
+
+    def upstream_sqnr(var: str) -> float | None:
+        seen = set()
+        while var not in seen:
+            seen.add(var)
+            # a dequantize output is the quantized input *of the op reading it*: look above it
+            op = producer.get(var)
+            if var in sqnr and (op is None or op.type not in ("dequantize", "quantize")):
+                return sqnr[var]
+            ins = activation_inputs(op) if op is not None else []
+            if not ins:
+                return None
+            var = ins[0]
+        return None
+
+    fop_by_out = {_norm(op.outputs[0][0]): op for op in fops if op.outputs}
+    modules = _weight_modules(model)
+
+    def weights(op) -> tuple[float | None, str | None]:
+        fop = fop_by_out.get(_norm(op.outputs[0][0]))
+        binds = op.bindings.get("weight", [])
+        if fop is None or not binds or binds[0][0] != "name":
+            return None, None
+        fb = fop.bindings.get("weight", [])
+        if not fb or fb[0][0] != "name" or binds[0][1] not in qconsts or fb[0][1] not in fconsts:
+            return None, None
+        a = np.asarray(fconsts[fb[0][1]], dtype=np.float64)
+        b = np.asarray(qconsts[binds[0][1]], dtype=np.float64)
+        module = None
+        for name, w in modules:
+            if w.shape == a.shape and np.allclose(w, a, rtol=1e-2, atol=1e-3):
+                module = name
+                break
+        if a.size != b.size:
+            return None, module
+        d = (a - b.reshape(a.shape)).reshape(-1)
+        return _sqnr(float(np.sum(a * a)), float(np.dot(d, d))), module
+
+    rows: dict[str, dict] = {}
+    for var, value in sqnr.items():
+        op = source_op(var)
+        if op is None or op.type in SKIP:
+            continue
+        node = op.name or op.outputs[0][0]
+        row = rows.get(node)
+        if row is not None and row["sqnr_db"] <= value:
+            continue
+        ins = [upstream_sqnr(i) for i in activation_inputs(op)]
+        ins = [v for v in ins if v is not None]
+        input_sqnr = min(ins) if ins else None
+        w_sqnr, module = weights(op)
+        rows[node] = {
+            "node": node,
+            "module": module,
+            "op_type": op.type,
+            "tensor": var,
+            "sqnr_db": value,
+            "input_sqnr_db": input_sqnr,
+            "error_added_db": (input_sqnr if input_sqnr is not None else EXACT_DB) - value,
+            "weight_sqnr_db": w_sqnr,
+        }
+    for r in rows.values():
+        r["layer_sqnr_db"] = layer_sqnr(r["input_sqnr_db"], r["sqnr_db"])
+    out = sorted(rows.values(), key=lambda r: (r["layer_sqnr_db"], -_sortable(r["error_added_db"])))
+    for r in out:
+        for key in ("sqnr_db", "input_sqnr_db", "error_added_db", "weight_sqnr_db", "layer_sqnr_db"):
+            v = r[key]
+            r[key] = None if v is None or math.isnan(v) else min(max(float(v), -EXACT_DB), EXACT_DB)
+    return out
+
+
+def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:
+    """SQNR of the noise a layer adds by itself: noise-to-signal out minus noise-to-signal in (noise power
+    relative to signal propagates through a layer roughly unchanged), in dB. Unlike the difference of the
+    dBs, a layer behind an exact float input (150 dB) that brings its output to a healthy 50 dB is not
+    mistaken for the worst one."""
+    nsr_in = 0.0 if input_sqnr is None else 10.0 ** (-input_sqnr / 10.0)
+    added = 10.0 ** (-output_sqnr / 10.0) - nsr_in
+    return EXACT_DB if added <= 0 else max(-EXACT_DB, min(EXACT_DB, -10.0 * math.log10(added)))
+
+
+def _sortable(v: float | None) -> float:
+    return -math.inf if v is None or math.isnan(v) else v
+
+
+def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, float_path: Path | str,
+                           out_path: Path | str, info, calibration: np.ndarray, eval_fn: Callable[[Path], float],
+                           budget: float, max_excluded: int = 3, compression: str = "int8",
+                           minimum_deployment_target: str = "iOS17") -> dict:
+    """Compressed ``.mlpackage`` within an accuracy budget, keeping the worst MIL ops in float.
+
+    ``float_path``: the uncompressed fp16 package of ``model`` (the reference; int8 activation
+    quantization needs fp16 precision). Each try exports ``model`` again with
+    ``export.coreml.export(..., compression=compression, float_ops=kept)``. Same loop and result keys as
+    ``devices.quant_debug.quantize_with_fallback``; ``kept_in_float`` lists MIL op names and
+    ``kept_modules`` the torch modules they hold (None where unknown).
+    """
+    from compress.atomic import atomic_path
+    from export.coreml import export
+
+    float_path, out_path = Path(float_path), Path(out_path)
+    if budget < 0:
+        raise InputError(f"budget: {budget} must be >= 0 (an accuracy drop, e.g. 0.01)")
+    fp32_acc = float(eval_fn(float_path))
+    attempts: list[dict] = []
+    first_ranking: list[dict] | None = None
+    excluded: list[str] = []
+    modules: dict[str, str | None] = {}
+    options = dict(precision="fp16", compression=compression, minimum_deployment_target=minimum_deployment_target)
+    if compression == "int8":
+        options["calibration"] = calibration
+    with tempfile.TemporaryDirectory(prefix="quant-fallback-coreml-") as work:
+        work = Path(work)
+        best = None
+        while True:
+            candidate = work / f"int8-{len(excluded)}.mlpackage"
+            export(model, example, candidate, info, float_ops=excluded, **options)
+            acc = float(eval_fn(candidate))
+            attempts.append({"excluded": list(excluded), "accuracy": acc, "drop": fp32_acc - acc})
+            if best is None or acc > best[0]:
+                best = (acc, candidate, list(excluded))
+            if fp32_acc - acc <= budget or len(excluded) >= max_excluded:
+                break
+            ranking = layer_errors(float_path, candidate, calibration, model=model)
+            if first_ranking is None:
+                first_ranking = ranking
+            modules.update({r["node"]: r["module"] for r in ranking})
+            # only ops that compression touches can be kept in float (those with weights or inserted pairs)
+            remaining = [r["node"] for r in ranking if r["node"] not in excluded and r["op_type"] in
+                         ("conv", "linear", "add", "avg_pool", "max_pool", "matmul", "conv_transpose")]
+            if not remaining:
+                break
+            excluded.append(remaining[0])
+        if fp32_acc - attempts[-1]["accuracy"] > budget:
+            acc, chosen, kept = best
+        else:
+            acc, chosen, kept = attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"]
+        with atomic_path(out_path) as tmp:
+            shutil.copytree(chosen, tmp)
+    return {
+        "path": str(out_path),
+        "fp32_accuracy": fp32_acc,
+        "int8_accuracy": attempts[0]["accuracy"],
+        "accuracy": acc,
+        "drop": fp32_acc - acc,
+        "budget": budget,
+        "within_budget": fp32_acc - acc <= budget,
+        "kept_in_float": kept,
+        "kept_modules": [modules.get(k) for k in kept],
+        "attempts": attempts,
+        "layer_errors": first_ranking or [],
+    }

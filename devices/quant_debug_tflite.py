@@ -1,0 +1,358 @@
+"""Per-layer int8 error of a TFLite model, and float fallback for the worst layers (TFLite target).
+
+``layer_errors(fp32_path, int8_path, x)`` runs both ``.tflite`` files in LiteRT's interpreter with
+``experimental_preserve_all_tensors=True`` (builtin kernels, no XNNPACK: a delegate would keep its
+intermediates to itself) on the same real samples, reads every op's output tensor with ``get_tensor``,
+dequantizes int8/int16 tensors with their scale/zero-point and compares each with the tensor of the same
+name in the fp32 model (litert-torch names activations after the torch module stack they come from, e.g.
+``...Sequential/torch.nn.modules.linear.Linear_fc2``, identically in both files).
+
+SQNR in dB (10 log10 of signal power over error power, summed over all samples; higher is better), and the
+same attribution as ``devices.quant_debug``: ``error_added_db`` is the SQNR of a layer's activation input
+minus that of its output, so the layer that *loses* the most is ranked first, not the last one. Ops that
+only move data (RESHAPE, TRANSPOSE, MAX_POOL_2D, QUANTIZE, DEQUANTIZE, ...) are attributed to the compute
+op before them.
+
+Each row's ``node`` is the torch module name (``model.named_modules()`` form: ``"3"``, ``"fc2"``,
+``"blocks.0.conv"``) recovered from the tensor name; that is what ``export.tflite.export(...,
+float_layers=[...])`` takes to keep the layer in float (PT2E leaves the module's ops unannotated).
+``quantize_with_fallback`` does the budgeted loop (same result keys as ``devices.quant_debug``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from compress.atomic import atomic_path
+from compress.errors import InputError
+from devices.quant_debug import MAX_SAMPLES
+
+PASSTHROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE",
+               "RELU", "RELU6", "RELU_N1_TO_1", "PAD", "PADV2", "CAST", "GATHER", "SLICE", "STRIDED_SLICE"}
+EXACT_DB = 150.0  # SQNR of an exact float input (float32 round-off), as in devices.quant_debug
+
+
+def _interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return it
+
+
+def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    if not np.issubdtype(value.dtype, np.integer):
+        return value.astype(np.float64)
+    q = detail.get("quantization_parameters") or {}
+    scales, zeros = np.asarray(q.get("scales", [])), np.asarray(q.get("zero_points", []))
+    if scales.size == 0:
+        scale, zero = detail["quantization"]
+        if not scale:
+            return value.astype(np.float64)
+        scales, zeros = np.array([scale]), np.array([zero])
+    v = value.astype(np.float64)
+    if scales.size == 1:
+        return (v - zeros.reshape(-1)[0]) * scales[0]
+    shape = [1] * v.ndim
+    shape[int(q.get("quantized_dimension", 0))] = -1
+    return (v - zeros.reshape(shape)) * scales.reshape(shape)
+
+
+def module_name(tensor_name: str) -> str | None:
+    """The torch module name a litert-torch tensor name comes from (None: the root module itself).
+
+    ``"M/torch.nn.modules.container.Sequential_blocks/torch.nn.modules.conv.Conv2d_0;..."`` -> ``"blocks.0"``:
+    the first ``;``-separated name, its ``/`` path without the root, each part ``<module class>_<attribute>``.
+    """
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    if len(parts) < 2:
+        return None
+    names = []
+    for part in parts[1:]:
+        leaf = part.rsplit(".", 1)[-1]
+        if "_" not in leaf:
+            return None
+        names.append(leaf.split("_", 1)[1])
+    return ".".join(names) or None
+
+
+def _resolve_module(name: str | None, tensor: str, modules: set[str] | None) -> str | None:
+    """``name``, checked against (and where a class name held ``_`` corrected by) the model's modules."""
+    if name is None or modules is None or name in modules:
+        return name
+    first = tensor.split(";")[0].split("/")[1:]
+    leaves = [p.rsplit(".", 1)[-1] for p in first]
+    # try every split point of each part's "Class_attr"
+    candidates = [""]
+    for leaf in leaves:
+        cuts = [m.start() for m in re.finditer("_", leaf)]
+        candidates = [f"{c}.{leaf[i + 1:]}" if c else leaf[i + 1:] for c in candidates for i in cuts]
+    found = [c for c in candidates if c in modules]
+    return found[0] if found else None
+
+
+class _Graph:
+    """One .tflite file: ops (type, input/output tensor indices), tensors by name, constant tensors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.it = _interpreter(path)
+        self.details = {d["index"]: d for d in self.it.get_tensor_details()}
+        self.ops = [op for op in self.it._get_ops_details() if op["op_name"] != "DELEGATE"]
+        self.produced = {int(o): op for op in self.ops for o in op["outputs"]}
+        self.input = self.it.get_input_details()[0]
+        self.graph_inputs = {int(d["index"]) for d in self.it.get_input_details()}
+        self.by_name = {d["name"]: i for i, d in self.details.items()}
+
+    def name(self, index: int) -> str:
+        return self.details[index]["name"]
+
+    def is_activation(self, index: int) -> bool:
+        return index >= 0 and (index in self.produced or index in self.graph_inputs)
+
+    def run(self, x: np.ndarray) -> None:
+        inp = self.input
+        x = np.asarray(x, dtype=np.float32).reshape(inp["shape"])
+        if np.issubdtype(inp["dtype"], np.integer):
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            v = x / scale
+            x = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + zero, info.min, info.max)
+        self.it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        self.it.invoke()
+
+    def value(self, index: int) -> np.ndarray:
+        return _dequantize(np.asarray(self.it.get_tensor(index)), self.details[index])
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    """10 log10(signal / noise), capped at +-EXACT_DB (an exact copy is as good as float32 round-off)."""
+    if noise <= 0:
+        return EXACT_DB
+    if signal <= 0:
+        return -EXACT_DB
+    return max(-EXACT_DB, min(EXACT_DB, 10.0 * math.log10(signal / noise)))
+
+
+def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.ndarray,
+                 model: torch.nn.Module | None = None) -> list[dict]:
+    """Per-layer error of the int8 ``.tflite`` at ``quantized_path`` against the fp32 one, worst first.
+
+    ``samples``: real float32 model inputs (N, ...) (at most ``MAX_SAMPLES`` are used). ``model``: the torch
+    model both were converted from (optional: checks/corrects the module names). Rows as in
+    ``devices.quant_debug.layer_errors``: ``node`` (torch module name, what ``float_layers`` takes; for an op
+    of the root module, ``"<OP>:<tensor>"``), ``module`` (the module name or None), ``op_type`` (TFLite op),
+    ``tensor``, ``sqnr_db``, ``input_sqnr_db``, ``error_added_db``, ``weight_sqnr_db``.
+    """
+    fp32_path, quantized_path = Path(fp32_path), Path(quantized_path)
+    for p in (fp32_path, quantized_path):
+        if not p.is_file():
+            raise InputError(f"{p}: no such TFLite model")
+    samples = np.asarray(samples, dtype=np.float32)[:MAX_SAMPLES]
+    if len(samples) == 0:
+        raise InputError("samples: need at least one real model input")
+    f, q = _Graph(fp32_path), _Graph(quantized_path)
+    if not any(np.issubdtype(d["dtype"], np.integer) and d["quantization"][0]
+               for i, d in q.details.items() if q.is_activation(i)):
+        raise InputError(f"{quantized_path}: no int8 activations; per-layer errors need a full-int8 model "
+                         "(export variant 'int8')")
+    if tuple(f.input["shape"]) != tuple(q.input["shape"]):
+        raise InputError(f"{quantized_path}: input shape {tuple(q.input['shape'])} differs from the fp32 model's "
+                         f"{tuple(f.input['shape'])}")
+
+    # activation tensors of the quantized graph matched by name in the fp32 graph
+    pairs: dict[int, int] = {}
+    for qi in list(q.produced) + list(q.graph_inputs):
+        fi = f.by_name.get(q.name(qi))
+        if fi is not None and f.is_activation(fi):
+            pairs[qi] = fi
+    pairs[int(q.input["index"])] = int(f.input["index"])
+    qo, fo = q.it.get_output_details()[0]["index"], f.it.get_output_details()[0]["index"]
+    pairs[int(qo)] = int(fo)
+
+    signal = dict.fromkeys(pairs, 0.0)
+    noise = dict.fromkeys(pairs, 0.0)
+    for x in samples:
+        f.run(x[None])
+        q.run(x[None])
+        for qi, fi in pairs.items():
+            a, b = f.value(fi), q.value(qi)
+            if a.size != b.size:
+                continue
+            a = a.reshape(-1)
+            signal[qi] += float(np.dot(a, a))
+            d = a - b.reshape(-1)
+            noise[qi] += float(np.dot(d, d))
+    sqnr = {qi: _sqnr(signal[qi], noise[qi]) for qi in pairs}
+
+    def activation_inputs(op) -> list[int]:
+        return [int(i) for i in op["inputs"] if q.is_activation(int(i))]
+
+    def source_op(tensor: int):
+        op = q.produced.get(tensor)
+        while op is not None and op["op_name"] in PASSTHROUGH:
+            ins = activation_inputs(op)
+            if not ins:
+                return op
+            op = q.produced.get(ins[0])
+        return op
+
+    def upstream_sqnr(tensor: int) -> float | None:
+        seen = set()
+        while tensor not in seen:
+            seen.add(tensor)
+            if tensor in sqnr:
+                return sqnr[tensor]
+            op = q.produced.get(tensor)
+            ins = activation_inputs(op) if op is not None else []
+            if not ins:
+                return None
+            tensor = ins[0]
+        return None
+
+    f_by_output = {f.name(int(o)): op for op in f.ops for o in op["outputs"]}
+    modules = {n for n, _ in model.named_modules() if n} if model is not None else None
+
+    def weight_sqnr(op) -> float | None:
+        fop = f_by_output.get(q.name(int(op["outputs"][0])))
+        if fop is None:
+            return None
+        values = []
+        for pos, qi in enumerate(op["inputs"]):
+            qi = int(qi)
+            if qi < 0 or q.is_activation(qi) or q.details[qi]["dtype"] != np.int8 or pos >= len(fop["inputs"]):
+                continue
+            fi = int(fop["inputs"][pos])
+            if fi < 0 or f.is_activation(fi):
+                continue
+            a, b = f.value(fi), q.value(qi)
+            if a.size != b.size:
+                continue
+            a = a.reshape(-1)
+            d = a - b.reshape(-1)
+            values.append(_sqnr(float(np.dot(a, a)), float(np.dot(d, d))))
+        return min(values) if values else None
+
+    rows: dict[str, dict] = {}
+    for tensor, value in sqnr.items():
+        op = source_op(tensor)
+        if op is None:  # the graph input itself
+            continue
+        out_name = q.name(int(op["outputs"][0]))
+        module = _resolve_module(module_name(out_name), out_name, modules)
+        if module is None:  # the graph output is renamed after the signature: its bias/weights keep the module
+            for i in op["inputs"]:
+                if int(i) >= 0 and not q.is_activation(int(i)):
+                    const = q.name(int(i))
+                    module = _resolve_module(module_name(const), const, modules)
+                    if module is not None:
+                        break
+        node = module or f"{op['op_name']}:{out_name.split(';')[0]}"
+        ins = [upstream_sqnr(i) for i in activation_inputs(op)]
+        ins = [v for v in ins if v is not None]
+        input_sqnr = min(ins) if ins else None
+        added = (input_sqnr if input_sqnr is not None else EXACT_DB) - value
+        row = rows.get(node)
+        if row is not None and row["error_added_db"] >= added:
+            continue
+        rows[node] = {
+            "node": node,
+            "module": module,
+            "op_type": op["op_name"],
+            "tensor": q.name(tensor),
+            "sqnr_db": value,
+            "input_sqnr_db": input_sqnr,
+            "error_added_db": added,
+            "weight_sqnr_db": weight_sqnr(op),
+        }
+    for r in rows.values():
+        r["layer_sqnr_db"] = layer_sqnr(r["input_sqnr_db"], r["sqnr_db"])
+    out = sorted(rows.values(), key=lambda r: (r["layer_sqnr_db"], -_sortable(r["error_added_db"])))
+    for r in out:
+        for key in ("sqnr_db", "input_sqnr_db", "error_added_db", "weight_sqnr_db", "layer_sqnr_db"):
+            v = r[key]
+            r[key] = None if v is None else (min(max(float(v), -EXACT_DB), EXACT_DB) if not math.isnan(v) else None)
+    return out
+
+
+def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:
+    """SQNR of the noise a layer adds by itself: noise-to-signal out minus noise-to-signal in (noise power
+    relative to signal propagates through a layer roughly unchanged), in dB. Unlike the difference of the
+    dBs, a layer behind an exact float input (150 dB) that brings its output to a healthy 50 dB is not
+    mistaken for the worst one."""
+    nsr_in = 0.0 if input_sqnr is None else 10.0 ** (-input_sqnr / 10.0)
+    added = 10.0 ** (-output_sqnr / 10.0) - nsr_in
+    return EXACT_DB if added <= 0 else max(-EXACT_DB, min(EXACT_DB, -10.0 * math.log10(added)))
+
+
+def _sortable(v: float | None) -> float:
+    return -math.inf if v is None or math.isnan(v) else v
+
+
+def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_path: Path | str,
+                           out_path: Path | str, info, calibration: np.ndarray, eval_fn: Callable[[Path], float],
+                           budget: float, max_excluded: int = 3) -> dict:
+    """Full-int8 ``.tflite`` within an accuracy budget, keeping the worst torch modules in float.
+
+    Like ``devices.quant_debug.quantize_with_fallback`` (same loop, same result keys), but each try converts
+    ``model`` again with ``export.tflite.export(..., variant="int8", float_layers=kept)``. ``fp32_path``:
+    the fp32 ``.tflite`` of ``model`` (the reference for accuracy and per-layer errors). Only layers that
+    belong to a torch module can be kept in float; ``kept_in_float`` lists module names.
+    """
+    from export.tflite import export
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if budget < 0:
+        raise InputError(f"budget: {budget} must be >= 0 (an accuracy drop, e.g. 0.01)")
+    fp32_acc = float(eval_fn(fp32_path))
+    attempts: list[dict] = []
+    first_ranking: list[dict] | None = None
+    excluded: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="quant-fallback-tflite-") as work:
+        work = Path(work)
+        best = None
+        while True:
+            candidate = work / f"int8-{len(excluded)}.tflite"
+            export(model, example, candidate, info, variant="int8", calibration=calibration, float_layers=excluded)
+            acc = float(eval_fn(candidate))
+            attempts.append({"excluded": list(excluded), "accuracy": acc, "drop": fp32_acc - acc})
+            if best is None or acc > best[0]:
+                best = (acc, candidate, list(excluded))
+            if fp32_acc - acc <= budget or len(excluded) >= max_excluded:
+                break
+            ranking = layer_errors(fp32_path, candidate, calibration, model=model)
+            if first_ranking is None:
+                first_ranking = ranking
+            remaining = [r["module"] for r in ranking if r["module"] and
+                         not any(r["module"] == e or r["module"].startswith(e + ".") for e in excluded)]
+            if not remaining:
+                break
+            excluded.append(remaining[0])
+        if fp32_acc - attempts[-1]["accuracy"] > budget:
+            acc, chosen, kept = best
+        else:
+            acc, chosen, kept = attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"]
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(chosen, tmp)
+    return {
+        "path": str(out_path),
+        "fp32_accuracy": fp32_acc,
+        "int8_accuracy": attempts[0]["accuracy"],
+        "accuracy": acc,
+        "drop": fp32_acc - acc,
+        "budget": budget,
+        "within_budget": fp32_acc - acc <= budget,
+        "kept_in_float": kept,
+        "attempts": attempts,
+        "layer_errors": first_ranking or [],
+    }
