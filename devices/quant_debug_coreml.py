@@ -8,7 +8,9 @@ through its compression passes; ``_cast_fp16``/``_cast_fp32`` suffixes are ignor
 matches an fp16 one). Quantized weights are compared after decompression (the ``constexpr_*`` ops).
 
 SQNR in dB and the attribution are those of ``devices.quant_debug``: ``error_added_db`` = SQNR of the op's
-activation input minus SQNR of its output, worst first; ``quantize``/``dequantize``/``cast``/``relu``/
+activation input minus SQNR of its output; rows are sorted by ``layer_sqnr_db`` (the noise the op adds by
+itself, as an SQNR, lowest first; see ``devices.quant_debug_tflite``: the input of a Core ML program is
+exact float, so the dB difference would rank the first layer worst whatever it does); ``quantize``/``dequantize``/``cast``/``relu``/
 reshape-like ops are attributed to the compute op before them. In a Core ML int8 program the
 quantize/dequantize pair *in front of* a conv/linear belongs to that op (it is inserted for it, and keeping
 the op in float removes it), so the op is charged with its input's quantization too.
@@ -75,7 +77,8 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
     ``samples``: real float32 model inputs (N, ...) (at most ``max_samples``, the numpy evaluator is slow).
     Rows as in ``devices.quant_debug.layer_errors``: ``node`` (MIL op name, what ``float_ops`` takes),
     ``module`` (torch module name when ``model`` is given and its weights match, else None), ``op_type``,
-    ``tensor``, ``sqnr_db``, ``input_sqnr_db``, ``error_added_db``, ``weight_sqnr_db``.
+    ``tensor``, ``sqnr_db``, ``input_sqnr_db``, ``error_added_db``, ``weight_sqnr_db``, ``layer_sqnr_db``
+    (the sort key, lowest = worst).
     """
     from devices.mil_reference import load_program
 

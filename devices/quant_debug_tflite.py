@@ -7,11 +7,14 @@ dequantizes int8/int16 tensors with their scale/zero-point and compares each wit
 name in the fp32 model (litert-torch names activations after the torch module stack they come from, e.g.
 ``...Sequential/torch.nn.modules.linear.Linear_fc2``, identically in both files).
 
-SQNR in dB (10 log10 of signal power over error power, summed over all samples; higher is better), and the
-same attribution as ``devices.quant_debug``: ``error_added_db`` is the SQNR of a layer's activation input
-minus that of its output, so the layer that *loses* the most is ranked first, not the last one. Ops that
-only move data (RESHAPE, TRANSPOSE, MAX_POOL_2D, QUANTIZE, DEQUANTIZE, ...) are attributed to the compute
-op before them.
+SQNR in dB (10 log10 of signal power over error power, summed over all samples; higher is better; capped
+at +-150 dB, float32 round-off), with the attribution of ``devices.quant_debug``: ``error_added_db`` is
+the SQNR of a layer's activation input minus that of its output. Rows are sorted by ``layer_sqnr_db``, the
+noise the layer adds by itself expressed as an SQNR (output noise-to-signal minus input noise-to-signal;
+lowest first): unlike the dB difference it does not rank a first layer behind an exact float input
+(150 dB) that brings its output to a healthy 50 dB above a layer that destroys its output. Ops that only
+move data (RESHAPE, TRANSPOSE, MAX_POOL_2D, QUANTIZE, DEQUANTIZE, ...) are attributed to the compute op
+before them.
 
 Each row's ``node`` is the torch module name (``model.named_modules()`` form: ``"3"``, ``"fc2"``,
 ``"blocks.0.conv"``) recovered from the tensor name; that is what ``export.tflite.export(...,
