@@ -18,18 +18,11 @@ for _noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onn
 import typer
 from rich.console import Console
 
+from compress.cli_output import err, fail, print_failures
 from compress.errors import InputError, ValidationFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distill a teacher ensemble into a compact student, export it, and check it in its runtime.")
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int) -> None:
-    from rich.markup import escape
-
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.callback()
@@ -150,13 +143,10 @@ def distill_and_export(
     else:
         for report in reports:
             print_report(report, Console() if sys.stdout.isatty() else Console(width=160))
-    failed = [(r, c) for r in reports for c in r["checks"] if not c["passed"]]
-    for r, c in failed:
-        if c.get("budget"):
-            err.print(f"budget breached: {c['detail']}", highlight=False, soft_wrap=True, markup=False)
+    failed = [r for r in reports if not r["passed"]]
     if failed:
-        names = "; ".join(c["name"] for _, c in failed)
-        fail(f"validation failed: {names} (see {failed[0][0]['run']['out_dir']}/report.json)", 1)
+        count = print_failures(failed)
+        fail(f"{count} check(s) failed (see {failed[0]['run']['out_dir']}/report.json)", 1)
 
 
 @app.command("init")

@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from compress.cli_output import err, fail, print_failures
 from compress.errors import InputError
 
-err = Console(stderr=True)
 devices_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Device profiles (runtime, threads, budgets) and device tooling setup.")
 
@@ -29,11 +29,6 @@ SETUPS = {
     "arm64-emu": lambda progress: importlib.import_module("devices.arm64_emu").setup(progress),
     "chromium": lambda progress: importlib.import_module("devices.chromium").setup(progress),
 }
-
-
-def fail(message: str, code: int) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _budget_text(budgets: dict) -> str:
@@ -103,19 +98,6 @@ def setup_devices(
         typer.echo(f"not set up: {', '.join(failed)}")
 
 
-def budgets_table(report: dict) -> Table:
-    prof = (report["run"].get("profile") or {}).get("name")
-    t = Table(title="budgets" + (f" ({prof})" if prof else ""), title_justify="left")
-    for col, just in (("budget", "left"), ("measured", "right"), ("limit", "right"), ("source", "left"),
-                      ("result", "left")):
-        t.add_column(col, justify=just)
-    for b in report["budgets"]:
-        value = "not measured" if b["value"] is None else f"{b['value']:.3g} {b['unit']}"
-        result = ("[green]pass[/green]" if b["checked"] else "[dim]skipped[/dim]") if b["passed"] else "[red]BREACH[/red]"
-        t.add_row(b["name"], value, f"{b['limit']:g} {b['unit']}", b["source"], result)
-    return t
-
-
 def validate_command(
     path: str = typer.Argument(..., help="A folder written by distill-and-export, or an .onnx/.tflite/.mlpackage model."),
     device: Optional[str] = typer.Option(None, "--device", help="Device profile: a name from `compress devices list`, or a .toml path."),
@@ -164,13 +146,6 @@ def validate_command(
             console.print(f"peak memory: {mem['peak_memory_mb']:.1f} MB ({mem['includes']})", markup=False)
         for note in report["notes"]:
             console.print(f"note: {note}", markup=False)
-        if report["budgets"]:
-            console.print(budgets_table(report))
     if not report["passed"]:
-        for b in report["budgets"]:
-            if not b["passed"]:
-                err.print(f"budget breached: {b['detail']}", highlight=False, soft_wrap=True, markup=False)
-        for c in report["checks"]:
-            if not c["passed"]:
-                err.print(f"check failed: {c['name']}: {c['detail']}", highlight=False, soft_wrap=True, markup=False)
+        print_failures([report])
         raise typer.Exit(1)

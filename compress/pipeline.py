@@ -344,13 +344,16 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
 
+    report["budgets"] = _check_budgets(cfg, profile, report, artifact, data)
+    report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
     report["run"].update({
         "name": name, "out_dir": str(final_dir), "target": cfg.target, "threads": cfg.threads,
         "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
                                                "cached": m.cached} for m in members],
         "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
         "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
-        "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else profile["name"],
+        "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
+            "name", "description", "runtime", "precision", "threads", "cpu", "budgets", "source")},
         "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
         "wall_time_s": round(time.perf_counter() - started, 2),
     })
@@ -479,6 +482,31 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
             "versions": versions(), "run": {}, "rows": rows, "comparison": comparison,
             "compatibility": compatibility, "confusion": confusion, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
+
+
+def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact: Path, data: Dataset) -> list[dict]:
+    """The device profile's budgets and the --max-* options against what this run measured."""
+    from devices.budgets import check_budgets, gather
+
+    budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
+                               "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
+    if not budgets:
+        return []
+    student = report["rows"][-1]
+    measured = {"accuracy_drop": 100 * report["comparison"]["accuracy_gap"],
+                "latency_ms": None if student["latency_ms"] is None else student["latency_ms"]["p50"],
+                "size_kb": path_size(artifact) / 1024, "peak_memory_mb": None}
+    notes = {"latency_ms": f"{student['runtime']} does not run on this machine"}
+    if "peak_memory_mb" in budgets and student["latency_ms"] is not None:
+        from devices import peak_memory
+
+        mem = peak_memory.measure(artifact, cfg.target, data.x_test[:20], threads=cfg.threads)
+        measured["peak_memory_mb"] = mem.get("peak_memory_mb")
+        notes["peak_memory_mb"] = mem.get("note")
+        report["peak_memory"] = mem
+    else:
+        notes["peak_memory_mb"] = notes["latency_ms"]
+    return check_budgets(measured, budgets, notes=notes)
 
 
 def _int8_with_fallback(student, example, artifact: Path, info: ModelInfo, calibration_idx: np.ndarray,

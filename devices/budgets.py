@@ -76,3 +76,15 @@ def check_budgets(measured: dict, budgets: dict, *, notes: dict | None = None) -
 def breaches(checks: list[dict]) -> list[str]:
     """One line per failed budget, for CI logs."""
     return [c["detail"] for c in checks if not c["passed"]]
+
+
+def gather(profile: dict | None, explicit: dict) -> dict:
+    """The budgets in force: the profile's, each overridden by a limit the user set explicitly."""
+    budgets: dict = {}
+    if profile:
+        for key, value in profile["budgets"].items():
+            budgets[key] = {"limit": value, "source": profile["name"], "explicit": False}
+    for key, value in explicit.items():
+        if value is not None:
+            budgets[key] = {"limit": value, "source": FLAGS[key], "explicit": True}
+    return budgets

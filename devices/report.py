@@ -61,6 +61,19 @@ def table(report: dict) -> Table:
     return t
 
 
+def budgets_table(report: dict) -> Table:
+    prof = (report["run"].get("profile") or {}).get("name")
+    t = Table(title="budgets" + (f" ({prof})" if prof else ""), title_justify="left")
+    for col, just in (("budget", "left"), ("measured", "right"), ("limit", "right"), ("source", "left"),
+                      ("result", "left")):
+        t.add_column(col, justify=just)
+    for b in report["budgets"]:
+        value = "not measured" if b["value"] is None else f"{b['value']:.3g} {b['unit']}"
+        result = ("[green]pass[/green]" if b["checked"] else "[dim]skipped[/dim]") if b["passed"] else "[red]BREACH[/red]"
+        t.add_row(b["name"], value, f"{b['limit']:g} {b['unit']}", b["source"], result)
+    return t
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(table(report))
@@ -83,6 +96,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
     for c in report["checks"]:
         mark = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
         console.print(f"{mark} {c['name']}: {c['detail']}")
+    if report.get("budgets"):
+        console.print(budgets_table(report))
     console.print(f"artifacts: {report['run']['out_dir']}")
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from compress.errors import InputError, ValidationFailed
 from devices import validation
-from devices.budgets import FLAGS, check_budgets
+from devices.budgets import FLAGS, check_budgets, gather
 
 SUFFIX_TARGETS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
 NOT_MEASURED_COREML = ("the Core ML runtime only runs on macOS; the MIL reference evaluator's speed and "
@@ -293,13 +293,7 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
                          "required_by_user": min_runtime}
 
     # budgets: the profile's, overridden by explicit limits
-    budgets: dict = {}
-    if prof:
-        for key, value in prof["budgets"].items():
-            budgets[key] = {"limit": value, "source": prof["name"], "explicit": False}
-    for key, value in explicit.items():
-        if value is not None:
-            budgets[key] = {"limit": value, "source": FLAGS[key], "explicit": True}
+    budgets = gather(prof, explicit)
     measured = {"accuracy_drop": None if ref_acc is None else 100 * (ref_acc - accuracy),
                 "latency_ms": None if lat is None else lat["p50"],
                 "size_kb": size_bytes / 1024, "peak_memory_mb": mem.get("peak_memory_mb")}

@@ -45,7 +45,7 @@ def test_default_run_meets_the_issue_targets(default_run):
 def test_artifacts_reproduce_the_report(default_run):
     cwd, report = default_run
     out = cwd / "dist" / "digits-mlp-small-onnx"
-    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.html", "report.json"]
     assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
