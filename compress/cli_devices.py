@@ -112,6 +112,7 @@ def validate_command(
     threads: Optional[int] = typer.Option(None, help="Runtime threads (default: the profile's, else 1)."),
     latency_runs: int = typer.Option(100, help="Timed batch-1 runs after warm-up."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    arm64_emulator: Optional[int] = typer.Option(None, help="Also run N real test samples on emulated aarch64 (QEMU, the ARM wheels of the runtime) and compare with this host's outputs; needs `compress devices setup arm64-emu`."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     report_dir: Optional[str] = typer.Option(None, help="Also write the report to DIR/validate-<device or host>.json."),
 ) -> None:
@@ -123,7 +124,7 @@ def validate_command(
         report = validate(path, profile=device, data=data, data_format=data_format, reference=reference,
                           threads=threads, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
                           max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb, min_runtime=min_runtime,
-                          latency_runs=latency_runs, limit_test=limit_test)
+                          latency_runs=latency_runs, limit_test=limit_test, arm64_samples=arm64_emulator)
         if report_dir:
             out = Path(report_dir)
             try:

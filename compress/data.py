@@ -86,7 +86,8 @@ def _check_labels(y: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         raise InputError(
-            f"{where}: label {int(y[bad][0])} is outside the class list (expected 0..{num_classes - 1})"
+            f"{where}: label {int(y[bad][0])} is outside the class list ({int(bad.sum())} such label(s)); "
+            f"expected class indices 0..{num_classes - 1}, one per entry of the labels"
         )
     return y
 
@@ -241,7 +242,8 @@ def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int
         raise InputError(f"{base}: no class subfolders found; expected {base}/<class>/<image files>")
     xs, ys, size, mode = _read_tree(base, classes, image_size, None)
     if not xs:
-        raise InputError(f"{base}: no image files in the class folders (expected {sorted(IMAGE_SUFFIXES)})")
+        raise InputError(f"{base}: no image files in the class folders; expected {base}/<class>/<image> files "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     x, y = np.stack(xs), np.asarray(ys)
     if has_split:
         extra = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name not in classes)
@@ -249,7 +251,7 @@ def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int
             raise InputError(f"{root / 'test'}: class folder '{extra[0]}' is not among the train classes {classes}")
         txs, tys, _, _ = _read_tree(root / "test", classes, size, mode)
         if not txs:
-            raise InputError(f"{root / 'test'}: no image files in the class folders")
+            raise InputError(f"{root / 'test'}: no image files in the class folders; expected {root / 'test'}/<class>/<image> files")
         x_tr, y_tr, x_te, y_te = x, y, np.stack(txs), np.asarray(tys)
     else:
         x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)

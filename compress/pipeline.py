@@ -249,7 +249,11 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             probe = tempfile.NamedTemporaryFile(dir=out_root, prefix=".write-test-")
             probe.close()
         except OSError as exc:
-            raise InputError(f"--out {str(out_root)!r}: cannot write there ({exc.strerror or exc})") from None
+            raise InputError(f"--out {str(out_root)!r}: cannot write there ({exc.strerror or exc}); "
+                             "expected a folder this user can create and write in") from None
+        if final_dir.exists() and not final_dir.is_dir():
+            raise InputError(f"--out {str(final_dir)!r}: exists and is not a folder; expected a folder name for "
+                             "the run's artifacts (or pass another --name)")
     seed_everything(cfg.seed)  # the student's initial weights depend only on the seed
     student = models.build(cfg.student, data.input_shape, data.num_classes)
     device = pick_device(cfg.device)
@@ -287,7 +291,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
 
         history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                       optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
-                      checkpoint=checkpoint, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
+                      checkpoint=checkpoint, data_parallel=world > 1, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
         if world > 1:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
@@ -582,5 +586,7 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "data": data.describe(),
         "recipe": recipe,
         "recipe_sha256": content_key(recipe),
+        "recipe_file": None if not cfg.recipe_path else {"path": str(cfg.recipe_path),
+                                                          "sha256": file_sha256(Path(cfg.recipe_path))},
         "files": files,
     }

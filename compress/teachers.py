@@ -42,6 +42,7 @@ class Teacher:
     module: nn.Module | None = None
     onnx_path: Path | None = None
     cached: bool = False
+    input_shape: tuple | None = None  # per-sample input shape the member declares (None entries: dynamic), if known
 
     @property
     def params(self) -> int | None:
@@ -69,12 +70,33 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+def _reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception, cut to its first sentence when long (messages stay one short line)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if len(text) > limit:
+        text = text.split(". ")[0]
+        text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return text
+
+
+def _check_finite_weights(spec: str, module: nn.Module) -> None:
+    """A member whose parameters or buffers hold NaN/inf is a broken checkpoint: name the tensor."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    for name, tensor in named:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"teacher {spec!r}: weight {name!r} holds {bad} NaN or infinite value(s); "
+                             "expected finite weights (a diverged or corrupted checkpoint?)")
+
+
 def load_torchscript(spec: str, **_) -> Teacher:
     path = _require_file(Path(spec), "a TorchScript archive")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise InputError(f"teacher {spec!r}: not a loadable TorchScript archive ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"teacher {spec!r}: not a loadable TorchScript archive ({_reason(exc)}); "
+                         "expected a file written by torch.jit.save") from None
+    _check_finite_weights(spec, module)
     return _module_teacher(path.name, "torchscript", module, file_sha256(path))
 
 
@@ -83,7 +105,9 @@ def load_pt2(spec: str, **_) -> Teacher:
     try:
         module = torch.export.load(str(path)).module()
     except Exception as exc:
-        raise InputError(f"teacher {spec!r}: not a loadable torch.export archive ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"teacher {spec!r}: not a loadable torch.export archive ({_reason(exc)}); "
+                         "expected a file written by torch.export.save") from None
+    _check_finite_weights(spec, module)
     cpu = torch.device("cpu")
 
     def logits(x: np.ndarray) -> np.ndarray:
@@ -99,12 +123,46 @@ def load_onnx(spec: str, **_) -> Teacher:
     from devices.onnx_runner import open_onnx
 
     path = _require_file(Path(spec), "an ONNX model")
-    runner = open_onnx(path, threads=0)
+    try:
+        runner = open_onnx(path, threads=0)
+    except InputError as exc:
+        reason = str(exc).partition(": not a loadable ONNX model ")[2] or f"({exc})"
+        raise InputError(f"teacher {spec!r}: not a loadable ONNX model {reason}; expected an .onnx file "
+                         "(e.g. from torch.onnx.export)") from None
+    input_shape = _check_onnx_weights(spec, path)
 
     def logits(x: np.ndarray) -> np.ndarray:
         return np.concatenate([runner.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
 
-    return Teacher(path.name, "onnx", logits, file_sha256(path), onnx_path=path)
+    return Teacher(path.name, "onnx", logits, file_sha256(path), onnx_path=path, input_shape=input_shape)
+
+
+def _check_onnx_weights(spec: str, path: Path) -> tuple | None:
+    """Reject NaN/inf float initializers (naming one); return the declared per-sample input shape."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # ONNX Runtime loaded it; leave anything unusual to the run itself
+        return None
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                              onnx.TensorProto.BFLOAT16):
+            try:
+                arr = numpy_helper.to_array(init)
+            except Exception:
+                continue
+            if not np.isfinite(arr.astype(np.float32)).all():
+                bad = int((~np.isfinite(arr.astype(np.float32))).sum())
+                raise InputError(f"teacher {spec!r}: weight {init.name!r} holds {bad} NaN or infinite value(s); "
+                                 "expected finite weights (a diverged or corrupted checkpoint?)")
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not inputs[0].type.tensor_type.HasField("shape"):
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
 
 
 def load_factory(spec: str, **_) -> Teacher:
@@ -122,7 +180,9 @@ def load_factory(spec: str, **_) -> Teacher:
         module = factory()
         module.load_state_dict(state)
     except Exception as exc:
-        raise InputError(f"teacher {spec!r}: weights do not load into {target}() ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"teacher {spec!r}: weights do not load into {target}() ({_reason(exc)}); "
+                         f"expected a state_dict of the model {target}() builds") from None
+    _check_finite_weights(spec, module)
     return _module_teacher(Path(weights).name, "factory", module, state_dict_sha256(module.state_dict()))
 
 
@@ -180,24 +240,34 @@ def teacher_format(spec: str) -> str:
 def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) -> None:
     """Members must agree on the class count (with each other and the data) and give finite logits."""
     seen: tuple[str, int] | None = None
+    data_shape = tuple(sample.shape[1:])
     for m in members:
+        declared = m.input_shape
+        if declared is not None and (len(declared) != len(data_shape)
+                                     or any(d is not None and d != s for d, s in zip(declared, data_shape))):
+            shown = tuple("?" if d is None else d for d in declared)
+            raise InputError(f"teacher {m.name!r}: takes samples of shape {shown} but the data's samples have shape "
+                             f"{data_shape}; expected a teacher for this data's input shape")
         try:
             out = m.logits(sample)
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"teacher {m.name!r}: fails on an input of shape {tuple(sample.shape)} ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"teacher {m.name!r}: fails on the data's samples of shape {data_shape} ({_reason(exc)}); "
+                             f"expected a model that takes (batch, {', '.join(map(str, data_shape))}) float32 inputs") from None
         if out.ndim != 2:
             raise InputError(f"teacher {m.name!r}: outputs shape {tuple(out.shape)}; expected (batch, classes)")
         if not np.isfinite(out).all():
             raise InputError(f"teacher {m.name!r}: outputs NaN or infinity on real inputs; expected finite logits")
         if seen is not None and out.shape[1] != seen[1]:
             raise InputError(
-                f"teachers {seen[0]!r} and {m.name!r} disagree on the number of classes ({seen[1]} vs {out.shape[1]})"
+                f"teachers {seen[0]!r} and {m.name!r} disagree on the number of classes ({seen[1]} vs {out.shape[1]}); "
+                "expected every member to predict the same classes"
             )
         seen = (m.name, out.shape[1])
     if seen is not None and seen[1] != num_classes:
-        raise InputError(f"teacher {seen[0]!r}: predicts {seen[1]} classes but the data has {num_classes} labels")
+        raise InputError(f"teacher {seen[0]!r}: predicts {seen[1]} classes but the data has {num_classes} labels; "
+                         f"expected {num_classes} outputs, one per label")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -209,8 +279,21 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def ensemble_probs(members: list[Teacher], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.)."""
-    return (sum(softmax(m.logits(x), temperature) for m in members) / len(members)).astype(np.float32)
+    """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.).
+
+    A member whose logits hold NaN or infinity on any sample is an ``InputError`` naming it (``check_members``
+    only probes a few samples).
+    """
+    total = None
+    for m in members:
+        logits = m.logits(x)
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            raise InputError(f"teacher {m.name!r}: outputs NaN or infinity for {int((~finite).sum())} of {len(x)} "
+                             f"real samples (first: sample {int(np.flatnonzero(~finite)[0])}); expected finite logits")
+        p = softmax(logits, temperature)
+        total = p if total is None else total + p
+    return (total / len(members)).astype(np.float32)
 
 
 def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data_key: str) -> tuple[np.ndarray, bool]:

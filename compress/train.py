@@ -84,6 +84,7 @@ def fit(
     device: torch.device | None = None,
     jitter_pixels: int = 0,
     checkpoint: Path | None = None,
+    data_parallel: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with a cosine learning-rate schedule; returns per-epoch mean loss.
@@ -91,12 +92,13 @@ def fit(
     With ``checkpoint``, everything that decides the next epoch (weights, optimizer and schedule state,
     the shuffling generator, torch's RNG) is saved after every epoch, and a later call with the same
     path continues after the last saved epoch: an interrupted run resumes and ends bit-identical to an
-    uninterrupted one. Under ``torchrun`` each process takes its share of every batch and
-    DistributedDataParallel averages the gradients; rank 0 writes the checkpoint.
+    uninterrupted one. With ``data_parallel`` (under ``torchrun``) each process takes its share of every
+    batch and DistributedDataParallel averages the gradients; rank 0 writes the checkpoint. Teachers are
+    trained by rank 0 alone, so it is opt-in.
     """
     device = device or pick_device()
     seed_everything(seed)
-    rank, world = distributed()
+    rank, world = distributed() if data_parallel else (0, 1)
     model.to(device).train()
     trained = model
     if world > 1:

@@ -15,11 +15,15 @@ reshape-like ops are attributed to the compute op before them. In a Core ML int8
 quantize/dequantize pair *in front of* a conv/linear belongs to that op (it is inserted for it, and keeping
 the op in float removes it), so the op is charged with its input's quantization too.
 
-Each row's ``node`` is the MIL op name (e.g. ``linear_1_cast_fp16``): ``export.coreml.export(...,
-float_ops=[...])`` keeps those ops in float (coremltools ``op_name_configs={name: None}`` for the activation
-quantize/dequantize insertion and for weight compression). With ``model`` given, ``module`` names the torch
-module whose weights the op holds. ``quantize_with_fallback`` is the budgeted loop (keys as in
-``devices.quant_debug``).
+Each row's ``node`` is the MIL op name the fallback keeps in float (e.g. ``linear_1_cast_fp16``):
+``export.coreml.export(..., float_ops=[...])`` leaves those ops without quantize/dequantize pairs and with
+uncompressed weights (coremltools ``op_name_configs={name: None}`` for the activation passes and for weight
+compression). coremltools only quantizes around conv/linear/add/pool ops, so the error an op of another
+type suffers (``op``; e.g. a ``log`` reading quantized mel energies) is charged to the op that quantized its
+input (a conv whose output pair feeds it); ``keepable`` is False where there is none. One row per
+``node``: its worst op. With ``model`` given, ``module`` names the torch module whose weights the op holds
+(where the converted weights still equal them, i.e. no batch norm was folded in).
+``quantize_with_fallback`` is the budgeted loop (keys as in ``devices.quant_debug``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from devices.quant_debug import MAX_SAMPLES
 PASSTHROUGH = {"quantize", "dequantize", "cast", "relu", "relu6", "reshape", "transpose", "squeeze",
                "expand_dims", "max_pool", "identity", "clip", "slice_by_index", "slice_by_size", "pad"}
 SKIP = {"classify"}
+# op types coremltools' activation quantization inserts quantize/dequantize pairs for (in front of them, and
+# behind them or their activation): the ops ``op_name_configs={name: None}`` can keep in float
+QUANTIZABLE = {"conv", "linear", "add", "avg_pool", "max_pool"}
 EXACT_DB = 150.0
 MAX_COREML_SAMPLES = 128  # the numpy evaluator is slow on conv nets: a hundred samples rank layers fine
 
@@ -102,6 +109,15 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
     producer = {name: op for op in qops for name, _ in op.outputs}
     pairs = {name: f_vars[_norm(name)] for op in qops if op.type not in SKIP
              for name, dt in op.outputs if dt is not None and _norm(name) in f_vars}
+    # a dequantize output is the float variable its quantize read, after int8 round-trip
+    for op in qops:
+        if op.type == "dequantize":
+            src = [v for kind, v in op.bindings.get("input", []) if kind == "name"]
+            qop = producer.get(src[0]) if src else None
+            if qop is not None and qop.type == "quantize":
+                orig = [v for kind, v in qop.bindings.get("input", []) if kind == "name"]
+                if orig and _norm(orig[0]) in f_vars:
+                    pairs[op.outputs[0][0]] = f_vars[_norm(orig[0])]
     pairs[in_name] = in_name
 
     signal = dict.fromkeys(pairs, 0.0)
@@ -135,13 +151,15 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
             op = producer.get(ins[0])
         return op
 
-    def upstream_sqnr(var: str) -> float | None:
+    def upstream_sqnr(var: str, consumer) -> float | None:
         seen = set()
+        own_pair = consumer.type in QUANTIZABLE
         while var not in seen:
             seen.add(var)
-            # a dequantize output is the quantized input *of the op reading it*: look above it
+            # in front of a conv/linear/add/pool, the quantize/dequantize pair is the op's own (coremltools
+            # inserts it for that op; keeping the op in float removes it): measure above it
             op = producer.get(var)
-            if var in sqnr and (op is None or op.type not in ("dequantize", "quantize")):
+            if var in sqnr and not (own_pair and op is not None and op.type in ("dequantize", "quantize")):
                 return sqnr[var]
             ins = activation_inputs(op) if op is not None else []
             if not ins:
@@ -172,21 +190,41 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
         d = (a - b.reshape(a.shape)).reshape(-1)
         return _sqnr(float(np.sum(a * a)), float(np.dot(d, d))), module
 
-    rows: dict[str, dict] = {}
+    def owner(op):
+        """The op whose float fallback removes the quantization ``op`` suffers: itself for the op types
+        coremltools quantizes; else the op that quantized its input (the pattern a suffix pair follows)."""
+        if op.type in QUANTIZABLE:
+            return op
+        for var in activation_inputs(op):
+            dq = producer.get(var)
+            if dq is None or dq.type != "dequantize":
+                continue
+            src = [v for kind, v in dq.bindings.get("input", []) if kind == "name"]
+            qop = producer.get(src[0]) if src else None
+            orig = [v for kind, v in qop.bindings.get("input", []) if kind == "name"] if qop is not None else []
+            found = source_op(orig[0]) if orig else None
+            if found is not None and found.type in QUANTIZABLE:
+                return found
+        return None
+
+    per_op: dict[str, dict] = {}
     for var, value in sqnr.items():
         op = source_op(var)
         if op is None or op.type in SKIP:
             continue
-        node = op.name or op.outputs[0][0]
-        row = rows.get(node)
+        key = op.name or op.outputs[0][0]
+        row = per_op.get(key)
         if row is not None and row["sqnr_db"] <= value:
             continue
-        ins = [upstream_sqnr(i) for i in activation_inputs(op)]
+        ins = [upstream_sqnr(i, op) for i in activation_inputs(op)]
         ins = [v for v in ins if v is not None]
         input_sqnr = min(ins) if ins else None
         w_sqnr, module = weights(op)
-        rows[node] = {
-            "node": node,
+        keeper = owner(op)
+        per_op[key] = {
+            "node": (keeper.name or keeper.outputs[0][0]) if keeper is not None else key,
+            "op": key,
+            "keepable": keeper is not None,
             "module": module,
             "op_type": op.type,
             "tensor": var,
@@ -195,8 +233,14 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
             "error_added_db": (input_sqnr if input_sqnr is not None else EXACT_DB) - value,
             "weight_sqnr_db": w_sqnr,
         }
-    for r in rows.values():
+    rows: dict[str, dict] = {}
+    for r in per_op.values():  # one row per node the fallback can keep: the worst op charged to it
         r["layer_sqnr_db"] = layer_sqnr(r["input_sqnr_db"], r["sqnr_db"])
+        best = rows.get(r["node"])
+        if best is None or (r["layer_sqnr_db"], -r["error_added_db"]) < (best["layer_sqnr_db"], -best["error_added_db"]):
+            if best is not None and r["op"] != r["node"]:  # keep the node's own op type/module for display
+                r = {**r, "module": best["module"] or r["module"], "weight_sqnr_db": best["weight_sqnr_db"]}
+            rows[r["node"]] = r
     out = sorted(rows.values(), key=lambda r: (r["layer_sqnr_db"], -_sortable(r["error_added_db"])))
     for r in out:
         for key in ("sqnr_db", "input_sqnr_db", "error_added_db", "weight_sqnr_db", "layer_sqnr_db"):
@@ -262,8 +306,7 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, float_
                 first_ranking = ranking
             modules.update({r["node"]: r["module"] for r in ranking})
             # only ops that compression touches can be kept in float (those with weights or inserted pairs)
-            remaining = [r["node"] for r in ranking if r["node"] not in excluded and r["op_type"] in
-                         ("conv", "linear", "add", "avg_pool", "max_pool", "matmul", "conv_transpose")]
+            remaining = [r["node"] for r in ranking if r["node"] not in excluded and r["keepable"]]
             if not remaining:
                 break
             excluded.append(remaining[0])

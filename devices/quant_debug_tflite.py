@@ -70,34 +70,58 @@ def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
     return (v - zeros.reshape(shape)) * scales.reshape(shape)
 
 
-def module_name(tensor_name: str) -> str | None:
-    """The torch module name a litert-torch tensor name comes from (None: the root module itself).
+COMPUTE_CLASSES = re.compile(r"(Conv|Linear|Embedding|GRU|LSTM|RNN|Attention|Bilinear)")
 
-    ``"M/torch.nn.modules.container.Sequential_blocks/torch.nn.modules.conv.Conv2d_0;..."`` -> ``"blocks.0"``:
-    the first ``;``-separated name, its ``/`` path without the root, each part ``<module class>_<attribute>``.
-    """
-    first = tensor_name.split(";")[0]
-    parts = first.split("/")
+
+def _segment_module(segment: str) -> tuple[str | None, str]:
+    """(module name, module class) of one ``;``-separated part of a litert-torch tensor name."""
+    parts = segment.split("/")
     if len(parts) < 2:
-        return None
-    names = []
+        return None, ""
+    names, cls = [], ""
     for part in parts[1:]:
         leaf = part.rsplit(".", 1)[-1]
         if "_" not in leaf:
-            return None
-        names.append(leaf.split("_", 1)[1])
-    return ".".join(names) or None
+            return None, ""
+        cls, attr = leaf.split("_", 1)
+        names.append(attr)
+    return ".".join(names) or None, cls
 
 
-def _resolve_module(name: str | None, tensor: str, modules: set[str] | None) -> str | None:
+def module_name(tensor_name: str, modules: dict[str, torch.nn.Module] | None = None) -> str | None:
+    """The torch module a litert-torch tensor name comes from (None: the root module itself).
+
+    ``"M/torch.nn.modules.container.Sequential_blocks/torch.nn.modules.conv.Conv2d_0;..."`` -> ``"blocks.0"``:
+    each ``;``-separated part is a ``/`` path without the root, each step ``<module class>_<attribute>``.
+    A fused op (conv + batch norm + ReLU) names several modules; the one that holds the weights (a conv or
+    linear layer; with ``modules``: a module with a weight matrix of its own) is the layer.
+    """
+    found = [_segment_module(seg) for seg in tensor_name.split(";") if seg]
+    found = [(name, cls) for name, cls in found if name]
+    if not found:
+        return None
+    if modules is not None:
+        known = [(n, c) for n, c in found if n in modules]
+        for name, _ in known:
+            w = getattr(modules[name], "weight", None)
+            if isinstance(w, torch.Tensor) and w.ndim >= 2:
+                return name
+        if known:
+            return known[0][0]
+    for name, cls in found:
+        if COMPUTE_CLASSES.search(cls):
+            return name
+    return found[0][0]
+
+
+def _resolve_module(name: str | None, tensor: str, modules: dict | None) -> str | None:
     """``name``, checked against (and where a class name held ``_`` corrected by) the model's modules."""
     if name is None or modules is None or name in modules:
         return name
     first = tensor.split(";")[0].split("/")[1:]
     leaves = [p.rsplit(".", 1)[-1] for p in first]
-    # try every split point of each part's "Class_attr"
     candidates = [""]
-    for leaf in leaves:
+    for leaf in leaves:  # try every split point of each part's "Class_attr"
         cuts = [m.start() for m in re.finditer("_", leaf)]
         candidates = [f"{c}.{leaf[i + 1:]}" if c else leaf[i + 1:] for c in candidates for i in cuts]
     found = [c for c in candidates if c in modules]
@@ -179,6 +203,21 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
         fi = f.by_name.get(q.name(qi))
         if fi is not None and f.is_activation(fi):
             pairs[qi] = fi
+    # ops whose output names differ (the converter renames fused/wrapped ops): align the two op sequences
+    from difflib import SequenceMatcher
+
+    skip = ("QUANTIZE", "DEQUANTIZE")
+    fseq = [op for op in f.ops if op["op_name"] not in skip]
+    qseq = [op for op in q.ops if op["op_name"] not in skip]
+    matcher = SequenceMatcher(None, [op["op_name"] for op in fseq], [op["op_name"] for op in qseq], autojunk=False)
+    matched_f = set(pairs.values())
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            fo, qo_ = int(fseq[block.a + k]["outputs"][0]), int(qseq[block.b + k]["outputs"][0])
+            if qo_ not in pairs and fo not in matched_f and \
+                    np.prod(f.details[fo]["shape"]) == np.prod(q.details[qo_]["shape"]):
+                pairs[qo_] = fo
+                matched_f.add(fo)
     pairs[int(q.input["index"])] = int(f.input["index"])
     qo, fo = q.it.get_output_details()[0]["index"], f.it.get_output_details()[0]["index"]
     pairs[int(qo)] = int(fo)
@@ -223,11 +262,11 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
             tensor = ins[0]
         return None
 
-    f_by_output = {f.name(int(o)): op for op in f.ops for o in op["outputs"]}
-    modules = {n for n, _ in model.named_modules() if n} if model is not None else None
+    f_producer = {int(o): op for op in f.ops for o in op["outputs"]}
+    modules = {n: m for n, m in model.named_modules() if n} if model is not None else None
 
     def weight_sqnr(op) -> float | None:
-        fop = f_by_output.get(q.name(int(op["outputs"][0])))
+        fop = f_producer.get(pairs.get(int(op["outputs"][0]), -1))
         if fop is None:
             return None
         values = []
@@ -252,12 +291,15 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
         if op is None:  # the graph input itself
             continue
         out_name = q.name(int(op["outputs"][0]))
-        module = _resolve_module(module_name(out_name), out_name, modules)
+        module = _resolve_module(module_name(out_name, modules), out_name, modules)
+        if module is None and int(op["outputs"][0]) in pairs:  # the converter renamed it: the fp32 name
+            f_name = f.name(pairs[int(op["outputs"][0])])
+            module = _resolve_module(module_name(f_name, modules), f_name, modules)
         if module is None:  # the graph output is renamed after the signature: its bias/weights keep the module
             for i in op["inputs"]:
                 if int(i) >= 0 and not q.is_activation(int(i)):
                     const = q.name(int(i))
-                    module = _resolve_module(module_name(const), const, modules)
+                    module = _resolve_module(module_name(const, modules), const, modules)
                     if module is not None:
                         break
         node = module or f"{op['op_name']}:{out_name.split(';')[0]}"
@@ -302,6 +344,66 @@ def _sortable(v: float | None) -> float:
     return -math.inf if v is None or math.isnan(v) else v
 
 
+def quantized_modules(path: Path | str, modules: list[str]) -> list[str]:
+    """Which of ``modules`` still run int8 ops in the ``.tflite`` at ``path``.
+
+    PT2E leaves a kept module unannotated, but LiteRT's converter may still fuse ``DEQUANTIZE -> float conv
+    -> QUANTIZE`` into an int8 conv (it quantizes the float weights itself) when the neighbours are int8.
+    """
+    g = _Graph(Path(path))
+    hits = set()
+    for op in g.ops:
+        outs = [int(o) for o in op["outputs"]]
+        if not outs or not np.issubdtype(g.details[outs[0]]["dtype"], np.integer) or op["op_name"] in PASSTHROUGH:
+            continue
+        names = [g.name(outs[0])] + [g.name(int(i)) for i in op["inputs"] if int(i) >= 0 and not g.is_activation(int(i))]
+        for name in names:
+            for seg in name.split(";"):
+                m, _ = _segment_module(seg)
+                for kept in modules:
+                    if m is not None and (m == kept or m.startswith(kept + ".")):
+                        hits.add(kept)
+    return [m for m in modules if m in hits]
+
+
+def module_regex(module: str) -> str:
+    """A regex for the tensor names of ``module``'s ops (``"body.4"`` matches ``.../..._body/..._4;``)."""
+    return r"(^|;)[^/;]*" + "".join(r"/[\w.]*?_" + re.escape(part) for part in module.split(".")) + r"(;|/|$)"
+
+
+def aeq_quantize(fp32_path: Path | str, out_path: Path | str, calibration: np.ndarray, float_modules: list[str]) -> Path:
+    """Full int8 of the fp32 ``.tflite`` with ai-edge-quantizer (``static_wi8_ai8``, min/max calibration),
+    with ``float_modules``' ops left in float (``no_quantize`` for the tensor-name regex of each module).
+
+    Used when LiteRT's converter re-quantizes a module PT2E left in float: ai-edge-quantizer works on the
+    converted flatbuffer, so what it leaves in float stays float (DEQUANTIZE/QUANTIZE around it).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    signatures = Interpreter(model_path=str(fp32_path)).get_signature_list()
+    key = next(iter(signatures))
+    (input_name,) = signatures[key]["inputs"]
+    qt = quantizer.Quantizer(str(fp32_path))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    for module in float_modules:
+        qt.update_quantization_recipe(regex=module_regex(module), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
+    shape = Interpreter(model_path=str(fp32_path)).get_input_details()[0]["shape"]
+    data = [{input_name: np.asarray(row, dtype=np.float32).reshape(shape)} for row in calibration]
+    result = qt.quantize(qt.calibrate({key: data}, num_threads=1), enable_progress_report=False)
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_bytes(bytes(result.quantized_model))
+    return out_path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
 def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_path: Path | str,
                            out_path: Path | str, info, calibration: np.ndarray, eval_fn: Callable[[Path], float],
                            budget: float, max_excluded: int = 3) -> dict:
@@ -311,6 +413,13 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_p
     ``model`` again with ``export.tflite.export(..., variant="int8", float_layers=kept)``. ``fp32_path``:
     the fp32 ``.tflite`` of ``model`` (the reference for accuracy and per-layer errors). Only layers that
     belong to a torch module can be kept in float; ``kept_in_float`` lists module names.
+
+    When full int8 does not convert at all (a converter error, e.g. a same-scale constraint LiteRT cannot
+    meet), the model's top-level children are tried in float one at a time until one converts; that try
+    is recorded in ``attempts`` with its ``error`` and ``int8_accuracy`` is None. A try whose kept module
+    the converter re-quantized anyway (``quantized_modules``: LiteRT fuses DEQUANTIZE -> float conv ->
+    QUANTIZE back into an int8 conv) lists it under ``requantized_by_converter`` and is redone with
+    ai-edge-quantizer on the fp32 flatbuffer (``aeq_quantize``), recorded as the attempt's ``quantizer``.
     """
     from export.tflite import export
 
@@ -321,14 +430,58 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_p
     attempts: list[dict] = []
     first_ranking: list[dict] | None = None
     excluded: list[str] = []
+    tried: set[str] = set()
+    conversion_error = None
     with tempfile.TemporaryDirectory(prefix="quant-fallback-tflite-") as work:
         work = Path(work)
         best = None
+
+        def convert(layers: list[str]) -> Path:
+            path = work / f"int8-{len(attempts)}.tflite"
+            export(model, example, path, info, variant="int8", calibration=calibration, float_layers=layers)
+            return path
+
+        candidate = None
         while True:
-            candidate = work / f"int8-{len(excluded)}.tflite"
-            export(model, example, candidate, info, variant="int8", calibration=calibration, float_layers=excluded)
+            try:
+                candidate = convert(excluded)
+            except InputError:
+                raise
+            except Exception as exc:  # the converter rejects this mix of int8 and float
+                attempts.append({"excluded": list(excluded), "accuracy": None, "drop": None, "error": _first_line(exc)})
+                if not excluded:
+                    conversion_error = exc
+                    children = [name for name, _ in model.named_children()]
+                else:
+                    children = []
+                    excluded.pop()
+                for name in children:
+                    try:
+                        tried.add(name)
+                        candidate = convert([name])
+                        excluded = [name]
+                        break
+                    except Exception as child_exc:
+                        attempts.append({"excluded": [name], "accuracy": None, "drop": None,
+                                         "error": _first_line(child_exc)})
+                else:
+                    if not excluded and conversion_error is not None:
+                        raise conversion_error
+                    if candidate is None:
+                        raise
+            attempt = {"excluded": list(excluded), "quantizer": "pt2e"}
+            requantized = quantized_modules(candidate, excluded) if excluded else []
+            if requantized:  # the converter fused the float layer back into int8: quantize the flatbuffer instead
+                attempt["requantized_by_converter"] = requantized
+                try:
+                    candidate = aeq_quantize(fp32_path, work / f"int8-{len(attempts)}-aeq.tflite", calibration, excluded)
+                    attempt["quantizer"] = "ai-edge-quantizer"
+                    attempt["still_int8"] = quantized_modules(candidate, excluded)
+                except Exception as exc:
+                    attempt["ai_edge_quantizer_error"] = _first_line(exc)
             acc = float(eval_fn(candidate))
-            attempts.append({"excluded": list(excluded), "accuracy": acc, "drop": fp32_acc - acc})
+            attempt.update(accuracy=acc, drop=fp32_acc - acc)
+            attempts.append(attempt)
             if best is None or acc > best[0]:
                 best = (acc, candidate, list(excluded))
             if fp32_acc - acc <= budget or len(excluded) >= max_excluded:
@@ -336,17 +489,20 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_p
             ranking = layer_errors(fp32_path, candidate, calibration, model=model)
             if first_ranking is None:
                 first_ranking = ranking
-            remaining = [r["module"] for r in ranking if r["module"] and
+            remaining = [r["module"] for r in ranking if r["module"] and r["module"] not in tried and
                          not any(r["module"] == e or r["module"].startswith(e + ".") for e in excluded)]
             if not remaining:
                 break
+            tried.add(remaining[0])
             excluded.append(remaining[0])
-        if fp32_acc - attempts[-1]["accuracy"] > budget:
+        last = attempts[-1]
+        if last["accuracy"] is None or fp32_acc - last["accuracy"] > budget:
             acc, chosen, kept = best
         else:
-            acc, chosen, kept = attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"]
+            acc, chosen, kept = last["accuracy"], candidate, last["excluded"]
         with atomic_path(out_path) as tmp:
             shutil.copyfile(chosen, tmp)
+    first_ok = next(a for a in attempts if a["accuracy"] is not None)
     return {
         "path": str(out_path),
         "fp32_accuracy": fp32_acc,
@@ -358,4 +514,6 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_p
         "kept_in_float": kept,
         "attempts": attempts,
         "layer_errors": first_ranking or [],
+        "int8_error": attempts[0].get("error"),
+        "first_converted_accuracy": first_ok["accuracy"],
     }

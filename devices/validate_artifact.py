@@ -106,9 +106,36 @@ def _same_normalization(a: dict, b: dict) -> bool:
     return True
 
 
+def _arm64_check(artifact: Path, target: str, x: np.ndarray, threads: int, samples: int, checks: list) -> dict:
+    """Run the artifact in the aarch64 wheels under QEMU and compare with the host run of the same file.
+
+    Correctness only (emulation is ~400x slower than native). Passes when the outputs are bit-exact, or
+    every top-1 agrees and no logit differs by more than 1e-4 (ORT's aarch64 conv kernels sum in another
+    order than x86's: ~4e-6 seen on a small fp32 CNN).
+    """
+    from devices import arm64_emu
+
+    if target not in ("onnx", "tflite"):
+        raise InputError(f"--arm64-emulator: runs .onnx and .tflite models, not {artifact.name}")
+    if arm64_emu.status() is None:
+        raise InputError("--arm64-emulator: the emulator is not built; expected `compress devices setup arm64-emu` first")
+    n = max(1, min(int(samples), len(x)))
+    try:
+        result = arm64_emu.compare_with_host(artifact, x[:n], threads)
+    except (RuntimeError, arm64_emu.EmulatorUnavailable) as exc:
+        checks.append({"name": "arm64 emulator reproduces host outputs", "passed": False, "detail": str(exc)})
+        return {"error": str(exc)}
+    ok = result["bit_exact"] or (result["top1_agreement"] == 1.0 and result["max_abs_diff"] <= 1e-4)
+    checks.append({"name": "arm64 emulator reproduces host outputs", "passed": bool(ok),
+                   "detail": f"{'bit-exact' if result['bit_exact'] else 'not bit-exact'}, max abs diff "
+                             f"{result['max_abs_diff']:.3g}, top-1 agreement {100 * result['top1_agreement']:.2f}% on "
+                             f"{result['samples']} real test samples; {result['engine']} vs {result['host_engine']}"})
+    return result
+
+
 def validate(path, *, profile=None, data=None, data_format=None, reference=None, threads=None,
              max_accuracy_drop=None, max_latency_ms=None, max_size_kb=None, max_peak_memory_mb=None,
-             min_runtime=None, latency_runs=100, limit_test=None) -> dict:
+             min_runtime=None, latency_runs=100, limit_test=None, arm64_samples=None) -> dict:
     """Validate an artifact folder or model file in its runtime; see the module docstring. InputError on bad input."""
     from compress import __version__
     from compress.cache import file_sha256, path_size
@@ -198,6 +225,8 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
                      "accuracy": ref_acc, "agreement_with_teacher": 1.0,
                      "params": None if any(p is None for p in params) else int(sum(params)), "macs": None,
                      "size_bytes": None, "latency_ms": None, "parity": None})
+
+    emulator = _arm64_check(artifact, target, x, threads, arm64_samples, checks) if arm64_samples else None
 
     # host latency, device estimate, size, peak memory
     host = _host()
@@ -312,5 +341,5 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
     return {"schema": "compress.report/1", "kind": "validate", "tool": {"name": "compress", "version": __version__},
             "versions": versions(), "run": run, "rows": rows, "comparison": None, "compatibility": compatibility,
             "checks": checks, "budgets": budget_checks, "measured": measured, "latency": latency,
-            "peak_memory": mem, "size": {"bytes": size_bytes, "kb": size_bytes / 1024, "kb_unit": "1024 bytes"},
+            "peak_memory": mem, "arm64_emulator": emulator, "size": {"bytes": size_bytes, "kb": size_bytes / 1024, "kb_unit": "1024 bytes"},
             "notes": notes, "passed": passed}

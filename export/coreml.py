@@ -122,7 +122,8 @@ def _convert(model, example, info: ModelInfo, precision: str, target, max_batch:
         op = _op_from_error(exc)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         what = f"op '{op}'" if op else "the model"
-        raise InputError(f"model: {what} cannot be converted to target 'coreml' ({first})") from exc
+        raise InputError(f"model: {what} cannot be converted to target 'coreml' ({first}); expected only ops "
+                         "coremltools converts: rewrite that layer or pick another target") from exc
 
 
 def _weight_config(compression: str, float_ops: Sequence[str] = ()):

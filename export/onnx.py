@@ -60,7 +60,8 @@ def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: Mode
         except Exception as exc:
             op = _failed_op(exc)
             reason = f"op {op} has no ONNX translation" if op else _first_line(exc)
-            raise InputError(f"model {info.name!r}: cannot be converted to target 'onnx' ({reason})") from None
+            raise InputError(f"model {info.name!r}: cannot be converted to target 'onnx' ({reason}); expected only ops "
+                             "the torch.onnx (dynamo) exporter translates: rewrite that layer or pick another target") from None
         proto = program.model_proto
         del proto.metadata_props[:]  # the exporter's internal bookkeeping; ours follows
         for key, value in info.metadata().items():

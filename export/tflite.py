@@ -132,7 +132,8 @@ def _convert(model: torch.nn.Module, sample: torch.Tensor, variant: str, calib: 
         op = _unconvertible_op(exc)
         if op is None:
             raise
-        raise InputError(f"model: op {op} cannot be converted to target {TARGET!r} (litert-torch cannot lower it)") from exc
+        raise InputError(f"model: op {op} cannot be converted to target {TARGET!r} (litert-torch cannot lower it); "
+                         "expected only ops litert-torch lowers: rewrite that layer or pick another target") from exc
 
 
 def _convert_pt2e(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: np.ndarray | None,

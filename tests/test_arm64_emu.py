@@ -2,8 +2,9 @@
 
 A small CNN (conv + batchnorm + relu + pool + linear: NEON conv, gemm and int8 kernels) is trained for a
 second on the real digits, exported to fp32 ONNX and full-int8 TFLite, and run on 50 real test samples in
-the emulator and on the host. The emulator is built once by ``setup()`` (~20 s, ~200 MB download) in a
-stable cache folder and reused by later runs; without network or apt the tests skip with the reason.
+the emulator and on the host. Tests download nothing: the emulator is built beforehand by
+``compress devices setup arm64-emu`` (part of the README's test command; ~20 s, ~260 MB download, cached),
+and where it is not built the tests skip with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from compress.errors import InputError  # noqa: E402
-from devices.arm64_emu import EmulatorUnavailable, compare_with_host, open_arm64, run_on_emulator, setup  # noqa: E402
+from devices.arm64_emu import compare_with_host, open_arm64, run_on_emulator, setup, status  # noqa: E402
 from export.common import ModelInfo  # noqa: E402
 
 pytestmark = pytest.mark.arm64_emu
@@ -24,10 +25,10 @@ SAMPLES = 50
 
 @pytest.fixture(scope="module")
 def emulator():
-    try:
-        return setup()
-    except EmulatorUnavailable as exc:
-        pytest.skip(f"ARM64 emulator unavailable: {exc}")
+    built = status()
+    if built is None:
+        pytest.skip("ARM64 emulator not built: run `compress devices setup arm64-emu` (the README's test command does)")
+    return built
 
 
 class CNN(nn.Module):
@@ -127,3 +128,25 @@ def test_missing_model_is_a_clear_error(emulator, tmp_path):
 def test_wrong_input_shape_is_a_clear_error(emulator, exported):
     with pytest.raises(InputError, match=r"expected shape \(N, 1, 8, 8\)"):
         run_on_emulator(exported["int8"], np.zeros((2, 64), np.float32))
+
+
+@pytest.mark.parametrize("target, quantize", [("onnx", "none"), ("tflite", "int8")])
+def test_mnist_sample_models_reproduce_host_outputs_via_validate(emulator, tmp_path, target, quantize):
+    """`compress validate --arm64-emulator N` on MNIST students (fp32 ONNX, full-int8 TFLite)."""
+    from compress.pipeline import RunConfig, run
+    from devices.validate_artifact import validate
+    from tests.conftest import require_mnist
+
+    mnist = require_mnist()
+    report = run(RunConfig(target=target, quantize=quantize, data=str(mnist), limit_train=2000, limit_test=300,
+                           teachers=["mlp-small"], teacher_epochs=1, epochs=3, latency_runs=3, out=str(tmp_path)),
+                 quiet=True)
+    checked = validate(report["run"]["out_dir"], arm64_samples=100, latency_runs=3)
+    check = next(c for c in checked["checks"] if c["name"] == "arm64 emulator reproduces host outputs")
+    emu = checked["arm64_emulator"]
+    print(target, quantize, check["detail"])
+    assert check["passed"] and emu["samples"] == 100 and emu["top1_agreement"] == 1.0
+    if quantize == "int8":
+        assert emu["bit_exact"], "int8 XNNPACK kernels are integer arithmetic: expected identical outputs"
+    else:
+        assert emu["max_abs_diff"] <= 1e-4

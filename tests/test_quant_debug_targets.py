@@ -165,3 +165,32 @@ def test_layer_errors_for_rejects_mixed_or_float_files(fragile, tflite_pair, cor
         layer_errors_for(fp32, fp32, fragile["calib"])
     with pytest.raises(InputError, match="not a compressed"):
         layer_errors_for(fp16, fp16, fragile["calib"])
+
+
+def test_tflite_fallback_when_full_int8_does_not_convert(tmp_path):
+    """LiteRT cannot convert the LogMel front-end of the speech students to full int8 (a same-scale
+    constraint on the input reshape); the fallback keeps that top-level module in float and goes on."""
+    from compress.speech import ds_cnn
+    from devices.quant_debug_tflite import quantize_with_fallback
+    from export.tflite import export
+
+    torch.manual_seed(0)
+    model = ds_cnn((8000,), 10, channels=4, blocks=1).eval()
+    x = (np.random.default_rng(0).standard_normal((24, 8000)) * 0.1).astype(np.float32)
+    info = ModelInfo(name="tiny-speech", labels=[str(i) for i in range(10)])
+    example = torch.as_tensor(x[:1])
+    fp32 = export(model, example, tmp_path / "fp32.tflite", info)
+    ref = np.argmax(batched(RUNNERS["tflite"](fp32).predict, x[8:]), axis=1)
+
+    def agreement(path):
+        return float(np.mean(np.argmax(batched(RUNNERS["tflite"](path).predict, x[8:]), axis=1) == ref))
+
+    result = quantize_with_fallback(model, example, fp32, tmp_path / "int8.tflite", info, x[:8], agreement, budget=1.0)
+    assert result["int8_accuracy"] is None and "same scale" in result["int8_error"]
+    assert result["kept_in_float"] == ["frontend"] and result["within_budget"]
+    assert [a["excluded"] for a in result["attempts"]] == [[], ["frontend"]]
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tmp_path / "int8.tflite"))
+    it.allocate_tensors()
+    assert any(op["op_name"] == "QUANTIZE" for op in it._get_ops_details())  # the body is int8

@@ -1,15 +1,10 @@
 #!/usr/bin/env bash
 # FSDD speech sample: distill a 3-teacher CNN ensemble into a DS-CNN that takes raw 8 kHz PCM, export it to
 # ONNX, TFLite and Core ML, and validate each file in its runtime. Run from the repository root:
-#     bash samples/fsdd_speech/run.sh [path/to/fsdd]
-# Teachers and soft targets are trained/computed by the first run and reused from the cache by the others.
+#     bash samples/fsdd_speech/run.sh [path/to/fsdd] [more distill-and-export flags]
+# Every setting is in samples/fsdd_speech/compress.toml; flags given here override it. The recipe lists the
+# three targets, so this is one command: the first target trains/caches the teachers and soft targets, the
+# other two reuse them. Exit code: 0 all checks passed, 1 a check failed, 2 bad input.
 set -euo pipefail
 DATA="${1:-../shared/datasets/fsdd}"
-COMMON=(--data "$DATA"
-        --teacher speech-cnn --teacher speech-resnet --teacher speech-wide-cnn
-        --student ds-cnn --teacher-epochs 15 --epochs 40 --lr 1e-2 -T 4)
-status=0
-compress distill-and-export "${COMMON[@]}" --target onnx || status=$?
-compress distill-and-export "${COMMON[@]}" --target tflite || status=$?
-compress distill-and-export "${COMMON[@]}" --target coreml --precision fp32 || status=$?
-exit $status
+exec compress distill-and-export --recipe samples/fsdd_speech/compress.toml --data "$DATA" "${@:2}"

@@ -1,0 +1,102 @@
+"""Every sample recipe (``samples/**/compress.toml``) loads and builds valid run configurations.
+
+No training: parsing (``compress.recipe.load``), the CLI's merge into one ``RunConfig`` per target
+(``compress.cli._run_configs``) and ``RunConfig.validate()``, plus the names a run would resolve (teachers,
+student, data format, device profile). The recipes shown in the samples' READMEs must be the files.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from compress import models, recipe
+from compress.cli import _run_configs
+from compress.data import DATASETS
+from compress.teachers import teacher_format
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "samples").rglob("compress.toml"))
+
+
+def test_the_samples_have_recipes():
+    names = {p.parent.relative_to(ROOT / "samples").as_posix() for p in RECIPES}
+    assert {"mnist_hinton", "fsdd_speech", "ci"} <= names, names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.parent.name)
+def test_sample_recipe_builds_valid_run_configs(path):
+    values = recipe.load(path)
+    assert values, f"{path} sets nothing"
+    configs = _run_configs(str(path), {})
+    assert configs and [c.target for c in configs] == values.get("targets", ["onnx"])
+    for cfg in configs:
+        cfg.validate()
+        assert cfg.recipe_path == str(path)
+        for spec in cfg.teachers:
+            if teacher_format(spec) == "builtin":
+                assert spec in models.MODELS
+        assert cfg.student in models.MODELS
+        assert cfg.data_format is None or cfg.data_format in DATASETS
+        if cfg.profile:
+            from devices.profiles import load_profile
+
+            assert load_profile(cfg.profile)["runtime"] == cfg.target
+
+
+def test_fsdd_recipe_is_the_documented_run():
+    configs = {c.target: c for c in _run_configs(str(ROOT / "samples/fsdd_speech/compress.toml"), {})}
+    assert sorted(configs) == ["coreml", "onnx", "tflite"]
+    for cfg in configs.values():
+        assert (cfg.data_format, cfg.student, cfg.temperature, cfg.teacher_epochs, cfg.epochs, cfg.lr) == \
+               ("audio-folder", "ds-cnn", 4.0, 15, 40, 1e-2)
+        assert cfg.teachers == ["speech-cnn", "speech-resnet", "speech-wide-cnn"]
+        assert cfg.data_options["split"] == "index<5"
+    assert configs["coreml"].precision == "fp32"
+    run_sh = (ROOT / "samples/fsdd_speech/run.sh").read_text()
+    assert "--recipe samples/fsdd_speech/compress.toml" in run_sh
+
+
+def test_mnist_recipe_is_the_distilled_row():
+    (cfg,) = _run_configs(str(ROOT / "samples/mnist_hinton/compress.toml"), {})
+    assert (cfg.student, cfg.temperature, cfg.alpha, cfg.data_format) == ("mlp-800", 20.0, 0.1, "idx")
+    assert cfg.teachers == ["mlp-1200", "cnn"] and cfg.jitter == 2
+
+
+def test_cli_flags_override_a_sample_recipe():
+    configs = _run_configs(str(ROOT / "samples/fsdd_speech/compress.toml"), {"target": "tflite", "epochs": 2})
+    assert [(c.target, c.epochs) for c in configs] == [("tflite", 2)]
+
+
+@pytest.mark.parametrize("readme", sorted((ROOT / "samples").rglob("README.md")), ids=lambda p: p.parent.name)
+def test_recipes_shown_in_readmes_match_the_files(readme):
+    blocks = re.findall(r"```toml\n(.*?)```", readme.read_text(), flags=re.S)
+    if not blocks or not (readme.parent / "compress.toml").is_file():
+        pytest.skip(f"{readme} shows no recipe")
+    shown = recipe.parse(blocks[0], str(readme))
+    assert shown == recipe.load(readme.parent / "compress.toml")
+
+
+def test_ci_workflow_parses_and_runs_the_recipe():
+    yaml = pytest.importorskip("yaml")
+    workflow = yaml.safe_load((ROOT / "samples/ci/github-actions.yml").read_text())
+    steps = workflow["jobs"]["model"]["steps"]
+    script = "\n".join(s.get("run", "") for s in steps)
+    assert "compress distill-and-export --recipe compress.toml --device pixel-class" in script
+    assert "--max-accuracy-drop 2 --max-size-kb 500 --json > report.json" in script
+    upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and "dist/" in upload["with"]["path"] and "report.json" in upload["with"]["path"]
+    cache = next(s for s in steps if str(s.get("uses", "")).startswith("actions/cache"))
+    assert cache["with"]["path"] == "~/.cache/compress"
+
+
+def test_ci_recipe_fits_the_workflow_device_profile():
+    from devices.profiles import load_profile
+
+    configs = _run_configs(str(ROOT / "samples/ci/compress.toml"),
+                           {"profile": "pixel-class", "max_accuracy_drop": 2.0, "max_size_kb": 500.0})
+    for cfg in configs:
+        cfg.validate()
+        assert load_profile(cfg.profile)["runtime"] == cfg.target
