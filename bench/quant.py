@@ -20,7 +20,13 @@ Every file runs in its own runtime on the full test split (Core ML: the MIL refe
 "not measured on Linux"); latency is batch 1, 1 thread, through ``devices.runners`` and
 ``devices.validation.measure_latency``. Prints one table and writes JSON.
 
-    python bench/quant.py [--quick] [--mnist-train 20000] [--students mlp-small cnn-small] [--out bench/results/quant.json]
+    python bench/quant.py [--quick] [--skip digits mnist fsdd] [--mnist-train 20000] [--students mlp-small cnn-small]
+                          [--out bench/results/quant.json]
+
+bench/results/quant.json was written by ``python bench/quant.py --mnist-epochs 10 --mnist-qat-epochs 1`` (the
+MNIST CNN's 20 epochs + 3 QAT epochs did not fit the time box on a 2-core machine). ``--quick`` is a smoke run
+(minutes); a row that fails (e.g. a converter error) is reported as "failed" and the run goes on. Rows so far
+are written to ``<out>.partial.json`` after each data set/student.
 """
 
 from __future__ import annotations
@@ -295,6 +301,14 @@ def main() -> None:
     if "digits" not in args.skip:
         jobs += [(load_data(None, seed=args.seed), s, list(models.DEFAULT_TEACHERS), 10, args.epochs, args.qat_epochs,
                   2.0, 3e-3) for s in args.students]
+    if "fsdd" in args.skip:
+        pass
+    elif Path(args.fsdd).is_dir():
+        fsdd = load_data(args.fsdd, "audio-folder", seed=args.seed)  # full train split: cached teachers
+        fsdd.name = f"fsdd ({len(fsdd.x_train)} train)"
+        jobs.append((fsdd, "ds-cnn", list(FSDD_TEACHERS), 15, args.fsdd_epochs, args.fsdd_qat_epochs, 4.0, 1e-2))
+    else:
+        console.print(f"[yellow]FSDD not found at {args.fsdd}: skipped[/yellow]")
     if "mnist" in args.skip:
         pass
     elif (Path(args.mnist) / "train-images-idx3-ubyte.gz").is_file():
@@ -305,14 +319,6 @@ def main() -> None:
                  for s in args.mnist_students]
     else:
         console.print(f"[yellow]MNIST not found at {args.mnist}: skipped[/yellow]")
-    if "fsdd" in args.skip:
-        pass
-    elif Path(args.fsdd).is_dir():
-        fsdd = load_data(args.fsdd, "audio-folder", seed=args.seed)  # full train split: cached teachers
-        fsdd.name = f"fsdd ({len(fsdd.x_train)} train)"
-        jobs.append((fsdd, "ds-cnn", list(FSDD_TEACHERS), 15, args.fsdd_epochs, args.fsdd_qat_epochs, 4.0, 1e-2))
-    else:
-        console.print(f"[yellow]FSDD not found at {args.fsdd}: skipped[/yellow]")
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
@@ -326,6 +332,10 @@ def main() -> None:
             work.mkdir()
             rows += bench_one(data, student, soft, student_name, work, args.runs, qat_epochs, args.seed, console,
                               temperature=temperature, lr=lr)
+            partial = Path(args.out).with_suffix(".partial.json")  # what finished so far, if the run is cut short
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"benchmark": "quant", "partial": True, "rows": rows,
+                                           "elapsed_s": time.perf_counter() - started}, indent=2, default=float))
 
     table = Table(title=f"quantization per target and scheme (batch 1, 1 thread, {args.runs} timed runs; "
                         f"full test splits; Core ML via the MIL reference evaluator)")
@@ -369,6 +379,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=float))
     console.print(f"wrote {args.out}")
+    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

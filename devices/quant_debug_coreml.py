@@ -11,9 +11,10 @@ SQNR in dB and the attribution are those of ``devices.quant_debug``: ``error_add
 activation input minus SQNR of its output; rows are sorted by ``layer_sqnr_db`` (the noise the op adds by
 itself, as an SQNR, lowest first; see ``devices.quant_debug_tflite``: the input of a Core ML program is
 exact float, so the dB difference would rank the first layer worst whatever it does); ``quantize``/``dequantize``/``cast``/``relu``/
-reshape-like ops are attributed to the compute op before them. In a Core ML int8 program the
-quantize/dequantize pair *in front of* a conv/linear belongs to that op (it is inserted for it, and keeping
-the op in float removes it), so the op is charged with its input's quantization too.
+reshape-like ops are attributed to the compute op before them. Each quantize/dequantize pair belongs to
+the op coremltools inserted it for, since keeping that op in float removes it: behind a
+conv/linear/add/pool (or its activation) to that op (a suffix pair), otherwise to the conv/linear/add/pool
+reading it (a prefix pair), whose error then includes its input's quantization.
 
 Each row's ``node`` is the MIL op name the fallback keeps in float (e.g. ``linear_1_cast_fp16``):
 ``export.coreml.export(..., float_ops=[...])`` leaves those ops without quantize/dequantize pairs and with
@@ -151,16 +152,38 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
             op = producer.get(ins[0])
         return op
 
+    def pair_source(dq) -> str | None:
+        """The float variable a dequantize's quantize read (None: not a quantize/dequantize pair)."""
+        src = [v for kind, v in dq.bindings.get("input", []) if kind == "name"]
+        qop = producer.get(src[0]) if src else None
+        if qop is None or qop.type != "quantize":
+            return None
+        orig = [v for kind, v in qop.bindings.get("input", []) if kind == "name"]
+        return orig[0] if orig else None
+
+    def pair_owner(dq):
+        """The op a quantize/dequantize pair belongs to: the conv/linear/add/pool before it (coremltools'
+        suffix pair behind it or its activation), or None: a prefix pair of the ops reading it."""
+        orig = pair_source(dq)
+        found = source_op(orig) if orig else None
+        return found if found is not None and found.type in QUANTIZABLE else None
+
     def upstream_sqnr(var: str, consumer) -> float | None:
         seen = set()
-        own_pair = consumer.type in QUANTIZABLE
         while var not in seen:
             seen.add(var)
-            # in front of a conv/linear/add/pool, the quantize/dequantize pair is the op's own (coremltools
-            # inserts it for that op; keeping the op in float removes it): measure above it
             op = producer.get(var)
-            if var in sqnr and not (own_pair and op is not None and op.type in ("dequantize", "quantize")):
+            # a prefix pair in front of a conv/linear/add/pool is that op's own: measure above it
+            own_prefix = (op is not None and op.type == "dequantize" and consumer.type in QUANTIZABLE
+                          and pair_owner(op) is None)
+            if var in sqnr and not own_prefix:
                 return sqnr[var]
+            if op is not None and op.type == "dequantize":
+                orig = pair_source(op)
+                if orig is None:
+                    return None
+                var = orig
+                continue
             ins = activation_inputs(op) if op is not None else []
             if not ins:
                 return None
@@ -192,19 +215,13 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
 
     def owner(op):
         """The op whose float fallback removes the quantization ``op`` suffers: itself for the op types
-        coremltools quantizes; else the op that quantized its input (the pattern a suffix pair follows)."""
+        coremltools quantizes; else the owner of the pair that quantized its input."""
         if op.type in QUANTIZABLE:
             return op
         for var in activation_inputs(op):
             dq = producer.get(var)
-            if dq is None or dq.type != "dequantize":
-                continue
-            src = [v for kind, v in dq.bindings.get("input", []) if kind == "name"]
-            qop = producer.get(src[0]) if src else None
-            orig = [v for kind, v in qop.bindings.get("input", []) if kind == "name"] if qop is not None else []
-            found = source_op(orig[0]) if orig else None
-            if found is not None and found.type in QUANTIZABLE:
-                return found
+            if dq is not None and dq.type == "dequantize" and pair_owner(dq) is not None:
+                return pair_owner(dq)
         return None
 
     per_op: dict[str, dict] = {}
@@ -212,6 +229,9 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
         op = source_op(var)
         if op is None or op.type in SKIP:
             continue
+        dq = producer.get(var)
+        if dq is not None and dq.type == "dequantize" and pair_owner(dq) is None:
+            continue  # a prefix pair: charged to the conv/linear/add/pool reading it
         key = op.name or op.outputs[0][0]
         row = per_op.get(key)
         if row is not None and row["sqnr_db"] <= value:

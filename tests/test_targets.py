@@ -143,7 +143,7 @@ def test_int8_budget_reports_the_fallback(tmp_path):
     assert fb["eval_samples"] > 0 and fb["attempts"][0]["excluded"] == []
     assert fb["within_budget"] == (fb["drop"] <= 0.005)
     assert any(c["name"] == "int8 accuracy drop within 0.5 points" for c in report["checks"])
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.html", "report.json"]
     from compress.errors import InputError
 
     with pytest.raises(InputError, match="--int8-budget: the float fallback is available for --target onnx"):

@@ -119,7 +119,9 @@ def test_users_own_onnx_with_data_and_reference(folder, tmp_path, isolated_cache
 
     model = tmp_path / "my_model.onnx"
     shutil.copy(folder / "model.onnx", model)
-    teacher = max((isolated_cache / "teacher-onnx").glob("*.onnx"), key=lambda p: p.stat().st_size)  # mlp-1200
+    members = json.loads((folder / "manifest.json").read_text())["teachers"]  # this folder's teachers, as exported
+    teacher = max((isolated_cache / "teacher-onnx" / f"{m['fingerprint'][:32]}.onnx" for m in members),
+                  key=lambda p: p.stat().st_size)
     proc = compress("validate", str(model), "--data", "digits", "--reference", str(teacher), "--json",
                     "--max-accuracy-drop", "100", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
