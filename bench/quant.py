@@ -268,6 +268,37 @@ def fmt_size(n: int) -> str:
     return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.2f} MB"
 
 
+def render_table(rows: list[dict], runs: int) -> Table:
+    """The result table of ``rows`` (also for ``--render`` of a saved JSON)."""
+    table = Table(title=f"quantization per target and scheme (batch 1, 1 thread, {runs} timed runs; "
+                        f"full test splits; Core ML via the MIL reference evaluator)")
+    for col in ("data", "student", "target", "scheme", "method", "accuracy", "drop vs fp32", "size",
+                "p50 ms", "vs fp32", "int8 slower?", "parity p99|Δ|", "parity", "kept in float"):
+        table.add_column(col, justify="right" if col not in ("data", "student", "target", "scheme", "method",
+                                                             "kept in float") else "left")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["data"], r["student"], r["target"], r["scheme"], r["method"], "failed", r["error"][:40],
+                          *[""] * 7)
+            continue
+        kept = ""
+        if r.get("method") == "PTQ+fallback":
+            names = [m or k for k, m in zip(r["kept_in_float"], r.get("kept_modules") or r["kept_in_float"])]
+            kept = (", ".join(names) or "nothing") + f" (held-out drop {100 * r['fallback_eval_drop']:+.2f}" + \
+                ("" if r["fallback_within_budget"] else ", OVER budget") + \
+                ("; full int8 did not convert" if r.get("fallback_int8_error") else "") + ")"
+        lat = r["latency_ms"]
+        slower = "" if "int8" not in r["scheme"] or "slower_than_fp32" not in r else ("YES" if r["slower_than_fp32"] else "no")
+        table.add_row(
+            r["data"], r["student"], r["target"], r["scheme"], r["method"],
+            f"{100 * r['accuracy']:.2f}%", f"{100 * r['drop']:+.2f}", fmt_size(r["size_bytes"]),
+            f"{lat['p50']:.3f}" if lat else "not measured on Linux",
+            f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "",
+            slower, f"{r['parity']['p99_abs_diff']:.2e}", "ok" if r["parity"]["passed"] else "FAIL", kept,
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", nargs="+", default=["mlp-small", "cnn-small"])
@@ -287,7 +318,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: few epochs, 2000 MNIST train / 1000 test, 20 timed runs")
     parser.add_argument("--out", default="bench/results/quant.json")
+    parser.add_argument("--render", metavar="JSON", help="print the table of a saved result file and exit")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        Console(width=220).print(render_table(saved["rows"], saved.get("runs", args.runs)))
+        for line in saved.get("recommendations", []):
+            print(line)
+        print(f"wall time {saved.get('wall_time_s', 0):.0f}s")
+        return
     if args.quick:
         args.epochs, args.mnist_epochs, args.fsdd_epochs = 5, 2, 3
         args.qat_epochs = args.mnist_qat_epochs = args.fsdd_qat_epochs = 1
@@ -337,32 +376,7 @@ def main() -> None:
             partial.write_text(json.dumps({"benchmark": "quant", "partial": True, "rows": rows,
                                            "elapsed_s": time.perf_counter() - started}, indent=2, default=float))
 
-    table = Table(title=f"quantization per target and scheme (batch 1, 1 thread, {args.runs} timed runs; "
-                        f"full test splits; Core ML via the MIL reference evaluator)")
-    for col in ("data", "student", "target", "scheme", "method", "accuracy", "drop vs fp32", "size",
-                "p50 ms", "vs fp32", "int8 slower?", "parity p99|Δ|", "parity", "kept in float"):
-        table.add_column(col, justify="right" if col not in ("data", "student", "target", "scheme", "method",
-                                                             "kept in float") else "left")
-    for r in rows:
-        if "error" in r:
-            table.add_row(r["data"], r["student"], r["target"], r["scheme"], r["method"], "failed", r["error"][:40],
-                          *[""] * 7)
-            continue
-        kept = ""
-        if r.get("method") == "PTQ+fallback":
-            names = [m or k for k, m in zip(r["kept_in_float"], r.get("kept_modules") or r["kept_in_float"])]
-            kept = (", ".join(names) or "nothing") + f" (held-out drop {100 * r['fallback_eval_drop']:+.2f}" + \
-                ("" if r["fallback_within_budget"] else ", OVER budget") + ")"
-        lat = r["latency_ms"]
-        slower = "" if "int8" not in r["scheme"] or "slower_than_fp32" not in r else ("YES" if r["slower_than_fp32"] else "no")
-        table.add_row(
-            r["data"], r["student"], r["target"], r["scheme"], r["method"],
-            f"{100 * r['accuracy']:.2f}%", f"{100 * r['drop']:+.2f}", fmt_size(r["size_bytes"]),
-            f"{lat['p50']:.3f}" if lat else "not measured on Linux",
-            f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "",
-            slower, f"{r['parity']['p99_abs_diff']:.2e}", "ok" if r["parity"]["passed"] else "FAIL", kept,
-        )
-    console.print(table)
+    console.print(render_table(rows, args.runs))
     notes = recommendations([r for r in rows if "error" not in r])
     for line in notes:
         console.print(line)

@@ -562,6 +562,18 @@ def _tflite_compatibility(artifact: Path, min_runtime: str | None, checks: list)
             "required_by_user": min_runtime}
 
 
+def _front_end(student: torch.nn.Module) -> dict | None:
+    """The audio front-end the exported model computes itself (so the app feeds raw PCM), or None."""
+    from compress.frontend import LogMel
+
+    for module in student.modules():
+        if isinstance(module, LogMel):
+            return {"kind": "log-mel", "inside_model": True, "sample_rate": module.sample_rate,
+                    "n_fft": module.n_fft, "hop": module.hop, "n_mels": module.n_mels, "fmin": module.fmin,
+                    "fmax": module.fmax, "log_epsilon": module.eps}
+    return None
+
+
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
               file_name: str, name: str) -> dict:
     recipe = asdict(cfg)
@@ -578,6 +590,7 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         **IO_DESCRIBERS[cfg.target](folder / file_name),
         "output_meaning": "unnormalized class scores (logits) in labels.txt order; softmax gives probabilities",
         "normalization": data.normalization,
+        "front_end": _front_end(student),
         "labels": data.labels,
         "labels_file": "labels.txt",
         "student": {"arch": cfg.student, "params": models.count_params(student),

@@ -247,6 +247,7 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
             "keepable": keeper is not None,
             "module": module,
             "op_type": op.type,
+            "position": op.index,
             "tensor": var,
             "sqnr_db": value,
             "input_sqnr_db": input_sqnr,
@@ -257,16 +258,28 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
     for r in per_op.values():  # one row per node the fallback can keep: the worst op charged to it
         r["layer_sqnr_db"] = layer_sqnr(r["input_sqnr_db"], r["sqnr_db"])
         best = rows.get(r["node"])
-        if best is None or (r["layer_sqnr_db"], -r["error_added_db"]) < (best["layer_sqnr_db"], -best["error_added_db"]):
+        if best is None or rank_key(r) < rank_key(best):
             if best is not None and r["op"] != r["node"]:  # keep the node's own op type/module for display
                 r = {**r, "module": best["module"] or r["module"], "weight_sqnr_db": best["weight_sqnr_db"]}
             rows[r["node"]] = r
-    out = sorted(rows.values(), key=lambda r: (r["layer_sqnr_db"], -_sortable(r["error_added_db"])))
+    out = sorted(rows.values(), key=rank_key)
     for r in out:
         for key in ("sqnr_db", "input_sqnr_db", "error_added_db", "weight_sqnr_db", "layer_sqnr_db"):
             v = r[key]
             r[key] = None if v is None or math.isnan(v) else min(max(float(v), -EXACT_DB), EXACT_DB)
     return out
+
+
+COLLAPSE_DB = 20.0  # a layer whose own noise is within 20 dB of the signal breaks it
+
+
+def rank_key(row: dict) -> tuple:
+    """Worst first: layers that collapse the signal (``layer_sqnr_db`` < ``COLLAPSE_DB``) in graph order, the
+    earliest first (behind a collapsed signal every later layer's numbers are noise about noise), then the
+    others by ``layer_sqnr_db``."""
+    if row["layer_sqnr_db"] < COLLAPSE_DB:
+        return (0, row["position"], row["layer_sqnr_db"])
+    return (1, row["layer_sqnr_db"], -_sortable(row["error_added_db"]))
 
 
 def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:

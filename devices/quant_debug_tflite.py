@@ -314,6 +314,7 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
             "node": node,
             "module": module,
             "op_type": op["op_name"],
+            "position": int(op["index"]),
             "tensor": q.name(tensor),
             "sqnr_db": value,
             "input_sqnr_db": input_sqnr,
@@ -322,12 +323,24 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
         }
     for r in rows.values():
         r["layer_sqnr_db"] = layer_sqnr(r["input_sqnr_db"], r["sqnr_db"])
-    out = sorted(rows.values(), key=lambda r: (r["layer_sqnr_db"], -_sortable(r["error_added_db"])))
+    out = sorted(rows.values(), key=rank_key)
     for r in out:
         for key in ("sqnr_db", "input_sqnr_db", "error_added_db", "weight_sqnr_db", "layer_sqnr_db"):
             v = r[key]
             r[key] = None if v is None else (min(max(float(v), -EXACT_DB), EXACT_DB) if not math.isnan(v) else None)
     return out
+
+
+COLLAPSE_DB = 20.0  # a layer whose own noise is within 20 dB of the signal breaks it
+
+
+def rank_key(row: dict) -> tuple:
+    """Worst first: layers that collapse the signal (``layer_sqnr_db`` < ``COLLAPSE_DB``) in graph order, the
+    earliest first (behind a collapsed signal every later layer's numbers are noise about noise), then the
+    others by ``layer_sqnr_db``."""
+    if row["layer_sqnr_db"] < COLLAPSE_DB:
+        return (0, row["position"], row["layer_sqnr_db"])
+    return (1, row["layer_sqnr_db"], -_sortable(row["error_added_db"]))
 
 
 def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:

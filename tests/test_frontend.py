@@ -118,3 +118,17 @@ def test_logmel_parity_in_runtime(tmp_path, target, precision):
     else:
         assert diff.max() <= COREML_FP16_MAX_ABS, diff.max()
         assert np.percentile(diff, 99) <= COREML_FP16_P99_ABS, np.percentile(diff, 99)
+
+
+def test_manifest_records_the_front_end_inside_the_model():
+    """The app feeds raw PCM: the manifest must say which log-mel the model computes (and None for images)."""
+    from compress import models
+    from compress.frontend import LogMel
+    from compress.pipeline import _front_end
+
+    student = models.build("ds-cnn", (8000,), 10)
+    mel = next(m for m in student.modules() if isinstance(m, LogMel))
+    fe = _front_end(student)
+    assert fe["inside_model"] and fe["kind"] == "log-mel"
+    assert (fe["sample_rate"], fe["n_fft"], fe["hop"], fe["n_mels"]) == (mel.sample_rate, mel.n_fft, mel.hop, mel.n_mels)
+    assert _front_end(models.build("mlp-small", (1, 8, 8), 10)) is None
