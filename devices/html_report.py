@@ -321,10 +321,10 @@ def _header(report: dict) -> str:
     run = report.get("run", {})
     data = run.get("data") or {}
     passed = report.get("passed")
-    checks = report.get("checks") or []
+    checks = (report.get("checks") or []) + [b for b in report.get("budgets") or [] if isinstance(b, dict)]
     n_fail = sum(1 for c in checks if not c.get("passed"))
     badge = (f'<span class="badge ok">PASS · {len(checks)} check{"s" if len(checks) != 1 else ""}</span>' if passed else
-             f'<span class="badge fail">FAIL · {n_fail} of {len(checks)} check{"s" if len(checks) != 1 else ""}</span>')
+             f'<span class="badge fail">FAIL · {n_fail} of {len(checks)} checks failed</span>')
     teachers = ", ".join(t.get("name", "?") for t in run.get("teachers") or [])
     lines = [
         f"target <b>{_e(run.get('target'))}</b> · student <b>{_e(run.get('student'))}</b>"
@@ -464,13 +464,21 @@ def _optional_sections(report: dict) -> str:
     out = []
     budgets = report.get("budgets")
     if budgets:
+        def result(b: dict) -> str:
+            if b.get("passed") and b.get("checked") is False:
+                return '<span class="detail">skipped</span>'
+            return _pill(b.get("passed"))
+
+        def measured(b: dict) -> str:
+            return "not measured" if b.get("value") is None else f"{_value(b.get('value'))} {_e(b.get('unit', ''))}"
+
         rows = "".join(
-            f"<tr><td>{_pill(b.get('passed'))}</td><td>{_e(b.get('name'))}</td><td class=\"num\">{_value(b.get('value'))}</td>"
-            f"<td class=\"num\">{_value(b.get('limit'))}</td>"
-            + "".join(f"<td>{_e(k)}: {_value(v)}</td>" for k, v in b.items() if k not in ("name", "limit", "value", "passed"))
-            + "</tr>" for b in budgets if isinstance(b, dict))
-        out.append(f'<h2>Budgets</h2><div class="card"><table><tr><th style="width:1%"></th><th>budget</th><th class="num">value</th>'
-                   f'<th class="num">limit</th></tr>{rows}</table></div>')
+            f"<tr><td>{result(b)}</td><td>{_e(b.get('name'))}</td><td class=\"num\">{measured(b)}</td>"
+            f"<td class=\"num\">{_value(b.get('limit'))} {_e(b.get('unit', ''))}</td><td>{_e(b.get('source', ''))}</td>"
+            f"<td class=\"detail\">{_e(b.get('detail', ''))}</td></tr>" for b in budgets if isinstance(b, dict))
+        out.append(f'<h2>Budgets</h2><div class="card"><table><tr><th style="width:1%"></th><th>budget</th>'
+                   f'<th class="num">measured</th><th class="num">limit</th><th>source</th><th>detail</th></tr>'
+                   f'{rows}</table></div>')
     fb = report.get("quantization_fallback")
     if fb:
         lead = ""
