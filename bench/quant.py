@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--students", nargs="+", default=["mlp-small", "cnn-small"])
     parser.add_argument("--mnist", default=str(MNIST))
     parser.add_argument("--mnist-train", type=int, default=20000, help="train subset for MNIST (full test set)")
-    parser.add_argument("--mnist-students", nargs="+", default=["mlp-small", "cnn:16,32"])
+    parser.add_argument("--mnist-students", nargs="+", default=["mlp-small", "cnn:8,16,32"])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--mnist-epochs", type=int, default=20)
     parser.add_argument("--qat-epochs", type=int, default=3)

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TORCH_LOGS", "-onnx,-export")  # torch's exporter warnings (e.g. "torchvision is not installed")  # coremltools pass-by-pass bars; we show our own progress
-for _noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx"):
+for _noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx", "torchao"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 import typer
@@ -177,8 +177,8 @@ def init(
 
 @app.command("debug-quant")
 def debug_quant(
-    quantized: str = typer.Argument(..., help="The quantized ONNX model (e.g. dist/<name>/model.onnx from --quantize int8)."),
-    fp32: str = typer.Option(..., help="The float ONNX model it was quantized from."),
+    quantized: str = typer.Argument(..., help="The int8 model: .onnx, .tflite or .mlpackage (e.g. dist/<name>/model.tflite from --quantize int8)."),
+    fp32: str = typer.Option(..., help="The float model of the same target it was quantized from."),
     data: Optional[str] = typer.Option(None, help="Data for calibration samples (default: the digits)."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
     samples: int = typer.Option(256, help="Transfer-set samples to compare activations on."),
@@ -186,28 +186,33 @@ def debug_quant(
     seed: int = typer.Option(0, help="Seed of the sample choice."),
     json_output: bool = typer.Option(False, "--json", help="Print the layer list as JSON."),
 ) -> None:
-    """List the layers where int8 adds the most error (signal-to-quantization-noise, worst first)."""
+    """List the layers where int8 adds the most error (signal-to-quantization-noise, worst first).
+
+    ONNX: ONNX Runtime's QDQ debugging helpers; TFLite: LiteRT's preserved intermediates; Core ML: the MIL
+    reference evaluator's intermediates. Each row names what --int8-budget would keep in float.
+    """
     import json as json_lib
     from pathlib import Path
 
     import numpy as np
 
     from compress.data import load_data
-    from devices.quant_debug import format_table, layer_errors
+    from compress.int8_fallback import layer_errors_for
+    from devices.quant_debug import format_table
 
     try:
         for path in (quantized, fp32):
-            if not Path(path).is_file():
-                raise InputError(f"{path}: file not found; expected an ONNX model")
+            if not Path(path).exists():
+                raise InputError(f"{path}: not found; expected an .onnx, .tflite or .mlpackage model")
         ds = load_data(data, data_format, seed=seed)
         pick = np.random.default_rng(seed).permutation(len(ds.x_train))[:samples]
-        rows = layer_errors(fp32, quantized, ds.x_train[np.sort(pick)])
+        rows = layer_errors_for(fp32, quantized, ds.x_train[np.sort(pick)])
     except InputError as exc:
         fail(str(exc), 2)
     if json_output:
         typer.echo(json_lib.dumps(rows, indent=2))
     else:
-        Console().print(format_table(rows, top=top))
+        (Console() if sys.stdout.isatty() else Console(width=200)).print(format_table(rows, top=top))
 
 
 from compress.cli_devices import devices_app, validate_command  # noqa: E402

@@ -107,9 +107,11 @@ class RunConfig:
         if self.qat and (self.target, self.quantize) != ("tflite", "int8"):
             raise InputError(f"--qat: quantization-aware distillation is available for --target tflite --quantize int8, "
                              f"not --target {self.target} --quantize {self.quantize}")
-        if self.int8_budget is not None and (self.target, self.quantize) != ("onnx", "int8"):
-            raise InputError(f"--int8-budget: the float fallback is available for --target onnx --quantize int8, "
-                             f"not --target {self.target} --quantize {self.quantize}")
+        if self.int8_budget is not None and self.quantize != "int8":
+            raise InputError(f"--int8-budget: the float fallback applies to --quantize int8, "
+                             f"not --quantize {self.quantize}")
+        if self.int8_budget is not None and self.qat:
+            raise InputError("--int8-budget with --qat: choose one (the fallback re-quantizes the float student)")
         if self.int8_budget is not None and self.int8_budget < 0:
             raise InputError(f"--int8-budget {self.int8_budget}: expected an accuracy drop in points >= 0")
         if self.min_runtime is not None and self.target != "tflite":
@@ -326,8 +328,8 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
                                      lr=cfg.lr / 10, seed=cfg.seed, calibration=options["calibration"])
                 export_tflite(source, example, artifact, info)
             elif cfg.int8_budget is not None:
-                fallback = _int8_with_fallback(student, example, artifact, info, calibration_idx, data,
-                                               cfg.int8_budget, tmp_dir)
+                fallback = _int8_with_fallback(cfg, student, example, artifact, info, calibration_idx, data,
+                                               options, tmp_dir)
             else:
                 export_fn(student, example, artifact, info, **options)
             (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
@@ -513,34 +515,23 @@ def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact:
     return check_budgets(measured, budgets, notes=notes)
 
 
-def _int8_with_fallback(student, example, artifact: Path, info: ModelInfo, calibration_idx: np.ndarray,
-                        data: Dataset, budget_points: float, tmp_dir: Path) -> dict:
-    """ONNX static int8 within an accuracy budget: the worst layers stay in float until the drop fits.
+def _int8_with_fallback(cfg: RunConfig, student, example, artifact: Path, info: ModelInfo,
+                        calibration_idx: np.ndarray, data: Dataset, options: dict, tmp_dir: Path) -> dict:
+    """Static int8 within an accuracy budget: the worst layers stay in float until the drop fits.
 
     The drop is measured on training samples that were not used for calibration (the test split is never
     used to choose the model); the student saw them in training, so this measures quantization damage,
     not generalization.
     """
-    from devices.onnx_runner import open_onnx
-    from devices.quant_debug import quantize_with_fallback
-    from export.onnx import export as export_onnx
+    from compress.int8_fallback import int8_with_fallback
 
-    work = tmp_dir / ".fallback"
-    work.mkdir()
-    fp32_path = export_onnx(student, example, work / "fp32.onnx", info)
     rest = np.setdiff1d(np.arange(len(data.x_train)), calibration_idx)
     held = rest[-min(len(rest), 1000):]
-    x_eval = data.x_train[held]
-    y_eval = data.y_train[held] if data.y_train is not None else np.argmax(validation.batched(
-        open_onnx(fp32_path).predict, x_eval), axis=1)
-
-    def eval_fn(path: Path) -> float:
-        return validation.accuracy(validation.batched(open_onnx(path).predict, x_eval), y_eval)
-
-    result = quantize_with_fallback(fp32_path, artifact, data.x_train[calibration_idx], eval_fn, budget_points / 100)
-    shutil.rmtree(work, ignore_errors=True)
+    y_eval = None if data.y_train is None else data.y_train[held]
+    export_kw = {k: v for k, v in options.items() if k != "calibration"}
+    result = int8_with_fallback(cfg.target, student, example, artifact, info, data.x_train[calibration_idx],
+                                data.x_train[held], y_eval, cfg.int8_budget, tmp_dir / ".fallback", export_kw)
     result.pop("path", None)
-    result["eval_samples"] = int(len(held))
     return result
 
 

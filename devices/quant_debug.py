@@ -75,7 +75,9 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration:
         qdq_acts = dbg.collect_activations(str(work / "qdq_aug.onnx"), calibration_reader(prepared, samples))
         matched = dbg.create_activation_matching(qdq_acts, float_acts)
         act_err = dbg.compute_activation_error({k: v for k, v in matched.items() if v.get("float")})
-        weight_err = dbg.compute_weight_error(dbg.create_weight_matching(str(prepared), str(quantized_path)))
+        weights = dbg.create_weight_matching(str(prepared), str(quantized_path))
+        # ORT's compute_weight_error fails on 0-d weights (e.g. a folded BatchNorm2d(1) scale): skip them
+        weight_err = dbg.compute_weight_error({k: v for k, v in weights.items() if np.ndim(v.get("float")) > 0})
         graph = onnx.load(str(prepared), load_external_data=False).graph
 
     initializers = {i.name for i in graph.initializer}
@@ -209,10 +211,15 @@ def format_table(rows: list[dict], top: int | None = 10, title: str = "per-layer
     def db(v):
         return "—" if v is None else f"{v:.1f}"
 
+    shown = rows[:top] if top else rows
+    torch_names = any("module" in r for r in shown)  # TFLite / Core ML rows name the torch module too
     table = Table(title=title)
-    for col in ("#", "node", "op", "output tensor", "error added dB", "output SQNR dB", "input SQNR dB", "weight SQNR dB"):
-        table.add_column(col, justify="left" if col in ("node", "op", "output tensor") else "right")
-    for i, r in enumerate(rows[:top] if top else rows, 1):
-        table.add_row(str(i), r["node"], r["op_type"], r["tensor"], db(r["error_added_db"]), db(r["sqnr_db"]),
-                      db(r["input_sqnr_db"]), db(r["weight_sqnr_db"]))
+    cols = ["#", "node"] + (["torch module", "layer SQNR dB"] if torch_names else []) + [
+        "op", "output tensor", "error added dB", "output SQNR dB", "input SQNR dB", "weight SQNR dB"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("node", "torch module", "op", "output tensor") else "right")
+    for i, r in enumerate(shown, 1):
+        extra = [str(r.get("module") or "—"), db(r.get("layer_sqnr_db"))] if torch_names else []
+        table.add_row(str(i), str(r["node"]), *extra, str(r["op_type"]), str(r["tensor"]), db(r.get("error_added_db")),
+                      db(r.get("sqnr_db")), db(r.get("input_sqnr_db")), db(r.get("weight_sqnr_db")))
     return table

@@ -86,7 +86,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
         )
     fb = report.get("quantization_fallback")
     if fb:
-        console.print(f"int8 fallback: fp32 {100 * fb['fp32_accuracy']:.2f}% -> int8 {100 * fb['int8_accuracy']:.2f}% -> "
+        int8 = "did not convert" if fb["int8_accuracy"] is None else f"{100 * fb['int8_accuracy']:.2f}%"
+        console.print(f"int8 fallback: {fb.get('reference', 'fp32')} {100 * fb['fp32_accuracy']:.2f}% -> int8 {int8} -> "
                       f"shipped {100 * fb['accuracy']:.2f}% on {fb['eval_samples']} held-out training samples; "
                       f"kept in float: {', '.join(fb['kept_in_float']) or 'nothing'}")
     compat = report.get("compatibility")

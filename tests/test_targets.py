@@ -136,6 +136,31 @@ def test_debug_quant_names_layers_worst_first(tmp_path):
     assert added == sorted(added, reverse=True)
 
 
+def test_debug_quant_on_tflite_names_torch_modules(tmp_path):
+    """The same command on a TFLite pair: LiteRT intermediates, rows named by the student's torch modules."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+    from compress import models
+
+    common = dict(out=str(tmp_path), name="m", **FAST)
+    run(RunConfig(target="tflite", **common), quiet=True)
+    (tmp_path / "m" / "model.tflite").rename(tmp_path / "fp32.tflite")
+    run(RunConfig(target="tflite", quantize="int8", **common), quiet=True)
+    result = CliRunner().invoke(app, ["debug-quant", str(tmp_path / "m" / "model.tflite"), "--fp32",
+                                      str(tmp_path / "fp32.tflite"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("["):])
+    student_modules = {name for name, _ in models.build("mlp-small", (1, 8, 8), 10).named_modules()}
+    assert rows and {r["op_type"] for r in rows} == {"FULLY_CONNECTED"}
+    assert all(r["module"] in student_modules for r in rows) and all(r["layer_sqnr_db"] > 10 for r in rows)
+    mixed = CliRunner().invoke(app, ["debug-quant", str(tmp_path / "m" / "model.tflite"), "--fp32",
+                                     str(tmp_path / "fp32.onnx")])
+    assert mixed.exit_code == 2
+
+
 def test_int8_budget_reports_the_fallback(tmp_path):
     report = run(RunConfig(target="onnx", quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST),
                  quiet=True)
@@ -146,8 +171,22 @@ def test_int8_budget_reports_the_fallback(tmp_path):
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.html", "report.json"]
     from compress.errors import InputError
 
-    with pytest.raises(InputError, match="--int8-budget: the float fallback is available for --target onnx"):
-        RunConfig(target="tflite", quantize="int8", int8_budget=1.0).validate()
+    with pytest.raises(InputError, match="--int8-budget: the float fallback applies to --quantize int8, not --quantize fp16"):
+        RunConfig(target="tflite", quantize="fp16", int8_budget=1.0).validate()
+    RunConfig(target="tflite", quantize="int8", int8_budget=1.0).validate()  # every int8 target has the fallback
+
+
+@pytest.mark.parametrize("target, extra", [("tflite", {}), ("coreml", {"deployment_target": "iOS17"})])
+def test_int8_budget_on_tflite_and_coreml(tmp_path, target, extra):
+    """The pipeline's --int8-budget reaches the TFLite and Core ML fallbacks; the shipped file is the int8 one."""
+    report = run(RunConfig(target=target, quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST, **extra),
+                 quiet=True)
+    fb = report["quantization_fallback"]
+    assert fb["target"] == target and fb["eval_samples"] > 0
+    assert fb["within_budget"] == (fb["drop"] <= 0.005)
+    check = next(c for c in report["checks"] if c["name"] == "int8 accuracy drop within 0.5 points")
+    assert check["passed"] == fb["within_budget"]
+    assert report["rows"][-1]["model"] == f"student ({target} int8)"
 
 
 def test_onnx_file_teacher_stays_in_onnx_runtime_for_another_target(tmp_path, digits):
