@@ -530,7 +530,8 @@ def _int8_with_fallback(cfg: RunConfig, student, example, artifact: Path, info: 
     y_eval = None if data.y_train is None else data.y_train[held]
     export_kw = {k: v for k, v in options.items() if k != "calibration"}
     result = int8_with_fallback(cfg.target, student, example, artifact, info, data.x_train[calibration_idx],
-                                data.x_train[held], y_eval, cfg.int8_budget, tmp_dir / ".fallback", export_kw)
+                                data.x_train[held], y_eval, cfg.int8_budget, tmp_dir / ".fallback", export_kw,
+                                max_excluded=4)
     result.pop("path", None)
     return result
 

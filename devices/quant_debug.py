@@ -144,14 +144,47 @@ def _is_constant(node) -> bool:
     return node is not None and node.op_type == "Constant"
 
 
+DAMAGED_INPUT_DB = 30.0  # an input this noisy (about 5 effective bits) was damaged upstream, not here
+
+
+def _fallback_group(model_path: Path, worst: dict, ranked: set[str], excluded: list[str]) -> list[str]:
+    """What to keep in float for the worst-ranked layer: the layer, plus every quantized layer upstream of
+    it when its input SQNR is already below ``DAMAGED_INPUT_DB``.
+
+    Why: a layer whose input arrives damaged adds the most error only because it amplifies what its
+    producers lost (a speech front-end's log of int8 mel energies is the typical case: the STFT outputs
+    look fine in linear SQNR, the log turns their lost low bits into noise). Keeping only that one layer in
+    float fixes nothing; keeping the chain that feeds it does.
+    """
+    import onnx
+
+    group = [worst["node"]]
+    if worst.get("input_sqnr_db") is None or worst["input_sqnr_db"] >= DAMAGED_INPUT_DB:
+        return group
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    by_name = {node.name: node for node in graph.node}
+    stack, seen = list(by_name[worst["node"]].input) if worst["node"] in by_name else [], set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.name in ranked and node.name not in excluded and node.name not in group:
+            group.append(node.name)
+        stack.extend(node.input)
+    return group
+
+
 def quantize_with_fallback(fp32_path: Path | str, out_path: Path | str, calibration: np.ndarray,
                            eval_fn: Callable[[Path], float], budget: float, max_excluded: int = 3) -> dict:
     """Static int8 within an accuracy budget, keeping the worst layers in float where needed.
 
     ``eval_fn(path) -> accuracy`` on held-out data (the caller's; never the calibration samples).
     ``budget``: the largest accepted accuracy drop vs fp32 (e.g. 0.01 = one point). Quantizes to static
-    int8; while the drop exceeds ``budget`` and fewer than ``max_excluded`` layers are in float, ranks the
-    layers again with ``layer_errors`` and keeps the worst remaining one in float. The best variant found
+    int8; while the drop exceeds ``budget`` and fewer than ``max_excluded`` fallback steps were taken, ranks
+    the layers again with ``layer_errors`` and keeps the worst remaining one in float, together with its
+    quantized ancestors when its input already arrives damaged (see ``_fallback_group``). The best variant found
     (highest accuracy; the first one within budget) is written to ``out_path``.
 
     Returns ``fp32_accuracy``, ``int8_accuracy`` (no fallback), ``accuracy`` and ``drop`` of what was
@@ -177,15 +210,15 @@ def quantize_with_fallback(fp32_path: Path | str, out_path: Path | str, calibrat
             attempts.append({"excluded": list(excluded), "accuracy": acc, "drop": fp32_acc - acc})
             if best is None or acc > best[0]:
                 best = (acc, candidate, list(excluded))
-            if fp32_acc - acc <= budget or len(excluded) >= max_excluded:
+            if fp32_acc - acc <= budget or len(attempts) > max_excluded:
                 break
             ranking = layer_errors(fp32_path, candidate, calibration)
             if first_ranking is None:
                 first_ranking = ranking
-            remaining = [r["node"] for r in ranking if r["node"] not in excluded]
+            remaining = [r for r in ranking if r["node"] not in excluded]
             if not remaining:
                 break
-            excluded.append(remaining[0])
+            excluded.extend(_fallback_group(candidate, remaining[0], {r["node"] for r in ranking}, excluded))
         acc, chosen, kept = best if fp32_acc - attempts[-1]["accuracy"] > budget else (
             attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"])
         with atomic_path(out_path) as tmp:

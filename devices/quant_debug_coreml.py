@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from compress.errors import InputError
-from devices.quant_debug import MAX_SAMPLES
+from devices.quant_debug import DAMAGED_INPUT_DB, MAX_SAMPLES
 
 PASSTHROUGH = {"quantize", "dequantize", "cast", "relu", "relu6", "reshape", "transpose", "squeeze",
                "expand_dims", "max_pool", "identity", "clip", "slice_by_index", "slice_by_size", "pad"}
@@ -241,7 +241,18 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
         input_sqnr = min(ins) if ins else None
         w_sqnr, module = weights(op)
         keeper = owner(op)
+        upstream, stack, seen = [], list(activation_inputs(op)), set()
+        while stack:  # every keepable op this one's input came through (for the damaged-input fallback)
+            prev = producer.get(stack.pop())
+            if prev is None or id(prev) in seen:
+                continue
+            seen.add(id(prev))
+            prev_keeper = owner(prev)
+            if prev_keeper is not None:
+                upstream.append(prev_keeper.name or prev_keeper.outputs[0][0])
+            stack.extend(activation_inputs(prev))
         per_op[key] = {
+            "upstream": sorted(set(upstream)),
             "node": (keeper.name or keeper.outputs[0][0]) if keeper is not None else key,
             "op": key,
             "keepable": keeper is not None,
@@ -332,17 +343,21 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, float_
             attempts.append({"excluded": list(excluded), "accuracy": acc, "drop": fp32_acc - acc})
             if best is None or acc > best[0]:
                 best = (acc, candidate, list(excluded))
-            if fp32_acc - acc <= budget or len(excluded) >= max_excluded:
+            if fp32_acc - acc <= budget or len(attempts) > max_excluded:
                 break
             ranking = layer_errors(float_path, candidate, calibration, model=model)
             if first_ranking is None:
                 first_ranking = ranking
             modules.update({r["node"]: r["module"] for r in ranking})
             # only ops that compression touches can be kept in float (those with weights or inserted pairs)
-            remaining = [r["node"] for r in ranking if r["node"] not in excluded and r["keepable"]]
+            remaining = [r for r in ranking if r["node"] not in excluded and r["keepable"]]
             if not remaining:
                 break
-            excluded.append(remaining[0])
+            worst = remaining[0]
+            excluded.append(worst["node"])
+            if worst["input_sqnr_db"] is not None and worst["input_sqnr_db"] < DAMAGED_INPUT_DB:
+                # its input arrived damaged: keep the chain that feeds it too (devices.quant_debug._fallback_group)
+                excluded.extend(n for n in worst.get("upstream", []) if n not in excluded)
         if fp32_acc - attempts[-1]["accuracy"] > budget:
             acc, chosen, kept = best
         else:
