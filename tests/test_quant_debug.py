@@ -94,3 +94,28 @@ def test_format_table_lists_worst_first(fragile, digits):
     console.print(format_table(layer_errors(fragile["path"], q, fragile["calib"][:64]), top=2))
     text = console.export_text()
     assert "node_linear_1" in text and text.index("node_linear_1") < text.index("node_linear ")
+
+
+def test_a_layer_with_a_damaged_input_falls_back_with_the_chain_that_feeds_it(tmp_path):
+    """The speech front-end case: the worst layer's input already arrives damaged (log of int8 energies), so
+    keeping that layer alone in float fixes nothing; its quantized ancestors are kept with it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from devices.quant_debug import DAMAGED_INPUT_DB, _fallback_group
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["energy"], name="stft"),
+             helper.make_node("Log", ["energy"], ["logmel"], name="log"),
+             helper.make_node("Relu", ["logmel"], ["feat"], name="norm"),
+             helper.make_node("MatMul", ["feat", "w"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    ranked = {"stft", "log", "norm", "head"}
+    damaged = {"node": "norm", "input_sqnr_db": DAMAGED_INPUT_DB - 15}
+    assert sorted(_fallback_group(path, damaged, ranked, [])) == ["log", "norm", "stft"]
+    assert _fallback_group(path, damaged, ranked, ["stft"]) == ["norm", "log"]  # already kept: not repeated
+    healthy = {"node": "norm", "input_sqnr_db": DAMAGED_INPUT_DB + 10}
+    assert _fallback_group(path, healthy, ranked, []) == ["norm"]
