@@ -311,10 +311,29 @@ def detect_format(path: Path) -> str:
     raise InputError(f"{path}: not found or not a known data format; expected an .npz file, a folder of IDX files or a class-per-folder image tree")
 
 
+def _check_options(loader, fmt: str, options: dict) -> None:
+    """Loader options (a recipe's ``[data] options``) must be ones the loader takes: a typo is an error."""
+    import difflib
+    import inspect
+
+    target = loader
+    if fmt == "audio-folder":  # DATASETS holds a lazy wrapper; the options are the real loader's
+        from compress.audio import load_audio_folder as target
+    accepted = [n for n, p in inspect.signature(target).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and n != "seed"]
+    for key in options:
+        if key not in accepted:
+            near = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
+            hint = (f"did you mean {near[0]!r}?" if near else f"expected one of {accepted}" if accepted
+                    else "expected no options (this loader takes none)")
+            raise InputError(f"data option {key!r}: not an option of the {fmt} loader; {hint}")
+
+
 def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: int | None = None,
               limit_test: int | None = None, unlabelled: bool = False, seed: int = 0, **options) -> Dataset:
     """Load ``spec`` ("digits" / None for the default, or a path) with ``fmt`` or an auto-detected loader."""
     if spec in (None, "", "digits") and fmt in (None, "digits"):
+        _check_options(load_digits, "digits", options)
         ds = load_digits(seed=seed, **options)
     else:
         if fmt is not None and fmt not in DATASETS:
@@ -322,7 +341,9 @@ def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: i
         path = Path(spec)
         if not path.exists():
             raise InputError(f"{path}: data path does not exist")
-        ds = DATASETS[fmt or detect_format(path)](path, seed=seed, **options)
+        loader = DATASETS[fmt or detect_format(path)]
+        _check_options(loader, fmt or detect_format(path), options)
+        ds = loader(path, seed=seed, **options)
     if limit_train:
         ds.x_train = ds.x_train[:limit_train]
         ds.y_train = None if ds.y_train is None else ds.y_train[:limit_train]

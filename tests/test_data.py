@@ -151,3 +151,13 @@ def test_flat_features_npz(tmp_path):
              x_test=rng.normal(size=(10, 12)), y_test=rng.integers(0, 3, 10))
     ds = load_data(str(tmp_path / "f.npz"))
     assert ds.input_shape == (12,) and ds.num_classes == 3
+
+
+def test_loader_options_are_checked_by_name():
+    """A recipe's [data] options reach the loader: a misspelled one is an error, not silently ignored."""
+    from compress.data import load_data
+    from compress.errors import InputError
+
+    assert len(load_data(None, None, test_fraction=0.3).x_test) == 540
+    with pytest.raises(InputError, match=r"data option 'test_fractoin': not an option of the digits loader; did you mean 'test_fraction'\?"):
+        load_data(None, None, test_fractoin=0.3)
