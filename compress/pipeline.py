@@ -464,7 +464,9 @@ def _validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
                            "detail": validation.describe_parity(r["parity"])})
     compatibility = None
     if cfg.target == "tflite":
-        compatibility = _tflite_compatibility(artifact, cfg.min_runtime, checks)
+        from devices.tflite_compat import compatibility_report
+
+        compatibility = compatibility_report(artifact, cfg.min_runtime, checks)
     ens_params = rows[0]["params"]
     comparable = same_runtime and set(member_targets) == {cfg.target} and runner.measured
     comparison = {
@@ -534,24 +536,6 @@ def _int8_with_fallback(cfg: RunConfig, student, example, artifact: Path, info: 
                                 max_excluded=4)
     result.pop("path", None)
     return result
-
-
-def _tflite_compatibility(artifact: Path, min_runtime: str | None, checks: list) -> dict:
-    """Operators with versions, the oldest runtime that loads them, and the user's --min-runtime check."""
-    from compress.errors import ValidationFailed
-    from devices import tflite_compat
-
-    needed = tflite_compat.min_runtime(artifact)
-    if min_runtime is not None:
-        try:
-            tflite_compat.check_min_runtime(artifact, min_runtime)
-            checks.append({"name": f"loads in TFLite {min_runtime}", "passed": True,
-                           "detail": f"every operator version is supported since {needed} or earlier"})
-        except ValidationFailed as exc:
-            checks.append({"name": f"loads in TFLite {min_runtime}", "passed": False, "detail": str(exc)})
-    return {"runtime": "tflite", "operators": tflite_compat.report(artifact), "min_runtime": needed,
-            "unknown_operators": [list(u) for u in tflite_compat.unknown_ops(artifact)],
-            "required_by_user": min_runtime}
 
 
 def _front_end(student: torch.nn.Module) -> dict | None:

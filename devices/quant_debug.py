@@ -144,6 +144,35 @@ def _is_constant(node) -> bool:
     return node is not None and node.op_type == "Constant"
 
 
+# Ranking shared by the TFLite and Core ML per-layer finders (ONNX rows keep their error-added order).
+EXACT_DB = 150.0  # SQNR of an exact float input (float32 round-off)
+COLLAPSE_DB = 20.0  # a layer whose own noise is within 20 dB of the signal breaks it
+
+
+def rank_key(row: dict) -> tuple:
+    """Worst first: layers that collapse the signal (``layer_sqnr_db`` < ``COLLAPSE_DB``) in graph order, the
+    earliest first (behind a collapsed signal every later layer's numbers are noise about noise), then the
+    others by ``layer_sqnr_db``."""
+    if row["layer_sqnr_db"] < COLLAPSE_DB:
+        return (0, row["position"], row["layer_sqnr_db"])
+    return (1, row["layer_sqnr_db"], -_sortable(row["error_added_db"]))
+
+
+def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:
+    """SQNR of the noise a layer adds by itself: noise-to-signal out minus noise-to-signal in (noise power
+    relative to signal propagates through a layer roughly unchanged), in dB. Unlike the difference of the
+    dBs, a layer behind an exact float input (150 dB) that brings its output to a healthy 50 dB is not
+    mistaken for the worst one."""
+    nsr_in = 0.0 if input_sqnr is None else 10.0 ** (-input_sqnr / 10.0)
+    added = 10.0 ** (-output_sqnr / 10.0) - nsr_in
+    return EXACT_DB if added <= 0 else max(-EXACT_DB, min(EXACT_DB, -10.0 * math.log10(added)))
+
+
+def _sortable(v: float | None) -> float:
+    return -math.inf if v is None or math.isnan(v) else v
+
+
+
 DAMAGED_INPUT_DB = 30.0  # an input this noisy (about 5 effective bits) was damaged upstream, not here
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from compress.errors import InputError
-from devices.quant_debug import DAMAGED_INPUT_DB, MAX_SAMPLES
+from devices.quant_debug import DAMAGED_INPUT_DB, EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key
 
 PASSTHROUGH = {"quantize", "dequantize", "cast", "relu", "relu6", "reshape", "transpose", "squeeze",
                "expand_dims", "max_pool", "identity", "clip", "slice_by_index", "slice_by_size", "pad"}
@@ -47,7 +47,6 @@ SKIP = {"classify"}
 # op types coremltools' activation quantization inserts quantize/dequantize pairs for (in front of them, and
 # behind them or their activation): the ops ``op_name_configs={name: None}`` can keep in float
 QUANTIZABLE = {"conv", "linear", "add", "avg_pool", "max_pool"}
-EXACT_DB = 150.0
 MAX_COREML_SAMPLES = 128  # the numpy evaluator is slow on conv nets: a hundred samples rank layers fine
 
 
@@ -279,32 +278,6 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
             v = r[key]
             r[key] = None if v is None or math.isnan(v) else min(max(float(v), -EXACT_DB), EXACT_DB)
     return out
-
-
-COLLAPSE_DB = 20.0  # a layer whose own noise is within 20 dB of the signal breaks it
-
-
-def rank_key(row: dict) -> tuple:
-    """Worst first: layers that collapse the signal (``layer_sqnr_db`` < ``COLLAPSE_DB``) in graph order, the
-    earliest first (behind a collapsed signal every later layer's numbers are noise about noise), then the
-    others by ``layer_sqnr_db``."""
-    if row["layer_sqnr_db"] < COLLAPSE_DB:
-        return (0, row["position"], row["layer_sqnr_db"])
-    return (1, row["layer_sqnr_db"], -_sortable(row["error_added_db"]))
-
-
-def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:
-    """SQNR of the noise a layer adds by itself: noise-to-signal out minus noise-to-signal in (noise power
-    relative to signal propagates through a layer roughly unchanged), in dB. Unlike the difference of the
-    dBs, a layer behind an exact float input (150 dB) that brings its output to a healthy 50 dB is not
-    mistaken for the worst one."""
-    nsr_in = 0.0 if input_sqnr is None else 10.0 ** (-input_sqnr / 10.0)
-    added = 10.0 ** (-output_sqnr / 10.0) - nsr_in
-    return EXACT_DB if added <= 0 else max(-EXACT_DB, min(EXACT_DB, -10.0 * math.log10(added)))
-
-
-def _sortable(v: float | None) -> float:
-    return -math.inf if v is None or math.isnan(v) else v
 
 
 def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, float_path: Path | str,

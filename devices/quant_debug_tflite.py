@@ -36,11 +36,10 @@ import torch
 
 from compress.atomic import atomic_path
 from compress.errors import InputError
-from devices.quant_debug import MAX_SAMPLES
+from devices.quant_debug import EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key
 
 PASSTHROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE",
                "RELU", "RELU6", "RELU_N1_TO_1", "PAD", "PADV2", "CAST", "GATHER", "SLICE", "STRIDED_SLICE"}
-EXACT_DB = 150.0  # SQNR of an exact float input (float32 round-off), as in devices.quant_debug
 
 
 def _interpreter(path: Path):
@@ -329,32 +328,6 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
             v = r[key]
             r[key] = None if v is None else (min(max(float(v), -EXACT_DB), EXACT_DB) if not math.isnan(v) else None)
     return out
-
-
-COLLAPSE_DB = 20.0  # a layer whose own noise is within 20 dB of the signal breaks it
-
-
-def rank_key(row: dict) -> tuple:
-    """Worst first: layers that collapse the signal (``layer_sqnr_db`` < ``COLLAPSE_DB``) in graph order, the
-    earliest first (behind a collapsed signal every later layer's numbers are noise about noise), then the
-    others by ``layer_sqnr_db``."""
-    if row["layer_sqnr_db"] < COLLAPSE_DB:
-        return (0, row["position"], row["layer_sqnr_db"])
-    return (1, row["layer_sqnr_db"], -_sortable(row["error_added_db"]))
-
-
-def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:
-    """SQNR of the noise a layer adds by itself: noise-to-signal out minus noise-to-signal in (noise power
-    relative to signal propagates through a layer roughly unchanged), in dB. Unlike the difference of the
-    dBs, a layer behind an exact float input (150 dB) that brings its output to a healthy 50 dB is not
-    mistaken for the worst one."""
-    nsr_in = 0.0 if input_sqnr is None else 10.0 ** (-input_sqnr / 10.0)
-    added = 10.0 ** (-output_sqnr / 10.0) - nsr_in
-    return EXACT_DB if added <= 0 else max(-EXACT_DB, min(EXACT_DB, -10.0 * math.log10(added)))
-
-
-def _sortable(v: float | None) -> float:
-    return -math.inf if v is None or math.isnan(v) else v
 
 
 def quantized_modules(path: Path | str, modules: list[str]) -> list[str]:

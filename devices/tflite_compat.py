@@ -88,3 +88,18 @@ def check_min_runtime(path: Path | str, runtime: str) -> None:
     if too_new:
         detail = ", ".join(f"{r['op']} v{r['version']} (needs {r['min_runtime']})" for r in too_new)
         raise ValidationFailed(f"{Path(path).name}: not loadable by TFLite {runtime}: {detail}")
+
+
+def compatibility_report(artifact: Path, required: str | None, checks: list) -> dict:
+    """Operators with versions, the oldest runtime that loads them, and the user's --min-runtime check
+    (appended to ``checks``); the report's ``compatibility`` section."""
+    needed = min_runtime(artifact)
+    if required is not None:
+        try:
+            check_min_runtime(artifact, required)
+            checks.append({"name": f"loads in TFLite {required}", "passed": True,
+                           "detail": f"every operator version is supported since {needed} or earlier"})
+        except ValidationFailed as exc:
+            checks.append({"name": f"loads in TFLite {required}", "passed": False, "detail": str(exc)})
+    return {"runtime": "tflite", "operators": report(artifact), "min_runtime": needed,
+            "unknown_operators": [list(u) for u in unknown_ops(artifact)], "required_by_user": required}

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import InputError, ValidationFailed
+from compress.errors import InputError
 from devices import validation
 from devices.budgets import FLAGS, check_budgets, gather
 
@@ -307,19 +307,9 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
 
     compatibility = None
     if target == "tflite":
-        from devices import tflite_compat
+        from devices.tflite_compat import compatibility_report
 
-        needed = tflite_compat.min_runtime(artifact)
-        if min_runtime is not None:
-            try:
-                tflite_compat.check_min_runtime(artifact, min_runtime)
-                checks.append({"name": f"loads in TFLite {min_runtime}", "passed": True,
-                               "detail": f"every operator version is supported since {needed} or earlier"})
-            except ValidationFailed as exc:
-                checks.append({"name": f"loads in TFLite {min_runtime}", "passed": False, "detail": str(exc)})
-        compatibility = {"runtime": "tflite", "operators": tflite_compat.report(artifact), "min_runtime": needed,
-                         "unknown_operators": [list(u) for u in tflite_compat.unknown_ops(artifact)],
-                         "required_by_user": min_runtime}
+        compatibility = compatibility_report(artifact, min_runtime, checks)
 
     # budgets: the profile's, overridden by explicit limits
     budgets = gather(prof, explicit)
