@@ -248,9 +248,18 @@ def quantize_with_fallback(fp32_path: Path | str, out_path: Path | str, calibrat
             if not remaining:
                 break
             excluded.extend(_fallback_group(candidate, remaining[0], {r["node"] for r in ranking}, excluded))
-        acc, chosen, kept = best if fp32_acc - attempts[-1]["accuracy"] > budget else (
-            attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"])
-        with atomic_path(out_path) as tmp:
+        return ship_best(best, out_path, fp32_acc, budget, attempts, first_ranking)
+
+
+def ship_best(best: tuple[float, Path, list[str]], out_path: Path, fp32_acc: float, budget: float,
+              attempts: list[dict], first_ranking: list[dict] | None) -> dict:
+    """Write the most accurate try (the first within budget, when one is: the loop stops there) to
+    ``out_path`` and return the fallback's result; shared by the ONNX, TFLite and Core ML loops."""
+    acc, chosen, kept = best
+    with atomic_path(out_path) as tmp:
+        if chosen.is_dir():  # a .mlpackage
+            shutil.copytree(chosen, tmp)
+        else:
             shutil.copyfile(chosen, tmp)
     return {
         "path": str(out_path),

@@ -30,7 +30,6 @@ input (a conv whose output pair feeds it); ``keepable`` is False where there is 
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from compress.errors import InputError
-from devices.quant_debug import DAMAGED_INPUT_DB, EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key
+from devices.quant_debug import DAMAGED_INPUT_DB, EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, ship_best
 
 PASSTHROUGH = {"quantize", "dequantize", "cast", "relu", "relu6", "reshape", "transpose", "squeeze",
                "expand_dims", "max_pool", "identity", "clip", "slice_by_index", "slice_by_size", "pad"}
@@ -292,7 +291,6 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, float_
     ``devices.quant_debug.quantize_with_fallback``; ``kept_in_float`` lists MIL op names and
     ``kept_modules`` the torch modules they hold (None where unknown).
     """
-    from compress.atomic import atomic_path
     from export.coreml import export
 
     float_path, out_path = Path(float_path), Path(out_path)
@@ -331,22 +329,6 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, float_
             if worst["input_sqnr_db"] is not None and worst["input_sqnr_db"] < DAMAGED_INPUT_DB:
                 # its input arrived damaged: keep the chain that feeds it too (devices.quant_debug._fallback_group)
                 excluded.extend(n for n in worst.get("upstream", []) if n not in excluded)
-        if fp32_acc - attempts[-1]["accuracy"] > budget:
-            acc, chosen, kept = best
-        else:
-            acc, chosen, kept = attempts[-1]["accuracy"], candidate, attempts[-1]["excluded"]
-        with atomic_path(out_path) as tmp:
-            shutil.copytree(chosen, tmp)
-    return {
-        "path": str(out_path),
-        "fp32_accuracy": fp32_acc,
-        "int8_accuracy": attempts[0]["accuracy"],
-        "accuracy": acc,
-        "drop": fp32_acc - acc,
-        "budget": budget,
-        "within_budget": fp32_acc - acc <= budget,
-        "kept_in_float": kept,
-        "kept_modules": [modules.get(k) for k in kept],
-        "attempts": attempts,
-        "layer_errors": first_ranking or [],
-    }
+        result = ship_best(best, out_path, fp32_acc, budget, attempts, first_ranking)
+    result["kept_modules"] = [modules.get(k) for k in result["kept_in_float"]]
+    return result

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -36,7 +35,7 @@ import torch
 
 from compress.atomic import atomic_path
 from compress.errors import InputError
-from devices.quant_debug import EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key
+from devices.quant_debug import EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, ship_best
 
 PASSTHROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE",
                "RELU", "RELU6", "RELU_N1_TO_1", "PAD", "PADV2", "CAST", "GATHER", "SLICE", "STRIDED_SLICE"}
@@ -481,25 +480,7 @@ def quantize_with_fallback(model: torch.nn.Module, example: torch.Tensor, fp32_p
                 break
             tried.add(remaining[0])
             excluded.append(remaining[0])
-        last = attempts[-1]
-        if last["accuracy"] is None or fp32_acc - last["accuracy"] > budget:
-            acc, chosen, kept = best
-        else:
-            acc, chosen, kept = last["accuracy"], candidate, last["excluded"]
-        with atomic_path(out_path) as tmp:
-            shutil.copyfile(chosen, tmp)
+        result = ship_best(best, out_path, fp32_acc, budget, attempts, first_ranking)
     first_ok = next(a for a in attempts if a["accuracy"] is not None)
-    return {
-        "path": str(out_path),
-        "fp32_accuracy": fp32_acc,
-        "int8_accuracy": attempts[0]["accuracy"],
-        "accuracy": acc,
-        "drop": fp32_acc - acc,
-        "budget": budget,
-        "within_budget": fp32_acc - acc <= budget,
-        "kept_in_float": kept,
-        "attempts": attempts,
-        "layer_errors": first_ranking or [],
-        "int8_error": attempts[0].get("error"),
-        "first_converted_accuracy": first_ok["accuracy"],
-    }
+    result.update(int8_error=attempts[0].get("error"), first_converted_accuracy=first_ok["accuracy"])
+    return result
