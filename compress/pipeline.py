@@ -74,7 +74,7 @@ class RunConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     jitter: int = 0
-    int8_budget: float | None = None  # onnx int8: accuracy-drop budget in points; worst layers fall back to float
+    int8_budget: float | None = None  # int8 (every target): accuracy-drop budget in points; worst layers stay float
     qat: bool = False  # quantization-aware distillation before int8 conversion (tflite int8)
     qat_epochs: int = 3
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
