@@ -87,39 +87,15 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration:
     def activation_inputs(node) -> list[str]:
         return [i for i in node.input if i and i not in initializers and not _is_constant(producer.get(i))]
 
-    def source_layer(tensor: str):
-        """The compute node a tensor's quantization error belongs to (skipping pass-through ops)."""
-        node = producer.get(tensor)
-        while node is not None and node.op_type in PASSTHROUGH:
-            inputs = activation_inputs(node)
-            if not inputs:
-                return node
-            node = producer.get(inputs[0])
-        return node
-
-    def upstream_sqnr(tensor: str) -> float | None:
-        """SQNR of the nearest quantized tensor at or above ``tensor`` (None: reaches a float graph input)."""
-        seen = set()
-        while tensor not in seen:
-            seen.add(tensor)
-            if tensor in sqnr:
-                return sqnr[tensor]
-            node = producer.get(tensor)
-            inputs = activation_inputs(node) if node is not None else []
-            if not inputs:
-                return None
-            tensor = inputs[0]
-        return None
-
     rows: dict[str, dict] = {}
     for tensor, value in sqnr.items():
-        node = source_layer(tensor)
+        node = source_layer(tensor, producer, activation_inputs, lambda n: n.op_type in PASSTHROUGH)
         if node is None:  # the graph input itself: quantized, but not a layer one can keep in float
             continue
         row = rows.get(node.name)
         if row is not None and row["sqnr_db"] <= value:
             continue
-        ins = [upstream_sqnr(i) for i in activation_inputs(node)]
+        ins = [upstream_sqnr(i, sqnr, producer, activation_inputs) for i in activation_inputs(node)]
         ins = [v for v in ins if v is not None]
         input_sqnr = min(ins) if ins else None
         weights = [weight_err[i] for i in node.input if i in weight_err and i in initializers]
@@ -171,6 +147,43 @@ def layer_sqnr(input_sqnr: float | None, output_sqnr: float) -> float:
 def _sortable(v: float | None) -> float:
     return -math.inf if v is None or math.isnan(v) else v
 
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise), capped at +-EXACT_DB (an exact copy is as good as float32 round-off)."""
+    if noise <= 0:
+        return EXACT_DB
+    if signal <= 0:
+        return -EXACT_DB
+    return max(-EXACT_DB, min(EXACT_DB, 10.0 * math.log10(signal / noise)))
+
+
+def source_layer(tensor, producer: dict, inputs_of: Callable, passthrough: Callable):
+    """The compute op a tensor's quantization error belongs to, walking up through pass-through ops.
+    Graph-format neutral: ``producer`` maps a tensor to the op writing it, ``inputs_of(op)`` lists an op's
+    activation inputs, ``passthrough(op)`` says whether it only moves values (reshape, relu, ...)."""
+    op = producer.get(tensor)
+    while op is not None and passthrough(op):
+        inputs = inputs_of(op)
+        if not inputs:
+            return op
+        op = producer.get(inputs[0])
+    return op
+
+
+def upstream_sqnr(tensor, sqnr: dict, producer: dict, inputs_of: Callable) -> float | None:
+    """SQNR of the nearest quantized tensor at or above ``tensor`` (None: reaches a float graph input)."""
+    seen = set()
+    while tensor not in seen:
+        seen.add(tensor)
+        if tensor in sqnr:
+            return sqnr[tensor]
+        op = producer.get(tensor)
+        inputs = inputs_of(op) if op is not None else []
+        if not inputs:
+            return None
+        tensor = inputs[0]
+    return None
 
 
 DAMAGED_INPUT_DB = 30.0  # an input this noisy (about 5 effective bits) was damaged upstream, not here

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from compress.errors import InputError
-from devices.quant_debug import DAMAGED_INPUT_DB, EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, ship_best
+from devices.quant_debug import (DAMAGED_INPUT_DB, EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, ship_best,
+                                  source_layer, sqnr_db)
 
 PASSTHROUGH = {"quantize", "dequantize", "cast", "relu", "relu6", "reshape", "transpose", "squeeze",
                "expand_dims", "max_pool", "identity", "clip", "slice_by_index", "slice_by_size", "pad"}
@@ -54,15 +55,6 @@ def _norm(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    """10 log10(signal / noise), capped at +-EXACT_DB (an exact copy is as good as float32 round-off)."""
-    if noise <= 0:
-        return EXACT_DB
-    if signal <= 0:
-        return -EXACT_DB
-    return max(-EXACT_DB, min(EXACT_DB, 10.0 * math.log10(signal / noise)))
 
 
 def _weight_modules(model: torch.nn.Module | None) -> list[tuple[str, np.ndarray]]:
@@ -133,7 +125,7 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
             signal[qn] += float(np.dot(a, a))
             d = a - b
             noise[qn] += float(np.dot(d, d))
-    sqnr = {n: _sqnr(signal[n], noise[n]) for n in pairs}
+    sqnr = {n: sqnr_db(signal[n], noise[n]) for n in pairs}
 
     qconsts, fconsts = qprog._constants(), fprog._constants()
 
@@ -141,14 +133,8 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
         names = [v for key in ("x", "y", "input", "values") for kind, v in op.bindings.get(key, []) if kind == "name"]
         return [n for n in names if n in producer or n == in_name]
 
-    def source_op(var: str):
-        op = producer.get(var)
-        while op is not None and op.type in PASSTHROUGH:
-            ins = activation_inputs(op)
-            if not ins:
-                return op
-            op = producer.get(ins[0])
-        return op
+    def source_of(var: str):
+        return source_layer(var, producer, activation_inputs, lambda op: op.type in PASSTHROUGH)
 
     def pair_source(dq) -> str | None:
         """The float variable a dequantize's quantize read (None: not a quantize/dequantize pair)."""
@@ -163,7 +149,7 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
         """The op a quantize/dequantize pair belongs to: the conv/linear/add/pool before it (coremltools'
         suffix pair behind it or its activation), or None: a prefix pair of the ops reading it."""
         orig = pair_source(dq)
-        found = source_op(orig) if orig else None
+        found = source_of(orig) if orig else None
         return found if found is not None and found.type in QUANTIZABLE else None
 
     def upstream_sqnr(var: str, consumer) -> float | None:
@@ -209,7 +195,7 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
         if a.size != b.size:
             return None, module
         d = (a - b.reshape(a.shape)).reshape(-1)
-        return _sqnr(float(np.sum(a * a)), float(np.dot(d, d))), module
+        return sqnr_db(float(np.sum(a * a)), float(np.dot(d, d))), module
 
     def owner(op):
         """The op whose float fallback removes the quantization ``op`` suffers: itself for the op types
@@ -224,7 +210,7 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
 
     per_op: dict[str, dict] = {}
     for var, value in sqnr.items():
-        op = source_op(var)
+        op = source_of(var)
         if op is None or op.type in SKIP:
             continue
         dq = producer.get(var)

@@ -35,7 +35,8 @@ import torch
 
 from compress.atomic import atomic_path
 from compress.errors import InputError
-from devices.quant_debug import EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, ship_best
+from devices.quant_debug import (EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, ship_best, source_layer, sqnr_db,
+                                  upstream_sqnr)
 
 PASSTHROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE",
                "RELU", "RELU6", "RELU_N1_TO_1", "PAD", "PADV2", "CAST", "GATHER", "SLICE", "STRIDED_SLICE"}
@@ -160,15 +161,6 @@ class _Graph:
         return _dequantize(np.asarray(self.it.get_tensor(index)), self.details[index])
 
 
-def _sqnr(signal: float, noise: float) -> float:
-    """10 log10(signal / noise), capped at +-EXACT_DB (an exact copy is as good as float32 round-off)."""
-    if noise <= 0:
-        return EXACT_DB
-    if signal <= 0:
-        return -EXACT_DB
-    return max(-EXACT_DB, min(EXACT_DB, 10.0 * math.log10(signal / noise)))
-
-
 def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.ndarray,
                  model: torch.nn.Module | None = None) -> list[dict]:
     """Per-layer error of the int8 ``.tflite`` at ``quantized_path`` against the fp32 one, worst first.
@@ -233,32 +225,10 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
             signal[qi] += float(np.dot(a, a))
             d = a - b.reshape(-1)
             noise[qi] += float(np.dot(d, d))
-    sqnr = {qi: _sqnr(signal[qi], noise[qi]) for qi in pairs}
+    sqnr = {qi: sqnr_db(signal[qi], noise[qi]) for qi in pairs}
 
     def activation_inputs(op) -> list[int]:
         return [int(i) for i in op["inputs"] if q.is_activation(int(i))]
-
-    def source_op(tensor: int):
-        op = q.produced.get(tensor)
-        while op is not None and op["op_name"] in PASSTHROUGH:
-            ins = activation_inputs(op)
-            if not ins:
-                return op
-            op = q.produced.get(ins[0])
-        return op
-
-    def upstream_sqnr(tensor: int) -> float | None:
-        seen = set()
-        while tensor not in seen:
-            seen.add(tensor)
-            if tensor in sqnr:
-                return sqnr[tensor]
-            op = q.produced.get(tensor)
-            ins = activation_inputs(op) if op is not None else []
-            if not ins:
-                return None
-            tensor = ins[0]
-        return None
 
     f_producer = {int(o): op for op in f.ops for o in op["outputs"]}
     modules = {n: m for n, m in model.named_modules() if n} if model is not None else None
@@ -280,12 +250,12 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
                 continue
             a = a.reshape(-1)
             d = a - b.reshape(-1)
-            values.append(_sqnr(float(np.dot(a, a)), float(np.dot(d, d))))
+            values.append(sqnr_db(float(np.dot(a, a)), float(np.dot(d, d))))
         return min(values) if values else None
 
     rows: dict[str, dict] = {}
     for tensor, value in sqnr.items():
-        op = source_op(tensor)
+        op = source_layer(tensor, q.produced, activation_inputs, lambda o: o["op_name"] in PASSTHROUGH)
         if op is None:  # the graph input itself
             continue
         out_name = q.name(int(op["outputs"][0]))
@@ -301,7 +271,7 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
                     if module is not None:
                         break
         node = module or f"{op['op_name']}:{out_name.split(';')[0]}"
-        ins = [upstream_sqnr(i) for i in activation_inputs(op)]
+        ins = [upstream_sqnr(i, sqnr, q.produced, activation_inputs) for i in activation_inputs(op)]
         ins = [v for v in ins if v is not None]
         input_sqnr = min(ins) if ins else None
         added = (input_sqnr if input_sqnr is not None else EXACT_DB) - value
