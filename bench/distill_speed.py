@@ -22,7 +22,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress import models  # noqa: E402
-from compress.cache import content_key  # noqa: E402
+from compress.core.cache import content_key  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.losses import hinton_loss  # noqa: E402
 from compress.teachers import load_teachers, soft_targets  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from devices.report import format_count, format_size  # noqa: E402
+from compress.devices.report import format_count, format_size  # noqa: E402
 from compress.pipeline import RunConfig, run  # noqa: E402
 
 # The sample's recipe (samples/fsdd_speech/README.md); keep the two in step.

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from compress import models  # noqa: E402
 from compress.bias_correction import fit_class_bias  # noqa: E402
-from compress.cache import content_key  # noqa: E402
+from compress.core.cache import content_key  # noqa: E402
 from compress.data import load_data  # noqa: E402
 from compress.losses import hinton_loss  # noqa: E402
 from compress.teachers import ensemble_probs, soft_targets, train_builtin  # noqa: E402

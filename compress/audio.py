@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.data import AUDIO_SUFFIXES, Dataset
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 AUTO_PATTERN = "{label}_{speaker}_{index}"
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
@@ -137,38 +137,28 @@ def _rule_mask(split: str, meta: list[dict[str, str]]) -> np.ndarray | None:
     return None
 
 
-def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 8000, duration_s: float = 1.0,
-                      label_pattern: str | None = None, split: str | None = None, test_fraction: float = 0.2,
-                      allow_unreadable: bool = False, **_) -> Dataset:
-    """A folder of labelled audio clips -> ``Dataset`` with x float32 ``(n, num_samples)`` raw PCM in [-1, 1].
+def _label_pattern(root: Path, base: Path, flat: list[Path], subdirs: list[Path], presplit: bool) -> str:
+    """Where labels come from when the user did not say: class subfolders, or the file-name pattern."""
+    if presplit or (subdirs and not flat):
+        return "folder"
+    if flat:
+        rx, _ = _pattern_regex(AUTO_PATTERN)
+        if not all(rx.match(f.stem) for f in flat):
+            bad = next(f for f in flat if not rx.match(f.stem))
+            raise InputError(f"{bad}: cannot tell the label; expected class subfolders ({root}/<class>/*.wav) or "
+                             f"file names like '{AUTO_PATTERN}' (pass label_pattern to describe yours)")
+        return AUTO_PATTERN
+    raise InputError(f"{root}: no audio files found; expected {root}/<class>/*.wav or flat files named '{AUTO_PATTERN}'")
 
-    See the module docstring for label sources, split rules, resampling and the pad/crop rule.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise InputError(f"{root}: expected a folder of audio files ({sorted(AUDIO_SUFFIXES)})")
-    if int(sample_rate) <= 0 or not duration_s > 0:
-        raise InputError(f"sample_rate={sample_rate}, duration_s={duration_s}: expected positive numbers")
-    num_samples = int(round(duration_s * sample_rate))
 
-    # -- find files and labels
+def _find_labelled_files(root: Path, label_pattern: str | None):
+    """(files, per-file fields, labels, label pattern used, whether the folder is pre-split train/test)."""
     presplit = (root / "train").is_dir() and (root / "test").is_dir() and label_pattern in (None, "folder")
     base = root / "recordings" if (root / "recordings").is_dir() and not _audio_files(root) else root
     flat = _audio_files(base)
     subdirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".") and _audio_files(p))
     if label_pattern is None:
-        if presplit or (subdirs and not flat):
-            label_pattern = "folder"
-        elif flat:
-            rx, _ = _pattern_regex(AUTO_PATTERN)
-            if not all(rx.match(f.stem) for f in flat):
-                bad = next(f for f in flat if not rx.match(f.stem))
-                raise InputError(f"{bad}: cannot tell the label; expected class subfolders ({root}/<class>/*.wav) or "
-                                 f"file names like '{AUTO_PATTERN}' (pass label_pattern to describe yours)")
-            label_pattern = AUTO_PATTERN
-        else:
-            raise InputError(f"{root}: no audio files found; expected {root}/<class>/*.wav or flat files named '{AUTO_PATTERN}'")
-
+        label_pattern = _label_pattern(root, base, flat, subdirs, presplit)
     files: list[Path] = []
     meta: list[dict[str, str]] = []
     if label_pattern == "folder":
@@ -185,7 +175,6 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
             raise InputError(f"{base}: no audio files to match against label_pattern {label_pattern!r}")
         files = flat
         meta = _parse_names(files, label_pattern, base)
-
     labels = sorted({d["label"] for d in meta}, key=_label_sort_key)
     if presplit and label_pattern == "folder":
         train_labels = {d["label"] for d in meta if d["part"] == "train"}
@@ -193,12 +182,17 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
         if extra:
             raise InputError(f"{root / 'test'}: class folder '{extra[0]}' is not among the train classes")
         labels = sorted(train_labels, key=_label_sort_key)
+    return files, meta, labels, label_pattern, presplit
 
-    # -- read audio
+
+def _read_clips(root: Path, files: list[Path], meta: list[dict], sample_rate: int, num_samples: int,
+                allow_unreadable: bool) -> tuple[np.ndarray, list[dict], list[tuple[str, str]]]:
+    """Every clip read, resampled and fitted to ``num_samples``; unreadable ones skipped with a warning
+    only when ``allow_unreadable``. Returns (x, the kept files' fields, skipped (file, reason))."""
     clips, keep, skipped = [], [], []
     for i, f in enumerate(files):
         try:
-            clips.append(fit_length(read_clip(f, int(sample_rate)), num_samples))
+            clips.append(fit_length(read_clip(f, sample_rate), num_samples))
             keep.append(i)
         except InputError as exc:
             if not allow_unreadable:
@@ -206,16 +200,18 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
             skipped.append((str(f), str(exc)))
     if skipped:
         names = ", ".join(Path(s).name for s, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warnings.warn(f"{root}: skipped {len(skipped)} unreadable or empty audio file(s): {names}", stacklevel=2)
+        warnings.warn(f"{root}: skipped {len(skipped)} unreadable or empty audio file(s): {names}", stacklevel=3)
     if not clips:
         raise InputError(f"{root}: none of the {len(files)} audio files could be read")
-    meta = [meta[i] for i in keep]
-    x = np.stack(clips).astype(np.float32)
-    y = np.asarray([labels.index(d["label"]) for d in meta], dtype=np.int64)
+    return np.stack(clips).astype(np.float32), [meta[i] for i in keep], skipped
 
-    # -- split
+
+def _split_mask(root: Path, split: str | None, meta: list[dict], y: np.ndarray, num_classes: int,
+                folder_split: bool, test_fraction: float, seed: int) -> tuple[str, np.ndarray]:
+    """(split rule used, boolean test mask): the user's rule, else train/test folders, else index<5
+    where file names carry an index, else a stratified random split."""
     if split is None:
-        if presplit and label_pattern == "folder":
+        if folder_split:
             split = "folders"
         elif (all(re.fullmatch(r"-?\d+", d.get("index", "x")) for d in meta)
               and 0 < sum(int(d["index"]) < 5 for d in meta) < len(meta)):
@@ -223,7 +219,7 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
         else:
             split = "random"
     if split == "folders":
-        if not (presplit and label_pattern == "folder"):
+        if not folder_split:
             raise InputError(f"split 'folders': {root} has no train/ and test/ subfolders")
         test = np.asarray([d["part"] == "test" for d in meta])
     elif split == "random":
@@ -231,11 +227,11 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
             raise InputError(f"test_fraction={test_fraction}: expected a number in (0, 1)")
         from sklearn.model_selection import train_test_split
 
-        idx = np.arange(len(x))
-        counts = np.bincount(y, minlength=len(labels))
+        idx = np.arange(len(y))
+        counts = np.bincount(y, minlength=num_classes)
         strat = y if counts.min() >= 2 else None
         _, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=strat)
-        test = np.zeros(len(x), dtype=bool)
+        test = np.zeros(len(y), dtype=bool)
         test[te] = True
     else:
         test = _rule_mask(split, meta)
@@ -245,7 +241,27 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
     if test.all() or not test.any():
         raise InputError(f"{root}: split {split!r} leaves {int((~test).sum())} train and {int(test.sum())} test clips; "
                          "expected both non-empty")
+    return split, test
 
+
+def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 8000, duration_s: float = 1.0,
+                      label_pattern: str | None = None, split: str | None = None, test_fraction: float = 0.2,
+                      allow_unreadable: bool = False, **_) -> Dataset:
+    """A folder of labelled audio clips -> ``Dataset`` with x float32 ``(n, num_samples)`` raw PCM in [-1, 1].
+
+    See the module docstring for label sources, split rules, resampling and the pad/crop rule.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"{root}: expected a folder of audio files ({sorted(AUDIO_SUFFIXES)})")
+    if int(sample_rate) <= 0 or not duration_s > 0:
+        raise InputError(f"sample_rate={sample_rate}, duration_s={duration_s}: expected positive numbers")
+    num_samples = int(round(duration_s * sample_rate))
+    files, meta, labels, label_pattern, presplit = _find_labelled_files(root, label_pattern)
+    x, meta, skipped = _read_clips(root, files, meta, int(sample_rate), num_samples, allow_unreadable)
+    y = np.asarray([labels.index(d["label"]) for d in meta], dtype=np.int64)
+    split, test = _split_mask(root, split, meta, y, len(labels), presplit and label_pattern == "folder",
+                              test_fraction, seed)
     normalization = {
         "formula": "x = pcm (no normalization: the model's LogMel front-end computes the features)",
         "input": "raw mono PCM, float32 in [-1, 1]",

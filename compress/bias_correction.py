@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

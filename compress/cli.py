@@ -7,19 +7,15 @@ import os
 import sys
 from typing import Optional
 
-# The converters' C++ logging (TensorFlow Lite, absl/glog) is noise for users; our own errors say what failed.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TORCH_LOGS", "-onnx,-export")  # torch's exporter warnings (e.g. "torchvision is not installed")  # coremltools pass-by-pass bars; we show our own progress
-for _noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx", "torchao"):
-    logging.getLogger(_noisy).setLevel(logging.ERROR)
-
 import typer
 from rich.console import Console
 
 from compress.cli_output import err, fail, print_failures
-from compress.errors import InputError, ValidationFailed
+from compress.core.errors import InputError, ValidationFailed
+from compress.export.registry import TARGETS, suffixes
+
+TARGET_NAMES = ", ".join(TARGETS)
+MODEL_FILES = ", ".join(suffixes())
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distill a teacher ensemble into a compact student, export it, and check it in its runtime.")
@@ -28,11 +24,35 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def main() -> None:
     """compress: distillation, quantization and export for on-device models."""
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """The converters' C++ logging (TensorFlow Lite, absl/glog), torch's exporter warnings and
+    coremltools' pass-by-pass bars are noise for users: our own errors say what failed and we show our
+    own progress. Set for the command-line process only (when a command runs), never on import."""
+    for key, value in {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "TQDM_DISABLE": "1",
+                       "TORCH_LOGS": "-onnx,-export"}.items():
+        os.environ.setdefault(key, value)
+    for noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx", "torchao"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _given(**flags) -> dict:
     """The flags the user actually typed (typer leaves the others None), keyed by RunConfig field."""
     return {k: v for k, v in flags.items() if v is not None}
+
+
+RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device"}  # CLI flag -> RunConfig field
+
+
+def _flags(params: dict) -> dict:
+    """The RunConfig fields the user typed on the command line (typer leaves the others None)."""
+    skip = {"recipe", "json_output", "quiet"}
+    flags = {RENAMED.get(k, k): v for k, v in params.items() if k not in skip and v is not None}
+    if "teachers" in flags:
+        flags["teachers"] = list(flags["teachers"]) or None
+    return _given(**flags)
 
 
 def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
@@ -45,12 +65,12 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
 
     path = recipe_path or (recipe.RECIPE_FILE if Path(recipe.RECIPE_FILE).is_file() else None)
     from_recipe = recipe.load(path) if path else {}
-    merged = recipe.merge({**asdict(RunConfig()), "targets": ["onnx"]}, from_recipe, flags)
+    merged = recipe.merge({**asdict(RunConfig()), "targets": [RunConfig.target]}, from_recipe, flags)
     if "target" in flags:  # --target picks one target over the recipe's list
         merged["targets"] = [flags["target"]]
     targets = merged.pop("targets")
     if not targets:
-        raise InputError(f"{path}: [export] targets is empty; expected at least one of onnx, tflite, coreml")
+        raise InputError(f"{path}: [export] targets is empty; expected at least one of {TARGET_NAMES}")
     configs = []
     for t in targets:
         cfg = RunConfig(**{**merged, "target": t, "recipe_path": path})
@@ -63,7 +83,7 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
 @app.command("distill-and-export")
 def distill_and_export(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present). Flags override it."),
-    target: Optional[str] = typer.Option(None, help="Export target: onnx, tflite or coreml (default onnx; a recipe may list several)."),
+    target: Optional[str] = typer.Option(None, help=f"Export target: {TARGET_NAMES} (default onnx; a recipe may list several)."),
     quantize: Optional[str] = typer.Option(None, help="none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: see README)."),
     precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
     deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target (default iOS16; int8 activations need iOS17+)."),
@@ -96,7 +116,8 @@ def distill_and_export(
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     jitter: Optional[int] = typer.Option(None, help="Random shift of up to N pixels when training built-in teachers."),
     int8_budget: Optional[float] = typer.Option(None, help="int8: largest accepted accuracy drop in points; the worst layers stay in float until it fits."),
-    qat: Optional[bool] = typer.Option(None, "--qat", help="Quantization-aware distillation before int8 conversion (tflite --quantize int8)."),
+    qat: Optional[bool] = typer.Option(None, "--qat", help="Quantization-aware distillation before int8 conversion (--quantize int8, targets with QAT: "
+                              + ", ".join(n for n, b in TARGETS.items() if b.qat) + ")."),
     qat_epochs: Optional[int] = typer.Option(None, help="Epochs of quantization-aware distillation (default 3)."),
     bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
@@ -106,21 +127,12 @@ def distill_and_export(
 
     Exit codes: 0 passed, 1 a check or budget failed, 2 bad input, 130 interrupted (run again to resume).
     """
+    flags = _flags(locals())  # first: locals() holds exactly the command's parameters here
     import json as json_lib
 
+    from compress.devices.report import print_report, to_json
     from compress.pipeline import run
-    from devices.report import print_report, to_json
 
-    flags = _given(target=target, quantize=quantize, precision=precision, deployment_target=deployment_target,
-                   min_runtime=min_runtime, calibration_samples=calibration_samples, data=data,
-                   data_format=data_format, teachers=list(teacher) if teacher else None, student=student,
-                   temperature=temperature, alpha=alpha, epochs=epochs, teacher_epochs=teacher_epochs,
-                   optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, profile=device, threads=threads,
-                   latency_runs=latency_runs, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
-                   max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb, out=out, name=name,
-                   device=train_device, unlabelled=unlabelled, limit_train=limit_train, limit_test=limit_test,
-                   jitter=jitter, int8_budget=int8_budget, qat=qat, qat_epochs=qat_epochs,
-                   bias_correction=bias_correction)
     reports = []
     try:
         configs = _run_configs(recipe, flags)
@@ -159,13 +171,13 @@ def init(
     from pathlib import Path
 
     from compress import recipe
-    from compress.atomic import atomic_path
+    from compress.core.atomic import atomic_path
     from compress.pipeline import RunConfig
 
     dest = Path(path)
     if dest.exists() and not force:
         fail(f"{dest}: already exists; expected a new path (or pass --force to overwrite)", 2)
-    text = recipe.render({**asdict(RunConfig()), "targets": ["onnx"]})
+    text = recipe.render({**asdict(RunConfig()), "targets": [RunConfig.target]})
     recipe.parse(text, str(dest))  # what init writes must load back
     try:
         with atomic_path(dest) as tmp:
@@ -177,7 +189,7 @@ def init(
 
 @app.command("debug-quant")
 def debug_quant(
-    quantized: str = typer.Argument(..., help="The int8 model: .onnx, .tflite or .mlpackage (e.g. dist/<name>/model.tflite from --quantize int8)."),
+    quantized: str = typer.Argument(..., help=f"The int8 model: {MODEL_FILES} (e.g. dist/<name>/model.<suffix> from --quantize int8)."),
     fp32: str = typer.Option(..., help="The float model of the same target it was quantized from."),
     data: Optional[str] = typer.Option(None, help="Data for calibration samples (default: the digits)."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
@@ -197,13 +209,13 @@ def debug_quant(
     import numpy as np
 
     from compress.data import load_data
-    from compress.int8_fallback import layer_errors_for
-    from devices.quant_debug import format_table
+    from compress.export.common.fallback import layer_errors_for
+    from compress.export.common.sqnr import format_table
 
     try:
         for path in (quantized, fp32):
             if not Path(path).exists():
-                raise InputError(f"{path}: not found; expected an .onnx, .tflite or .mlpackage model")
+                raise InputError(f"{path}: not found; expected a {MODEL_FILES} model")
         ds = load_data(data, data_format, seed=seed)
         pick = np.random.default_rng(seed).permutation(len(ds.x_train))[:samples]
         rows = layer_errors_for(fp32, quantized, ds.x_train[np.sort(pick)])

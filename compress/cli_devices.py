@@ -19,15 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from compress.cli_output import err, fail, print_failures
-from compress.errors import InputError
+from compress.core.errors import InputError
+from compress.export.registry import suffixes
 
 devices_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Device profiles (runtime, threads, budgets) and device tooling setup.")
 
 # name -> setup(progress) -> dict (with "seconds"); the modules are imported only when their setup runs.
 SETUPS = {
-    "arm64-emu": lambda progress: importlib.import_module("devices.arm64_emu").setup(progress),
-    "chromium": lambda progress: importlib.import_module("devices.chromium").setup(progress),
+    "arm64-emu": lambda progress: importlib.import_module("compress.devices.arm64_emu").setup(progress),
+    "chromium": lambda progress: importlib.import_module("compress.devices.chromium").setup(progress),
 }
 
 
@@ -40,7 +41,7 @@ def _budget_text(budgets: dict) -> str:
 @devices_app.command("list")
 def list_devices(json_output: bool = typer.Option(False, "--json", help="Print the profiles as JSON.")) -> None:
     """List the device profiles: shipped ones and the user's (COMPRESS_PROFILES_DIR or the user config dir)."""
-    from devices.profiles import available, user_dir
+    from compress.devices.profiles import available, user_dir
 
     profiles = []
     try:
@@ -99,7 +100,7 @@ def setup_devices(
 
 
 def validate_command(
-    path: str = typer.Argument(..., help="A folder written by distill-and-export, or an .onnx/.tflite/.mlpackage model."),
+    path: str = typer.Argument(..., help="A folder written by distill-and-export, or a model file (" + ", ".join(suffixes()) + ")."),
     device: Optional[str] = typer.Option(None, "--device", help="Device profile: a name from `compress devices list`, or a .toml path."),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Budget: largest accuracy drop vs the reference, in points."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest host p50 latency (batch 1), ms."),
@@ -117,8 +118,8 @@ def validate_command(
     report_dir: Optional[str] = typer.Option(None, help="Also write the report to DIR/validate-<device or host>.json."),
 ) -> None:
     """Validate a model in its runtime against a device profile's budgets (CI gate: exit 1 on a breach)."""
-    from devices.report import print_report, to_json
-    from devices.validate_artifact import validate
+    from compress.devices.report import print_report, to_json
+    from compress.stages.validate import validate
 
     try:
         report = validate(path, profile=device, data=data, data_format=data_format, reference=reference,

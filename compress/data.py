@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 # Max |LogMel - log(librosa mel + eps)| in the log domain (float32 torch vs float64 librosa). Observed with
 # the speech models' recipe: <= 4e-6 on real FSDD clips, 6e-5 on a synthetic two-tone sine; the error is

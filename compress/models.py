@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 
 def _flat_features(input_shape: tuple[int, ...]) -> int:

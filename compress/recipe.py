@@ -14,7 +14,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from compress.errors import InputError
+from compress.core.errors import InputError
+from compress.export.registry import TARGETS, accepting
+
+
+def _takers(option: str) -> str:
+    """Which targets read a target-only option, for the recipe's help text."""
+    return " and ".join(accepting(option)) or "no target"
 
 RECIPE_FILE = "compress.toml"
 
@@ -74,10 +80,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "int8_budget": Key("int8_budget", _NUM, "Largest accepted int8 accuracy drop in points; the worst layers stay in float until it fits.", 0.5),
     },
     "export": {
-        "targets": Key("targets", _LIST, "Export targets, one output folder each: onnx, tflite, coreml."),
-        "precision": Key("precision", _STR, "Core ML compute precision: fp16 or fp32.", "fp32"),
-        "deployment_target": Key("deployment_target", _STR, "Core ML minimum deployment target.", "iOS17"),
-        "min_runtime": Key("min_runtime", _STR, "TFLite: fail unless the model loads in this runtime version.", "2.14"),
+        "targets": Key("targets", _LIST, f"Export targets, one output folder each: {', '.join(TARGETS)}."),
+        "precision": Key("precision", _STR, f"{_takers('precision')}: compute precision, fp16 or fp32.", "fp32"),
+        "deployment_target": Key("deployment_target", _STR, f"{_takers('deployment_target')}: minimum deployment target.", "iOS17"),
+        "min_runtime": Key("min_runtime", _STR, f"{_takers('min_runtime')}: fail unless the model loads in this runtime version.", "2.14"),
     },
     "device": {
         "profile": Key("profile", _STR, "Device profile (compress devices list) or a profile .toml path.", "pixel-class"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.frontend import LogMel
 
 FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from compress import models
-from compress.cache import cache_dir, content_key, file_sha256, state_dict_sha256
-from compress.errors import InputError
+from compress.core.cache import cache_dir, content_key, file_sha256, state_dict_sha256
+from compress.core.errors import InputError
 from compress.train import fit, pick_device, predict_logits
 
 TEACHER_TRAINING_VERSION = 1  # bump when the built-in training recipe changes (invalidates caches)
@@ -40,7 +40,7 @@ class Teacher:
     logits: Callable[[np.ndarray], np.ndarray]
     fingerprint: str
     module: nn.Module | None = None
-    onnx_path: Path | None = None
+    artifact: Path | None = None  # a file one registered target runs (the member has no torch module)
     cached: bool = False
     input_shape: tuple | None = None  # per-sample input shape the member declares (None entries: dynamic), if known
 
@@ -48,10 +48,10 @@ class Teacher:
     def params(self) -> int | None:
         if self.module is not None:
             return models.count_params(self.module)
-        if self.onnx_path is not None:
+        if self.artifact is not None:
             import onnx
 
-            m = onnx.load(str(self.onnx_path))
+            m = onnx.load(str(self.artifact))
             weights = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                        onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
             # weights only: integer initializers such as reshape targets are not parameters
@@ -120,11 +120,11 @@ def load_pt2(spec: str, **_) -> Teacher:
 
 
 def load_onnx(spec: str, **_) -> Teacher:
-    from devices.onnx_runner import open_onnx
+    from compress.export.registry import by_suffix
 
     path = _require_file(Path(spec), "an ONNX model")
     try:
-        runner = open_onnx(path, threads=0)
+        runner = by_suffix(path).open(path, threads=0)
     except InputError as exc:
         reason = str(exc).partition(": not a loadable ONNX model ")[2] or f"({exc})"
         raise InputError(f"teacher {spec!r}: not a loadable ONNX model {reason}; expected an .onnx file "
@@ -134,7 +134,7 @@ def load_onnx(spec: str, **_) -> Teacher:
     def logits(x: np.ndarray) -> np.ndarray:
         return np.concatenate([runner.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
 
-    return Teacher(path.name, "onnx", logits, file_sha256(path), onnx_path=path, input_shape=input_shape)
+    return Teacher(path.name, "onnx", logits, file_sha256(path), artifact=path, input_shape=input_shape)
 
 
 def _check_onnx_weights(spec: str, path: Path) -> tuple | None:
@@ -203,7 +203,7 @@ def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None
         fit(module, data.x_train, lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
             epochs=epochs, lr=1e-3, weight_decay=1e-4, seed=seed, device=dev, jitter_pixels=jitter_pixels,
             on_epoch=on_epoch)
-        from compress.atomic import atomic_path
+        from compress.core.atomic import atomic_path
 
         with atomic_path(path) as tmp:
             torch.save(module.cpu().state_dict(), str(tmp))
@@ -306,7 +306,7 @@ def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data
     path = cache_dir("soft-targets") / f"{key[:32]}.npy"
     cached = path.is_file()
     if not cached:
-        from compress.atomic import atomic_path
+        from compress.core.atomic import atomic_path
 
         probs = ensemble_probs(members, x, temperature)
         if not np.isfinite(probs).all():

@@ -64,7 +64,7 @@ def distributed() -> tuple[int, int]:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    from compress.atomic import atomic_path
+    from compress.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(state, str(tmp))

@@ -10,7 +10,7 @@ the numbers are for correctness, never for timing (``open_arm64`` returns ``meas
 private configuration (its own state folder, Debian bookworm sources, architectures amd64 + arm64) downloads
 ``qemu-user-static`` (amd64) and the arm64 Python 3.11 runtime packages, which ``dpkg -x`` unpacks into a
 sysroot; ``pip download`` fetches the aarch64 wheels. The result lives under ``$COMPRESS_EMU_DIR`` or the
-user cache dir (deliberately not ``compress.cache.cache_dir``, which tests isolate per session: a build
+user cache dir (deliberately not ``compress.core.cache.cache_dir``, which tests isolate per session: a build
 takes a minute and must be reused), in a folder keyed by the package versions, built in a temporary sibling
 and renamed into place only when its marker file is written.
 """
@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from compress.errors import InputError
-from devices.runner import Runner
+from compress.core.errors import InputError
+from compress.core.runner import Runner
 
 CPU = "neoverse-n1"  # QEMU_CPU: ~10x faster to emulate than the default "max" (no SVE, fewer features)
 SUITE = "bookworm"
@@ -49,7 +49,6 @@ DEBS = [
     "libstdc++6", "zlib1g", "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libcrypt1",
     "libuuid1", "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8",
 ]
-WHEELS = ["numpy", "onnxruntime", "ai-edge-litert"]  # pinned to the host's installed versions
 PYTHON = "/usr/bin/python3.11"  # inside the sysroot
 # Without an ARM /proc/cpuinfo (the guest would see the host's x86 one) both runtimes' CPU detection
 # segfaults; qemu's -L prefix makes the guest read this one. Features of a Neoverse-N1 (Graviton2).
@@ -65,7 +64,6 @@ CPU revision\t: 1
 """
 MARKER = "emulator.json"  # written last: a folder without it is a half-finished build
 CHILD = Path(__file__).with_name("arm64_emu_child.py")
-TARGETS = {".onnx": "onnx", ".tflite": "tflite"}
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -81,10 +79,15 @@ def emu_root() -> Path:
     return Path(root)
 
 
+def _wheels() -> list[str]:
+    """numpy and every emulated target's runtime wheel, pinned to the host's installed versions."""
+    return ["numpy"] + [b.emulator_wheel for b in emulated_backends().values()]
+
+
 def _wanted() -> dict[str, str]:
     """Wheel name -> the host's installed version (the emulator runs the same release)."""
     versions = {}
-    for name in WHEELS:
+    for name in _wheels():
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -93,7 +96,7 @@ def _wanted() -> dict[str, str]:
 
 
 def _build_dir() -> Path:
-    from compress.cache import content_key
+    from compress.core.cache import content_key
 
     key = content_key(SUITE, DEBS, _wanted(), CPUINFO, 1)
     return emu_root() / f"{SUITE}-py311-{key[:12]}"
@@ -242,10 +245,12 @@ def _build(tmp: Path, say: Callable[[str], None]) -> None:
                          str(sysroot / "usr" / "lib" / "python3.11")])
     _step("compileall", [sys.executable, "-m", "compileall", "-q", "-j", "0", str(site)])
 
-    say("smoke test: importing numpy, onnxruntime and ai_edge_litert in the emulated Python")
-    probe = ("import json, platform, sys, numpy, onnxruntime, ai_edge_litert.interpreter as i, ai_edge_litert as a;"
-             "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(),"
-             "'numpy': numpy.__version__, 'onnxruntime': onnxruntime.__version__, 'ai-edge-litert': a.__version__}))")
+    modules = ["numpy"] + [b.runtime_module for b in emulated_backends().values()]
+    say(f"smoke test: importing {', '.join(modules)} in the emulated Python")
+    probe = (f"import importlib, importlib.metadata as md, json, platform; "
+             f"[importlib.import_module(m) for m in {modules!r}]; "
+             f"print(json.dumps({{'machine': platform.machine(), 'python': platform.python_version(), "
+             f"**{{w: md.version(w) for w in {list(wanted)!r}}}}}))")
     out = _step("smoke test in the emulator", _guest_cmd(qemu, sysroot, ["-c", probe]), timeout=600,
                 env=_guest_env(site))
     seen = json.loads(out.strip().splitlines()[-1])
@@ -275,23 +280,32 @@ def _guest_env(site: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "QEMU_CPU": CPU}
 
 
-def _target(path: Path) -> str:
+def emulated_backends() -> dict:
+    """suffix -> Backend, for the targets whose folder ships a runner for the emulator."""
+    from compress.export.registry import TARGETS
+
+    return {b.suffix: b for b in TARGETS.values() if b.emulated_runner is not None}
+
+
+def _backend(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
-    if path.suffix not in TARGETS:
-        raise InputError(f"{path}: expected a .onnx or .tflite file for the ARM64 emulator")
-    return TARGETS[path.suffix]
+    backends = emulated_backends()
+    if path.suffix not in backends:
+        raise InputError(f"{path}: expected a {' or '.join(backends)} file for the ARM64 emulator")
+    return backends[path.suffix]
 
 
 def _run(path: Path, x: np.ndarray, threads: int, timeout: float) -> tuple[np.ndarray, dict]:
     """One qemu process for the whole batch: (scores, {"engine", "seconds"})."""
-    _target(path)
+    backend = _backend(path)
     info = setup()
     with tempfile.TemporaryDirectory(prefix="compress-arm64-") as tmp:
         in_path, out_path = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(in_path, np.ascontiguousarray(x, dtype=np.float32))
         cmd = _guest_cmd(Path(info["qemu"]), Path(info["sysroot"]),
-                         [str(CHILD), str(path.resolve()), str(in_path), str(out_path), str(int(threads))])
+                         [str(CHILD), str(backend.emulated_runner), str(path.resolve()), str(in_path), str(out_path),
+                          str(int(threads))])
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -323,10 +337,8 @@ def run_on_emulator(path: Path | str, x: np.ndarray, threads: int = 1, timeout: 
 
 def compare_with_host(path: Path | str, x: np.ndarray, threads: int = 1) -> dict:
     """Run ``x`` through ``path`` on the host runner and on the emulator; how closely they agree."""
-    from devices.runners import RUNNERS
-
     path = Path(path)
-    host_runner = RUNNERS[_target(path)](path, threads)
+    host_runner = _backend(path).open(path, threads)
     host = host_runner.predict(x)
     emu, meta = _run(path, x, threads, 600)
     if emu.shape != host.shape:

@@ -89,7 +89,7 @@ def screenshot(html_path, png_path, width: int = 1280, height: int = 2000, timeo
     """
     exe = find_chromium()
     if exe is None:
-        raise RuntimeError("Chromium not found; call devices.chromium.setup() or install chromium")
+        raise RuntimeError("Chromium not found; call compress.devices.chromium.setup() or install chromium")
     html_path = Path(html_path).resolve()
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ is viewed), the style is inline CSS, and there is no JavaScript at all. Every pi
 from the report (model names, runtimes, check details) is escaped with :func:`html.escape`, because model
 and data names are user input and the page may be opened in a browser with access to other files.
 
-The page is built only from the ``compress.report/1`` dict (see :mod:`devices.report`), so it can be
+The page is built only from the ``compress.report/1`` dict (see :mod:`compress.devices.report`), so it can be
 regenerated from any old ``report.json``; fields that newer runs add (``confusion``, ``budgets``,
 ``quantization_fallback``, ``compatibility``) are rendered when present and explained when absent.
 """
@@ -18,10 +18,9 @@ import html
 import io
 import math
 import re
-import sys
 from pathlib import Path
 
-from devices.report import _pct, format_count, format_size
+from compress.devices.report import _pct, format_count, format_size
 
 # one colour per role; exported students get their own so the "what ships" point stands out
 ROLE_STYLE = {
@@ -102,14 +101,17 @@ def _mpl_text(s) -> str:
 
 
 def _figure(width: float, height: float):
-    """A Figure that is not registered with pyplot (no global state, nothing to close, thread-safe)."""
-    import matplotlib
+    """A Figure that is not registered with pyplot (no global state, nothing to close, thread-safe).
 
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")  # headless; never switch the backend of a session that already uses pyplot
+    It gets its own Agg canvas and is saved with ``Figure.savefig`` (which picks the SVG canvas for
+    ``format="svg"`` by itself), so the process-wide backend (``matplotlib.use``) is never read or
+    switched: the report can be written from a session that uses pyplot with any backend, or none."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # headless canvas owned by this figure alone
+    return fig
 
 
 _ID = re.compile(r'\bid="([^"]+)"')

@@ -28,9 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-# what the child imports before the "before" reading, per target (the runtime's Python bindings)
-RUNTIME_MODULES = {"onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter", "coreml": "devices.mil_reference"}
-
 INCLUDES = ("runtime session/interpreter, arenas and thread pools, model weights and batch-1 activations "
             "(peak RSS during load + {runs} runs minus RSS after importing numpy and {module}; a fresh "
             "child process, {threads} thread(s))")
@@ -38,8 +35,8 @@ INCLUDES = ("runtime session/interpreter, arenas and thread pools, model weights
 _CHILD = r"""
 import importlib, json, resource, sys
 import numpy as np
-target, model, inputs, threads, runs, xnnpack, module = sys.argv[1:8]
-threads, runs = int(threads), int(runs)
+target, model, inputs, threads, runs, options, module = sys.argv[1:8]
+threads, runs, options = int(threads), int(runs), json.loads(options)
 
 def status_mb(field):
     with open("/proc/self/status") as fh:
@@ -58,12 +55,8 @@ def maxrss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / (1 << 20)
 
 importlib.import_module(module)
-if target == "tflite":
-    from devices.tflite_runner import open_tflite
-    opener = lambda p, t: open_tflite(p, t, xnnpack=(xnnpack == "1"))
-else:
-    from devices.runners import RUNNERS
-    opener = RUNNERS[target]
+from compress.export.registry import TARGETS
+opener = lambda p, t: TARGETS[target].open(p, t, **options)
 x = np.load(inputs)
 try:
     reset_peak()
@@ -87,19 +80,22 @@ def _env() -> dict:
 
 
 def measure(model: Path | str, target: str, samples: np.ndarray, *, threads: int = 1, runs: int = 20,
-            xnnpack: bool = True, timeout: float = 300) -> dict:
+            runner_options: dict | None = None, timeout: float = 300) -> dict:
     """Peak memory of ``model`` in ``target``'s runtime; ``samples`` are real inputs (a few are enough).
+    ``runner_options``: keyword options for the target's ``open`` (from a device profile).
 
     Returns {"peak_memory_mb", "baseline_mb", "process_peak_mb", "includes", "engine"}; on a child failure
     ``peak_memory_mb`` is None and ``note`` says why.
     """
-    module = RUNTIME_MODULES[target]
+    from compress.export.registry import TARGETS
+
+    module = TARGETS[target].runtime_module
     includes = INCLUDES.format(runs=runs, module=module, threads=threads)
     with tempfile.TemporaryDirectory(prefix="compress-peak-") as tmp:
         inputs = Path(tmp) / "x.npy"
         np.save(inputs, np.ascontiguousarray(samples[: max(1, min(len(samples), runs))], dtype=np.float32))
         cmd = [sys.executable, "-c", _CHILD, target, str(model), str(inputs), str(int(threads)), str(int(runs)),
-               "1" if xnnpack else "0", module]
+               json.dumps(runner_options or {}), module]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
         except subprocess.TimeoutExpired:

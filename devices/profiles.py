@@ -12,8 +12,8 @@ given, must equal it (so ``--device NAME`` always finds the file called NAME.tom
 
 Keys (``SCHEMA``; anything else is an error naming the nearest valid key):
 
-  name, description, runtime (onnx | tflite | coreml), precision (fp32 | fp16 | int8), threads (>= 1),
-  cpu, emulator_cpu (QEMU ``-cpu`` model for the arm64 emulator, optional), delegate (tflite: xnnpack | none)
+  name, description, runtime (a registered target), precision (fp32 | fp16 | int8), threads (>= 1),
+  cpu, emulator_cpu (QEMU ``-cpu`` model for the arm64 emulator, optional), and the settings a target reads (``Backend.profile_keys``, e.g. tflite's delegate: xnnpack | none)
   [budgets]   latency_ms (p50, batch 1), size_kb (1 kB = 1024 bytes), peak_memory_mb (MiB),
               max_accuracy_drop (points vs the reference)
   [estimate]  host_to_device_latency_factor (device p50 ~= host p50 x factor) and basis (where the factor
@@ -29,12 +29,10 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 SHIPPED_DIR = Path(__file__).parent / "profiles"
-RUNTIMES = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
-DELEGATES = ("xnnpack", "none")
 
 NUMBER = (int, float)
 # key -> (expected type(s), type name for messages)
@@ -107,17 +105,21 @@ def validate_profile(raw: dict, where: str, registry_name: str | None = None) ->
     if registry_name is not None and profile["name"] != registry_name:
         raise InputError(f"{where}: name {profile['name']!r} differs from the file name {registry_name!r}; "
                          f"rename the file or the profile")
-    if profile["runtime"] not in RUNTIMES:
-        raise InputError(f"{where}: runtime {profile['runtime']!r} is not a target; expected one of {list(RUNTIMES)}")
+    from compress.export.registry import TARGETS
+
+    if profile["runtime"] not in TARGETS:
+        raise InputError(f"{where}: runtime {profile['runtime']!r} is not a target; expected one of {list(TARGETS)}")
     if profile["precision"] not in PRECISIONS:
         raise InputError(f"{where}: precision {profile['precision']!r}; expected one of {list(PRECISIONS)}")
     if profile["threads"] < 1:
         raise InputError(f"{where}: threads {profile['threads']}: expected an integer >= 1")
-    if "delegate" in profile:
-        if profile["runtime"] != "tflite":
-            raise InputError(f"{where}: delegate is a tflite setting, but runtime is {profile['runtime']!r}")
-        if profile["delegate"] not in DELEGATES:
-            raise InputError(f"{where}: delegate {profile['delegate']!r}; expected one of {list(DELEGATES)}")
+    for key in {k for b in TARGETS.values() for k in b.profile_keys} & set(profile):
+        allowed = TARGETS[profile["runtime"]].profile_keys.get(key)
+        if allowed is None:
+            owners = [name for name, b in TARGETS.items() if key in b.profile_keys]
+            raise InputError(f"{where}: {key} is a {' and '.join(owners)} setting, but runtime is {profile['runtime']!r}")
+        if profile[key] not in allowed:
+            raise InputError(f"{where}: {key} {profile[key]!r}; expected one of {list(allowed)}")
     for key, value in profile["budgets"].items():
         if value < 0:
             raise InputError(f"{where}: [budgets] {key} {value}: expected a number >= 0")
@@ -152,7 +154,7 @@ def _scan(folder: Path) -> dict[str, Callable[[], dict]]:
     return {p.stem: functools.partial(load_profile_file, p, p.stem) for p in sorted(folder.glob("*.toml"))}
 
 
-# The shipped profiles: name -> loader (a plain dict, like ``devices.runners.RUNNERS``).
+# The shipped profiles: name -> loader (a plain dict, like ``compress.export.TARGETS``).
 PROFILES: dict[str, Callable[[], dict]] = _scan(SHIPPED_DIR)
 
 

@@ -51,8 +51,7 @@ def digits():
 
 def export_and_open(model, example, folder: Path, target: str, info, **options):
     """Export ``model`` with the target's exporter and open the file in the target's runner (the registries)."""
-    from devices.runners import RUNNERS
-    from export import TARGETS
+    from compress.export import TARGETS
 
-    export_fn, file_name = TARGETS[target]
-    return RUNNERS[target](export_fn(model, example, folder / file_name, info, **options))
+    backend = TARGETS[target]
+    return backend.open(backend.export(model, example, folder / backend.file_name, info, **options))

@@ -15,9 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from compress.errors import InputError  # noqa: E402
-from devices.arm64_emu import compare_with_host, open_arm64, run_on_emulator, setup, status  # noqa: E402
-from export.common import ModelInfo  # noqa: E402
+from compress.core.errors import InputError  # noqa: E402
+from compress.devices.arm64_emu import compare_with_host, open_arm64, run_on_emulator, setup, status  # noqa: E402
+from compress.export.common import ModelInfo  # noqa: E402
 
 pytestmark = pytest.mark.arm64_emu
 SAMPLES = 50
@@ -47,8 +47,8 @@ class CNN(nn.Module):
 @pytest.fixture(scope="module")
 def exported(digits, tmp_path_factory):
     """The trained CNN exported to fp32 ONNX and full-int8 TFLite, plus 50 real test samples."""
-    from export.onnx import export as export_onnx
-    from export.tflite import export as export_tflite
+    from compress.export.onnx.convert import export as export_onnx
+    from compress.export.tflite.convert import export as export_tflite
 
     torch.manual_seed(0)
     model = CNN()
@@ -134,7 +134,7 @@ def test_wrong_input_shape_is_a_clear_error(emulator, exported):
 def test_mnist_sample_models_reproduce_host_outputs_via_validate(emulator, tmp_path, target, quantize):
     """`compress validate --arm64-emulator N` on MNIST students (fp32 ONNX, full-int8 TFLite)."""
     from compress.pipeline import RunConfig, run
-    from devices.validate_artifact import validate
+    from compress.stages.validate import validate
     from tests.conftest import require_mnist
 
     mnist = require_mnist()

@@ -8,7 +8,7 @@ cheap settings and its own ``--out``, then checks
 * the ``--out`` folder is absent or empty: no half-written artifact and no ``*.tmp`` folder.
 
 All inputs are built once per module (``inputs``) and the module gets its own ``COMPRESS_CACHE_DIR``.
-Unconvertible ops are checked at the exporter level (``export.TARGETS[target]``), where they are raised.
+Unconvertible ops are checked at the exporter level (``compress.export.TARGETS[target].export``), where they are raised.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 
 CHEAP = ("--teacher-epochs", "1", "--epochs", "1", "--latency-runs", "3", "--limit-train", "400", "--limit-test", "100")
 
@@ -81,8 +81,8 @@ def inputs(tmp_path_factory):
 
     import soundfile as sf
     from compress.data import load_digits
-    from export.common import ModelInfo
-    from export.onnx import export as export_onnx
+    from compress.export.common import ModelInfo
+    from compress.export.onnx.convert import export as export_onnx
 
     root = tmp_path_factory.mktemp("bad-inputs")
     torch.manual_seed(0)
@@ -305,10 +305,10 @@ def _unconvertible(kind: str):
 ])
 def test_op_the_target_cannot_convert(tmp_path, target, kind, op, module):
     pytest.importorskip(module)
-    from export import TARGETS
-    from export.common import ModelInfo
+    from compress.export import TARGETS
+    from compress.export.common import ModelInfo
 
-    export_fn, file_name = TARGETS[target]
+    export_fn, file_name = TARGETS[target].export, TARGETS[target].file_name
     model, example = _unconvertible(kind)
     with pytest.raises(InputError) as err:
         export_fn(model.eval(), example, tmp_path / file_name, ModelInfo("bad-op", ["a", "b"] if kind == "det" else []))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compress.bias_correction import fit_class_bias, parse_correction, shift_class_bias
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.train import jitter
 
 

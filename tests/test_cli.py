@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from compress.cache import file_sha256
+from compress.core.cache import file_sha256
 from compress.data import load_data
-from devices.onnx_runner import open_onnx
-from devices.validation import batched
+from compress.export.onnx.runner import open_onnx
+from compress.core.metrics import batched
 from tests.conftest import require_mnist
 
 
@@ -116,8 +116,8 @@ def test_unlabelled_transfer_set_with_an_onnx_teacher(tmp_path, digits):
 
     from compress import models
     from compress.train import fit
-    from export.common import ModelInfo
-    from export.onnx import export
+    from compress.export.common import ModelInfo
+    from compress.export.onnx.convert import export
 
     teacher = models.build("mlp-small", digits.input_shape, 10)
     y = torch.as_tensor(digits.y_train)

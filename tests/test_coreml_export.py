@@ -1,6 +1,6 @@
 """Core ML export end to end: small digits models -> .mlpackage -> runner (MIL reference off macOS) vs torch.
 
-Covers the per-variant tolerances in ``devices.coreml_runner.TOLERANCES`` on REAL inputs (all 1797
+Covers the per-variant tolerances in ``compress.export.coreml.runner.TOLERANCES`` on REAL inputs (all 1797
 sklearn digits), top-1 agreement of compressed variants, metadata/labels, corrupted weights caught
 as a parity failure, and the exporter's input errors.
 """
@@ -17,20 +17,19 @@ torch = pytest.importorskip("torch")
 
 import torch.nn as nn  # noqa: E402
 
-from compress.errors import InputError  # noqa: E402
-from devices.coreml_runner import (  # noqa: E402
+from compress.core.errors import InputError  # noqa: E402
+from compress.export.coreml.runner import (  # noqa: E402
     ENGINE_MACOS,
     ENGINE_REFERENCE,
-    MIN_TOP1_AGREEMENT,
-    TOLERANCE_REASONS,
-    TOLERANCES,
     open_coreml,
     parity_error,
     top1_agreement,
 )
-from devices.mil_reference import load_program  # noqa: E402
-from export.common import ModelInfo  # noqa: E402
-from export.coreml import COMPRESSIONS, export  # noqa: E402
+from compress.export.coreml.tolerances import MAX_REL as TOLERANCES  # noqa: E402  (the max_rel bound per variant)
+from compress.export.coreml.tolerances import MIN_TOP1_AGREEMENT, TOLERANCE_REASONS  # noqa: E402
+from compress.export.coreml.mil.evaluator import load_program  # noqa: E402
+from compress.export.common import ModelInfo  # noqa: E402
+from compress.export.coreml.convert import COMPRESSIONS, export  # noqa: E402
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 INFO = ModelInfo(
@@ -322,7 +321,7 @@ def test_macos_runner_reads_probabilities_in_label_order(models, digits, tmp_pat
     """The Core ML path (macOS only) with MLModel faked: the probs dict is read in label order."""
     import coremltools.models
 
-    import devices.coreml_runner as runner_mod
+    import compress.export.coreml.runner as runner_mod
 
     x, _ = digits
     path = export(models["mlp"], torch.from_numpy(x[:1]), tmp_path / "mac.mlpackage", INFO, precision="fp32")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from compress.data import load_data, read_idx
-from compress.errors import InputError
+from compress.core.errors import InputError
 from tests.conftest import require_mnist
 
 
@@ -156,7 +156,7 @@ def test_flat_features_npz(tmp_path):
 def test_loader_options_are_checked_by_name():
     """A recipe's [data] options reach the loader: a misspelled one is an error, not silently ignored."""
     from compress.data import load_data
-    from compress.errors import InputError
+    from compress.core.errors import InputError
 
     assert len(load_data(None, None, test_fraction=0.3).x_test) == 540
     with pytest.raises(InputError, match=r"data option 'test_fractoin': not an option of the digits loader; did you mean 'test_fraction'\?"):

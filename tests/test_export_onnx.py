@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from compress import models
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.train import fit
-from devices.onnx_runner import open_onnx
-from devices.validation import FP32_PARITY_TOLERANCE, batched, parity
-from export.common import ModelInfo
-from export.onnx import export, read_metadata
+from compress.export.onnx.runner import open_onnx
+from compress.core.metrics import FP32_PARITY_TOLERANCE, batched, parity
+from compress.export.common import ModelInfo
+from compress.export.onnx.convert import export, read_metadata
 
 
 @pytest.mark.parametrize("arch", ["mlp-small", "cnn-small", "cnn"])

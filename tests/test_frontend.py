@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from compress.frontend import LIBROSA_TOLERANCE, LogMel, mel_filterbank
-from export.common import ModelInfo
+from compress.export.common import ModelInfo
 from tests.conftest import FSDD, export_and_open
 
 FP32_MAX_ABS = 1e-4
@@ -81,7 +81,7 @@ def test_logmel_other_recipe_matches_librosa():
 
 
 def test_bad_recipes_and_short_clips():
-    from compress.errors import InputError
+    from compress.core.errors import InputError
 
     with pytest.raises(InputError, match="fmax"):
         LogMel(sample_rate=8000, fmax=6000.0)

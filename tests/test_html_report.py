@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from compress.pipeline import RunConfig, run
-from devices import html_report
-from devices.chromium import find_chromium, screenshot
-from devices.report import _pct
+from compress.devices import html_report
+from compress.devices.chromium import find_chromium, screenshot
+from compress.devices.report import _pct
 
 CHEAP = dict(teachers=["mlp-800", "cnn-small"], teacher_epochs=2, epochs=5, limit_train=300, limit_test=150,
              latency_runs=5, threads=1)
@@ -25,15 +25,14 @@ def teacher_student_confusion(cfg: RunConfig, report: dict) -> dict:
 
     from compress.data import load_data
     from compress.teachers import ensemble_probs, load_teachers
-    from devices import validation
-    from devices.runners import RUNNERS
-    from export import TARGETS
+    from compress.core import metrics as validation
+    from compress.export import TARGETS
 
     data = load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test, seed=cfg.seed)
     members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed)
     teacher_pred = np.argmax(ensemble_probs(members, data.x_test), axis=1)
-    artifact = Path(report["run"]["out_dir"]) / TARGETS[cfg.target][1]
-    student_pred = np.argmax(validation.batched(RUNNERS[cfg.target](artifact, 1).predict, data.x_test), axis=1)
+    artifact = Path(report["run"]["out_dir"]) / TARGETS[cfg.target].file_name
+    student_pred = np.argmax(validation.batched(TARGETS[cfg.target].open(artifact, 1).predict, data.x_test), axis=1)
     exported = next(r for r in report["rows"] if r["model"].startswith("student ("))
     return {"reference": "teacher ensemble", "candidate": exported["model"], "labels": list(data.labels),
             "matrix": confusion_matrix(teacher_pred, student_pred, labels=list(range(data.num_classes))).tolist()}
@@ -149,7 +148,7 @@ def test_write(report, tmp_path):
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="no Chromium/Chrome on this machine (devices.chromium.setup() "
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium/Chrome on this machine (compress.devices.chromium.setup() "
                                                      "installs Debian's chromium as root)")
 def test_screenshot_is_a_real_nonblank_page(hostile, tmp_path):
     from PIL import Image

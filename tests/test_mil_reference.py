@@ -1,8 +1,8 @@
 """The numpy MIL reference evaluator, op by op, against torch (and coremltools' own constexpr decoding).
 
-Each case is a tiny torch module exported with ``export.coreml.export`` (or a MIL program built with
+Each case is a tiny torch module exported with ``compress.export.coreml.convert.export`` (or a MIL program built with
 coremltools' Builder where torch cannot produce the op), saved, read back from disk and evaluated with
-``devices.mil_reference``. Inputs are random normals and REAL data: sklearn digits 8x8 images, scaled.
+``compress.export.coreml.mil.evaluator``. Inputs are random normals and REAL data: sklearn digits 8x8 images, scaled.
 
 Bounds: fp32 programs must match torch to ``ATOL_FP32`` (same arithmetic, different summation order);
 fp16 programs to ``REL_FP16`` times ``max(1, max |torch output|)``: the input and every op output are
@@ -21,11 +21,11 @@ torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as Fn  # noqa: E402
 
-from compress.errors import InputError  # noqa: E402
-from devices.mil import ops as mil_ops  # noqa: E402
-from devices.mil_reference import UnsupportedOpError, evaluate, load_program  # noqa: E402
-from export.common import ModelInfo  # noqa: E402
-from export.coreml import export  # noqa: E402
+from compress.core.errors import InputError  # noqa: E402
+from compress.export.coreml.mil import ops as mil_ops  # noqa: E402
+from compress.export.coreml.mil.evaluator import UnsupportedOpError, evaluate, load_program  # noqa: E402
+from compress.export.common import ModelInfo  # noqa: E402
+from compress.export.coreml.convert import export  # noqa: E402
 
 ATOL_FP32 = 1e-5
 REL_FP16 = 5e-3

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from compress import models
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.train import fit, predict_logits, seed_everything
-from devices.onnx_runner import open_onnx
-from devices.validation import accuracy, batched, parity
-from export.common import ModelInfo
-from export.onnx import export, read_metadata
-from export.onnx_quant import SCHEMES, TOLERANCES, quantize
+from compress.export.onnx.runner import open_onnx
+from compress.core.metrics import accuracy, batched, parity
+from compress.export.common import ModelInfo
+from compress.export.onnx.convert import export, read_metadata
+from compress.export.onnx.quantize import SCHEMES, TOLERANCES, quantize
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_tolerances_state_reasons():
 
 
 def test_export_quantized_is_the_exporter_signature(student, digits, tmp_path):
-    from export.onnx_quant import export_quantized
+    from compress.export.onnx.quantize import export_quantized
 
     out = export_quantized(student["model"], torch.as_tensor(digits.x_test[:1]), tmp_path / "m.onnx",
                            ModelInfo(name="s", labels=digits.labels), scheme="int8", calibration=digits.x_train[:100])

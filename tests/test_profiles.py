@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from compress.errors import InputError
-from devices import profiles
-from devices.profiles import PROFILES, load_profile
+from compress.core.errors import InputError
+from compress.devices import profiles
+from compress.devices.profiles import PROFILES, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"iphone-class": "coreml", "pixel-class": "tflite", "rpi4-class": "tflite", "arm64-linux": "onnx"}
@@ -179,7 +179,7 @@ def test_devices_setup_registry(monkeypatch):
 def test_setup_registry_is_lazy():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     code = ("import sys, compress.cli; from compress.cli_devices import SETUPS; "
-            "print(sorted(SETUPS), 'devices.arm64_emu' in sys.modules, 'devices.chromium' in sys.modules)")
+            "print(sorted(SETUPS), 'compress.devices.arm64_emu' in sys.modules, 'compress.devices.chromium' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "['arm64-emu', 'chromium'] False False"

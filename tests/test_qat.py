@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from compress import models
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.losses import hinton_loss
-from compress.qat import export_tflite, predict, ptq_reference, qat_distill
+from compress.export import TARGETS
+from compress.export.tflite.qat import export_tflite, predict, ptq_reference
+from compress.qat import qat_distill
 from compress.train import fit, predict_logits, seed_everything
-from devices.validation import accuracy, batched
-from export.common import ModelInfo
+from compress.core.metrics import accuracy, batched
+from compress.export.common import ModelInfo
 
 EPSILON = 0.01  # one test-set point (3.6 samples of 360): QAT must not lose more than noise vs PTQ
 
@@ -44,7 +46,7 @@ def test_qat_matches_or_beats_ptq(distilled, digits, tmp_path):
     ptq = ptq_reference(student, torch.as_tensor(digits.x_test[:1]), calib)  # batch-1 graph, like the .tflite
     ptq_acc = accuracy(np.concatenate([predict(ptq, x[None]) for x in digits.x_test]), digits.y_test)
     qat = qat_distill(copy.deepcopy(student), digits.x_train, distilled["soft"], digits.y_train, temperature=2.0,
-                      alpha=0.1, epochs=3, lr=3e-4, seed=0, calibration=calib)
+                      alpha=0.1, epochs=3, lr=3e-4, seed=0, calibration=calib, qat=TARGETS["tflite"].qat)
     qat_acc = accuracy(predict(qat, digits.x_test), digits.y_test)
     assert fp32_acc > 0.9
     assert qat_acc >= ptq_acc - EPSILON, (fp32_acc, ptq_acc, qat_acc)
@@ -52,8 +54,8 @@ def test_qat_matches_or_beats_ptq(distilled, digits, tmp_path):
     # the float student is untouched (QAT worked on a copy of its weights)
     assert accuracy(predict_logits(student, digits.x_test), digits.y_test) == fp32_acc
 
-    from devices.tflite_runner import open_tflite
-    from export.tflite import read_metadata
+    from compress.export.tflite.runner import open_tflite
+    from compress.export.tflite.convert import read_metadata
 
     path = export_tflite(qat, torch.as_tensor(digits.x_test[:1]), tmp_path / "qat.tflite",
                          ModelInfo(name="qat", labels=digits.labels))
@@ -65,10 +67,10 @@ def test_qat_matches_or_beats_ptq(distilled, digits, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(path))
-    assert interp.get_input_details()[0]["dtype"] == np.int8  # full integer, like export.tflite variant int8
+    assert interp.get_input_details()[0]["dtype"] == np.int8  # full integer, like compress.export.tflite.convert variant int8
 
 
 def test_qat_needs_calibration(distilled, digits):
     with pytest.raises(InputError, match="calibration"):
         qat_distill(distilled["student"], digits.x_train, distilled["soft"], digits.y_train, temperature=2.0,
-                    alpha=0.1, epochs=1, lr=1e-4, seed=0, calibration=None)
+                    alpha=0.1, epochs=1, lr=1e-4, seed=0, calibration=None, qat=TARGETS["tflite"].qat)

@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.train import fit, predict_logits, seed_everything
-from devices.onnx_runner import open_onnx
-from devices.quant_debug import layer_errors, quantize_with_fallback
-from devices.validation import accuracy, batched
-from export.common import ModelInfo
-from export.onnx import export
-from export.onnx_quant import quantize
+from compress.export.onnx.runner import open_onnx
+from compress.export import TARGETS
+from compress.export.common import fallback
+from compress.export.onnx.debug import layer_errors
+from compress.core.metrics import accuracy, batched
+from compress.export.common import ModelInfo
+from compress.export.onnx.convert import export
+from compress.export.onnx.quantize import quantize
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,12 @@ def fragile(tmp_path_factory, digits):
 def _eval(digits):
     return lambda p: accuracy(batched(open_onnx(p).predict, digits.x_test), digits.y_test)
 
+
+
+def quantize_with_fallback(reference, out, calibration, eval_fn, budget):
+    """The one fallback loop on an ONNX file (the ONNX hook quantizes the reference file itself)."""
+    return fallback.quantize_with_fallback(TARGETS["onnx"], None, None, reference, out, None, calibration, eval_fn,
+                                           budget)
 
 def test_layer_errors_names_the_fragile_layer(fragile, digits):
     q = quantize(fragile["path"], fragile["folder"] / "int8.onnx", "int8", calibration=fragile["calib"])
@@ -85,7 +93,7 @@ def test_layer_errors_rejects_non_qdq_models(fragile):
 def test_format_table_lists_worst_first(fragile, digits):
     from rich.console import Console
 
-    from devices.quant_debug import format_table
+    from compress.export.common.sqnr import format_table
 
     q = fragile["folder"] / "int8.onnx"
     if not q.exists():
@@ -102,7 +110,13 @@ def test_a_layer_with_a_damaged_input_falls_back_with_the_chain_that_feeds_it(tm
     import onnx
     from onnx import TensorProto, helper
 
-    from devices.quant_debug import DAMAGED_INPUT_DB, _fallback_group
+    from compress.export.common.fallback import fallback_group
+    from compress.export.common.sqnr import DAMAGED_INPUT_DB
+    from compress.export.onnx.debug import upstream_layers
+
+    def _fallback_group(model_path, worst, ranked, excluded):  # the ONNX graph's upstream + the one group rule
+        row = {**worst, "upstream": upstream_layers(onnx.load(str(model_path)).graph, worst["node"], ranked)}
+        return fallback_group(row, [{"node": n} for n in ranked], excluded)
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["energy"], name="stft"),

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import InputError
-from compress.int8_fallback import int8_with_fallback, layer_errors_for
+from compress.core.errors import InputError
+from compress.export.common.fallback import int8_with_fallback, layer_errors_for
 from compress.train import fit, predict_logits, seed_everything
-from devices.runners import RUNNERS
-from devices.validation import accuracy, batched
-from export.common import ModelInfo
+from compress.export import TARGETS
+from compress.core.metrics import accuracy, batched
+from compress.export.common import ModelInfo
 
 BUDGET_POINTS = 2.0
 
@@ -47,12 +47,12 @@ def fragile(tmp_path_factory, digits):
 
 
 def _acc(target, path, digits):
-    return accuracy(batched(RUNNERS[target](path).predict, digits.x_test), digits.y_test)
+    return accuracy(batched(TARGETS[target].open(path).predict, digits.x_test), digits.y_test)
 
 
 @pytest.fixture(scope="module")
 def tflite_pair(fragile):
-    from export.tflite import export
+    from compress.export.tflite.convert import export
 
     f = fragile
     fp32 = export(f["model"], f["example"], f["folder"] / "fp32.tflite", f["info"])
@@ -63,7 +63,7 @@ def tflite_pair(fragile):
 
 @pytest.fixture(scope="module")
 def coreml_pair(fragile):
-    from export.coreml import export
+    from compress.export.coreml.convert import export
 
     f = fragile
     fp16 = export(f["model"], f["example"], f["folder"] / "fp16.mlpackage", f["info"],
@@ -101,7 +101,7 @@ def test_tflite_fallback_keeps_the_fragile_module_in_float(fragile, tflite_pair,
     f = fragile
     out = f["folder"] / "fallback.tflite"
     result = int8_with_fallback("tflite", f["model"], f["example"], out, f["info"], f["calib"], digits.x_test,
-                                digits.y_test, BUDGET_POINTS, f["folder"] / "work-tflite", {"variant": "int8"})
+                                digits.y_test, BUDGET_POINTS, f["folder"] / "work-tflite", {"scheme": "int8"})
     assert result["kept_in_float"] == ["fc2"], result["attempts"]
     assert [a["excluded"] for a in result["attempts"]] == [[], ["fc2"]]
     assert result["within_budget"] and result["drop"] <= BUDGET_POINTS / 100
@@ -116,7 +116,7 @@ def test_tflite_fallback_keeps_the_fragile_module_in_float(fragile, tflite_pair,
 
 
 def test_tflite_float_layers_must_name_modules(fragile):
-    from export.tflite import export
+    from compress.export.tflite.convert import export
 
     f = fragile
     with pytest.raises(InputError, match="not a module"):
@@ -129,25 +129,25 @@ def test_tflite_float_layers_must_name_modules(fragile):
 def test_coreml_layer_errors_name_the_fragile_op(fragile, coreml_pair, digits):
     fp16, int8 = coreml_pair
     x = digits.x_test[:200]
-    fp16_acc = accuracy(batched(RUNNERS["coreml"](fp16).predict, x), digits.y_test[:200])
-    int8_acc = accuracy(batched(RUNNERS["coreml"](int8).predict, x), digits.y_test[:200])
+    fp16_acc = accuracy(batched(TARGETS["coreml"].open(fp16).predict, x), digits.y_test[:200])
+    int8_acc = accuracy(batched(TARGETS["coreml"].open(int8).predict, x), digits.y_test[:200])
     assert fp16_acc > 0.9 and int8_acc < fp16_acc - 0.2
     rows = layer_errors_for(fp16, int8, fragile["calib"][:64], model=fragile["model"])
     assert [r["op_type"] for r in rows].count("linear") == 3
     assert rows[0]["module"] == "fc2" and rows[0]["op_type"] == "linear", rows
-    assert rows[0]["node"].startswith("linear_1")  # the MIL op name export.coreml(float_ops=...) takes
+    assert rows[0]["node"].startswith("linear_1")  # the MIL op name compress.export.coreml.convert(float_layers=...) takes
     _check_ranking(rows)
 
 
 def test_coreml_fallback_keeps_the_fragile_op_in_float(fragile, coreml_pair, digits):
-    from devices.mil_reference import load_program
+    from compress.export.coreml.mil.evaluator import load_program
 
     f = fragile
     out = f["folder"] / "fallback.mlpackage"
     x_eval, y_eval = digits.x_test[:200], digits.y_test[:200]
     result = int8_with_fallback("coreml", f["model"], f["example"], out, f["info"], f["calib"][:64], x_eval, y_eval,
                                 BUDGET_POINTS, f["folder"] / "work-coreml",
-                                {"compression": "int8", "precision": "fp16", "minimum_deployment_target": "iOS17"})
+                                {"scheme": "int8", "precision": "fp16", "deployment_target": "iOS17"})
     assert len(result["kept_in_float"]) == 1 and result["kept_modules"] == ["fc2"], result["attempts"]
     assert result["within_budget"] and result["drop"] <= BUDGET_POINTS / 100
     assert result["int8_accuracy"] < result["accuracy"] - 0.2
@@ -171,8 +171,8 @@ def test_tflite_fallback_when_full_int8_does_not_convert(tmp_path):
     """LiteRT cannot convert the LogMel front-end of the speech students to full int8 (a same-scale
     constraint on the input reshape); the fallback keeps that top-level module in float and goes on."""
     from compress.speech import ds_cnn
-    from devices.quant_debug_tflite import quantize_with_fallback
-    from export.tflite import export
+    from compress.export.common.fallback import quantize_with_fallback
+    from compress.export.tflite.convert import export
 
     torch.manual_seed(0)
     model = ds_cnn((8000,), 10, channels=4, blocks=1).eval()
@@ -180,12 +180,13 @@ def test_tflite_fallback_when_full_int8_does_not_convert(tmp_path):
     info = ModelInfo(name="tiny-speech", labels=[str(i) for i in range(10)])
     example = torch.as_tensor(x[:1])
     fp32 = export(model, example, tmp_path / "fp32.tflite", info)
-    ref = np.argmax(batched(RUNNERS["tflite"](fp32).predict, x[8:]), axis=1)
+    ref = np.argmax(batched(TARGETS["tflite"].open(fp32).predict, x[8:]), axis=1)
 
     def agreement(path):
-        return float(np.mean(np.argmax(batched(RUNNERS["tflite"](path).predict, x[8:]), axis=1) == ref))
+        return float(np.mean(np.argmax(batched(TARGETS["tflite"].open(path).predict, x[8:]), axis=1) == ref))
 
-    result = quantize_with_fallback(model, example, fp32, tmp_path / "int8.tflite", info, x[:8], agreement, budget=1.0)
+    result = quantize_with_fallback(TARGETS["tflite"], model, example, fp32, tmp_path / "int8.tflite", info, x[:8],
+                                    agreement, budget=1.0)
     assert result["int8_accuracy"] is None and "same scale" in result["int8_error"]
     assert result["kept_in_float"] == ["frontend"] and result["within_budget"]
     assert [a["excluded"] for a in result["attempts"]] == [[], ["frontend"]]

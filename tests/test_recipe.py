@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from compress import recipe
 from compress.cli import _run_configs
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.pipeline import RunConfig
 
 ALL_KEYS = [(sec, name, key) for sec, keys in recipe.SCHEMA.items() for name, key in keys.items()]

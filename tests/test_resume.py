@@ -98,11 +98,11 @@ def test_interrupted_distillation_resumes_to_the_same_result(tmp_path):
         assert torch.equal(tensor, weights_b["model"][name]), name
     # the exported files are the same model: identical outputs on the real test inputs
     from compress.data import load_digits
-    from devices.runners import RUNNERS
+    from compress.export import TARGETS
 
     x = load_digits().x_test
-    out_a = RUNNERS["onnx"](work / "dist" / "resume" / "model.onnx").predict(x)
-    out_b = RUNNERS["onnx"](fresh_work / "dist" / "resume" / "model.onnx").predict(x)
+    out_a = TARGETS["onnx"].open(work / "dist" / "resume" / "model.onnx").predict(x)
+    out_b = TARGETS["onnx"].open(fresh_work / "dist" / "resume" / "model.onnx").predict(x)
     np.testing.assert_array_equal(out_a, out_b)
     manifest = json.loads((work / "dist" / "resume" / "manifest.json").read_text())
     assert manifest["recipe_file"]["sha256"] == json.loads(

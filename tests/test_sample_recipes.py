@@ -41,7 +41,7 @@ def test_sample_recipe_builds_valid_run_configs(path):
         assert cfg.student in models.MODELS
         assert cfg.data_format is None or cfg.data_format in DATASETS
         if cfg.profile:
-            from devices.profiles import load_profile
+            from compress.devices.profiles import load_profile
 
             assert load_profile(cfg.profile)["runtime"] == cfg.target
 
@@ -99,7 +99,7 @@ def test_ci_workflow_parses_and_runs_the_recipe():
 
 
 def test_ci_recipe_fits_the_workflow_device_profile():
-    from devices.profiles import load_profile
+    from compress.devices.profiles import load_profile
 
     configs = _run_configs(str(ROOT / "samples/ci/compress.toml"),
                            {"profile": "pixel-class", "max_accuracy_drop": 2.0, "max_size_kb": 500.0})

@@ -3,7 +3,7 @@ parity against torch on real FSDD clips (skipped when ../shared is absent).
 
 Parity bounds (logits of a briefly trained DS-CNN, magnitudes ~1-10):
   ONNX Runtime, LiteRT fp32, Core ML fp32 (MIL reference): max abs <= 1e-4 (``FP32_PARITY_TOLERANCE``).
-  Core ML fp16: ``COREML_FP16_REL`` = 2e-2 as ``devices.coreml_runner.parity_error`` (max abs / max(1, max
+  Core ML fp16: ``COREML_FP16_REL`` = 2e-2 as ``compress.export.coreml.runner.parity_error`` (max abs / max(1, max
   |logit|)) and top-1 agreement >= 98%. Looser than the project's image bound (5e-3): the log-mel front-end
   runs in fp16 too, and the power of near-silent bands (~1e-6, next to eps) sits in fp16's subnormal range,
   so the log features move by up to ~0.1 there (observed parity error 7.0e-3 on these 60 clips).
@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from compress import models
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.speech import SPEECH_MODELS
-from devices.validation import FP32_PARITY_TOLERANCE
-from export.common import ModelInfo
+from compress.core.metrics import FP32_PARITY_TOLERANCE
+from compress.export.common import ModelInfo
 from tests.conftest import FSDD, export_and_open
 
 TEACHERS = ("speech-cnn", "speech-resnet", "speech-wide-cnn")
@@ -92,7 +92,7 @@ def test_ds_cnn_export_parity_on_fsdd(tmp_path, fsdd_student, target, precision)
         assert np.abs(got - ref).max() <= FP32_PARITY_TOLERANCE
         assert np.array_equal(got.argmax(1), ref.argmax(1))
     else:
-        from devices.coreml_runner import parity_error, top1_agreement
+        from compress.export.coreml.runner import parity_error, top1_agreement
 
         assert parity_error(ref, got) <= COREML_FP16_REL, parity_error(ref, got)
         assert top1_agreement(ref, got) >= 0.98

@@ -97,7 +97,7 @@ def test_onnx_quantized_variants_on_digits(tmp_path, quantize):
 
 
 def test_unsupported_combination_names_what_the_target_supports():
-    from compress.errors import InputError
+    from compress.core.errors import InputError
 
     with pytest.raises(InputError, match=r"--quantize 'palettize-4': not supported for target 'onnx'; expected one of "
                                          r"\['fp16', 'int8', 'int8-weights', 'none'\]"):
@@ -169,7 +169,7 @@ def test_int8_budget_reports_the_fallback(tmp_path):
     assert fb["within_budget"] == (fb["drop"] <= 0.005)
     assert any(c["name"] == "int8 accuracy drop within 0.5 points" for c in report["checks"])
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["labels.txt", "manifest.json", "model.onnx", "report.html", "report.json"]
-    from compress.errors import InputError
+    from compress.core.errors import InputError
 
     with pytest.raises(InputError, match="--int8-budget: the float fallback applies to --quantize int8, not --quantize fp16"):
         RunConfig(target="tflite", quantize="fp16", int8_budget=1.0).validate()
@@ -196,8 +196,8 @@ def test_onnx_file_teacher_stays_in_onnx_runtime_for_another_target(tmp_path, di
 
     from compress import models
     from compress.train import fit
-    from export.common import ModelInfo
-    from export.onnx import export
+    from compress.export.common import ModelInfo
+    from compress.export.onnx.convert import export
 
     teacher = models.build("mlp-small", digits.input_shape, 10)
     y = torch.as_tensor(digits.y_train)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from compress import teachers as T
-from compress.errors import InputError
+from compress.core.errors import InputError
 from compress.train import fit
-from export.common import ModelInfo
+from compress.export.common import ModelInfo
 from tests.helper_models import small_mlp, wrong_classes
 
 
@@ -26,7 +26,7 @@ def test_every_format_gives_the_source_models_logits(tmp_path, trained, digits):
     torch.jit.save(torch.jit.trace(trained, torch.as_tensor(x[:1])), str(tmp_path / "m.ts"))
     torch.export.save(torch.export.export(trained, (torch.as_tensor(x[:1]),)), str(tmp_path / "m.pt2"))
     torch.save(trained.state_dict(), str(tmp_path / "w.pt"))
-    from export.onnx import export
+    from compress.export.onnx.convert import export
 
     export(trained, torch.as_tensor(x[:1]), tmp_path / "m.onnx", ModelInfo("m", [str(i) for i in range(10)]))
     for spec, kind in ((str(tmp_path / "m.ts"), "torchscript"), (str(tmp_path / "m.pt2"), "pt2"),

@@ -14,9 +14,9 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 from torch import nn  # noqa: E402
 
-from compress.errors import InputError, ValidationFailed  # noqa: E402
-from devices import tflite_compat  # noqa: E402
-from devices.tflite_compat import (  # noqa: E402
+from compress.core.errors import InputError, ValidationFailed  # noqa: E402
+from compress.export.tflite import compat as tflite_compat  # noqa: E402
+from compress.export.tflite.compat import (  # noqa: E402
     check_min_runtime,
     min_runtime,
     operator_versions,
@@ -24,8 +24,8 @@ from devices.tflite_compat import (  # noqa: E402
     runtime_for,
     unknown_ops,
 )
-from export.common import ModelInfo  # noqa: E402
-from export.tflite import export, read_metadata  # noqa: E402
+from compress.export.common import ModelInfo  # noqa: E402
+from compress.export.tflite.convert import export, read_metadata  # noqa: E402
 
 
 def _vkey(v: str) -> tuple[int, ...]:

@@ -20,10 +20,10 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 from sklearn.model_selection import train_test_split  # noqa: E402
 from torch import nn  # noqa: E402
 
-from compress.errors import InputError  # noqa: E402
-from devices.tflite_runner import TOLERANCES, open_tflite  # noqa: E402
-from export.common import ModelInfo  # noqa: E402
-from export.tflite import VARIANTS, export, int8_reference, read_metadata  # noqa: E402
+from compress.core.errors import InputError  # noqa: E402
+from compress.export.tflite.runner import TOLERANCES, open_tflite  # noqa: E402
+from compress.export.common import ModelInfo  # noqa: E402
+from compress.export.tflite.convert import VARIANTS, export, int8_reference, read_metadata  # noqa: E402
 
 LABELS = [str(d) for d in range(10)]
 CONVERSION_SECONDS: dict[tuple[str, str], float] = {}

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from devices.budgets import check_budgets
+from compress.devices.budgets import check_budgets
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,236 @@
+"""The ``compress`` command line (typer). Exit codes: 0 success, 1 a check failed, 2 bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from compress.cli_output import err, fail, print_failures
+from compress.core.errors import InputError, ValidationFailed
+from compress.export.registry import TARGETS, suffixes
+
+TARGET_NAMES = ", ".join(TARGETS)
+MODEL_FILES = ", ".join(suffixes())
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distill a teacher ensemble into a compact student, export it, and check it in its runtime.")
+
+
+@app.callback()
+def main() -> None:
+    """compress: distillation, quantization and export for on-device models."""
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """The converters' C++ logging (TensorFlow Lite, absl/glog), torch's exporter warnings and
+    coremltools' pass-by-pass bars are noise for users: our own errors say what failed and we show our
+    own progress. Set for the command-line process only (when a command runs), never on import."""
+    for key, value in {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "TQDM_DISABLE": "1",
+                       "TORCH_LOGS": "-onnx,-export"}.items():
+        os.environ.setdefault(key, value)
+    for noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx", "torchao"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _given(**flags) -> dict:
+    """The flags the user actually typed (typer leaves the others None), keyed by RunConfig field."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device"}  # CLI flag -> RunConfig field
+
+
+def _flags(params: dict) -> dict:
+    """The RunConfig fields the user typed on the command line (typer leaves the others None)."""
+    skip = {"recipe", "json_output", "quiet"}
+    flags = {RENAMED.get(k, k): v for k, v in params.items() if k not in skip and v is not None}
+    if "teachers" in flags:
+        flags["teachers"] = list(flags["teachers"]) or None
+    return _given(**flags)
+
+
+def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
+    """defaults <- recipe (given, or ./compress.toml when present) <- CLI flags; one RunConfig per target."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from compress import recipe
+    from compress.pipeline import RunConfig
+
+    path = recipe_path or (recipe.RECIPE_FILE if Path(recipe.RECIPE_FILE).is_file() else None)
+    from_recipe = recipe.load(path) if path else {}
+    merged = recipe.merge({**asdict(RunConfig()), "targets": [RunConfig.target]}, from_recipe, flags)
+    if "target" in flags:  # --target picks one target over the recipe's list
+        merged["targets"] = [flags["target"]]
+    targets = merged.pop("targets")
+    if not targets:
+        raise InputError(f"{path}: [export] targets is empty; expected at least one of {TARGET_NAMES}")
+    configs = []
+    for t in targets:
+        cfg = RunConfig(**{**merged, "target": t, "recipe_path": path})
+        if cfg.name and len(targets) > 1:
+            cfg.name = f"{cfg.name}-{t}"
+        configs.append(cfg)
+    return configs
+
+
+@app.command("distill-and-export")
+def distill_and_export(
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present). Flags override it."),
+    target: Optional[str] = typer.Option(None, help=f"Export target: {TARGET_NAMES} (default onnx; a recipe may list several)."),
+    quantize: Optional[str] = typer.Option(None, help="none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: see README)."),
+    precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
+    deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target (default iOS16; int8 activations need iOS17+)."),
+    min_runtime: Optional[str] = typer.Option(None, help="TFLite: fail validation unless the model loads in this runtime version (e.g. 2.14)."),
+    calibration_samples: Optional[int] = typer.Option(None, help="Transfer-set samples used to calibrate static int8 (default 300)."),
+    data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, a labelled audio folder, or an .npz. Default: scikit-learn's bundled digits."),
+    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, or module:function=weights.pt. Default: mlp-1200, cnn, resnet."),
+    student: Optional[str] = typer.Option(None, help="Student architecture from the model registry (default mlp-small)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Distillation temperature T (default 2)."),
+    alpha: Optional[float] = typer.Option(None, help="Weight of the hard-label loss; the soft loss gets 1 - alpha (default 0.1)."),
+    epochs: Optional[int] = typer.Option(None, help="Student distillation epochs (default 100; checkpointed every epoch)."),
+    teacher_epochs: Optional[int] = typer.Option(None, help="Epochs for built-in teacher members (cached; default 10)."),
+    optimizer: Optional[str] = typer.Option(None, help="adam (default), adamw or sgd."),
+    lr: Optional[float] = typer.Option(None, help="Student peak learning rate, cosine schedule (default 3e-3)."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed: same settings + seed give the same result (default 0)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device profile (compress devices list) or a profile .toml: threads and budgets."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads for validation and latency (default: the profile's, else 1)."),
+    latency_runs: Optional[int] = typer.Option(None, help="Timed batch-1 runs per model after warm-up (default 100)."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, help="Budget: largest accuracy drop vs the teacher ensemble, points."),
+    max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest student p50 batch-1 latency, ms (measured on this host)."),
+    max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest artifact size, kB."),
+    max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory loading and running the model, MB."),
+    out: Optional[str] = typer.Option(None, help="Output root; artifacts go to <out>/<name>/ (default dist)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: <data>-<student>-<target>)."),
+    train_device: Optional[str] = typer.Option(None, help="Torch device for training (default: cuda if available, else cpu)."),
+    unlabelled: Optional[bool] = typer.Option(None, "--unlabelled", help="Ignore training labels: distill from soft targets only."),
+    limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
+    limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    jitter: Optional[int] = typer.Option(None, help="Random shift of up to N pixels when training built-in teachers."),
+    int8_budget: Optional[float] = typer.Option(None, help="int8: largest accepted accuracy drop in points; the worst layers stay in float until it fits."),
+    qat: Optional[bool] = typer.Option(None, "--qat", help="Quantization-aware distillation before int8 conversion (--quantize int8, targets with QAT: "
+                              + ", ".join(n for n, b in TARGETS.items() if b.qat) + ")."),
+    qat_epochs: Optional[int] = typer.Option(None, help="Epochs of quantization-aware distillation (default 3)."),
+    bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Train/load the teacher ensemble, distill the student, export it and validate it in its runtime.
+
+    Exit codes: 0 passed, 1 a check or budget failed, 2 bad input, 130 interrupted (run again to resume).
+    """
+    flags = _flags(locals())  # first: locals() holds exactly the command's parameters here
+    import json as json_lib
+
+    from compress.devices.report import print_report, to_json
+    from compress.pipeline import run
+
+    reports = []
+    try:
+        configs = _run_configs(recipe, flags)
+        for cfg in configs:
+            cfg.validate()  # every target's settings are checked before the first one trains
+        for cfg in configs:
+            report = run(cfg, console=err, quiet=quiet or json_output or not sys.stderr.isatty())
+            if report is not None:  # None: a non-zero torchrun rank, which only trains
+                reports.append(report)
+    except InputError as exc:
+        fail(str(exc), 2)
+    except ValidationFailed as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        fail("interrupted; the student is checkpointed after every epoch: run the same command to resume", 130)
+    if not reports:
+        return
+    if json_output:
+        typer.echo(to_json(reports[0]) if len(reports) == 1 else json_lib.dumps(reports, indent=2))
+    else:
+        for report in reports:
+            print_report(report, Console() if sys.stdout.isatty() else Console(width=160))
+    failed = [r for r in reports if not r["passed"]]
+    if failed:
+        count = print_failures(failed)
+        fail(f"{count} check(s) failed (see {failed[0]['run']['out_dir']}/report.json)", 1)
+
+
+@app.command("init")
+def init(
+    path: str = typer.Argument("compress.toml", help="Where to write the recipe."),
+    force: bool = typer.Option(False, help="Overwrite an existing file."),
+) -> None:
+    """Write a commented recipe with every key and its default."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from compress import recipe
+    from compress.core.atomic import atomic_path
+    from compress.pipeline import RunConfig
+
+    dest = Path(path)
+    if dest.exists() and not force:
+        fail(f"{dest}: already exists; expected a new path (or pass --force to overwrite)", 2)
+    text = recipe.render({**asdict(RunConfig()), "targets": [RunConfig.target]})
+    recipe.parse(text, str(dest))  # what init writes must load back
+    try:
+        with atomic_path(dest) as tmp:
+            tmp.write_text(text)
+    except OSError as exc:
+        fail(f"{dest}: cannot write there ({exc.strerror or exc})", 2)
+    typer.echo(f"wrote {dest}: edit it, then run `compress distill-and-export` in this folder")
+
+
+@app.command("debug-quant")
+def debug_quant(
+    quantized: str = typer.Argument(..., help=f"The int8 model: {MODEL_FILES} (e.g. dist/<name>/model.<suffix> from --quantize int8)."),
+    fp32: str = typer.Option(..., help="The float model of the same target it was quantized from."),
+    data: Optional[str] = typer.Option(None, help="Data for calibration samples (default: the digits)."),
+    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    samples: int = typer.Option(256, help="Transfer-set samples to compare activations on."),
+    top: int = typer.Option(10, help="Show the N worst layers."),
+    seed: int = typer.Option(0, help="Seed of the sample choice."),
+    json_output: bool = typer.Option(False, "--json", help="Print the layer list as JSON."),
+) -> None:
+    """List the layers where int8 adds the most error (signal-to-quantization-noise, worst first).
+
+    ONNX: ONNX Runtime's QDQ debugging helpers; TFLite: LiteRT's preserved intermediates; Core ML: the MIL
+    reference evaluator's intermediates. Each row names what --int8-budget would keep in float.
+    """
+    import json as json_lib
+    from pathlib import Path
+
+    import numpy as np
+
+    from compress.data import load_data
+    from compress.export.common.fallback import layer_errors_for
+    from compress.export.common.sqnr import format_table
+
+    try:
+        for path in (quantized, fp32):
+            if not Path(path).exists():
+                raise InputError(f"{path}: not found; expected a {MODEL_FILES} model")
+        ds = load_data(data, data_format, seed=seed)
+        pick = np.random.default_rng(seed).permutation(len(ds.x_train))[:samples]
+        rows = layer_errors_for(fp32, quantized, ds.x_train[np.sort(pick)])
+    except InputError as exc:
+        fail(str(exc), 2)
+    if json_output:
+        typer.echo(json_lib.dumps(rows, indent=2))
+    else:
+        (Console() if sys.stdout.isatty() else Console(width=200)).print(format_table(rows, top=top))
+
+
+from compress.cli_devices import devices_app, validate_command  # noqa: E402
+
+app.add_typer(devices_app, name="devices")
+app.command("validate")(validate_command)
+
+if __name__ == "__main__":
+    app()

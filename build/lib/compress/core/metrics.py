@@ -1,0 +1,83 @@
+"""Validation of an exported model in its runtime, on the real held-out data.
+
+Three questions, each answered with measured numbers only:
+  parity   does the runtime compute what the torch model computes? (max abs logit difference, top-1)
+  quality  accuracy on the test labels and top-1 agreement with the teacher ensemble
+  speed    batch-1 latency: warm-up, then >= 100 timed runs on real test samples (p50 / p90)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+FP32_PARITY_TOLERANCE = 1e-4  # max abs logit difference for an fp32 artifact vs its torch source
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def agreement(logits: np.ndarray, reference_pred: np.ndarray) -> float:
+    """Fraction of samples where top-1 matches the reference's top-1."""
+    return float(np.mean(np.argmax(logits, axis=1) == reference_pred))
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float | dict = FP32_PARITY_TOLERANCE) -> dict:
+    """Compare a runtime's outputs with the torch model's on the same inputs, against ``tolerance``."""
+    spec = {"max_abs": tolerance} if not isinstance(tolerance, dict) else dict(tolerance)
+    if reference.shape != candidate.shape:
+        return {"max_abs_diff": None, "top1_agreement": None, "tolerance": spec, "passed": False,
+                "detail": f"output shape {candidate.shape} differs from the torch model's {reference.shape}"}
+    ref = reference.astype(np.float64)
+    diff = np.abs(ref - candidate.astype(np.float64))
+    measured = {
+        "max_abs_diff": float(diff.max()),
+        "p99_abs_diff": float(np.percentile(diff, 99)),
+        "max_rel_diff": float(diff.max() / max(1.0, float(np.abs(ref).max()))),
+        "top1_agreement": agreement(candidate, np.argmax(reference, axis=1)),
+    }
+    bounds = {"max_abs": "max_abs_diff", "p99_abs": "p99_abs_diff", "max_rel": "max_rel_diff"}
+    ok = all(np.isfinite(v) for v in measured.values())
+    for key, field in bounds.items():
+        if spec.get(key) is not None:
+            ok &= measured[field] <= spec[key]
+    if spec.get("top1") is not None:
+        ok &= measured["top1_agreement"] >= spec["top1"]
+    return {**measured, "tolerance": spec, "passed": bool(ok)}
+
+
+def describe_parity(p: dict) -> str:
+    """One line for people: what was measured against which bound."""
+    if p.get("max_abs_diff") is None:
+        return p.get("detail", "no outputs to compare")
+    spec = p["tolerance"]
+    parts = [f"max abs logit diff {p['max_abs_diff']:.2e}" + (f" (bound {spec['max_abs']:.0e})" if spec.get("max_abs") else "")]
+    if spec.get("p99_abs") is not None:
+        parts.append(f"p99 {p['p99_abs_diff']:.2e} (bound {spec['p99_abs']:g})")
+    if spec.get("max_rel") is not None:
+        parts.append(f"relative {p['max_rel_diff']:.2e} (bound {spec['max_rel']:g})")
+    parts.append(f"top-1 agreement {100 * p['top1_agreement']:.2f}%" + (f" (min {100 * spec['top1']:g}%)" if spec.get("top1") else ""))
+    return ", ".join(parts)
+
+
+def batched(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def measure_latency(predict: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, *, runs: int = 100,
+                    warmup: int = 10) -> dict:
+    """Batch-1 latency in milliseconds over ``runs`` timed calls cycling through real ``samples``."""
+    runs = max(int(runs), 1)
+    for i in range(warmup):
+        predict(samples[i % len(samples)][None])
+    times = np.empty(runs)
+    for i in range(runs):
+        x = samples[i % len(samples)][None]
+        start = time.perf_counter()
+        predict(x)
+        times[i] = time.perf_counter() - start
+    return {"p50": float(np.percentile(times, 50) * 1e3), "p90": float(np.percentile(times, 90) * 1e3),
+            "runs": runs, "warmup": warmup, "batch": 1}

@@ -1,0 +1,67 @@
+"""TFLite target: litert-torch conversion (PT2E quantization), LiteRT's interpreter as the runner.
+
+Everything about the format lives in this folder: conversion (``convert``), quantization-aware training
+hooks (``qat``), the runner (``runner``), the per-variant tolerances (``tolerances``), the per-layer int8
+error finder and the int8 float-fallback hook (``debug``), operator-version checks (``compat``, with its
+table ``op_versions.json``), what the file declares (``io``) and the emulator's runner (``emulated``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.export.backend import Backend, Int8Fallback, Qat, lazy
+from compress.export.tflite.tolerances import TOLERANCES
+
+# --quantize scheme -> the converter's variant (the numeric form written, and the tolerance key)
+VARIANTS = {"none": "fp32", "fp16": "fp16", "int8-weights": "int8-dynamic", "int8": "int8"}
+
+
+def export(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
+           min_runtime=None) -> Path:
+    """``convert.export`` with the registry's vocabulary (``scheme``); ``min_runtime`` is a check option."""
+    from compress.export.tflite.convert import export as convert
+
+    return convert(model, example, path, info, variant=VARIANTS[scheme], calibration=calibration,
+                   float_layers=list(float_layers or []))
+
+
+def check_artifact(path: Path, options: dict, checks: list) -> dict:
+    """Operator versions and the oldest runtime that loads them; ``--min-runtime`` as a check."""
+    from compress.export.tflite.compat import compatibility_report
+
+    return compatibility_report(path, options.get("min_runtime"), checks)
+
+
+def runner_options(profile: dict | None) -> dict:
+    """A profile's ``delegate = "none"`` runs LiteRT's builtin kernels instead of XNNPACK."""
+    delegate = (profile or {}).get("delegate")
+    return {} if delegate is None else {"xnnpack": delegate == "xnnpack"}
+
+
+BACKEND = Backend(
+    name="tflite",
+    suffix=".tflite",
+    runtime="LiteRT",
+    export=export,
+    open=lazy("compress.export.tflite.runner", "open_tflite"),
+    describe_io=lazy("compress.export.tflite.io", "describe_io"),
+    schemes={"none": "fp32", "fp16": "fp16 weights", "int8-weights": "dynamic-range int8",
+             "int8": "full int8 (PT2E static)"},
+    variant=lambda scheme, options: VARIANTS[scheme],
+    tolerances=TOLERANCES,
+    options={"min_runtime": "a runtime-version check"},
+    int8_fallback=Int8Fallback(reference=lazy("compress.export.tflite.debug", "float_reference"),
+                               convert=lazy("compress.export.tflite.debug", "int8_keeping_float")),
+    layer_errors=lazy("compress.export.tflite.debug", "layer_errors"),
+    qat=Qat(prepare=lazy("compress.export.tflite.qat", "prepare_qat"),
+            convert=lazy("compress.export.tflite.qat", "convert_qat"),
+            export=lazy("compress.export.tflite.qat", "export_tflite"),
+            predict=lazy("compress.export.tflite.qat", "predict")),
+    check_artifact=check_artifact,
+    runner_options=runner_options,
+    profile_keys={"delegate": ("xnnpack", "none")},
+    runtime_module="ai_edge_litert.interpreter",
+    emulated_runner=Path(__file__).with_name("emulated.py"),
+    emulator_wheel="ai-edge-litert",
+)

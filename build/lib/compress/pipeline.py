@@ -1,0 +1,406 @@
+"""``distill-and-export``: data -> teachers -> soft targets -> student -> quantize/export -> validate -> report.
+
+``run`` reads as that list of stages; each stage is a function here or in ``compress.stages``. The output
+folder ``<out>/<name>/`` is written atomically: everything goes to a temporary folder that replaces the
+old one at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from compress import __version__, models
+from compress.bias_correction import parse_correction, shift_class_bias
+from compress.core.atomic import replace_path
+from compress.core.cache import cache_dir, content_key, file_sha256, path_size
+from compress.core.errors import InputError
+from compress.core.versions import versions
+from compress.data import Dataset, load_data
+from compress.export import registry
+from compress.export.common import ModelInfo
+from compress.losses import LOSSES
+from compress.stages.evaluate import evaluate
+from compress.stages.export import Exported, export_student, fallback_check, target_options
+from compress.teachers import Teacher, load_teachers, soft_targets
+from compress.train import fit, pick_device, seed_everything
+
+__all__ = ["RunConfig", "run", "versions"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; every field is a CLI option (and later a recipe key)."""
+
+    target: str = "onnx"
+    quantize: str = "none"
+    precision: str | None = None  # coreml compute precision (fp16 default there)
+    deployment_target: str | None = None  # coreml minimum deployment target (iOS16 default there)
+    min_runtime: str | None = None  # tflite: oldest LiteRT/TFLite runtime the app ships (e.g. "2.14")
+    calibration_samples: int = 300
+    data: str | None = None  # None / "digits" = the embedded default
+    data_format: str | None = None
+    data_options: dict = field(default_factory=dict)  # loader options (split, sample_rate, label_pattern, ...)
+    teachers: list[str] = field(default_factory=lambda: list(models.DEFAULT_TEACHERS))
+    student: str = models.DEFAULT_STUDENT
+    loss: str = "hinton"
+    temperature: float = 2.0
+    alpha: float = 0.1
+    epochs: int = 100
+    teacher_epochs: int = 10
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+    threads: int | None = None  # None: the device profile's, else 1
+    latency_runs: int = 100
+    out: str = "dist"
+    name: str | None = None
+    device: str | None = None
+    unlabelled: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    jitter: int = 0
+    int8_budget: float | None = None  # int8 (every target): accuracy-drop budget in points; worst layers stay float
+    qat: bool = False  # quantization-aware distillation before int8 conversion (tflite int8)
+    qat_epochs: int = 3
+    bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
+    profile: str | None = None  # device profile name or .toml path: threads and budgets
+    max_accuracy_drop: float | None = None  # budgets (points, ms, kB, MB); a breach fails the run (exit 1)
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    max_peak_memory_mb: float | None = None
+    recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
+
+    def validate(self) -> None:
+        """Every option checked before any work: unknown names, ranges and target combinations."""
+        backend = registry.get(self.target)
+        from compress.train import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {self.optimizer!r}: unknown; expected one of {sorted(OPTIMIZERS)}")
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss {self.loss!r}: unknown; expected one of {sorted(LOSSES)}")
+        if self.student not in models.MODELS:
+            raise InputError(f"--student {self.student!r}: unknown; expected one of {sorted(models.MODELS)}")
+        if not self.temperature > 0:
+            raise InputError(f"--temperature {self.temperature}: expected a number > 0")
+        if not 0 <= self.alpha <= 1:
+            raise InputError(f"--alpha {self.alpha}: expected a number in [0, 1]")
+        for opt in ("epochs", "batch_size", "threads", "latency_runs"):
+            if getattr(self, opt) is not None and getattr(self, opt) < 1:
+                raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
+        target_options(self)  # unsupported scheme/option combinations fail here
+        if self.qat and (backend.qat is None or self.quantize != "int8"):
+            with_qat = " or ".join(f"--target {n}" for n, b in registry.TARGETS.items() if b.qat is not None)
+            raise InputError(f"--qat: quantization-aware distillation is available for {with_qat} --quantize int8, "
+                             f"not --target {self.target} --quantize {self.quantize}")
+        if self.int8_budget is not None and self.quantize != "int8":
+            raise InputError(f"--int8-budget: the float fallback applies to --quantize int8, "
+                             f"not --quantize {self.quantize}")
+        if self.int8_budget is not None and self.qat:
+            raise InputError("--int8-budget with --qat: choose one (the fallback re-quantizes the float student)")
+        if self.int8_budget is not None and self.int8_budget < 0:
+            raise InputError(f"--int8-budget {self.int8_budget}: expected an accuracy drop in points >= 0")
+        if self.teacher_epochs < 1:
+            raise InputError(f"--teacher-epochs {self.teacher_epochs}: expected an integer >= 1")
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=quiet, transient=False)
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    if not checkpoint.is_file():
+        return 0
+    return len(torch.load(str(checkpoint), map_location="cpu", weights_only=False)["history"])
+
+
+def _resolve_profile(cfg: RunConfig) -> dict | None:
+    """Load the device profile; its threads apply when none were given, its budgets fill unset ones."""
+    if cfg.profile is None:
+        cfg.threads = cfg.threads or 1
+        return None
+    from compress.devices.profiles import load_profile
+
+    profile = load_profile(cfg.profile)
+    if profile["runtime"] != cfg.target:
+        raise InputError(f"--device {profile['name']!r}: the profile runs {profile['runtime']}, "
+                         f"but the target is {cfg.target}; expected a {cfg.target} profile")
+    cfg.threads = cfg.threads or int(profile.get("threads") or 1)
+    return profile
+
+
+def _init_distributed() -> tuple[int, int]:
+    """Join the ``torchrun`` process group when launched by it (gloo on CPU, nccl on GPUs)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    from compress.train import distributed
+
+    return distributed()
+
+
+def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
+    """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
+    key = content_key("student-checkpoint", 1, cfg.student, data.fingerprint(), len(data.x_train),
+                      data.y_train is not None, [m.fingerprint for m in members], cfg.loss, float(cfg.temperature),
+                      float(cfg.alpha), cfg.epochs, float(cfg.lr), cfg.optimizer, float(cfg.weight_decay),
+                      cfg.batch_size, cfg.seed, world)
+    return cache_dir("students") / f"{cfg.student}-{key[:24]}.pt"
+
+
+def load_run_data(cfg: RunConfig) -> Dataset:
+    """Stage 1: the data set, split and normalized as the recipe says."""
+    return load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                     unlabelled=cfg.unlabelled, seed=cfg.seed, **cfg.data_options)
+
+
+def output_folder(cfg: RunConfig, data: Dataset, rank: int) -> tuple[str, Path]:
+    """The run's name and ``<out>``, checked writable before any training (rank 0 writes)."""
+    name = cfg.name or f"{data.name}-{cfg.student}-{cfg.target}" + ("" if cfg.quantize == "none" else f"-{cfg.quantize}")
+    out_root = Path(cfg.out)
+    if rank == 0:
+        try:
+            out_root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=out_root, prefix=".write-test-")
+            probe.close()
+        except OSError as exc:
+            raise InputError(f"--out {str(out_root)!r}: cannot write there ({exc.strerror or exc}); "
+                             "expected a folder this user can create and write in") from None
+        if (out_root / name).exists() and not (out_root / name).is_dir():
+            raise InputError(f"--out {str(out_root / name)!r}: exists and is not a folder; expected a folder name for "
+                             "the run's artifacts (or pass another --name)")
+    return name, out_root
+
+
+def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress, rank: int, world: int):
+    """Stages 2 and 3: the teacher members, then the ensemble's soft targets once per (teachers,
+    transfer set, T). Rank 0 computes and caches them; the other processes wait, then read the same
+    cache files (read-only memmap)."""
+    if rank != 0:
+        torch.distributed.barrier()
+    task = progress.add_task("teacher members", total=len(cfg.teachers))
+    members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
+                            jitter_pixels=cfg.jitter,
+                            on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
+    progress.update(task, completed=len(members), description="teacher members")
+    targets, cached = soft_targets(members, data.x_train, cfg.temperature,
+                                   content_key(data.fingerprint(), len(data.x_train)))
+    if rank == 0 and world > 1:
+        torch.distributed.barrier()
+    return members, targets, cached
+
+
+def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
+    """The student's initial weights, which depend only on the seed. Built before the teachers train:
+    the seeded generators then reach the teachers in the same state on every run (same recipe + seed ->
+    same numbers)."""
+    seed_everything(cfg.seed)
+    return models.build(cfg.student, data.input_shape, data.num_classes)
+
+
+def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
+                    progress: Progress, console: Console, rank: int,
+                    world: int) -> tuple[torch.nn.Module | None, list, torch.device]:
+    """Stage 4: distillation, checkpointed every epoch (an interrupted run resumes from the last one).
+    Returns (student on the CPU in eval mode, loss history, device); the student is None on ranks > 0."""
+    device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    loss_fn = LOSSES[cfg.loss]
+    labels = None if data.y_train is None else torch.as_tensor(data.y_train)
+    checkpoint = _student_checkpoint(cfg, data, members, world)
+    done = _epochs_done(checkpoint)
+    if done and rank == 0:
+        console.print(f"{'student already trained' if done >= cfg.epochs else f'resuming from epoch {done}/{cfg.epochs}'}"
+                      f" (checkpoint {checkpoint})", highlight=False, soft_wrap=True, markup=False)
+    task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs, completed=done)
+
+    def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        soft = torch.as_tensor(np.asarray(targets[idx]), device=logits.device)
+        hard = None if labels is None else labels[idx].to(logits.device)
+        return loss_fn(logits, soft, hard, cfg.temperature, cfg.alpha)
+
+    history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                  optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
+                  checkpoint=checkpoint, data_parallel=world > 1, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return None, history, device
+    student = student.cpu().eval()
+    if cfg.bias_correction:
+        shift_class_bias(student, *parse_correction(cfg.bias_correction, data.labels))
+    return student, history, device
+
+
+def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student, targets, name: str,
+                        tmp_dir: Path, progress: Progress) -> tuple[dict, Exported]:
+    """Stages 5 and 6: the student into ``tmp_dir`` in the target's format, then every row measured."""
+    task = progress.add_task(f"exporting to {cfg.target}", total=1)
+    info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization, input_kind=data.input_kind,
+                     description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
+                     version=__version__)
+    exported = export_student(cfg, data, student, targets, info, tmp_dir,
+                              on_status=lambda text: progress.update(task, description=text))
+    (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
+    progress.update(task, completed=1)
+    task = progress.add_task("validating and timing", total=len(members) + 3)
+    report = evaluate(cfg, data, members, student, exported, advance=lambda: progress.advance(task))
+    if exported.fallback is not None:
+        report["quantization_fallback"] = exported.fallback
+        report["checks"].append(fallback_check(exported.fallback, cfg.int8_budget))
+        report["passed"] = all(c["passed"] for c in report["checks"])
+    return report, exported
+
+
+def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> dict | None:
+    """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``).
+
+    Under ``torchrun`` every process trains its share; only rank 0 exports, validates and returns the
+    report (the others return None).
+    """
+    cfg.validate()
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    profile = _resolve_profile(cfg)
+    rank, world = _init_distributed()
+    data = load_run_data(cfg)
+    name, out_root = output_folder(cfg, data, rank)
+    student = initial_student(cfg, data)
+    with _progress(console, quiet or rank != 0) as progress:
+        members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world)
+        student, history, device = distill_student(cfg, data, student, members, targets, progress, console, rank,
+                                                   world)
+        if student is None:
+            return None
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+        try:
+            report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir, progress)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+    report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
+    report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
+    report["run"].update(_run_facts(cfg, data, members, profile, name, out_root / name, device, world, targets_cached,
+                                    history, started))
+    write_outputs(cfg, data, members, student, report, tmp_dir, out_root / name, name)
+    return report
+
+
+def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: dict | None, name: str, final_dir: Path,
+               device, world: int, targets_cached: bool, history: list, started: float) -> dict:
+    """The report's ``run`` section: what was run, on what, and how long it took."""
+    return {
+        "name": name, "out_dir": str(final_dir), "target": cfg.target, "threads": cfg.threads,
+        "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
+                                               "cached": m.cached} for m in members],
+        "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
+        "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
+        "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
+            "name", "description", "runtime", "precision", "threads", "cpu", "budgets", "source")},
+        "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student, report: dict, tmp_dir: Path,
+                  final_dir: Path, name: str) -> None:
+    """Stage 7: report.json, report.html and manifest.json beside the artifact, then the folder moved
+    into place in one step (the temporary folder is removed whatever happens)."""
+    try:
+        (tmp_dir / "report.json").write_text(json.dumps(report, indent=2))
+        from compress.devices import html_report
+
+        html_report.write(report, tmp_dir / "report.html")
+        manifest = _manifest(cfg, data, members, student, tmp_dir, registry.TARGETS[cfg.target].file_name, name)
+        (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        replace_path(tmp_dir, final_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact: Path, data: Dataset) -> list[dict]:
+    """The device profile's budgets and the --max-* options against what this run measured."""
+    from compress.devices.budgets import check_budgets, gather
+
+    budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
+                               "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
+    if not budgets:
+        return []
+    student = report["rows"][-1]
+    measured = {"accuracy_drop": 100 * report["comparison"]["accuracy_gap"],
+                "latency_ms": None if student["latency_ms"] is None else student["latency_ms"]["p50"],
+                "size_kb": path_size(artifact) / 1024, "peak_memory_mb": None}
+    notes = {"latency_ms": f"{student['runtime']} does not run on this machine"}
+    if "peak_memory_mb" in budgets and student["latency_ms"] is not None:
+        from compress.devices import peak_memory
+
+        mem = peak_memory.measure(artifact, cfg.target, data.x_test[:20], threads=cfg.threads)
+        measured["peak_memory_mb"] = mem.get("peak_memory_mb")
+        notes["peak_memory_mb"] = mem.get("note")
+        report["peak_memory"] = mem
+    else:
+        notes["peak_memory_mb"] = notes["latency_ms"]
+    return check_budgets(measured, budgets, notes=notes)
+
+
+def _front_end(student: torch.nn.Module) -> dict | None:
+    """The audio front-end the exported model computes itself (so the app feeds raw PCM), or None."""
+    from compress.frontend import LogMel
+
+    for module in student.modules():
+        if isinstance(module, LogMel):
+            return {"kind": "log-mel", "inside_model": True, "sample_rate": module.sample_rate,
+                    "n_fft": module.n_fft, "hop": module.hop, "n_mels": module.n_mels, "fmin": module.fmin,
+                    "fmax": module.fmax, "log_epsilon": module.eps}
+    return None
+
+
+def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
+              file_name: str, name: str) -> dict:
+    recipe = asdict(cfg)
+    files = {p.name: {"sha256": file_sha256(p), "bytes": path_size(p)} for p in sorted(folder.iterdir())}
+    return {
+        "schema": "compress.manifest/1",
+        "name": name,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": {"name": "compress", "version": __version__},
+        "versions": versions(),
+        "target": cfg.target,
+        "artifact": file_name,
+        "input_kind": data.input_kind,
+        **registry.TARGETS[cfg.target].describe_io(folder / file_name),
+        "output_meaning": "unnormalized class scores (logits) in labels.txt order; softmax gives probabilities",
+        "normalization": data.normalization,
+        "front_end": _front_end(student),
+        "labels": data.labels,
+        "labels_file": "labels.txt",
+        "student": {"arch": cfg.student, "params": models.count_params(student),
+                    "macs": models.count_macs(student, data.input_shape)},
+        "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint} for m in members],
+        "data": data.describe(),
+        "recipe": recipe,
+        "recipe_sha256": content_key(recipe),
+        "recipe_file": None if not cfg.recipe_path else {"path": str(cfg.recipe_path),
+                                                          "sha256": file_sha256(Path(cfg.recipe_path))},
+        "files": files,
+    }

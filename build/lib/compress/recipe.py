@@ -1,0 +1,202 @@
+"""Recipes: ``compress.toml`` holds everything a run needs; every CLI flag overrides it.
+
+One table, ``SCHEMA``, says which key lives in which section, which ``RunConfig`` field it sets, its type
+and its help text. Parsing, the errors for unknown keys and wrong types, and ``compress init``'s commented
+file are all generated from it, so the three can never disagree. A recipe maps one-to-one to a run
+configuration, as torchdistill's YAML maps to objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from compress.core.errors import InputError
+from compress.export.registry import TARGETS, accepting
+
+
+def _takers(option: str) -> str:
+    """Which targets read a target-only option, for the recipe's help text."""
+    return " and ".join(accepting(option)) or "no target"
+
+RECIPE_FILE = "compress.toml"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key: the RunConfig field it sets, the TOML type(s) it accepts, and what it means."""
+
+    field: str
+    types: tuple[type, ...]
+    help: str
+    example: Any = None  # shown (commented out) by ``compress init`` when the default is "unset"
+
+
+_STR, _INT, _NUM, _BOOL, _LIST, _TABLE = (str,), (int,), (int, float), (bool,), (list,), (dict,)
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {
+        "name": Key("name", _STR, "Run name; artifacts go to <out>/<name>/ (default: <data>-<student>-<target>).", "my-model"),
+        "out": Key("out", _STR, "Output root folder."),
+    },
+    "data": {
+        "path": Key("data", _STR, "IDX folder, class-per-folder images, labelled audio folder or .npz; unset = scikit-learn's digits.", "../shared/datasets/mnist"),
+        "format": Key("data_format", _STR, "Force a loader: digits, idx, image-folder, npz, audio-folder (default: detected).", "idx"),
+        "limit_train": Key("limit_train", _INT, "Use only the first N training samples.", 10000),
+        "limit_test": Key("limit_test", _INT, "Use only the first N test samples.", 1000),
+        "unlabelled": Key("unlabelled", _BOOL, "Ignore training labels: distill from soft targets only."),
+        "options": Key("data_options", _TABLE, "Loader options, e.g. split = \"index<5\", sample_rate = 8000, "
+                       "label_pattern, test_fraction, image_size, allow_unreadable.", {"split": "index<5"}),
+    },
+    "teachers": {
+        "members": Key("teachers", _LIST, "Ensemble members: built-in names, .ts/.pt TorchScript, .pt2, .onnx, or module:function=weights.pt."),
+        "epochs": Key("teacher_epochs", _INT, "Training epochs for built-in members (cached)."),
+        "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members."),
+    },
+    "student": {
+        "arch": Key("student", _STR, "Student architecture from the model registry (compress.models.MODELS)."),
+    },
+    "distill": {
+        "loss": Key("loss", _STR, "Distillation loss from compress.losses.LOSSES."),
+        "temperature": Key("temperature", _NUM, "Softmax temperature T (the soft loss is scaled by T^2)."),
+        "alpha": Key("alpha", _NUM, "Weight of the hard-label loss; the soft loss gets 1 - alpha."),
+        "epochs": Key("epochs", _INT, "Student epochs (a checkpoint is kept after every epoch: an interrupted run resumes)."),
+        "optimizer": Key("optimizer", _STR, "adam, adamw or sgd (compress.train.OPTIMIZERS)."),
+        "lr": Key("lr", _NUM, "Peak learning rate (cosine schedule)."),
+        "weight_decay": Key("weight_decay", _NUM, "Weight decay."),
+        "batch_size": Key("batch_size", _INT, "Batch size (global: split across processes under torchrun)."),
+        "seed": Key("seed", _INT, "Same recipe + seed -> same result."),
+        "train_device": Key("device", _STR, "Torch device for training (default: cuda when present, else cpu).", "cuda"),
+        "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
+    },
+    "quantize": {
+        "scheme": Key("quantize", _STR, "none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: README)."),
+        "calibration_samples": Key("calibration_samples", _INT, "Transfer-set samples used to calibrate static int8."),
+        "qat": Key("qat", _BOOL, "Quantization-aware distillation before int8 conversion."),
+        "qat_epochs": Key("qat_epochs", _INT, "Epochs of quantization-aware distillation."),
+        "int8_budget": Key("int8_budget", _NUM, "Largest accepted int8 accuracy drop in points; the worst layers stay in float until it fits.", 0.5),
+    },
+    "export": {
+        "targets": Key("targets", _LIST, f"Export targets, one output folder each: {', '.join(TARGETS)}."),
+        "precision": Key("precision", _STR, f"{_takers('precision')}: compute precision, fp16 or fp32.", "fp32"),
+        "deployment_target": Key("deployment_target", _STR, f"{_takers('deployment_target')}: minimum deployment target.", "iOS17"),
+        "min_runtime": Key("min_runtime", _STR, f"{_takers('min_runtime')}: fail unless the model loads in this runtime version.", "2.14"),
+    },
+    "device": {
+        "profile": Key("profile", _STR, "Device profile (compress devices list) or a profile .toml path.", "pixel-class"),
+        "threads": Key("threads", _INT, "Runtime threads for validation and latency (default: the profile's, else 1)."),
+        "latency_runs": Key("latency_runs", _INT, "Timed batch-1 runs per model after warm-up."),
+    },
+    "budgets": {
+        "max_accuracy_drop": Key("max_accuracy_drop", _NUM, "Largest accepted accuracy drop vs the teacher ensemble, in points.", 2.0),
+        "max_latency_ms": Key("max_latency_ms", _NUM, "Largest accepted p50 batch-1 latency of the student, ms (measured on this host).", 5.0),
+        "max_size_kb": Key("max_size_kb", _NUM, "Largest accepted artifact size, kB.", 500),
+        "max_peak_memory_mb": Key("max_peak_memory_mb", _NUM, "Largest accepted peak memory of loading and running the model, MB.", 200),
+    },
+}
+
+FIELD_TO_KEY = {k.field: f"{sec}.{name}" if sec else name for sec, keys in SCHEMA.items() for name, k in keys.items()}
+
+
+def _nearest(word: str, choices: list[str]) -> str:
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else f"; expected one of {sorted(choices)}"
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return {_STR: "a string", _INT: "an integer", _NUM: "a number", _BOOL: "true or false",
+            _LIST: "a list of strings", _TABLE: "a table"}[types]
+
+
+def _check_type(where: str, key: Key, value: Any) -> Any:
+    ok = isinstance(value, key.types) and not (isinstance(value, bool) and bool not in key.types)
+    if ok and key.types == _LIST:
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        raise InputError(f"{where}: expected {_type_name(key.types)}, got {type(value).__name__} {value!r}")
+    return float(value) if key.types == _NUM else value
+
+
+def parse(text: str, source: str = RECIPE_FILE) -> dict[str, Any]:
+    """TOML text -> {RunConfig field: value}. Unknown keys and wrong types raise InputError (one line)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{source}: not valid TOML ({exc})") from None
+    values: dict[str, Any] = {}
+    all_keys = [f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys]
+    for name, value in doc.items():
+        if isinstance(value, dict) and name in SCHEMA and name != "":
+            for key_name, item in value.items():
+                where = f"{source}: [{name}] {key_name}"
+                if key_name not in SCHEMA[name]:
+                    raise InputError(f"{where}: unknown key{_nearest(key_name, list(SCHEMA[name]))}")
+                key = SCHEMA[name][key_name]
+                values[key.field] = _check_type(where, key, item)
+        elif name in SCHEMA[""]:
+            values[SCHEMA[""][name].field] = _check_type(f"{source}: {name}", SCHEMA[""][name], value)
+        else:
+            kind = "section" if isinstance(value, dict) else "key"
+            choices = list(SCHEMA) if kind == "section" else all_keys
+            raise InputError(f"{source}: unknown {kind} {name!r}{_nearest(name, [c for c in choices if c])}")
+    return values
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and parse a recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: recipe file not found; expected a compress.toml (write one with `compress init`)")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot read the recipe ({exc})") from None
+    return parse(text, str(p))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        body = "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else "\\" + c if c in '"\\' else c
+                       for c in value)  # TOML basic string: control characters must be escaped
+        return f'"{body}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def render(defaults: dict[str, Any]) -> str:
+    """A commented recipe: every key with its help; unset keys commented out with an example value."""
+    lines = ["# compress.toml: a recipe for `compress distill-and-export` (written by `compress init`).",
+             "# Every key can be overridden by the CLI flag of the same name; unset keys use the defaults.",
+             "# Keys and meanings: README.md, 'Recipes'.", ""]
+    for section, keys in SCHEMA.items():
+        if section:
+            lines += ["", f"[{section}]"]
+        for key_name, key in keys.items():
+            lines.append(f"# {key.help}")
+            value = defaults.get(key.field)
+            if value is None or value == {}:
+                example = key.example if key.example is not None else ""
+                lines.append(f"# {key_name} = {_toml_value(example)}")
+            else:
+                lines.append(f"{key_name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def merge(defaults: dict[str, Any], recipe: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """defaults <- recipe <- CLI flags that were given (None means 'not given')."""
+    out = dict(defaults)
+    out.update(recipe)
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return out
+
+
+def config_fields(cls) -> set[str]:
+    return {f.name for f in fields(cls)}

@@ -1,0 +1,135 @@
+"""Speech model families: every model is ``LogMel`` front-end + a 2-D network, so it takes raw PCM.
+
+``SPEECH_MODELS``: name -> factory(input_shape, num_classes) with ``input_shape == (num_samples,)`` (what
+``compress.audio`` produces). The exported files therefore take ``(batch, num_samples)`` float32 PCM in
+[-1, 1] at the front-end's sample rate and return logits; the app does no feature extraction.
+
+The registry's factory signature carries no sample rate, so the registered models use
+``FRONTEND`` (8 kHz, 25 ms Hann window, 20 ms hop, 40 Slaney mel bands from 20 Hz to 4 kHz): the audio
+loader's default rate. Build models for other rates with the functions here, e.g.
+``ds_cnn((16000,), 12, frontend={**FRONTEND, "sample_rate": 16000, "n_fft": 512, "hop": 320})``.
+
+Families (all plain conv/BN/ReLU/pool/linear: ONNX, TFLite and Core ML convert them; no RNNs):
+
+* teachers: ``speech-cnn`` (VGG-style), ``speech-resnet`` (residual), ``speech-wide-cnn`` (wide,
+  shallow, with a tall frequency kernel first);
+* student: ``ds-cnn``, the depthwise-separable CNN of Zhang et al. 2017, "Hello Edge: Keyword Spotting
+  on Microcontrollers" (a strided 10×4 conv, then depthwise 3×3 + pointwise 1×1 blocks, average pooling).
+
+This module must not import ``compress.models`` (that module imports this one to register the families).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compress.core.errors import InputError
+from compress.frontend import LogMel
+
+FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}
+
+
+def _need_audio(input_shape, name: str) -> int:
+    shape = tuple(input_shape)
+    if len(shape) != 1:
+        raise InputError(f"model {name!r}: input shape {shape} does not fit; expects raw audio (samples,)")
+    return int(shape[0])
+
+
+class SpeechModel(nn.Module):
+    """``LogMel`` front-end followed by a network over ``(batch, 1, n_mels, frames)``."""
+
+    def __init__(self, frontend: LogMel, body: nn.Module):
+        super().__init__()
+        self.frontend = frontend
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.frontend(x))
+
+
+def _frontend(input_shape, name: str, frontend: dict | None) -> tuple[LogMel, tuple[int, int, int]]:
+    num_samples = _need_audio(input_shape, name)
+    fe = LogMel(**(frontend or FRONTEND))
+    return fe, fe.output_shape(num_samples)
+
+
+def _cbr(cin: int, cout: int, k=3, stride=1, padding=1, groups=1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride=stride, padding=padding, groups=groups, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def speech_cnn(input_shape, num_classes, channels=(16, 64, 128, 256), frontend: dict | None = None) -> nn.Module:
+    """VGG-style teacher: one 3×3 conv/BN/ReLU per stage, 2×2 max-pool between stages, global average pooling."""
+    fe, _ = _frontend(input_shape, "speech-cnn", frontend)
+    layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+    c = 1
+    for i, out in enumerate(channels):
+        if i:
+            layers.append(nn.MaxPool2d(2))
+        layers += _cbr(c, out)
+        c = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(c, num_classes)]
+    return SpeechModel(fe, nn.Sequential(*layers))
+
+
+class _Residual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(*_cbr(cin, cout, stride=stride),
+                                  nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)))
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.skip(x) + self.body(x))
+
+
+def speech_resnet(input_shape, num_classes, widths=(24, 48, 96), blocks=2, frontend: dict | None = None) -> nn.Module:
+    """Residual teacher: stride-2 stem, ``blocks`` basic blocks per width (the first of each later stage strided)."""
+    fe, _ = _frontend(input_shape, "speech-resnet", frontend)
+    layers: list[nn.Module] = [nn.BatchNorm2d(1), *_cbr(1, widths[0], stride=2)]
+    c = widths[0]
+    for i, w in enumerate(widths):
+        for b in range(blocks):
+            layers.append(_Residual(c, w, 2 if (b == 0 and i > 0) else 1))
+            c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    return SpeechModel(fe, nn.Sequential(*layers))
+
+
+def speech_wide_cnn(input_shape, num_classes, width=96, frontend: dict | None = None) -> nn.Module:
+    """Wide, shallow teacher: a tall 8×3 (frequency × time) conv, 3×2 pooling, two wide 3×3 convs."""
+    fe, _ = _frontend(input_shape, "speech-wide-cnn", frontend)
+    layers: list[nn.Module] = [
+        nn.BatchNorm2d(1), *_cbr(1, width // 2, k=(8, 3), padding=(0, 1)), nn.MaxPool2d((3, 2)),
+        *_cbr(width // 2, width), nn.MaxPool2d(2),
+        *_cbr(width, 2 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * width, num_classes),
+    ]
+    return SpeechModel(fe, nn.Sequential(*layers))
+
+
+def ds_cnn(input_shape, num_classes, channels=40, blocks=3, frontend: dict | None = None) -> nn.Module:
+    """DS-CNN student (Hello Edge): a 10×4 conv with stride 2, ``blocks`` depthwise-separable blocks
+    (depthwise 3×3 + pointwise 1×1, each with BN/ReLU; the first block strided), average pooling, linear.
+    About 8k parameters with the default 40 channels."""
+    fe, _ = _frontend(input_shape, "ds-cnn", frontend)
+    layers: list[nn.Module] = [nn.BatchNorm2d(1), *_cbr(1, channels, k=(10, 4), stride=2, padding=(4, 1))]
+    for b in range(blocks):
+        layers += _cbr(channels, channels, stride=2 if b == 0 else 1, groups=channels)  # depthwise 3x3
+        layers += _cbr(channels, channels, k=1, padding=0)  # pointwise 1x1
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    return SpeechModel(fe, nn.Sequential(*layers))
+
+
+SPEECH_MODELS = {
+    # teachers
+    "speech-cnn": lambda s, n: speech_cnn(s, n),
+    "speech-resnet": lambda s, n: speech_resnet(s, n),
+    "speech-wide-cnn": lambda s, n: speech_wide_cnn(s, n),
+    # student
+    "ds-cnn": lambda s, n: ds_cnn(s, n),
+}

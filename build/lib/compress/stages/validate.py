@@ -1,0 +1,363 @@
+"""``compress validate``: check an exported model in its runtime against a device profile's budgets.
+
+``validate(path, ...)`` takes either
+
+  * a folder written by ``compress distill-and-export`` (``manifest.json`` names the artifact and target,
+    and the recipe's data, data_format, teachers, teacher_epochs, seed, limit_train, limit_test, unlabelled
+    and jitter): the same data split and teacher ensemble are rebuilt (built-in teachers come from the
+    cache when present), so the accuracy drop is against the teacher the model was distilled from; or
+  * a user's own ``.onnx`` / ``.tflite`` / ``.mlpackage`` plus ``data`` (any ``compress.data.load_data``
+    spec, normalized the same way). ``reference`` (one or more teacher specs accepted by
+    ``compress.teachers.load_teachers``: an .onnx, a TorchScript file, a built-in name ...) gives the
+    accuracy drop and agreement; without one only the absolute accuracy is reported, and an explicit
+    ``max_accuracy_drop`` is an InputError.
+
+and returns a report in the ``compress.report/1`` schema (``rows``, ``checks``, ``passed``) plus
+``budgets`` (``compress.devices.budgets.check_budgets``), ``latency`` (host measurement and the device estimate)
+and ``peak_memory`` (``compress.devices.peak_memory``). ``passed`` is true when every check and budget passed.
+
+Parity: a parity bound compares the same model in two runtimes. The reference here is a teacher (a
+different model), so against it ``validate`` reports agreement, not parity. In a folder, the artifact's
+parity with the torch student was measured at export time: ``validate`` carries that result from
+``report.json`` as a check, verifies the artifact's sha256 against the manifest, and checks that the
+accuracy recorded in ``report.json`` is reproduced in the same runtime.
+
+Latency is measured on this host with the profile's threads and labelled so ("measured on this host
+(x86_64), 4 threads"); a device latency is estimated only when the profile's ``[estimate]`` table gives a
+factor with its basis, and is labelled as an estimate; otherwise it is "not estimated".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from compress.core import metrics as validation
+from compress.core.errors import InputError
+from compress.devices.budgets import FLAGS, check_budgets, gather
+from compress.export.registry import TARGETS, accepting, by_suffix, suffixes
+
+
+def _not_measured(backend) -> str:
+    return (f"the {backend.runtime} runtime does not run on this host; its reference evaluator's speed and "
+            "memory say nothing about a device")
+
+
+def _host() -> dict:
+    return {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def _resolve(path: Path) -> tuple[str, Path, str, dict | None]:
+    """(mode, artifact, target, manifest): mode "folder" or "file"."""
+    models = "/".join(suffixes())
+    if not path.exists():
+        raise InputError(f"{path}: not found; expected a folder written by compress distill-and-export "
+                         f"or an {models} model")
+    if path.is_dir() and by_suffix(path) is None:
+        mpath = path / "manifest.json"
+        if not mpath.is_file():
+            raise InputError(f"{path}: no manifest.json; expected a folder written by compress distill-and-export "
+                             f"or an {models} model file")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+            artifact, target = path / manifest["artifact"], manifest["target"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{mpath}: not a compress manifest ({exc})") from None
+        if target not in TARGETS:
+            raise InputError(f"{mpath}: target {target!r} is not one of {sorted(TARGETS)}")
+        if not artifact.exists():
+            raise InputError(f"{artifact}: the manifest's artifact is missing")
+        return "folder", artifact, target, manifest
+    backend = by_suffix(path)
+    if backend is None:
+        raise InputError(f"{path}: unknown model format {path.suffix!r}; expected one of {sorted(suffixes())} "
+                         f"or a folder written by compress distill-and-export")
+    return "file", path, backend.name, None
+
+
+def _open(target: str, artifact: Path, threads: int, profile: dict | None):
+    backend = TARGETS[target]
+    return backend.open(artifact, threads, **backend.runner_options(profile))
+
+
+def _artifact_precision(recipe: dict) -> str:
+    from compress.export.registry import variant_name
+
+    q = recipe.get("quantize", "none")
+    target = recipe.get("target")
+    if q == "none" and target in TARGETS:
+        options = {**TARGETS[target].defaults, **{k: v for k, v in recipe.items() if k in TARGETS[target].options and v}}
+        return variant_name(target, {**options, "scheme": "none"})
+    return "fp16" if q == "fp16" else "int8" if q.startswith("int8") else q
+
+
+def _same_normalization(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    for k in a:
+        if isinstance(a[k], (int, float)) and isinstance(b[k], (int, float)):
+            if not np.isclose(a[k], b[k], rtol=1e-6, atol=1e-9):
+                return False
+        elif a[k] != b[k]:
+            return False
+    return True
+
+
+def _arm64_check(artifact: Path, target: str, x: np.ndarray, threads: int, samples: int, checks: list) -> dict:
+    """Run the artifact in the aarch64 wheels under QEMU and compare with the host run of the same file.
+
+    Correctness only (emulation is ~400x slower than native). Passes when the outputs are bit-exact, or
+    every top-1 agrees and no logit differs by more than 1e-4 (ORT's aarch64 conv kernels sum in another
+    order than x86's: ~4e-6 seen on a small fp32 CNN).
+    """
+    from compress.devices import arm64_emu
+
+    if TARGETS[target].emulated_runner is None:
+        runs = " and ".join(b.suffix for b in TARGETS.values() if b.emulated_runner is not None)
+        raise InputError(f"--arm64-emulator: runs {runs} models, not {artifact.name}")
+    if arm64_emu.status() is None:
+        raise InputError("--arm64-emulator: the emulator is not built; expected `compress devices setup arm64-emu` first")
+    n = max(1, min(int(samples), len(x)))
+    try:
+        result = arm64_emu.compare_with_host(artifact, x[:n], threads)
+    except (RuntimeError, arm64_emu.EmulatorUnavailable) as exc:
+        checks.append({"name": "arm64 emulator reproduces host outputs", "passed": False, "detail": str(exc)})
+        return {"error": str(exc)}
+    ok = result["bit_exact"] or (result["top1_agreement"] == 1.0 and result["max_abs_diff"] <= 1e-4)
+    checks.append({"name": "arm64 emulator reproduces host outputs", "passed": bool(ok),
+                   "detail": f"{'bit-exact' if result['bit_exact'] else 'not bit-exact'}, max abs diff "
+                             f"{result['max_abs_diff']:.3g}, top-1 agreement {100 * result['top1_agreement']:.2f}% on "
+                             f"{result['samples']} real test samples; {result['engine']} vs {result['host_engine']}"})
+    return result
+
+
+def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, latency_runs, explicit: dict,
+                     min_runtime) -> int:
+    """Every option checked before any work; returns the thread count."""
+    if prof is not None and prof["runtime"] != target:
+        raise InputError(f"--device {prof['name']}: the profile runs {prof['runtime']}, but {artifact.name} is "
+                         f"a {target} model")
+    threads = int(threads if threads is not None else (prof["threads"] if prof else 1))
+    if threads < 1:
+        raise InputError(f"--threads {threads}: expected an integer >= 1")
+    if int(latency_runs) < 1:
+        raise InputError(f"--latency-runs {latency_runs}: expected an integer >= 1")
+    for key, value in explicit.items():
+        if value is not None and not value >= 0:
+            raise InputError(f"{FLAGS[key]} {value}: expected a number >= 0")
+    if min_runtime is not None and "min_runtime" not in TARGETS[target].options:
+        raise InputError(f"--min-runtime {min_runtime!r}: only {' and '.join(accepting('min_runtime'))} models have a "
+                         f"runtime-version check ({artifact.name} is {target})")
+    return threads
+
+
+def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, reference, limit_test,
+                     max_accuracy_drop, notes: list[str]):
+    """(data set, teacher specs, limit_test used): the recipe's for a folder, the user's for a bare file."""
+    from compress.data import load_data
+
+    if mode == "folder":
+        data_spec, fmt = (data, data_format) if data is not None else (recipe.get("data"), recipe.get("data_format"))
+        if data is not None:
+            notes.append(f"data {data!r} given: evaluated on it instead of the recipe's data")
+        specs = reference or list(recipe.get("teachers") or [])
+        lt = limit_test if limit_test is not None else recipe.get("limit_test")
+        ds = load_data(data_spec, fmt, limit_train=recipe.get("limit_train"), limit_test=lt,
+                       unlabelled=bool(recipe.get("unlabelled")), seed=int(recipe.get("seed", 0)))
+    else:
+        if data is None:
+            raise InputError(f"{path}: a model file needs --data (the labelled data to evaluate it on); "
+                             f"or give a folder written by compress distill-and-export")
+        if max_accuracy_drop is not None and not reference:
+            raise InputError("--max-accuracy-drop: an accuracy drop needs a reference; give --reference "
+                             "(a teacher: .onnx, TorchScript, .pt2 or a built-in name) or validate the folder "
+                             "compress wrote (its manifest names the teachers)")
+        specs, lt = reference or [], limit_test
+        ds = load_data(data, data_format, limit_test=limit_test, seed=0)
+    if not specs and max_accuracy_drop is not None:
+        raise InputError("--max-accuracy-drop: the manifest names no teachers and no --reference was given")
+    return ds, specs, lt
+
+
+def _run_artifact(runner, artifact: Path, ds) -> np.ndarray:
+    """The artifact's outputs on the test split; a model that does not fit the data is an InputError."""
+    x = ds.x_test
+    try:
+        logits = validation.batched(runner.predict, x)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{artifact.name}: does not run on the data's inputs of shape {tuple(x.shape[1:])} "
+                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    if logits.ndim != 2 or logits.shape[1] != ds.num_classes:
+        raise InputError(f"{artifact.name}: outputs shape {tuple(logits.shape)}, but the data has "
+                         f"{ds.num_classes} classes")
+    return logits
+
+
+def _reference_row(specs: list, ds, recipe: dict, recipe_like: bool):
+    """The reference teacher(s) on the same test split: (members, row, predictions, accuracy)."""
+    from compress.export.registry import by_suffix
+    from compress.teachers import ensemble_probs, load_teachers
+
+    members = load_teachers(specs, ds, epochs=int(recipe.get("teacher_epochs", 10)) if recipe_like else 10,
+                            seed=int(recipe.get("seed", 0)) if recipe_like else 0,
+                            jitter_pixels=int(recipe.get("jitter", 0)) if recipe_like else 0)
+    probs = ensemble_probs(members, ds.x_test)
+    ref_pred, ref_acc = np.argmax(probs, axis=1), validation.accuracy(probs, ds.y_test)
+    kinds = {by_suffix(m.artifact).runtime if m.artifact is not None and m.module is None else "torch" for m in members}
+    params = [m.params for m in members]
+    row = {"model": "reference (teacher ensemble)" if len(members) > 1 else f"reference {members[0].name}",
+           "role": "teacher", "runtime": kinds.pop() if len(kinds) == 1 else "mixed runtimes",
+           "accuracy": ref_acc, "agreement_with_teacher": 1.0,
+           "params": None if any(p is None for p in params) else int(sum(params)), "macs": None,
+           "size_bytes": None, "latency_ms": None, "parity": None}
+    return members, row, ref_pred, ref_acc
+
+
+def _latency_and_memory(backend, runner, artifact: Path, x: np.ndarray, threads: int, latency_runs: int,
+                        prof: dict | None) -> tuple[dict | None, dict, dict, str | None]:
+    """Host latency, the device estimate, and peak memory: (lat, latency section, memory, memory note)."""
+    from compress.devices import peak_memory
+
+    host = _host()
+    host_label = (f"measured on this host ({host['machine']}), {threads} thread{'s' if threads != 1 else ''}"
+                  + (f" (the host has {host['cpus']} CPUs)" if host["cpus"] and threads > host["cpus"] else ""))
+    mem_note = None
+    if runner.measured:
+        lat = validation.measure_latency(runner.predict, x, runs=latency_runs)
+        latency = {"host": {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "runs": lat["runs"], "threads": threads,
+                            "batch": 1, "label": host_label}}
+        mem = peak_memory.measure(artifact, backend.name, x, threads=threads,
+                                  runner_options=backend.runner_options(prof))
+        if mem.get("peak_memory_mb") is None:
+            mem_note = mem.get("note")
+    else:
+        lat = None
+        latency = {"host": {"p50_ms": None, "label": f"not measured here: {_not_measured(backend)}"}}
+        mem = {"peak_memory_mb": None, "note": _not_measured(backend)}
+        mem_note = _not_measured(backend)
+    est = (prof or {}).get("estimate")
+    if lat is not None and est:
+        factor = float(est["host_to_device_latency_factor"])
+        latency["device_estimate"] = {"p50_ms": lat["p50"] * factor, "factor": factor, "basis": est["basis"],
+                                      "label": f"estimate for {prof['name']}: host p50 x {factor:g} ({est['basis']})"}
+    else:
+        why = ("no host measurement" if lat is None else
+               f"profile {prof['name']} gives no host_to_device_latency_factor with a basis" if prof else "no device profile")
+        latency["device_estimate"] = {"p50_ms": None, "label": f"not estimated ({why})"}
+    latency["host_label"] = host_label
+    return lat, latency, mem, mem_note
+
+
+def _recorded_checks(path: Path, artifact: Path, manifest: dict, ds, data, lt, recipe: dict, accuracy: float,
+                     runner, rows: list, checks: list, notes: list, prof: dict | None) -> None:
+    """Checks against what compress recorded for this folder (the manifest's sha256, report.json)."""
+    from compress.core.cache import file_sha256
+
+    entry = manifest.get("files", {}).get(artifact.name)
+    if entry:
+        ok = file_sha256(artifact) == entry.get("sha256")
+        checks.append({"name": "artifact matches manifest.json", "passed": ok,
+                       "detail": f"sha256 of {artifact.name} {'matches' if ok else 'DIFFERS from'} the manifest"})
+    if data is None and not _same_normalization(ds.normalization, manifest.get("normalization", {})):
+        checks.append({"name": "data matches the manifest", "passed": False,
+                       "detail": "the recipe's data now normalizes differently from the manifest "
+                                 "(the data changed since export)"})
+    recorded = None
+    if (path / "report.json").is_file():
+        try:
+            recorded = json.loads((path / "report.json").read_text(encoding="utf-8"))
+        except ValueError:
+            notes.append("report.json is not valid JSON: export-time checks not carried")
+    exported = [r for r in (recorded or {}).get("rows", []) if r.get("role") == "student" and r.get("size_bytes")]
+    if exported:
+        rec = exported[-1]
+        if rec.get("parity"):
+            rows[-1]["parity"] = rec["parity"]
+            checks.append({"name": f"parity vs torch student (recorded at export, {rec['runtime']})",
+                           "passed": bool(rec["parity"]["passed"]),
+                           "detail": validation.describe_parity(rec["parity"]) + " (from report.json)"})
+        same_engine = str(rec.get("runtime", "")).split(" (")[0] == runner.engine.split(" (")[0]
+        same_data = data is None and lt == recipe.get("limit_test")
+        if same_engine and same_data and rec.get("accuracy") is not None:
+            diff = abs(accuracy - rec["accuracy"])
+            ok = diff <= 1.0 / len(ds.y_test) + 1e-9
+            checks.append({"name": "accuracy reproduces report.json", "passed": ok,
+                           "detail": f"{100 * accuracy:.2f}% now vs {100 * rec['accuracy']:.2f}% recorded on "
+                                     f"{len(ds.y_test)} test samples ({runner.engine})"})
+    if prof and prof["precision"] != _artifact_precision(recipe):
+        notes.append(f"profile {prof['name']} expects {prof['precision']}, the artifact is "
+                     f"{_artifact_precision(recipe)}")
+
+
+def validate(path, *, profile=None, data=None, data_format=None, reference=None, threads=None,
+             max_accuracy_drop=None, max_latency_ms=None, max_size_kb=None, max_peak_memory_mb=None,
+             min_runtime=None, latency_runs=100, limit_test=None, arm64_samples=None) -> dict:
+    """Validate an artifact folder or model file in its runtime; see the module docstring. InputError on bad input."""
+    from compress.core.cache import path_size
+    from compress.devices.profiles import load_profile
+    from compress.stages.evaluate import report_skeleton
+
+    path = Path(path)
+    mode, artifact, target, manifest = _resolve(path)
+    backend = TARGETS[target]
+    prof = None if profile is None else profile if isinstance(profile, dict) else load_profile(profile)
+    explicit = {"max_accuracy_drop": max_accuracy_drop, "latency_ms": max_latency_ms, "size_kb": max_size_kb,
+                "peak_memory_mb": max_peak_memory_mb}
+    threads = _check_arguments(target, artifact, prof, threads, latency_runs, explicit, min_runtime)
+    reference = [reference] if isinstance(reference, str) else list(reference) if reference else None
+    notes: list[str] = []
+    recipe = (manifest or {}).get("recipe", {})
+    ds, specs, lt = _evaluation_data(mode, path, recipe, data, data_format, reference, limit_test, max_accuracy_drop,
+                                     notes)
+    runner = _open(target, artifact, threads, prof)
+    logits = _run_artifact(runner, artifact, ds)
+    accuracy = validation.accuracy(logits, ds.y_test)
+    rows, checks, members, ref_pred, ref_acc = [], [], [], None, None
+    if specs:
+        members, ref_row, ref_pred, ref_acc = _reference_row(specs, ds, recipe, mode == "folder" and not reference)
+        rows.append(ref_row)
+    emulator = _arm64_check(artifact, target, ds.x_test, threads, arm64_samples, checks) if arm64_samples else None
+    lat, latency, mem, mem_note = _latency_and_memory(backend, runner, artifact, ds.x_test, threads, latency_runs, prof)
+    host_label = latency.pop("host_label")
+    size_bytes = path_size(artifact)
+    student = (manifest or {}).get("student", {})
+    rows.append({"model": f"{artifact.name} ({target})", "role": "student", "runtime": runner.engine,
+                 "accuracy": accuracy,
+                 "agreement_with_teacher": None if ref_pred is None else validation.agreement(logits, ref_pred),
+                 "params": student.get("params"), "macs": student.get("macs"), "size_bytes": size_bytes,
+                 "latency_ms": None if lat is None else {**lat, "threads": threads, "where": host_label},
+                 "parity": None})
+    if manifest:
+        _recorded_checks(path, artifact, manifest, ds, data, lt, recipe, accuracy, runner, rows, checks, notes, prof)
+    compatibility = (None if backend.check_artifact is None else
+                     backend.check_artifact(artifact, {"min_runtime": min_runtime}, checks))
+    measured = {"accuracy_drop": None if ref_acc is None else 100 * (ref_acc - accuracy),
+                "latency_ms": None if lat is None else lat["p50"],
+                "size_kb": size_bytes / 1024, "peak_memory_mb": mem.get("peak_memory_mb")}
+    why = {"accuracy_drop": "no reference: pass --reference", "latency_ms": _not_measured(backend),
+           "peak_memory_mb": mem_note}
+    budget_checks = check_budgets(measured, gather(prof, explicit), notes=why)
+    report = report_skeleton(rows, None, compatibility, checks, kind="validate", budgets=budget_checks,
+                             measured=measured, latency=latency, peak_memory=mem, arm64_emulator=emulator,
+                             size={"bytes": size_bytes, "kb": size_bytes / 1024, "kb_unit": "1024 bytes"}, notes=notes)
+    report["run"] = _run_section(path, mode, artifact, target, threads, latency_runs, ds, members, prof)
+    report["passed"] = report["passed"] and all(b["passed"] for b in budget_checks)
+    return report
+
+
+def _run_section(path: Path, mode: str, artifact: Path, target: str, threads: int, latency_runs: int, ds,
+                 members: list, prof: dict | None) -> dict:
+    return {"name": path.name, "out_dir": str(path), "mode": mode, "artifact": str(artifact), "target": target,
+            "threads": threads, "latency_runs": int(latency_runs), "data": ds.describe(),
+            "reference": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint} for m in members],
+            "host": _host(),
+            "profile": None if prof is None else {k: prof.get(k) for k in (
+                "name", "description", "runtime", "precision", "threads", "cpu", "emulator_cpu", "delegate",
+                "budgets", "estimate", "source")}}

@@ -1,0 +1,340 @@
+"""Teacher members and the ensemble teacher.
+
+A member is given as one of (``TEACHER_FORMATS``, chosen by the spec's form):
+  builtin      a registry name from ``compress.models`` ("cnn"), trained on the fly and cached
+  torchscript  a ``.ts`` / ``.torchscript`` / ``.pt`` TorchScript archive
+  pt2          a ``torch.export`` ``.pt2`` archive
+  onnx         an ``.onnx`` file, run through ONNX Runtime
+  factory      ``package.module:function=weights.pt`` (a Python factory plus a state_dict)
+
+Every member is reduced to the same thing: a function from a float32 batch to logits, a content
+fingerprint (so soft-target caches invalidate when the teacher changes) and, where available, the torch
+module (for export, parameter and MAC counts).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress import models
+from compress.core.cache import cache_dir, content_key, file_sha256, state_dict_sha256
+from compress.core.errors import InputError
+from compress.train import fit, pick_device, predict_logits
+
+TEACHER_TRAINING_VERSION = 1  # bump when the built-in training recipe changes (invalidates caches)
+
+
+@dataclass
+class Teacher:
+    """One ensemble member, whatever its origin."""
+
+    name: str
+    kind: str
+    logits: Callable[[np.ndarray], np.ndarray]
+    fingerprint: str
+    module: nn.Module | None = None
+    artifact: Path | None = None  # a file one registered target runs (the member has no torch module)
+    cached: bool = False
+    input_shape: tuple | None = None  # per-sample input shape the member declares (None entries: dynamic), if known
+
+    @property
+    def params(self) -> int | None:
+        if self.module is not None:
+            return models.count_params(self.module)
+        if self.artifact is not None:
+            import onnx
+
+            m = onnx.load(str(self.artifact))
+            weights = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                       onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+            # weights only: integer initializers such as reshape targets are not parameters
+            return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in weights))
+        return None
+
+
+def _module_teacher(name: str, kind: str, module: nn.Module, fingerprint: str, cached: bool = False) -> Teacher:
+    module = module.eval().cpu()
+    return Teacher(name, kind, lambda x: predict_logits(module, x), fingerprint, module=module, cached=cached)
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"teacher {str(path)!r}: file not found; expected {what}")
+    return path
+
+
+def _reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception, cut to its first sentence when long (messages stay one short line)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if len(text) > limit:
+        text = text.split(". ")[0]
+        text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return text
+
+
+def _check_finite_weights(spec: str, module: nn.Module) -> None:
+    """A member whose parameters or buffers hold NaN/inf is a broken checkpoint: name the tensor."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    for name, tensor in named:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"teacher {spec!r}: weight {name!r} holds {bad} NaN or infinite value(s); "
+                             "expected finite weights (a diverged or corrupted checkpoint?)")
+
+
+def load_torchscript(spec: str, **_) -> Teacher:
+    path = _require_file(Path(spec), "a TorchScript archive")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise InputError(f"teacher {spec!r}: not a loadable TorchScript archive ({_reason(exc)}); "
+                         "expected a file written by torch.jit.save") from None
+    _check_finite_weights(spec, module)
+    return _module_teacher(path.name, "torchscript", module, file_sha256(path))
+
+
+def load_pt2(spec: str, **_) -> Teacher:
+    path = _require_file(Path(spec), "a torch.export .pt2 archive")
+    try:
+        module = torch.export.load(str(path)).module()
+    except Exception as exc:
+        raise InputError(f"teacher {spec!r}: not a loadable torch.export archive ({_reason(exc)}); "
+                         "expected a file written by torch.export.save") from None
+    _check_finite_weights(spec, module)
+    cpu = torch.device("cpu")
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        try:
+            return predict_logits(module, x, device=cpu, set_eval=False)
+        except (AssertionError, RuntimeError):  # exported with a static batch size: one sample at a time
+            return np.concatenate([predict_logits(module, x[i:i + 1], device=cpu, set_eval=False) for i in range(len(x))])
+
+    return Teacher(path.name, "pt2", logits, file_sha256(path), module=module)
+
+
+def load_onnx(spec: str, **_) -> Teacher:
+    from compress.export.registry import by_suffix
+
+    path = _require_file(Path(spec), "an ONNX model")
+    try:
+        runner = by_suffix(path).open(path, threads=0)
+    except InputError as exc:
+        reason = str(exc).partition(": not a loadable ONNX model ")[2] or f"({exc})"
+        raise InputError(f"teacher {spec!r}: not a loadable ONNX model {reason}; expected an .onnx file "
+                         "(e.g. from torch.onnx.export)") from None
+    input_shape = _check_onnx_weights(spec, path)
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([runner.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+    return Teacher(path.name, "onnx", logits, file_sha256(path), artifact=path, input_shape=input_shape)
+
+
+def _check_onnx_weights(spec: str, path: Path) -> tuple | None:
+    """Reject NaN/inf float initializers (naming one); return the declared per-sample input shape."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # ONNX Runtime loaded it; leave anything unusual to the run itself
+        return None
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                              onnx.TensorProto.BFLOAT16):
+            try:
+                arr = numpy_helper.to_array(init)
+            except Exception:
+                continue
+            if not np.isfinite(arr.astype(np.float32)).all():
+                bad = int((~np.isfinite(arr.astype(np.float32))).sum())
+                raise InputError(f"teacher {spec!r}: weight {init.name!r} holds {bad} NaN or infinite value(s); "
+                                 "expected finite weights (a diverged or corrupted checkpoint?)")
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not inputs[0].type.tensor_type.HasField("shape"):
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+
+
+def load_factory(spec: str, **_) -> Teacher:
+    target, _, weights = spec.partition("=")
+    module_name, _, func_name = target.partition(":")
+    if not weights:
+        raise InputError(f"teacher {spec!r}: expected 'package.module:function=weights.pt' (state_dict path missing)")
+    try:
+        factory = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"teacher {spec!r}: cannot import factory {target!r} ({exc})") from None
+    path = _require_file(Path(weights), "a state_dict saved with torch.save")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        module = factory()
+        module.load_state_dict(state)
+    except Exception as exc:
+        raise InputError(f"teacher {spec!r}: weights do not load into {target}() ({_reason(exc)}); "
+                         f"expected a state_dict of the model {target}() builds") from None
+    _check_finite_weights(spec, module)
+    return _module_teacher(Path(weights).name, "factory", module, state_dict_sha256(module.state_dict()))
+
+
+def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None = None,
+                  jitter_pixels: int = 0, on_epoch=None) -> Teacher:
+    """Train registry model ``name`` on the labelled training split, or reuse the cached weights."""
+    if data.y_train is None:
+        raise InputError(f"teacher {name!r}: built-in teachers are trained on labels, but the transfer set is unlabelled")
+    module = models.build(name, data.input_shape, data.num_classes)
+    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), epochs, seed, jitter_pixels)
+    path = cache_dir("teachers") / f"{name}-{key[:20]}.pt"
+    cached = path.is_file()
+    if cached:
+        module.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
+    else:
+        y = torch.as_tensor(data.y_train)
+        dev = pick_device(device)
+        fit(module, data.x_train, lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
+            epochs=epochs, lr=1e-3, weight_decay=1e-4, seed=seed, device=dev, jitter_pixels=jitter_pixels,
+            on_epoch=on_epoch)
+        from compress.core.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(module.cpu().state_dict(), str(tmp))
+    return _module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
+
+
+TEACHER_FORMATS = {
+    "torchscript": load_torchscript,
+    "pt2": load_pt2,
+    "onnx": load_onnx,
+    "factory": load_factory,
+}
+
+
+def teacher_format(spec: str) -> str:
+    """Which loader a teacher spec needs: a registry name, a file by suffix, or a factory."""
+    if spec in models.MODELS:
+        return "builtin"
+    if ":" in spec and "=" in spec:
+        return "factory"
+    suffix = Path(spec).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".pt2":
+        return "pt2"
+    if suffix in (".ts", ".torchscript", ".pt", ".pth", ".jit"):
+        return "torchscript"
+    raise InputError(
+        f"teacher {spec!r}: not a built-in model {sorted(models.MODELS)}, nor a .ts/.pt/.pt2/.onnx file, "
+        "nor 'module:function=weights.pt'"
+    )
+
+
+def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) -> None:
+    """Members must agree on the class count (with each other and the data) and give finite logits."""
+    seen: tuple[str, int] | None = None
+    data_shape = tuple(sample.shape[1:])
+    for m in members:
+        declared = m.input_shape
+        if declared is not None and (len(declared) != len(data_shape)
+                                     or any(d is not None and d != s for d, s in zip(declared, data_shape))):
+            shown = tuple("?" if d is None else d for d in declared)
+            raise InputError(f"teacher {m.name!r}: takes samples of shape {shown} but the data's samples have shape "
+                             f"{data_shape}; expected a teacher for this data's input shape")
+        try:
+            out = m.logits(sample)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"teacher {m.name!r}: fails on the data's samples of shape {data_shape} ({_reason(exc)}); "
+                             f"expected a model that takes (batch, {', '.join(map(str, data_shape))}) float32 inputs") from None
+        if out.ndim != 2:
+            raise InputError(f"teacher {m.name!r}: outputs shape {tuple(out.shape)}; expected (batch, classes)")
+        if not np.isfinite(out).all():
+            raise InputError(f"teacher {m.name!r}: outputs NaN or infinity on real inputs; expected finite logits")
+        if seen is not None and out.shape[1] != seen[1]:
+            raise InputError(
+                f"teachers {seen[0]!r} and {m.name!r} disagree on the number of classes ({seen[1]} vs {out.shape[1]}); "
+                "expected every member to predict the same classes"
+            )
+        seen = (m.name, out.shape[1])
+    if seen is not None and seen[1] != num_classes:
+        raise InputError(f"teacher {seen[0]!r}: predicts {seen[1]} classes but the data has {num_classes} labels; "
+                         f"expected {num_classes} outputs, one per label")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(z / T) per row, in float64 and shifted by the row maximum so large logits cannot overflow."""
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def ensemble_probs(members: list[Teacher], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.).
+
+    A member whose logits hold NaN or infinity on any sample is an ``InputError`` naming it (``check_members``
+    only probes a few samples).
+    """
+    total = None
+    for m in members:
+        logits = m.logits(x)
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            raise InputError(f"teacher {m.name!r}: outputs NaN or infinity for {int((~finite).sum())} of {len(x)} "
+                             f"real samples (first: sample {int(np.flatnonzero(~finite)[0])}); expected finite logits")
+        p = softmax(logits, temperature)
+        total = p if total is None else total + p
+    return (total / len(members)).astype(np.float32)
+
+
+def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data_key: str) -> tuple[np.ndarray, bool]:
+    """Ensemble soft targets for the transfer set, computed once and cached as a memory-mapped .npy.
+
+    The key is (member fingerprints, transfer-set content hash, T): changing any of them recomputes.
+    Returns (read-only memmap, whether it came from the cache).
+    """
+    key = content_key("soft-targets", [m.fingerprint for m in members], data_key, float(temperature))
+    path = cache_dir("soft-targets") / f"{key[:32]}.npy"
+    cached = path.is_file()
+    if not cached:
+        from compress.core.atomic import atomic_path
+
+        probs = ensemble_probs(members, x, temperature)
+        if not np.isfinite(probs).all():
+            raise InputError("teacher ensemble: soft targets contain NaN or infinity; expected finite probabilities")
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, probs)
+    return np.load(path, mmap_mode="r"), cached
+
+
+def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str | None = None,
+                  jitter_pixels: int = 0, on_member=None) -> list[Teacher]:
+    """Resolve every teacher spec into a member (training built-ins when not cached)."""
+    if not specs:
+        raise InputError("--teacher: at least one teacher member is needed")
+    members = []
+    for i, spec in enumerate(specs):
+        fmt = teacher_format(spec)
+        if on_member:
+            on_member(i, spec, fmt)
+        if fmt == "builtin":
+            members.append(train_builtin(spec, data, epochs=epochs, seed=seed + i, device=device,
+                                         jitter_pixels=jitter_pixels))
+        else:
+            members.append(TEACHER_FORMATS[fmt](spec))
+    names = [m.name for m in members]
+    for i, m in enumerate(members):  # make names unique for the report
+        if names.count(m.name) > 1:
+            m.name = f"{m.name}#{i + 1}"
+    check_members(members, data.x_test[:8], data.num_classes)
+    return members

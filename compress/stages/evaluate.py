@@ -1,0 +1,219 @@
+"""The validate stage of ``distill-and-export``: every model of the run measured in the same runtime.
+
+Rows: the teacher ensemble, each member (exported to the student's runtime where it can be, so latency
+and size compare like for like), the torch student and the exported student. Checks: the artifact's
+parity with the torch model it came from, each exported member's parity, and the target's format checks.
+Only numbers measured here are reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress import models
+from compress.core import metrics
+from compress.core.cache import cache_dir, path_size
+from compress.core.errors import InputError
+from compress.core.runner import Runner
+from compress.core.versions import versions
+from compress.export.common import ModelInfo
+from compress.export.registry import TARGETS, export_options, tolerance_for
+from compress.teachers import Teacher, ensemble_probs, softmax
+from compress.train import predict_logits
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` for a timing, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def member_target(target: str) -> str:
+    """Where teacher members are exported and timed: the student's runtime when it runs here, else the
+    first registered target that does."""
+    if TARGETS[target].runs_here:
+        return target
+    return next(name for name, b in TARGETS.items() if b.runs_here)
+
+
+def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | None:
+    """The member as a file for ``target`` (fp32, cached by content), so it is timed like the student.
+
+    Returns (path, target it runs in). A member given as a model file has no torch module to convert, so
+    it stays in that file's runtime; None when the member cannot be exported (it is then timed in torch).
+    """
+    if member.artifact is not None:
+        from compress.export.registry import by_suffix
+
+        own = by_suffix(member.artifact).name
+        if own == target or member.module is None:
+            return member.artifact, own
+    if member.module is None:
+        return None
+    backend = TARGETS[target]
+    path = cache_dir(f"teacher-{target}") / f"{member.fingerprint[:32]}{backend.suffix}"
+    if not path.exists():
+        info = ModelInfo(name=member.name, labels=data.labels, normalization=data.normalization,
+                         description=f"teacher member {member.name}")
+        try:
+            backend.export(member.module, torch.as_tensor(data.x_test[:1]), path, info,
+                           **export_options(target, "none"))
+        except InputError:
+            return None
+    return path, target
+
+
+def row(model: str, role: str, runtime: str, logits: np.ndarray | None, y: np.ndarray | None,
+        teacher_pred: np.ndarray | None, params, macs, size, latency, threads, parity=None) -> dict:
+    """One row of the report's table (the ``compress.report/1`` row schema)."""
+    return {
+        "model": model, "role": role, "runtime": runtime,
+        "accuracy": None if logits is None or y is None else metrics.accuracy(logits, y),
+        "agreement_with_teacher": None if logits is None or teacher_pred is None else metrics.agreement(logits, teacher_pred),
+        "params": params, "macs": macs, "size_bytes": size,
+        "latency_ms": None if latency is None else {**latency, "threads": threads},
+        "parity": parity,
+    }
+
+
+def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance) -> tuple[list[dict], list[Runner], list[str]]:
+    """Each member in the student's runtime where it can be exported (else in torch), timed the same way."""
+    threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
+    m_target = member_target(cfg.target)
+    rows, runners, targets = [], [], []
+    for m in members:
+        torch_logits = m.logits(x)
+        exported = member_artifact(m, data, m_target)
+        macs = models.count_macs(m.module, data.input_shape) if m.module is not None and m.kind != "pt2" else None
+        if exported is None:
+            with torch_threads(threads):
+                lat = metrics.measure_latency(lambda b: m.logits(b), x, runs=runs)
+            rows.append(row(f"member {m.name}", "member", f"torch {torch.__version__}", torch_logits, data.y_test,
+                            teacher_pred, m.params, macs, None, lat, threads))
+        else:
+            path, runs_in = exported
+            runner = TARGETS[runs_in].open(path, threads)
+            runners.append(runner)
+            targets.append(runs_in)
+            logits = metrics.batched(runner.predict, x)
+            par = None if m.artifact is not None and m.module is None else metrics.parity(torch_logits, logits)
+            rows.append(row(f"member {m.name}", "member", runner.engine, logits, data.y_test, teacher_pred,
+                            m.params, macs, path_size(path), metrics.measure_latency(runner.predict, x, runs=runs),
+                            threads, par))
+        advance()
+    return rows, runners, targets
+
+
+def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list[Runner]) -> tuple[dict, dict | None]:
+    """The ensemble as the app would run it: every member in the same runtime, probabilities averaged.
+    Timed only when every member runs in that runtime."""
+    x = data.x_test
+    total = lambda vals: None if any(v is None for v in vals) else int(sum(vals))  # noqa: E731
+    if len(runners) == len(m_rows):
+        def ensemble_predict(b: np.ndarray) -> np.ndarray:
+            return np.log(np.mean([softmax(r.predict(b)) for r in runners], axis=0))
+
+        logits = metrics.batched(ensemble_predict, x)
+        latency = metrics.measure_latency(ensemble_predict, x, runs=cfg.latency_runs)
+        engines = {r.engine for r in runners}
+        runtime = engines.pop() if len(engines) == 1 else "mixed runtimes"
+    else:
+        logits, latency, runtime = np.log(teacher_probs), None, "mixed (not timed)"
+    r = row("teacher ensemble", "teacher", runtime, logits, data.y_test, teacher_pred,
+            total([m["params"] for m in m_rows]), total([m["macs"] for m in m_rows]),
+            total([m["size_bytes"] for m in m_rows]), latency, cfg.threads)
+    return r, latency
+
+
+def student_rows(cfg, data, student, exported, teacher_pred) -> tuple[dict, dict, Runner, np.ndarray, dict]:
+    """The torch student and the exported one (parity against the torch model the artifact came from)."""
+    threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
+    s_params, s_macs = models.count_params(student), models.count_macs(student, data.input_shape)
+    s_logits = predict_logits(student, x)
+    with torch_threads(threads), torch.inference_mode():
+        torch_lat = metrics.measure_latency(lambda b: student(torch.from_numpy(b)), x, runs=runs)
+    torch_row = row("student", "student", f"torch {torch.__version__}", s_logits, data.y_test, teacher_pred,
+                    s_params, s_macs, None, torch_lat, threads)
+    backend = TARGETS[cfg.target]
+    runner = backend.open(exported.artifact, threads)
+    r_logits = metrics.batched(runner.predict, x)
+    if exported.source is student:
+        ref_logits = s_logits
+    else:  # a QAT int8 graph: the converter should reproduce its int8 arithmetic closely
+        ref_logits = backend.qat.predict(exported.source, x)
+    par = metrics.parity(ref_logits, r_logits, tolerance_for(cfg.target, exported.variant.removesuffix("-qat")))
+    r_lat = metrics.measure_latency(runner.predict, x, runs=runs) if runner.measured else None
+    exported_row = row(f"student ({cfg.target} {exported.variant})", "student", runner.engine, r_logits, data.y_test,
+                       teacher_pred, s_params, s_macs, path_size(exported.artifact), r_lat, threads, par)
+    return torch_row, exported_row, runner, r_logits, par
+
+
+def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list[Runner],
+               member_targets: list[str], n_members: int) -> dict:
+    """Student vs ensemble: ratios, and whether latency was compared in the same runtime (and why not)."""
+    comparable = len(runners) == n_members and set(member_targets) == {cfg.target} and runner.measured
+    r_lat = student_row["latency_ms"]
+    s_params, s_macs = student_row["params"], student_row["macs"]
+    return {
+        "param_ratio": (ens["params"] / s_params) if ens["params"] else None,
+        "mac_ratio": (ens["macs"] / s_macs) if ens["macs"] and s_macs else None,
+        "latency_ratio_p50": (ens_lat["p50"] / r_lat["p50"]) if ens_lat and r_lat and comparable else None,
+        "accuracy_gap": ens["accuracy"] - student_row["accuracy"],
+        "same_runtime": comparable,
+        "timing_note": (f"both exported to {cfg.target} and timed in {runner.engine}, {cfg.threads} thread(s), batch 1, "
+                        f"{cfg.latency_runs} runs after warm-up" if comparable else
+                        f"NOT compared: the student runs in {runner.engine}"
+                        + ("" if runner.measured else " (no latency measured here)")
+                        + f", the teachers in {runners[0].engine if runners else 'torch'}"),
+    }
+
+
+def confusion(data, teacher_pred, candidate: str, logits) -> dict:
+    """Student-vs-teacher confusion matrix (rows: the ensemble's class, columns: the student's)."""
+    from sklearn.metrics import confusion_matrix
+
+    return {"reference": "teacher ensemble", "candidate": candidate, "labels": data.labels,
+            "matrix": confusion_matrix(teacher_pred, np.argmax(logits, axis=1),
+                                       labels=list(range(data.num_classes))).tolist()}
+
+
+def evaluate(cfg, data, members: list[Teacher], student, exported, advance=lambda: None) -> dict:
+    """Measure every row and check parity; returns the report (``compress.report/1``) without run facts."""
+    teacher_probs = ensemble_probs(members, data.x_test)
+    teacher_pred = np.argmax(teacher_probs, axis=1)
+    m_rows, runners, m_targets = member_rows(cfg, data, members, teacher_pred, advance)
+    ens, ens_lat = ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows, runners)
+    advance()
+    torch_row, s_row, runner, r_logits, par = student_rows(cfg, data, student, exported, teacher_pred)
+    advance()
+    advance()
+    reference = "torch student" if exported.source is student else "torch QAT int8 graph"
+    checks = [{"name": f"{cfg.target} {exported.variant} parity vs {reference}", "passed": par["passed"],
+               "detail": f"{metrics.describe_parity(par)} on {len(data.x_test)} real test samples, engine {runner.engine}"}]
+    checks += [{"name": f"{r['model']} parity vs torch ({r['runtime']})", "passed": r["parity"]["passed"],
+                "detail": metrics.describe_parity(r["parity"])} for r in m_rows if r["parity"] is not None]
+    backend = TARGETS[cfg.target]
+    compatibility = None if backend.check_artifact is None else backend.check_artifact(exported.artifact, exported.options, checks)
+    return report_skeleton([ens, *m_rows, torch_row, s_row],
+                           comparison(cfg, ens, ens_lat, s_row, runner, runners, m_targets, len(members)),
+                           compatibility, checks, confusion=confusion(data, teacher_pred, s_row["model"], r_logits))
+
+
+def report_skeleton(rows: list[dict], comparison: dict | None, compatibility: dict | None, checks: list[dict],
+                    **extra) -> dict:
+    """The ``compress.report/1`` dict both ``distill-and-export`` and ``validate`` write."""
+    from compress import __version__
+
+    return {"schema": "compress.report/1", **({"kind": extra.pop("kind")} if "kind" in extra else {}),
+            "tool": {"name": "compress", "version": __version__}, "versions": versions(), "run": {}, "rows": rows,
+            "comparison": comparison, "compatibility": compatibility, **extra, "checks": checks,
+            "passed": all(c["passed"] for c in checks)}

@@ -1,0 +1,63 @@
+"""Core ML target: coremltools conversion and compression; Core ML on macOS, the MIL reference evaluator
+(``mil/``, numpy) elsewhere as the runner.
+
+Everything about the format lives in this folder: conversion and compression (``convert``), the runner
+(``runner``), the per-variant tolerances (``tolerances``), the per-layer int8 error finder and the int8
+float-fallback hook (``debug``), the MIL reference evaluator (``mil``) and what the file declares (``io``).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from compress.core.errors import InputError
+from compress.export.backend import Backend, Int8Fallback, lazy
+from compress.export.coreml.tolerances import TOLERANCES
+
+COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int8")
+
+
+def export(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
+           precision: str = "fp16", deployment_target: str = "iOS16") -> Path:
+    """``convert.export`` with the registry's vocabulary: ``scheme`` "fp16" is the fp16 compute precision,
+    the compression schemes keep ``precision``."""
+    from compress.export.coreml.convert import export as convert
+
+    return convert(model, example, path, info, precision="fp16" if scheme == "fp16" else precision,
+                   compression=scheme if scheme in COMPRESSIONS else None, calibration=calibration,
+                   minimum_deployment_target=deployment_target, float_layers=list(float_layers or []))
+
+
+def variant(scheme: str, options: dict) -> str:
+    return scheme if scheme in COMPRESSIONS else "fp16" if scheme == "fp16" else options.get("precision", "fp16")
+
+
+def check_options(scheme: str, options: dict) -> None:
+    if options.get("precision") not in ("fp16", "fp32"):
+        raise InputError(f"--precision {options.get('precision')!r}: expected fp16 or fp32 for target 'coreml'")
+
+
+BACKEND = Backend(
+    name="coreml",
+    suffix=".mlpackage",
+    runtime="Core ML",
+    export=export,
+    open=lazy("compress.export.coreml.runner", "open_coreml"),
+    describe_io=lazy("compress.export.coreml.io", "describe_io"),
+    schemes={"none": "--precision (fp16 default, or fp32)", "fp16": "fp16 compute precision",
+             "int8-weights": "linear int8 weights, per channel", "int8": "int8 weights + activations (iOS 17+)",
+             "palettize-4": "k-means 4-bit palettes", "palettize-6": "k-means 6-bit palettes",
+             "palettize-8": "k-means 8-bit palettes"},
+    variant=variant,
+    tolerances=TOLERANCES,
+    options={"precision": "a compute precision", "deployment_target": "a deployment target"},
+    defaults={"precision": "fp16", "deployment_target": "iOS16"},
+    check_options=check_options,
+    int8_fallback=Int8Fallback(reference=lazy("compress.export.coreml.debug", "float_reference"),
+                               convert=lazy("compress.export.coreml.debug", "int8_keeping_float"),
+                               reference_variant="fp16"),
+    layer_errors=lazy("compress.export.coreml.debug", "layer_errors"),
+    runtime_module="compress.export.coreml.mil.evaluator",
+    runs_here=platform.system() == "Darwin",
+)
