@@ -31,6 +31,12 @@ front-end (``compress.frontend.LogMel``) computes the features.
 
 Unreadable or empty files are an ``InputError`` naming the file, unless ``allow_unreadable=True``: then
 they are skipped, listed in ``normalization["skipped_files"]`` and reported in one warning.
+
+Classes: every class subfolder (``"folder"`` labels; in ``train/`` when pre-split) must hold at least one
+audio file, and every label must keep at least one readable clip; a class folder or audio file that is a
+symbolic link resolving outside the data root is refused (``compress.data.check_inside``); links inside
+the root are followed. Labels (folder names or the ``{label}`` field) are checked like every loader's by
+``compress.data.check_dataset``: printable, no tabs or line breaks, no surrounding whitespace.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data import AUDIO_SUFFIXES, Dataset
+from compress.data import AUDIO_SUFFIXES, Dataset, check_inside
 from compress.core.errors import InputError
 
 AUTO_PATTERN = "{label}_{speaker}_{index}"
@@ -63,7 +69,7 @@ def _pattern_regex(pattern: str) -> tuple[re.Pattern, list[str]]:
         raise InputError(f"label_pattern {pattern!r}: a field appears twice")
     parts = re.split(r"(\{\w+\})", pattern)
     rx = "".join(f"(?P<{p[1:-1]}>.+?)" if re.fullmatch(r"\{\w+\}", p) else re.escape(p) for p in parts if p)
-    return re.compile(f"^{rx}$"), fields
+    return re.compile(f"^{rx}$", re.DOTALL), fields  # DOTALL: a label with a line break is caught, named
 
 
 def _parse_names(files: list[Path], pattern: str, where: Path) -> list[dict[str, str]]:
@@ -163,17 +169,28 @@ def _find_labelled_files(root: Path, label_pattern: str | None):
     meta: list[dict[str, str]] = []
     if label_pattern == "folder":
         groups = [("train", root / "train"), ("test", root / "test")] if presplit else [("", base)]
+        empty: list[Path] = []
         for part, folder in groups:
             for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                for f in _audio_files(cls):
+                check_inside(root, cls)
+                found = _audio_files(cls)
+                if not found and part != "test":
+                    empty.append(cls)
+                for f in found:
+                    check_inside(root, f)
                     files.append(f)
                     meta.append({"label": cls.name, "part": part})
         if not files:
             raise InputError(f"{root}: no audio files in class subfolders; expected {root}/<class>/*.wav")
+        if empty:
+            raise InputError(f"{empty[0]}: class folder has no audio files ({len(empty)} such folder(s)); expected "
+                             f"at least one sample per class ({', '.join(sorted(AUDIO_SUFFIXES))}), or remove the folder")
     else:
         if not flat:
             raise InputError(f"{base}: no audio files to match against label_pattern {label_pattern!r}")
         files = flat
+        for f in files:
+            check_inside(root, f)
         meta = _parse_names(files, label_pattern, base)
     labels = sorted({d["label"] for d in meta}, key=_label_sort_key)
     if presplit and label_pattern == "folder":
@@ -259,6 +276,10 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
     num_samples = int(round(duration_s * sample_rate))
     files, meta, labels, label_pattern, presplit = _find_labelled_files(root, label_pattern)
     x, meta, skipped = _read_clips(root, files, meta, int(sample_rate), num_samples, allow_unreadable)
+    lost = sorted(set(labels) - {d["label"] for d in meta}, key=_label_sort_key)
+    if lost:
+        raise InputError(f"{root}: every audio file of label(s) {lost} was unreadable and skipped; expected at "
+                         "least one readable clip per class")
     y = np.asarray([labels.index(d["label"]) for d in meta], dtype=np.int64)
     split, test = _split_mask(root, split, meta, y, len(labels), presplit and label_pattern == "folder",
                               test_fraction, seed)
@@ -280,4 +301,5 @@ def load_audio_folder(path: str | Path, *, seed: int = 0, sample_rate: int = 800
         normalization["skipped_files"] = [s for s, _ in skipped]
     name = root.name if root.name not in ("", "recordings") else root.parent.name
     return Dataset(name or "audio", str(root), x[~test], y[~test], x[test], y[test], labels, normalization,
-                   input_kind="audio")
+                   input_kind="audio", label_source="the class folder names" if label_pattern == "folder"
+                   else f"the file names (label_pattern {label_pattern!r})")

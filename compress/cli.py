@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from compress.cli_output import err, fail, print_failures
-from compress.core.errors import InputError, ValidationFailed
+from compress.cli_output import err, fail, guarded, print_failures
+from compress.core.errors import InputError
 from compress.export.registry import TARGETS, suffixes
 
 TARGET_NAMES = ", ".join(TARGETS)
@@ -134,7 +134,8 @@ def distill_and_export(
     from compress.pipeline import run
 
     reports = []
-    try:
+    with guarded("the student is checkpointed after every epoch: run the same command to resume",
+                 "distill-and-export"):
         configs = _run_configs(recipe, flags)
         for cfg in configs:
             cfg.validate()  # every target's settings are checked before the first one trains
@@ -142,12 +143,6 @@ def distill_and_export(
             report = run(cfg, console=err, quiet=quiet or json_output or not sys.stderr.isatty())
             if report is not None:  # None: a non-zero torchrun rank, which only trains
                 reports.append(report)
-    except InputError as exc:
-        fail(str(exc), 2)
-    except ValidationFailed as exc:
-        fail(str(exc), 1)
-    except KeyboardInterrupt:
-        fail("interrupted; the student is checkpointed after every epoch: run the same command to resume", 130)
     if not reports:
         return
     if json_output:
@@ -212,15 +207,13 @@ def debug_quant(
     from compress.export.common.fallback import layer_errors_for
     from compress.export.common.sqnr import format_table
 
-    try:
+    with guarded("nothing was written", "debug-quant"):
         for path in (quantized, fp32):
             if not Path(path).exists():
                 raise InputError(f"{path}: not found; expected a {MODEL_FILES} model")
         ds = load_data(data, data_format, seed=seed)
         pick = np.random.default_rng(seed).permutation(len(ds.x_train))[:samples]
         rows = layer_errors_for(fp32, quantized, ds.x_train[np.sort(pick)])
-    except InputError as exc:
-        fail(str(exc), 2)
     if json_output:
         typer.echo(json_lib.dumps(rows, indent=2))
     else:

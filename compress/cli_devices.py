@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compress.cli_output import err, fail, print_failures
+from compress.cli_output import err, fail, guarded, print_failures
 from compress.core.errors import InputError
-from compress.export.registry import suffixes
+from compress.export.registry import accepting, suffixes
 
 devices_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Device profiles (runtime, threads, budgets) and device tooling setup.")
@@ -106,10 +106,11 @@ def validate_command(
     max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest host p50 latency (batch 1), ms."),
     max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest model size, kB (1024 bytes)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory of load + run, MiB."),
-    min_runtime: Optional[str] = typer.Option(None, help="TFLite: fail unless every operator version loads in this runtime (e.g. 2.14)."),
+    min_runtime: Optional[str] = typer.Option(None, help=" and ".join(accepting("min_runtime")) + ": fail unless every operator version loads in this runtime (e.g. 2.14)."),
     data: Optional[str] = typer.Option(None, help="Data to evaluate on (needed for a bare model file; default for a folder: the recipe's)."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
-    reference: Optional[list[str]] = typer.Option(None, "--reference", help="Reference teacher (repeat for an ensemble): .onnx, TorchScript, .pt2, built-in name. Default for a folder: its teachers."),
+    reference: Optional[list[str]] = typer.Option(None, "--reference", help="Reference model (repeat for a teacher ensemble): .onnx, TorchScript, .pt2, built-in name, a model file of the artifact's target or a folder compress wrote (its float export). Default for a folder: its teachers."),
+    max_logit_diff: Optional[float] = typer.Option(None, "--max-logit-diff", help="Fail unless the max abs logit difference from the one --reference is at most this, on the same real test inputs. Default: the variant's parity tolerance when the reference is the artifact's float twin (or the same file); agreement only for a different model."),
     threads: Optional[int] = typer.Option(None, help="Runtime threads (default: the profile's, else 1)."),
     latency_runs: int = typer.Option(100, help="Timed batch-1 runs after warm-up."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
@@ -121,11 +122,12 @@ def validate_command(
     from compress.devices.report import print_report, to_json
     from compress.stages.validate import validate
 
-    try:
+    with guarded("nothing was written", "validate"):
         report = validate(path, profile=device, data=data, data_format=data_format, reference=reference,
                           threads=threads, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
                           max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb, min_runtime=min_runtime,
-                          latency_runs=latency_runs, limit_test=limit_test, arm64_samples=arm64_emulator)
+                          latency_runs=latency_runs, limit_test=limit_test, arm64_samples=arm64_emulator,
+                          max_logit_diff=max_logit_diff)
         if report_dir:
             out = Path(report_dir)
             try:
@@ -134,8 +136,6 @@ def validate_command(
                 (out / f"validate-{name}.json").write_text(to_json(report))
             except OSError as exc:
                 raise InputError(f"--report-dir {report_dir!r}: cannot write there ({exc.strerror or exc})") from None
-    except InputError as exc:
-        fail(str(exc), 2)
     if json_output:
         typer.echo(to_json(report))
     else:

@@ -9,12 +9,29 @@ Loaders (the ``DATASETS`` registry, name -> callable(path, **options)):
 
 Each loader returns raw arrays; ``finalize`` applies one normalization, ``x = (raw * scale - mean) / std``
 with mean/std measured on the training split, and records it so an app can reproduce it exactly.
+
+What every data set must be (an ``InputError`` naming the input otherwise; the CLI exits 2):
+
+* labels: printable text with no line breaks, tabs or other separators, no leading/trailing whitespace,
+  and distinct; each becomes one line of ``labels.txt`` (``check_dataset``, run by ``load_data`` on every
+  loader's ``Dataset``, names the label and where it came from: folder names, a label list, file names);
+* at least 2 classes (``check_dataset``); every class folder (images, audio) holds at least one sample;
+* integer labels without a label list (IDX, NPZ without ``labels``): contiguous from 0, every class
+  ``0..K-1`` present in the training labels, so one stray value cannot add unseen outputs; an NPZ
+  ``labels`` array may name classes absent from training (the "omitted class" experiment), and an NPZ
+  without ``y_train`` (unlabelled transfer set) is not held to it;
+* samples finite after conversion to float32 (``1e308`` overflows to inf) and after normalization;
+* symbolic links: followed while they stay inside the data root; a class folder or sample file (or a
+  folder on the way to it) that resolves outside the root is refused, naming the link, so a data set is
+  exactly what its folder holds (``check_inside``);
+* ``limit_train`` / ``limit_test`` (``--limit-train`` / ``--limit-test``): integers >= 1 when given.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +55,7 @@ class Dataset:
     labels: list[str]
     normalization: dict = field(default_factory=dict)
     input_kind: str = ""  # "image", "features" or "audio" (raw PCM); derived from the shape when empty
+    label_source: str = ""  # where the labels came from, for error messages ("the class folder names", ...)
 
     def __post_init__(self) -> None:
         if not self.input_kind:
@@ -92,6 +110,59 @@ def _check_labels(y: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     return y
 
 
+def _ranges(values) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0..2, 5, 7..8"`` (at most 8 runs shown)."""
+    runs: list[list[int]] = []
+    for v in sorted(int(v) for v in values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in runs[:8])
+    return text + (", ..." if len(runs) > 8 else "")
+
+
+def _check_contiguous(y_train: np.ndarray, y_test: np.ndarray, train_where: str, test_where: str, hint: str) -> None:
+    """Labels without a label list: every class index 0..K-1 (K = largest label + 1) in the training labels."""
+    present = np.unique(y_train)
+    k = int(max(y_test.max(), y_train.max())) + 1
+    missing = np.setdiff1d(np.arange(k), present)
+    if not len(missing):
+        return
+    in_train, in_test = np.unique(y_train[y_train >= missing[0]]), np.unique(y_test[y_test >= missing[0]])
+    where, offending = (train_where, in_train) if len(in_train) else (test_where, in_test)
+    raise InputError(
+        f"{where}: label value(s) {_ranges(offending)} leave class index(es) {_ranges(missing)} with no training "
+        f"sample (a {k}-output model for {len(present)} classes); expected integer labels contiguous from 0 "
+        f"(every class 0..{k - 1} present in the training labels){hint}"
+    )
+
+
+def _check_finite(x: np.ndarray, where: str, scale: float) -> None:
+    """Raw samples must stay finite as float32 (the dtype every model and runtime sees)."""
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"{where}: samples of dtype {x.dtype}; expected real numbers (integers or floats)")
+    if not np.issubdtype(x.dtype, np.floating) and np.isfinite(scale):
+        return  # integers (at most ~9.2e18) always fit in float32
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is reported below, not warned about
+        x32 = x.astype(np.float32) * np.float32(scale) if x.dtype != np.float32 or scale != 1.0 else x
+        bad = ~np.isfinite(x32)
+    if not bad.any():
+        return
+    raw = x[bad].astype(np.float64) if np.issubdtype(x.dtype, np.number) else np.zeros(0)
+    nan = int(np.isnan(raw).sum())
+    overflow = raw[np.isfinite(raw)]
+    detail = [f"{nan} NaN"] if nan else []
+    if len(raw) - nan - len(overflow):
+        detail.append(f"{len(raw) - nan - len(overflow)} inf")
+    if len(overflow):
+        detail.append(f"{len(overflow)} overflowing, e.g. {overflow[np.argmax(np.abs(overflow))]:g}")
+    raise InputError(
+        f"{where}: {int(bad.sum())} value(s) not finite after conversion to float32 ({', '.join(detail)}); "
+        f"expected finite numbers within float32 range (|x| <= {float(np.finfo(np.float32).max):.3g})"
+    )
+
+
 def finalize(
     name: str,
     source: str,
@@ -101,8 +172,19 @@ def finalize(
     y_test: np.ndarray,
     labels: list[str] | None,
     scale: float,
+    *,
+    label_source: str = "",
+    where: dict[str, str] | None = None,
+    hint: str = "",
 ) -> Dataset:
-    """Validate, add a channel axis to 2-D images, normalize with train statistics, record the recipe."""
+    """Validate, add a channel axis to 2-D images, normalize with train statistics, record the recipe.
+
+    ``where`` names the input behind each array in messages (keys ``x_train``, ``y_train``, ``x_test``,
+    ``y_test``; default ``"<source> (train labels)"`` and so on); ``hint`` ends the message about labels
+    that skip class indices (how to declare classes missing from training, where the format can).
+    """
+    where = {"x_train": f"{source} (x_train)", "x_test": f"{source} (x_test)",
+             "y_train": f"{source} (train labels)", "y_test": f"{source} (test labels)", **(where or {})}
     x_train = np.asarray(x_train)
     x_test = np.asarray(x_test)
     if len(x_train) == 0 or len(x_test) == 0:
@@ -111,32 +193,54 @@ def finalize(
         raise InputError(f"{source}: train samples have shape {x_train.shape[1:]} but test samples {x_test.shape[1:]}")
     if x_train.ndim == 3:  # (n, H, W) grayscale images -> (n, 1, H, W)
         x_train, x_test = x_train[:, None], x_test[:, None]
-    if labels is None:
+    inferred = labels is None
+    if inferred:
         n = int(max(np.max(y_test), np.max(y_train) if y_train is not None else 0)) + 1
         labels = [str(i) for i in range(n)]
+        label_source = label_source or "the integer class indices (no label list)"
     if y_train is not None:
-        y_train = _check_labels(y_train, len(labels), f"{source} (train labels)")
+        y_train = _check_labels(y_train, len(labels), where["y_train"])
         if len(y_train) != len(x_train):
             raise InputError(f"{source}: {len(x_train)} train samples but {len(y_train)} train labels")
-    y_test = _check_labels(y_test, len(labels), f"{source} (test labels)")
+    y_test = _check_labels(y_test, len(labels), where["y_test"])
     if len(y_test) != len(x_test):
         raise InputError(f"{source}: {len(x_test)} test samples but {len(y_test)} test labels")
+    if inferred and y_train is not None:  # an unlabelled transfer set: the teachers decide the class count
+        _check_contiguous(y_train, y_test, where["y_train"], where["y_test"], hint)
+    _check_finite(x_train, where["x_train"], scale)
+    _check_finite(x_test, where["x_test"], scale)
     xt = x_train.astype(np.float64) * scale
-    if not np.isfinite(xt).all() or not np.isfinite(x_test.astype(np.float64)).all():
-        raise InputError(f"{source}: samples contain NaN or infinity; expected finite numbers")
     mean, std = float(xt.mean()), float(xt.std()) or 1.0
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        raise InputError(f"{where['x_train']}: the mean/std of the training samples overflow ({mean:g}, {std:g}); "
+                         "expected values whose spread fits in float64")
     norm = {"formula": "x = (raw * scale - mean) / std", "scale": float(scale), "mean": mean, "std": std}
 
-    def apply(x: np.ndarray) -> np.ndarray:
-        return ((x.astype(np.float32) * np.float32(scale) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+    def apply(x: np.ndarray, key: str) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = ((x.astype(np.float32) * np.float32(scale) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+        if not np.isfinite(out).all():
+            raise InputError(f"{where[key]}: {int((~np.isfinite(out)).sum())} value(s) not finite after "
+                             f"conversion to float32 and normalization (mean {mean:g}, std {std:g}); "
+                             "expected finite numbers within float32 range")
+        return out
 
-    return Dataset(name, source, apply(x_train), y_train, apply(x_test), y_test, list(labels), norm)
+    return Dataset(name, source, apply(x_train, "x_train"), y_train, apply(x_test, "x_test"), y_test, list(labels),
+                   norm, label_source=label_source)
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, where: str = "data"):
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction={test_fraction}: expected a number in (0, 1)")
+    try:
+        return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    except ValueError as exc:  # a class with one sample, or fewer test samples than classes
+        raise InputError(f"{where}: cannot make a stratified {test_fraction:g} test split of {len(y)} samples "
+                         f"in {len(np.unique(y))} classes ({str(exc).split('. ')[0]}); expected at least 2 samples "
+                         "per class and a test fraction that leaves one test sample per class (or train/ and "
+                         "test/ folders)") from None
 
 
 def load_digits(path: str | None = None, *, test_fraction: float = 0.2, seed: int = 0, **_) -> Dataset:
@@ -147,7 +251,8 @@ def load_digits(path: str | None = None, *, test_fraction: float = 0.2, seed: in
     x = d.images.astype(np.float32)
     x_tr, x_te, y_tr, y_te = _split(x, d.target, test_fraction, seed)
     return finalize("digits", "sklearn.datasets.load_digits", x_tr, y_tr, x_te, y_te,
-                    [str(int(c)) for c in d.target_names], scale=1.0 / 16.0)
+                    [str(int(c)) for c in d.target_names], scale=1.0 / 16.0,
+                    label_source="scikit-learn's digit names")
 
 
 # --- IDX ---------------------------------------------------------------------------------------------
@@ -192,17 +297,42 @@ def load_idx(path: str | Path, **_) -> Dataset:
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"{folder}: expected a folder of IDX files")
-    x_tr = read_idx(_find_one(folder, ("train",), "images"))
-    y_tr = read_idx(_find_one(folder, ("train",), "labels"))
-    x_te = read_idx(_find_one(folder, ("t10k", "test"), "images"))
-    y_te = read_idx(_find_one(folder, ("t10k", "test"), "labels"))
-    scale = 1.0 / 255.0 if x_tr.dtype == np.uint8 else 1.0
-    return finalize(folder.name or "idx", str(folder), x_tr, y_tr, x_te, y_te, None, scale)
+    files = {"x_train": _find_one(folder, ("train",), "images"), "y_train": _find_one(folder, ("train",), "labels"),
+             "x_test": _find_one(folder, ("t10k", "test"), "images"), "y_test": _find_one(folder, ("t10k", "test"), "labels")}
+    arrays = {k: read_idx(f) for k, f in files.items()}
+    scale = 1.0 / 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
+    return finalize(folder.name or "idx", str(folder), arrays["x_train"], arrays["y_train"], arrays["x_test"],
+                    arrays["y_test"], None, scale, where={k: str(f) for k, f in files.items()},
+                    label_source="the IDX label files' class indices",
+                    hint="; IDX files carry no label list: relabel the classes 0..K-1, or use an .npz with a 'labels' array")
 
 
 # --- class-per-folder images ---------------------------------------------------------------------------
 
-def _read_tree(root: Path, classes: list[str], size: tuple[int, int] | None, mode: str | None):
+def check_inside(root: Path, path: Path) -> None:
+    """Refuse ``path`` (under ``root``) when a symbolic link on the way to it resolves outside ``root``.
+
+    Links that stay inside the data root are followed; one that leaves it (or loops) is an ``InputError``
+    naming the link: a class folder or sample file must be part of the data root the user named.
+    """
+    real_root = Path(os.path.realpath(root))
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = ()
+    cur = root
+    for part in parts:
+        cur = cur / part
+        if cur.is_symlink():
+            target = Path(os.path.realpath(cur))
+            if not target.is_relative_to(real_root):
+                raise InputError(f"{cur}: symbolic link resolves outside the data root {root} (to {target}); "
+                                 "expected class folders and sample files inside the data root (copy them in, "
+                                 "or link only within it)")
+
+
+def _read_tree(root: Path, classes: list[str], size: tuple[int, int] | None, mode: str | None,
+               data_root: Path | None = None):
     from PIL import Image, UnidentifiedImageError
 
     xs, ys = [], []
@@ -210,9 +340,11 @@ def _read_tree(root: Path, classes: list[str], size: tuple[int, int] | None, mod
         folder = root / cls
         if not folder.is_dir():
             continue
+        check_inside(data_root or root, folder)
         for f in sorted(folder.iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            check_inside(data_root or root, f)
             try:
                 with Image.open(f) as im:
                     mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I", "LA") else "RGB")
@@ -240,22 +372,29 @@ def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{base}: no class subfolders found; expected {base}/<class>/<image files>")
-    xs, ys, size, mode = _read_tree(base, classes, image_size, None)
+    xs, ys, size, mode = _read_tree(base, classes, image_size, None, root)
     if not xs:
         raise InputError(f"{base}: no image files in the class folders; expected {base}/<class>/<image> files "
                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    counts = np.bincount(np.asarray(ys), minlength=len(classes))
+    if (counts == 0).any():
+        empty = base / classes[int(np.argmin(counts))]
+        raise InputError(f"{empty}: class folder has no image files ({int((counts == 0).sum())} such folder(s)); "
+                         f"expected at least one sample per class ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                         "or remove the folder")
     x, y = np.stack(xs), np.asarray(ys)
     if has_split:
         extra = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name not in classes)
         if extra:
             raise InputError(f"{root / 'test'}: class folder '{extra[0]}' is not among the train classes {classes}")
-        txs, tys, _, _ = _read_tree(root / "test", classes, size, mode)
+        txs, tys, _, _ = _read_tree(root / "test", classes, size, mode, root)
         if not txs:
             raise InputError(f"{root / 'test'}: no image files in the class folders; expected {root / 'test'}/<class>/<image> files")
         x_tr, y_tr, x_te, y_te = x, y, np.stack(txs), np.asarray(tys)
     else:
-        x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)
-    return finalize(root.name, str(root), x_tr, y_tr, x_te, y_te, classes, scale=1.0 / 255.0)
+        x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed, str(root))
+    return finalize(root.name, str(root), x_tr, y_tr, x_te, y_te, classes, scale=1.0 / 255.0,
+                    label_source="the class folder names")
 
 
 # --- NPZ ----------------------------------------------------------------------------------------------
@@ -274,10 +413,11 @@ def load_npz(path: str | Path, **_) -> Dataset:
     missing = [k for k in ("x_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise InputError(f"{path}: missing array(s) {missing}; expected x_train, y_train, x_test, y_test")
-    labels = [str(v) for v in arrays["labels"].tolist()] if "labels" in arrays else None
+    labels = [str(v) for v in np.ravel(arrays["labels"]).tolist()] if "labels" in arrays else None
     scale = 1.0 / 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     return finalize(path.stem, str(path), arrays["x_train"], arrays.get("y_train"), arrays["x_test"],
-                    arrays["y_test"], labels, scale)
+                    arrays["y_test"], labels, scale, label_source="the 'labels' array" if labels is not None else "",
+                    hint=" or a 'labels' array naming every class (it may name classes absent from training)")
 
 
 def load_audio_folder(path: str | Path, **options) -> Dataset:
@@ -329,9 +469,66 @@ def _check_options(loader, fmt: str, options: dict) -> None:
             raise InputError(f"data option {key!r}: not an option of the {fmt} loader; {hint}")
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
+
+
+def _label_problem(label: str) -> str | None:
+    if not label:
+        return "is empty"
+    if any(c in _LINE_BREAKS for c in label):
+        return "contains a line break"
+    if "\t" in label:
+        return "contains a tab"
+    bad = next((c for c in label if not c.isprintable()), None)
+    if bad is not None:
+        return f"contains the non-printable character {bad!r}"
+    if label != label.strip():
+        return "has leading or trailing whitespace"
+    return None
+
+
+def check_dataset(ds: Dataset) -> Dataset:
+    """What every loader's ``Dataset`` must be, checked in one place (``load_data`` calls it on each):
+    usable labels (printable, no separators or surrounding whitespace, distinct), at least 2 classes with
+    samples, and finite float32 samples. Raises ``InputError`` naming the data and what was expected."""
+    source = ds.label_source or "the data set's labels"
+    seen: set[str] = set()
+    for label in ds.labels:
+        problem = _label_problem(label) if isinstance(label, str) else f"is a {type(label).__name__}, not text"
+        if problem is None and label in seen:
+            problem = "appears more than once"
+        if problem:
+            raise InputError(f"{ds.source}: label {label!r} from {source} {problem}; expected printable labels "
+                             "without line breaks, tabs or other separators, without leading or trailing "
+                             "whitespace, each distinct (one line of labels.txt per class)")
+        seen.add(label)
+    present = np.unique(np.concatenate([y for y in (ds.y_train, ds.y_test) if y is not None]))
+    if len(ds.labels) < 2 or len(present) < 2:
+        what = (f"{len(ds.labels)} class ({', '.join(map(repr, ds.labels))}) from {source}" if len(ds.labels) < 2
+                else f"samples of one class only ({ds.labels[int(present[0])]!r} of the {len(ds.labels)} from {source})")
+        raise InputError(f"{ds.source}: {what}; expected at least 2 classes with samples (a one-class model is "
+                         "always right and learns nothing)")
+    for key in ("x_train", "x_test"):
+        bad = ~np.isfinite(getattr(ds, key))
+        if bad.any():
+            raise InputError(f"{ds.source} ({key}): {int(bad.sum())} value(s) NaN or infinite after loading; "
+                             "expected finite numbers within float32 range")
+    return ds
+
+
+def _check_limit(flag: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{flag} {value}: expected an integer >= 1 (a number of samples), or none for all")
+
+
 def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: int | None = None,
               limit_test: int | None = None, unlabelled: bool = False, seed: int = 0, **options) -> Dataset:
-    """Load ``spec`` ("digits" / None for the default, or a path) with ``fmt`` or an auto-detected loader."""
+    """Load ``spec`` ("digits" / None for the default, or a path) with ``fmt`` or an auto-detected loader,
+    check it (``check_dataset``), then keep the first ``limit_train`` / ``limit_test`` samples (>= 1)."""
+    _check_limit("--limit-train", limit_train)
+    _check_limit("--limit-test", limit_test)
     if spec in (None, "", "digits") and fmt in (None, "digits"):
         _check_options(load_digits, "digits", options)
         ds = load_digits(seed=seed, **options)
@@ -344,6 +541,7 @@ def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: i
         loader = DATASETS[fmt or detect_format(path)]
         _check_options(loader, fmt or detect_format(path), options)
         ds = loader(path, seed=seed, **options)
+    check_dataset(ds)
     if limit_train:
         ds.x_train = ds.x_train[:limit_train]
         ds.y_train = None if ds.y_train is None else ds.y_train[:limit_train]

@@ -7,8 +7,10 @@ old one at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,9 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from compress import __version__, models
 from compress.bias_correction import parse_correction, shift_class_bias
-from compress.core.atomic import replace_path
+from compress.core.atomic import clean_stale, replace_path, temp_prefix
 from compress.core.cache import cache_dir, content_key, file_sha256, path_size
-from compress.core.errors import InputError
+from compress.core.errors import InputError, InternalError, ValidationFailed
 from compress.core.versions import versions
 from compress.data import Dataset, load_data
 from compress.export import registry
@@ -89,6 +91,9 @@ class RunConfig:
         backend = registry.get(self.target)
         from compress.train import OPTIMIZERS
 
+        if self.name is not None:
+            check_name(self.name)
+
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"--optimizer {self.optimizer!r}: unknown; expected one of {sorted(OPTIMIZERS)}")
         if self.loss not in LOSSES:
@@ -99,7 +104,7 @@ class RunConfig:
             raise InputError(f"--temperature {self.temperature}: expected a number > 0")
         if not 0 <= self.alpha <= 1:
             raise InputError(f"--alpha {self.alpha}: expected a number in [0, 1]")
-        for opt in ("epochs", "batch_size", "threads", "latency_runs"):
+        for opt in ("epochs", "batch_size", "threads", "latency_runs", "limit_train", "limit_test"):
             if getattr(self, opt) is not None and getattr(self, opt) < 1:
                 raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
         target_options(self)  # unsupported scheme/option combinations fail here
@@ -124,9 +129,12 @@ def _progress(console: Console, quiet: bool) -> Progress:
 
 
 def _epochs_done(checkpoint: Path) -> int:
-    if not checkpoint.is_file():
-        return 0
-    return len(torch.load(str(checkpoint), map_location="cpu", weights_only=False)["history"])
+    """Epochs in the student's checkpoint: verified and read with ``weights_only=True`` (a damaged or
+    planted file is discarded with one warning line and counts as 0)."""
+    from compress.train import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    return 0 if state is None else len(state["history"])
 
 
 def _resolve_profile(cfg: RunConfig) -> dict | None:
@@ -172,11 +180,34 @@ def load_run_data(cfg: RunConfig) -> Dataset:
                      unlabelled=cfg.unlabelled, seed=cfg.seed, **cfg.data_options)
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A run name is one path component of safe characters: it can never escape ``--out`` or replace
+    anything outside it (``../x``, ``./../x``, absolute paths, ``.``, ``..`` are refused)."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise InputError(f"{what} {name!r}: expected one folder name of letters, digits, '.', '_', '+' and '-' "
+                         "(starting with a letter or digit, no '..', at most 128 characters)")
+    return name
+
+
+def safe_name(name: str) -> str:
+    """A default name built from the data folder's name, with anything unsafe replaced by '-'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.")
+    return re.sub(r"\.{2,}", ".", cleaned)[:128] or "run"
+
+
 def output_folder(cfg: RunConfig, data: Dataset, rank: int) -> tuple[str, Path]:
     """The run's name and ``<out>``, checked writable before any training (rank 0 writes)."""
-    name = cfg.name or f"{data.name}-{cfg.student}-{cfg.target}" + ("" if cfg.quantize == "none" else f"-{cfg.quantize}")
+    name = cfg.name or safe_name(f"{data.name}-{cfg.student}-{cfg.target}"
+                                 + ("" if cfg.quantize == "none" else f"-{cfg.quantize}"))
     out_root = Path(cfg.out)
     if rank == 0:
+        clean_stale(out_root)  # leftovers of killed runs (SIGKILL leaves no chance to clean up)
+        for folder in cache_dir().iterdir():
+            if folder.is_dir():
+                clean_stale(folder)
         try:
             out_root.mkdir(parents=True, exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=out_root, prefix=".write-test-")
@@ -216,6 +247,23 @@ def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
     return models.build(cfg.student, data.input_shape, data.num_classes)
 
 
+INTERRUPT_HOOK = "COMPRESS_TEST_INTERRUPT_AFTER_EPOCH"  # tests: Ctrl-C right after this epoch's checkpoint
+
+
+def _after_epoch(progress: Progress, task, epoch: int) -> None:
+    """Progress, and the test-only hook that interrupts deterministically after epoch k (1-based) was
+    checkpointed, without any timing: ``COMPRESS_TEST_INTERRUPT_AFTER_EPOCH=k`` acts as Ctrl-C,
+    ``k:TERM`` sends this process SIGTERM (what a cancelled CI job receives)."""
+    progress.update(task, completed=epoch + 1)
+    when, _, how = os.environ.get(INTERRUPT_HOOK, "").partition(":")
+    if when == str(epoch + 1):
+        if how == "TERM":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+
 def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
                     progress: Progress, console: Console, rank: int,
                     world: int) -> tuple[torch.nn.Module | None, list, torch.device]:
@@ -240,7 +288,7 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
 
     history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
-                  checkpoint=checkpoint, data_parallel=world > 1, on_epoch=lambda e, l: progress.update(task, completed=e + 1))
+                  checkpoint=checkpoint, data_parallel=world > 1, on_epoch=lambda e, l: _after_epoch(progress, task, e))
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -276,34 +324,73 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
     """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``).
 
     Under ``torchrun`` every process trains its share; only rank 0 exports, validates and returns the
-    report (the others return None).
+    report (the others return None). An unexpected failure inside a stage is an ``InternalError`` naming
+    the stage; whatever happens, nothing half-written stays in ``<out>``.
     """
     cfg.validate()
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    profile = _resolve_profile(cfg)
-    rank, world = _init_distributed()
-    data = load_run_data(cfg)
-    name, out_root = output_folder(cfg, data, rank)
-    student = initial_student(cfg, data)
+    with stage("setup"):
+        profile = _resolve_profile(cfg)
+        rank, world = _init_distributed()
+    with stage("data"):
+        data = load_run_data(cfg)
+        name, out_root = output_folder(cfg, data, rank)
+        student = initial_student(cfg, data)
     with _progress(console, quiet or rank != 0) as progress:
-        members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world)
-        student, history, device = distill_student(cfg, data, student, members, targets, progress, console, rank,
-                                                   world)
+        with stage("teachers"):
+            members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world)
+        with stage("distillation"):
+            student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
+                                                       rank, world)
         if student is None:
             return None
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=".tmp", dir=out_root))
         try:
-            report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir, progress)
-        except BaseException:
+            with stage("export and validation"):
+                report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,
+                                                       progress)
+            with stage("budgets"):
+                report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
+            report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
+            report["run"].update(_run_facts(cfg, data, members, profile, name, out_root / name, device, world,
+                                            targets_cached, history, started))
+            with stage("report"):
+                write_outputs(cfg, data, members, student, report, tmp_dir, out_root / name, name)
+        finally:  # an exception, Ctrl-C or SIGTERM anywhere in this window leaves nothing behind
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-    report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
-    report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
-    report["run"].update(_run_facts(cfg, data, members, profile, name, out_root / name, device, world, targets_cached,
-                                    history, started))
-    write_outputs(cfg, data, members, student, report, tmp_dir, out_root / name, name)
     return report
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Turn an unexpected exception inside the stage ``name`` into an ``InternalError`` that names the
+    stage and points to its saved traceback; the user's errors (InputError, a failed check) and
+    interruptions pass through unchanged."""
+    try:
+        yield
+    except (InputError, ValidationFailed, InternalError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise InternalError(name, f"{type(exc).__name__}: {first}", save_traceback(name)) from exc
+
+
+def save_traceback(stage_name: str) -> str | None:
+    """Write the current exception's traceback to a file (under the cache's ``errors/``, else the temp
+    folder) and return its path, so the one-line error can point to it."""
+    import traceback
+
+    text = traceback.format_exc()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    for folder in (lambda: cache_dir("errors"), lambda: Path(tempfile.gettempdir())):
+        try:
+            path = folder() / f"compress-{stamp}-{os.getpid()}-{re.sub(r'[^a-z]+', '-', stage_name)}.txt"
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            continue
+    return None
 
 
 def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: dict | None, name: str, final_dir: Path,

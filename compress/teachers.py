@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from compress import models
-from compress.core.cache import cache_dir, content_key, file_sha256, state_dict_sha256
+from compress.core.cache import (cache_dir, content_key, file_sha256, read_verified, state_dict_sha256, torch_load,
+                                  write_entry)
 from compress.core.errors import InputError
 from compress.train import fit, pick_device, predict_logits
 
@@ -186,6 +187,18 @@ def load_factory(spec: str, **_) -> Teacher:
     return _module_teacher(Path(weights).name, "factory", module, state_dict_sha256(module.state_dict()))
 
 
+def _matching_state(state, module: nn.Module) -> dict:
+    """``state`` when it is a state_dict with exactly ``module``'s names and shapes (checked before anything
+    is copied into the module), else ValueError."""
+    own = module.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        raise ValueError(f"not a state_dict of this {type(module).__name__}")
+    for k, v in own.items():
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
+            raise ValueError(f"weight {k!r} has the wrong shape")
+    return state
+
+
 def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None = None,
                   jitter_pixels: int = 0, on_epoch=None) -> Teacher:
     """Train registry model ``name`` on the labelled training split, or reuse the cached weights."""
@@ -194,19 +207,18 @@ def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None
     module = models.build(name, data.input_shape, data.num_classes)
     key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), epochs, seed, jitter_pixels)
     path = cache_dir("teachers") / f"{name}-{key[:20]}.pt"
-    cached = path.is_file()
+    state = read_verified(path, lambda p: _matching_state(torch_load(p), module))
+    cached = state is not None
     if cached:
-        module.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
+        module.load_state_dict(state)
     else:
         y = torch.as_tensor(data.y_train)
         dev = pick_device(device)
         fit(module, data.x_train, lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
             epochs=epochs, lr=1e-3, weight_decay=1e-4, seed=seed, device=dev, jitter_pixels=jitter_pixels,
             on_epoch=on_epoch)
-        from compress.core.atomic import atomic_path
-
-        with atomic_path(path) as tmp:
-            torch.save(module.cpu().state_dict(), str(tmp))
+        weights = module.cpu().state_dict()
+        write_entry(path, lambda tmp: torch.save(weights, str(tmp)))
     return _module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
 
 
@@ -300,21 +312,34 @@ def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data
     """Ensemble soft targets for the transfer set, computed once and cached as a memory-mapped .npy.
 
     The key is (member fingerprints, transfer-set content hash, T): changing any of them recomputes.
-    Returns (read-only memmap, whether it came from the cache).
+    Returns (read-only memmap, whether it came from the cache). The entry's checksum is verified on every
+    read: a damaged one is recomputed. When the cache cannot be written (disk full), the targets are
+    returned from memory (read-only) instead.
     """
     key = content_key("soft-targets", [m.fingerprint for m in members], data_key, float(temperature))
     path = cache_dir("soft-targets") / f"{key[:32]}.npy"
-    cached = path.is_file()
-    if not cached:
-        from compress.core.atomic import atomic_path
 
-        probs = ensemble_probs(members, x, temperature)
-        if not np.isfinite(probs).all():
-            raise InputError("teacher ensemble: soft targets contain NaN or infinity; expected finite probabilities")
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, probs)
-    return np.load(path, mmap_mode="r"), cached
+    def load(p: Path) -> np.ndarray:
+        targets = np.load(p, mmap_mode="r", allow_pickle=False)
+        if targets.ndim != 2 or len(targets) != len(x) or targets.dtype != np.float32:
+            raise ValueError(f"holds {targets.dtype} {tuple(targets.shape)}, expected float32 ({len(x)}, classes)")
+        return targets
+
+    targets = read_verified(path, load)
+    if targets is not None:
+        return targets, True
+    probs = ensemble_probs(members, x, temperature)
+    if not np.isfinite(probs).all():
+        raise InputError("teacher ensemble: soft targets contain NaN or infinity; expected finite probabilities")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, probs)
+
+    if write_entry(path, write):
+        return np.load(path, mmap_mode="r"), False
+    probs.flags.writeable = False
+    return probs, False
 
 
 def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str | None = None,

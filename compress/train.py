@@ -6,6 +6,7 @@ What differs between the two is only the per-batch loss, passed in as ``batch_lo
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Callable
@@ -13,6 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from compress.core.errors import TrainingDiverged
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -63,11 +66,61 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    from compress.core.atomic import atomic_path
+CHECKPOINT_FORMAT = 2  # bump when the checkpoint's contents change (older ones are discarded and recomputed)
+_CHECKPOINT_KEYS = ("model", "optimizer", "schedule", "history", "order_rng", "torch_rng", "numpy_rng", "python_rng")
 
-    with atomic_path(path) as tmp:
-        torch.save(state, str(tmp))
+
+def _rng_states(order_rng: torch.Generator, device: torch.device) -> dict:
+    """Every RNG state that decides the next epoch, as tensors, lists and numbers (``weights_only`` loads
+    them: nothing in a checkpoint is unpickled as code)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    states = {"order_rng": order_rng.get_state(), "torch_rng": torch.get_rng_state(),
+              "numpy_rng": [str(np_name), np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+              "python_rng": [int(py_version), list(py_internal), py_gauss]}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(state: dict, order_rng: torch.Generator, device: torch.device) -> None:
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy_rng"]
+    py_version, py_internal, py_gauss = state["python_rng"]
+    numpy_state = (str(np_name), np.asarray(np_keys, dtype=np.uint32), int(np_pos), int(np_has_gauss), float(np_gauss))
+    python_state = (int(py_version), tuple(int(v) for v in py_internal), None if py_gauss is None else float(py_gauss))
+    order_rng.set_state(state["order_rng"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The training checkpoint at ``path`` (on the CPU), or None when there is none or it was discarded.
+
+    Read through the cache's checksum (``read_verified``) and with ``weights_only=True``: a planted pickle
+    never runs, and a damaged, foreign or older-format file is discarded with one warning line.
+    """
+    from compress.core.cache import read_verified, torch_load
+
+    def load(p: Path) -> dict:
+        state = torch_load(p)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a format-{CHECKPOINT_FORMAT} training checkpoint")
+        missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+        if missing or not all(isinstance(h, float) for h in state["history"]):
+            raise ValueError(f"incomplete training checkpoint (missing {', '.join(missing) or 'history'})")
+        return state
+
+    return read_verified(path, load)
+
+
+def _save_checkpoint(path: Path, state: dict) -> bool:
+    """Write the checkpoint and its checksum; False (after one warning line) when it cannot be written."""
+    from compress.core.cache import write_entry
+
+    return write_entry(path, lambda tmp: torch.save(state, str(tmp)))
 
 
 def fit(
@@ -90,10 +143,13 @@ def fit(
     """Train ``model`` in place with a cosine learning-rate schedule; returns per-epoch mean loss.
 
     With ``checkpoint``, everything that decides the next epoch (weights, optimizer and schedule state,
-    the shuffling generator, torch's RNG) is saved after every epoch, and a later call with the same
-    path continues after the last saved epoch: an interrupted run resumes and ends bit-identical to an
-    uninterrupted one. With ``data_parallel`` (under ``torchrun``) each process takes its share of every
-    batch and DistributedDataParallel averages the gradients; rank 0 writes the checkpoint. Teachers are
+    the shuffling generator, torch's, numpy's and Python's RNGs) is saved after every epoch, and a later
+    call with the same path continues after the last saved epoch: an interrupted run resumes and ends
+    bit-identical to an uninterrupted one. The checkpoint holds only tensors, lists and numbers, is loaded
+    with ``weights_only=True`` and checked against its sha256; a damaged one (or one that does not fit this
+    model) is discarded with one warning line and training starts over. When it cannot be written (disk
+    full), training goes on without it after one warning line. With ``data_parallel`` (under
+    ``torchrun``) each process takes its share of every batch and DistributedDataParallel averages the gradients; rank 0 writes the checkpoint. Teachers are
     trained by rank 0 alone, so it is opt-in.
     """
     device = device or pick_device()
@@ -105,42 +161,78 @@ def fit(
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     x_all = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(device)  # small data sets live on the device
     order_rng = torch.Generator().manual_seed(seed)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
-    steps_per_epoch = max(1, -(-len(x_all) // batch_size))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    total_steps = epochs * max(1, -(-len(x_all) // batch_size))
+    opt, schedule = _optimizer_and_schedule(model, optimizer, lr, weight_decay, total_steps)
     history: list[float] = []
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(str(checkpoint), map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        order_rng.set_state(state["order_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        history = list(state["history"])
+    if checkpoint is not None:
+        history, opt, schedule = _resume(checkpoint, model, opt, schedule, order_rng, device, seed,
+                                         lambda: _optimizer_and_schedule(model, optimizer, lr, weight_decay, total_steps))
+    saving = checkpoint is not None and rank == 0
     for epoch in range(len(history), epochs):
-        order = torch.randperm(len(x_all), generator=order_rng).numpy()
-        total, seen = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
-        for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start:start + batch_size])  # sorted: friendlier to memory-mapped targets
-            xb = jitter(x_all[torch.as_tensor(idx, device=device)], jitter_pixels, order_rng)
-            if world > 1:  # this process's share of the batch; DDP averages the gradients
-                xb, idx = xb[rank::world], idx[rank::world]
-            loss = batch_loss(trained(xb), idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
-        history.append(float(total) / max(seen, 1))
-        if checkpoint is not None and rank == 0:
-            _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                          "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(),
-                                          "torch_rng": torch.get_rng_state(), "history": history})
+        history.append(_epoch(trained, x_all, batch_loss, opt, schedule, order_rng, batch_size, jitter_pixels,
+                              rank, world))
+        if not math.isfinite(history[-1]):  # stop before a diverged epoch is checkpointed or exported
+            raise TrainingDiverged(f"training diverged at epoch {epoch + 1}/{epochs}: the mean loss is "
+                                   f"{history[-1]}; nothing was exported (lower --lr, or another --optimizer)")
+        if saving:  # after a failed write (one warning) the run goes on without checkpoints
+            saving = _save_checkpoint(checkpoint, {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                                                   "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+                                                   "history": list(history), **_rng_states(order_rng, device)})
         if on_epoch:
             on_epoch(epoch, history[-1])
     model.eval()
     return history
+
+
+def _optimizer_and_schedule(model: nn.Module, optimizer: str, lr: float, weight_decay: float, total_steps: int):
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+
+def _resume(checkpoint: Path, model: nn.Module, opt, schedule, order_rng: torch.Generator, device, seed: int,
+            fresh: Callable) -> tuple[list[float], object, object]:
+    """Continue from ``checkpoint`` when it holds a verified state of this run: (history, optimizer,
+    schedule). A verified checkpoint that does not fit (e.g. another model) is discarded and training
+    starts over from the initial weights and seeds, as if it were absent."""
+    state = load_checkpoint(checkpoint)
+    if state is None:
+        return [], opt, schedule
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        _set_rng_states(state, order_rng, device)
+        return list(state["history"]), opt, schedule
+    except Exception as exc:  # verified but not this run's
+        from compress.core.cache import discard, one_line
+
+        discard(checkpoint, f"does not fit this training run: {one_line(exc)}")
+        model.load_state_dict(initial)
+        seed_everything(seed)
+        order_rng.manual_seed(seed)
+        opt, schedule = fresh()
+        return [], opt, schedule
+
+
+def _epoch(trained: nn.Module, x_all: torch.Tensor, batch_loss: Callable, opt, schedule, order_rng: torch.Generator,
+           batch_size: int, jitter_pixels: int, rank: int, world: int) -> float:
+    """One pass over the shuffled data; the mean loss (summed on the device: no host sync per step)."""
+    order = torch.randperm(len(x_all), generator=order_rng).numpy()
+    total, seen = torch.zeros((), device=x_all.device), 0
+    for start in range(0, len(order), batch_size):
+        idx = np.sort(order[start:start + batch_size])  # sorted: friendlier to memory-mapped targets
+        xb = jitter(x_all[torch.as_tensor(idx, device=x_all.device)], jitter_pixels, order_rng)
+        if world > 1:  # this process's share of the batch; DDP averages the gradients
+            xb, idx = xb[rank::world], idx[rank::world]
+        loss = batch_loss(trained(xb), idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        total += loss.detach() * len(idx)
+        seen += len(idx)
+    return float(total) / max(seen, 1)
 
 
 @torch.no_grad()

@@ -370,3 +370,194 @@ def test_bad_recipe(tmp_path, env, text, message):
     recipe = tmp_path / "compress.toml"
     recipe.write_text(text)
     run_bad(["--recipe", recipe], cwd=tmp_path, env=env, must=(f"{recipe}: {message}",), cheap=False)
+
+
+# --- 11. data that would be silently wrong (issue 13) -----------------------------------------------------
+
+def _images(root: Path, classes, n: int = 4) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def _wavs(folder: Path, names) -> Path:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        sf.write(folder / name, (rng.normal(size=800) * 0.1).astype(np.float32), 8000, subtype="PCM_16")
+    return folder
+
+
+def _npz(path: Path, **arrays) -> Path:
+    rng = np.random.default_rng(0)
+    base = {"x_train": rng.normal(size=(40, 12)).astype(np.float32), "y_train": np.arange(40) % 3,
+            "x_test": rng.normal(size=(12, 12)).astype(np.float32), "y_test": np.arange(12) % 3}
+    base.update(arrays)
+    np.savez(path, **{k: v for k, v in base.items() if v is not None})
+    return path
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    path.write_bytes(bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+                     + arr.astype(np.uint8).tobytes())
+
+
+def _bad_labels(kind: str, root: Path) -> Path:
+    takes = range(6)
+    if kind == "image-folder-newline":
+        return _images(root / "d", ["a\nb", "c"])
+    if kind == "npz-tab":
+        return _npz(root / "d.npz", labels=np.array(["cat\tdog", "fox", "owl"]))
+    if kind == "npz-space":
+        return _npz(root / "d.npz", labels=np.array([" cat", "fox", "owl"]))
+    if kind == "npz-duplicate":
+        return _npz(root / "d.npz", labels=np.array(["cat", "fox", "cat"]))
+    if kind == "audio-name-tab":
+        return _wavs(root / "d", [f"{label}_sp_{i}.wav" for label in ("a\tb", "c") for i in takes])
+    if kind == "audio-folder-newline":
+        for label in ("a\nb", "c"):
+            _wavs(root / "d" / label, [f"{i}.wav" for i in takes])
+        return root / "d"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind, must", [
+    ("image-folder-newline", ("label 'a\\nb' from the class folder names", "contains a line break")),
+    ("npz-tab", ("label 'cat\\tdog' from the 'labels' array", "contains a tab")),
+    ("npz-space", ("label ' cat' from the 'labels' array", "leading or trailing whitespace")),
+    ("npz-duplicate", ("label 'cat' from the 'labels' array", "appears more than once")),
+    ("audio-name-tab", ("label 'a\\tb' from the file names (label_pattern '{label}_{speaker}_{index}')", "contains a tab")),
+    ("audio-folder-newline", ("label 'a\\nb' from the class folder names", "contains a line break")),
+])
+def test_label_that_would_break_labels_txt(tmp_path, env, kind, must):
+    """A label is one line of labels.txt: printable, no line/field separators, no surrounding spaces, unique."""
+    data = _bad_labels(kind, tmp_path)
+    line = run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env, must=(f"{data}: ", *must))
+    assert "expected printable" in line
+
+
+def test_empty_class_folders_are_refused(tmp_path, env):
+    data = _images(tmp_path / "d", ["a", "b"])
+    (data / "c").mkdir()
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{data / 'c'}: class folder has no image files", "expected at least one sample per class"))
+
+
+def test_empty_audio_class_folders_are_refused(tmp_path, env):
+    data = tmp_path / "d"
+    for label in ("left", "right"):
+        _wavs(data / label, [f"{i}.wav" for i in range(5)])
+    (data / "up").mkdir()
+    (data / "up" / "notes.txt").write_text("no audio here")
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{data / 'up'}: class folder has no audio files", "expected at least one sample per class"))
+
+
+@pytest.mark.parametrize("kind", ["image-class", "image-file", "audio-class", "audio-file"])
+def test_symlinks_out_of_the_data_root_are_refused(tmp_path, env, kind):
+    """Links that stay inside the data root are followed; a class folder or sample file resolving outside it is refused."""
+    data = tmp_path / "d"
+    if kind.startswith("image"):
+        _images(data, ["a", "b"])
+        _images(tmp_path / "elsewhere", ["x"])
+        sample = "0.png"
+    else:
+        for label in ("a", "b"):
+            _wavs(data / label, [f"{i}.wav" for i in range(5)])
+        _wavs(tmp_path / "elsewhere" / "x", ["0.wav"])
+        sample = "0.wav"
+    link = data / "x" if kind.endswith("class") else data / "a" / f"9{Path(sample).suffix}"
+    link.symlink_to(tmp_path / "elsewhere" / "x" / ("" if kind.endswith("class") else sample))
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{link}: symbolic link resolves outside the data root {data}", "expected"))
+
+
+def test_symlinks_inside_the_data_root_are_followed(tmp_path):
+    from compress.data import load_data
+
+    data = _images(tmp_path / "d", ["a", "b"])
+    (data / "a" / "9.png").symlink_to(data / "b" / "0.png")
+    ds = load_data(str(data))
+    assert ds.labels == ["a", "b"] and len(ds.x_train) + len(ds.x_test) == 9
+
+
+def test_idx_labels_that_skip_classes(tmp_path, env):
+    """One label of 200 among 0..9 would make a 201-output model with 190 classes nobody has seen."""
+    rng = np.random.default_rng(0)
+    y_train = np.arange(30) % 10
+    y_train[7] = 200
+    _idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 255, (30, 8, 8)))
+    _idx(tmp_path / "train-labels-idx1-ubyte", y_train)
+    _idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (10, 8, 8)))
+    _idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(10))
+    run_bad(["--data", tmp_path, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{tmp_path / 'train-labels-idx1-ubyte'}: label value(s) 200 leave class index(es) 10..199 "
+                  "with no training sample", "expected integer labels contiguous from 0"))
+
+
+def test_npz_labels_that_skip_classes(tmp_path, env):
+    data = _npz(tmp_path / "gap.npz", y_train=np.array([0, 1, 2, 5] * 10), y_test=np.array([0, 1, 2, 5] * 3))
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{data} (train labels): label value(s) 5 leave class index(es) 3..4 with no training sample",
+                  "expected integer labels contiguous from 0", "'labels' array"))
+
+
+def test_a_label_list_may_name_classes_missing_from_training(tmp_path):
+    """The omitted-class experiment: a label list says there are 4 classes though class 3 has no training sample."""
+    from compress.data import load_data
+
+    data = _npz(tmp_path / "omitted.npz", y_test=np.arange(12) % 4, labels=np.array(["a", "b", "c", "d"]))
+    assert load_data(str(data)).num_classes == 4
+
+
+@pytest.mark.parametrize("kind", ["image-folder", "npz"])
+def test_single_class_data_set(tmp_path, env, kind):
+    if kind == "image-folder":
+        data = _images(tmp_path / "one", ["only"], n=10)
+    else:
+        data = _npz(tmp_path / "one.npz", y_train=np.zeros(40, int), y_test=np.zeros(12, int))
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{data}: ", "expected at least 2 classes"))
+
+
+@pytest.mark.parametrize("flag, value", [("--limit-train", "0"), ("--limit-train", "-1"), ("--limit-test", "-300")])
+def test_sample_limits_below_one(tmp_path, env, flag, value):
+    run_bad(["--teacher", "mlp-small", "--teacher-epochs", "1", "--epochs", "1", "--latency-runs", "3", flag, value],
+            cwd=tmp_path, env=env, cheap=False, must=(f"{flag} {value}: expected an integer >= 1",))
+
+
+@pytest.mark.parametrize("option, value", [("limit_train", 0), ("limit_train", -1), ("limit_test", -300),
+                                           ("limit_test", 2.5), ("limit_train", True)])
+def test_sample_limits_below_one_in_load_data(option, value):
+    """``load_data`` checks the limits itself (``compress validate`` passes a recipe's limits straight to it)."""
+    from compress.data import load_data
+
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(InputError, match=f"^{flag} {value}: expected an integer >= 1"):
+        load_data(None, **{option: value})
+
+
+@pytest.mark.parametrize("array, value, must", [
+    ("x_train", 1e308, ("(x_train): 1 value(s) not finite after conversion to float32", "1e+308")),
+    ("x_test", np.nan, ("(x_test): 1 value(s) not finite after conversion to float32", "1 NaN")),
+])
+def test_values_that_are_not_finite_as_float32(tmp_path, env, array, value, must):
+    x = np.random.default_rng(0).normal(size=(40 if array == "x_train" else 12, 12))
+    x[3, 4] = value
+    data = _npz(tmp_path / "big.npz", **{array: x})
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(str(data), *must, "expected finite numbers"))
+
+
+def test_class_too_small_for_a_stratified_split(tmp_path, env):
+    """One image per class cannot be split 80/20 by class: exit 2 naming the folder, not sklearn's traceback."""
+    data = _images(tmp_path / "tiny", ["a", "b"], n=1)
+    run_bad(["--data", data, "--teacher", "mlp-small"], cwd=tmp_path, env=env,
+            must=(f"{data}: cannot make a stratified 0.2 test split of 2 samples", "expected at least 2 samples per class"))

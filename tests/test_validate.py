@@ -171,3 +171,139 @@ def test_unmeasured_budget_semantics():
     assert not explicit["passed"] and not explicit["checked"] and "--max-latency-ms" in explicit["detail"]
     (drop,) = check_budgets({"accuracy_drop": 1.0}, {"max_accuracy_drop": 1.0})
     assert drop["passed"] and drop["unit"] == "points"
+
+
+# --- issue 13: measure, not recall -------------------------------------------------------------------------------
+
+def scaled_copy(source, dest, factor):
+    """``source`` with every float initializer (weights and biases) multiplied by ``factor``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(model, str(dest))
+    return dest
+
+
+def test_reference_parity_breach_exits_1_and_identical_file_passes(folder, tmp_path):
+    scaled = scaled_copy(folder / "model.onnx", tmp_path / "scaled.onnx", 1.5)
+    original = folder / "model.onnx"
+    proc = compress("validate", str(scaled), "--data", "digits", "--reference", str(original), "--max-logit-diff",
+                    "1e-4", "--json", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("check failed:")]
+    assert len(failed) == 1 and "output parity vs reference model.onnx" in failed[0] and "bound 1e-04" in failed[0]
+    report = json.loads(proc.stdout)
+    data_x = __import__("compress.data", fromlist=["load_data"]).load_data("digits").x_test
+    expected = np.abs(ort_logits(scaled, data_x).astype(np.float64) - ort_logits(original, data_x)).max()
+    par = report["rows"][-1]["parity"]
+    assert par["max_abs_diff"] == pytest.approx(expected, rel=1e-5) and par["passed"] is False
+    assert par["tolerance"] == {"max_abs": 1e-4} and {"p99_abs_diff", "max_rel_diff", "top1_agreement"} <= set(par)
+    ref = report["reference"]
+    assert ref["relation"] == "different model" and ref["bound"] == {"max_abs": 1e-4}
+    assert ref["bound_source"] == "--max-logit-diff"
+    # without --max-logit-diff a file not shown to be the artifact's float twin gets agreement only, said so
+    proc = compress("validate", str(scaled), "--data", "digits", "--reference", str(original), "--json",
+                    "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["reference"]["bound"] is None and report["rows"][-1]["parity"] is None
+    assert any("agreement only" in n for n in report["notes"])
+    # the original against itself: measured, held to the per-variant default (fp32), exit 0
+    proc = compress("validate", str(original), "--data", "digits", "--reference", str(original), "--json",
+                    "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    par = report["rows"][-1]["parity"]
+    assert par["max_abs_diff"] == 0.0 and par["top1_agreement"] == 1.0 and par["passed"] is True
+    assert report["reference"]["relation"] == "identical file" and report["reference"]["bound"] == {"max_abs": 1e-4}
+    assert any(c["name"].startswith("output parity vs reference model.onnx") and c["passed"] for c in report["checks"])
+    proc = compress("validate", str(original), "--data", "digits", "--reference", str(original), "--max-logit-diff",
+                    "1e-4", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_max_logit_diff_needs_one_reference_model(folder, tmp_path):
+    proc = compress("validate", str(folder / "model.onnx"), "--data", "digits", "--max-logit-diff", "1e-4",
+                    cwd=tmp_path)
+    assert proc.returncode == 2 and "--max-logit-diff" in proc.stderr and "--reference" in proc.stderr
+    proc = compress("validate", str(folder), "--max-logit-diff", "1e-4", cwd=tmp_path)  # three teachers
+    assert proc.returncode == 2 and "--max-logit-diff" in proc.stderr and "one reference" in proc.stderr
+    proc = compress("validate", str(folder), "--max-logit-diff", "-1", cwd=tmp_path)
+    assert proc.returncode == 2 and "--max-logit-diff -1" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def fp16_folder(folder):
+    """The same student as ``folder`` (same recipe, cached student), exported as fp16 ONNX beside it."""
+    from compress.pipeline import RunConfig, run
+
+    report = run(RunConfig(target="onnx", quantize="fp16", epochs=5, teacher_epochs=2, limit_train=600,
+                           out=str(folder.parent)), quiet=True)
+    return Path(report["run"]["out_dir"])
+
+
+def test_float_twin_reference_gets_the_per_variant_bound(folder, fp16_folder, tmp_path):
+    from compress.export.registry import tolerance_for
+
+    proc = compress("validate", str(fp16_folder), "--reference", str(folder), "--json", "--latency-runs", "3",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    ref = report["reference"]
+    assert ref["relation"] == "float twin" and ref["variant"] == "fp16"
+    assert ref["bound"] == tolerance_for("onnx", "fp16") and "fp16" in ref["bound_source"]
+    from compress.data import load_data
+
+    x = load_data(None, limit_train=600).x_test
+    expected = np.abs(ort_logits(fp16_folder / "model.onnx", x).astype(np.float64)
+                      - ort_logits(folder / "model.onnx", x)).max()
+    par = report["rows"][-1]["parity"]
+    assert 0 < par["max_abs_diff"] == pytest.approx(expected, rel=1e-5) and par["passed"]
+    # an explicit bound replaces the default: fp16 rounding breaches 1e-6
+    proc = compress("validate", str(fp16_folder), "--reference", str(folder / "model.onnx"), "--max-logit-diff",
+                    "1e-6", "--json", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 1 and "check failed: output parity vs reference model.onnx (float twin)" in proc.stderr
+
+
+def test_swapped_model_fails_sha_and_rows_show_only_what_was_measured(folder, tmp_path):
+    swapped = tmp_path / "swapped"
+    shutil.copytree(folder, swapped)
+    recorded = next(r for r in json.loads((folder / "report.json").read_text())["rows"]
+                    if r["role"] == "student" and r["size_bytes"])["parity"]
+    scaled_copy(folder / "model.onnx", swapped / "model.onnx", 1.5)
+    proc = compress("validate", str(swapped), "--json", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    sha = next(c for c in report["checks"] if c["name"] == "artifact matches manifest.json")
+    assert sha["passed"] is False and "DIFFERS" in sha["detail"]
+    student = report["rows"][-1]
+    assert student["parity"] != recorded and student["parity"] is None  # nothing measured parity in this run
+    assert report["recorded"]["source"] == "report.json" and report["recorded"]["parity"] == recorded
+    assert report["recorded"]["describes_this_file"] is False
+    # an export-time value shown at all is named as recorded, never as measured
+    assert all("recorded" in c["name"] for c in report["checks"] if "torch student" in c["name"])
+    # the untouched folder: the recorded parity is carried as a check labelled recorded, not as a row value
+    proc = compress("validate", str(folder), "--json", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["rows"][-1]["parity"] is None and report["recorded"]["describes_this_file"] is True
+    assert any(c["name"].startswith("parity vs torch student (recorded at export") for c in report["checks"])
+
+
+def test_manifest_without_a_sha256_for_the_model_is_a_failed_check(folder, tmp_path):
+    copy = tmp_path / "no-sha"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["model.onnx"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = compress("validate", str(copy), "--json", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "check failed: artifact matches manifest.json: manifest has no sha256 for model.onnx" in proc.stderr
+    del manifest["files"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = compress("validate", str(copy), "--json", "--latency-runs", "3", cwd=tmp_path)
+    assert proc.returncode == 1 and "manifest has no sha256 for model.onnx" in proc.stderr

@@ -7,11 +7,46 @@ place only when complete. On any exception the temporary is removed and the old 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+# Temporary siblings carry the writer's pid (".<name>.<pid>.<random>.tmp"), so a later run can tell the
+# leftovers of a killed process (SIGKILL leaves no chance to clean up) from a live writer's work.
+STALE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of ``name`` written by this process."""
+    return f".{name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(folder: Path | str) -> list[Path]:
+    """Remove temporary siblings (and ``.old-<pid>`` folders) left in ``folder`` by processes that no
+    longer run; returns what was removed. Live writers' temporaries are left alone."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = STALE.match(entry.name) or re.match(r"^\..+\.old-(\d+)$", entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            _remove(entry)
+            removed.append(entry)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -30,7 +65,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp
@@ -41,19 +76,36 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def locked(final: Path) -> Iterator[None]:
+    """An exclusive lock across processes on the folder that holds ``final`` (``flock`` on the folder
+    itself, so no lock file is left behind): two writers replacing the same output take turns instead of
+    racing on the rename of the old folder."""
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def replace_path(src: Path, final: Path) -> None:
-    """Move ``src`` over ``final``; a folder replaces a folder via a rename of the old one aside."""
-    if final.is_dir() and not final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        try:
+    """Move ``src`` over ``final``; a folder replaces a folder via a rename of the old one aside. Safe
+    when several processes replace the same ``final``: the last one wins, nothing is left behind."""
+    final = Path(final)
+    with locked(final):
+        if final.is_dir() and not final.is_symlink():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            _remove(old)
+            os.replace(final, old)
+            try:
+                os.replace(src, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+            _remove(old)
+        else:
             os.replace(src, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        _remove(old)
-    else:
-        os.replace(src, final)
 
 
 def write_bytes(final: Path | str, data: bytes) -> Path:

@@ -16,13 +16,18 @@ import numpy as np
 FP32_PARITY_TOLERANCE = 1e-4  # max abs logit difference for an fp32 artifact vs its torch source
 
 
+def _finite_rows(logits: np.ndarray) -> np.ndarray:
+    return np.isfinite(logits).all(axis=1)
+
+
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
+    """Top-1 accuracy; a row with a NaN or infinite score counts as wrong (argmax of NaN is not a class)."""
+    return float(np.mean((np.argmax(logits, axis=1) == labels) & _finite_rows(logits)))
 
 
 def agreement(logits: np.ndarray, reference_pred: np.ndarray) -> float:
-    """Fraction of samples where top-1 matches the reference's top-1."""
-    return float(np.mean(np.argmax(logits, axis=1) == reference_pred))
+    """Fraction of samples where top-1 matches the reference's top-1 (non-finite rows never agree)."""
+    return float(np.mean((np.argmax(logits, axis=1) == reference_pred) & _finite_rows(logits)))
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float | dict = FP32_PARITY_TOLERANCE) -> dict:
@@ -31,6 +36,10 @@ def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float | dict
     if reference.shape != candidate.shape:
         return {"max_abs_diff": None, "top1_agreement": None, "tolerance": spec, "passed": False,
                 "detail": f"output shape {candidate.shape} differs from the torch model's {reference.shape}"}
+    bad = int(np.size(candidate) - np.isfinite(candidate).sum()) + int(np.size(reference) - np.isfinite(reference).sum())
+    if bad:  # NaN compares as neither close nor far: never report agreement on it
+        return {"max_abs_diff": None, "top1_agreement": None, "tolerance": spec, "passed": False,
+                "detail": f"{bad} non-finite (NaN or infinite) output value(s): nothing to compare"}
     ref = reference.astype(np.float64)
     diff = np.abs(ref - candidate.astype(np.float64))
     measured = {

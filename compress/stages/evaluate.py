@@ -16,7 +16,7 @@ import torch
 
 from compress import models
 from compress.core import metrics
-from compress.core.cache import cache_dir, path_size
+from compress.core.cache import cache_dir, path_size, read_verified, write_entry
 from compress.core.errors import InputError
 from compress.core.runner import Runner
 from compress.core.versions import versions
@@ -61,13 +61,15 @@ def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | No
         return None
     backend = TARGETS[target]
     path = cache_dir(f"teacher-{target}") / f"{member.fingerprint[:32]}{backend.suffix}"
-    if not path.exists():
+    if read_verified(path, lambda p: p) is None:  # missing, or damaged (discarded with a warning): export it
         info = ModelInfo(name=member.name, labels=data.labels, normalization=data.normalization,
                          description=f"teacher member {member.name}")
         try:
-            backend.export(member.module, torch.as_tensor(data.x_test[:1]), path, info,
-                           **export_options(target, "none"))
+            written = write_entry(path, lambda tmp: backend.export(member.module, torch.as_tensor(data.x_test[:1]),
+                                                                   tmp, info, **export_options(target, "none")))
         except InputError:
+            return None
+        if not written:
             return None
     return path, target
 

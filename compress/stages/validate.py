@@ -16,11 +16,17 @@ and returns a report in the ``compress.report/1`` schema (``rows``, ``checks``, 
 ``budgets`` (``compress.devices.budgets.check_budgets``), ``latency`` (host measurement and the device estimate)
 and ``peak_memory`` (``compress.devices.peak_memory``). ``passed`` is true when every check and budget passed.
 
-Parity: a parity bound compares the same model in two runtimes. The reference here is a teacher (a
-different model), so against it ``validate`` reports agreement, not parity. In a folder, the artifact's
-parity with the torch student was measured at export time: ``validate`` carries that result from
-``report.json`` as a check, verifies the artifact's sha256 against the manifest, and checks that the
-accuracy recorded in ``report.json`` is reproduced in the same runtime.
+Parity is measured, never recalled. With one reference model ``validate`` runs it on the same real test
+inputs and says what it is to the artifact (``report["reference"]``): the "identical file" (same sha256), the
+"float twin" (a model file or folder whose verified compress manifest records the same distilled student,
+target and training settings as the artifact's, in a float variant), a "different model" (e.g. a teacher, or a
+file not shown to be the twin) or the "teacher"/"teacher ensemble" a folder's manifest names. The artifact's
+output parity with it (max and p99 abs, relative difference, top-1 agreement) becomes the row's ``parity`` and
+a check, bounded by ``max_logit_diff`` when given, else by ``tolerance_for(target, variant)`` for an
+identical file (fp32 bound) or a float twin (the artifact's variant, from its manifest); against a different
+model only agreement is reported. In a folder, the sha256 of the artifact is checked against the manifest (a
+missing entry fails), and what ``report.json`` recorded at export is shown in ``report["recorded"]`` (and
+as a check named "... (recorded at export ...)" when it describes this very file), never in a row.
 
 Latency is measured on this host with the profile's threads and labelled so ("measured on this host
 (x86_64), 4 threads"); a device latency is estimated only when the profile's ``[estimate]`` table gives a
@@ -137,7 +143,7 @@ def _arm64_check(artifact: Path, target: str, x: np.ndarray, threads: int, sampl
 
 
 def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, latency_runs, explicit: dict,
-                     min_runtime) -> int:
+                     min_runtime, max_logit_diff=None) -> int:
     """Every option checked before any work; returns the thread count."""
     if prof is not None and prof["runtime"] != target:
         raise InputError(f"--device {prof['name']}: the profile runs {prof['runtime']}, but {artifact.name} is "
@@ -150,6 +156,8 @@ def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, la
     for key, value in explicit.items():
         if value is not None and not value >= 0:
             raise InputError(f"{FLAGS[key]} {value}: expected a number >= 0")
+    if max_logit_diff is not None and not max_logit_diff >= 0:
+        raise InputError(f"--max-logit-diff {max_logit_diff:g}: expected a number >= 0 (max abs logit difference)")
     if min_runtime is not None and "min_runtime" not in TARGETS[target].options:
         raise InputError(f"--min-runtime {min_runtime!r}: only {' and '.join(accepting('min_runtime'))} models have a "
                          f"runtime-version check ({artifact.name} is {target})")
@@ -200,17 +208,42 @@ def _run_artifact(runner, artifact: Path, ds) -> np.ndarray:
     return logits
 
 
-def _reference_row(specs: list, ds, recipe: dict, recipe_like: bool):
-    """The reference teacher(s) on the same test split: (members, row, predictions, accuracy)."""
-    from compress.export.registry import by_suffix
-    from compress.teachers import ensemble_probs, load_teachers
+def _reference_members(specs: list, ds, recipe: dict, recipe_like: bool) -> list:
+    """The reference model(s): teacher specs via ``load_teachers``; one model file of any registered target
+    (e.g. a .tflite or .mlpackage float twin) in that target's runner."""
+    from compress.core.cache import file_sha256
+    from compress.teachers import Teacher, check_members, load_teachers, teacher_format
 
-    members = load_teachers(specs, ds, epochs=int(recipe.get("teacher_epochs", 10)) if recipe_like else 10,
-                            seed=int(recipe.get("seed", 0)) if recipe_like else 0,
-                            jitter_pixels=int(recipe.get("jitter", 0)) if recipe_like else 0)
+    if len(specs) == 1 and by_suffix(specs[0]) is not None and Path(specs[0]).exists():
+        try:
+            teacher_format(specs[0])
+        except InputError:
+            path, backend = Path(specs[0]), by_suffix(specs[0])
+            runner = backend.open(path, 1)
+            member = Teacher(path.name, backend.name, lambda x: validation.batched(runner.predict, x),
+                             file_sha256(path))
+            check_members([member], ds.x_test[:8], ds.num_classes)
+            return [member]
+    return load_teachers(specs, ds, epochs=int(recipe.get("teacher_epochs", 10)) if recipe_like else 10,
+                         seed=int(recipe.get("seed", 0)) if recipe_like else 0,
+                         jitter_pixels=int(recipe.get("jitter", 0)) if recipe_like else 0)
+
+
+def _member_runtime(m) -> str:
+    if m.module is not None:
+        return "torch"
+    backend = TARGETS.get(m.kind) or (by_suffix(m.artifact) if m.artifact is not None else None)
+    return backend.runtime if backend is not None else m.kind
+
+
+def _reference_row(specs: list, ds, recipe: dict, recipe_like: bool):
+    """The reference model(s) on the same test split: (members, row, predictions, accuracy)."""
+    from compress.teachers import ensemble_probs
+
+    members = _reference_members(specs, ds, recipe, recipe_like)
     probs = ensemble_probs(members, ds.x_test)
     ref_pred, ref_acc = np.argmax(probs, axis=1), validation.accuracy(probs, ds.y_test)
-    kinds = {by_suffix(m.artifact).runtime if m.artifact is not None and m.module is None else "torch" for m in members}
+    kinds = {_member_runtime(m) for m in members}
     params = [m.params for m in members]
     row = {"model": "reference (teacher ensemble)" if len(members) > 1 else f"reference {members[0].name}",
            "role": "teacher", "runtime": kinds.pop() if len(kinds) == 1 else "mixed runtimes",
@@ -218,6 +251,118 @@ def _reference_row(specs: list, ds, recipe: dict, recipe_like: bool):
            "params": None if any(p is None for p in params) else int(sum(params)), "macs": None,
            "size_bytes": None, "latency_ms": None, "parity": None}
     return members, row, ref_pred, ref_acc
+
+
+# recipe keys that, with the manifest's student, teachers and data, identify one distilled student
+_SAME_STUDENT_KEYS = ("student", "loss", "temperature", "alpha", "epochs", "lr", "optimizer", "weight_decay",
+                      "batch_size", "seed", "unlabelled", "limit_train", "jitter", "bias_correction", "qat")
+
+
+def _reference_specs(reference: list | None) -> list | None:
+    """``--reference`` values with a folder written by compress replaced by its artifact's path."""
+    if not reference:
+        return reference
+    specs = []
+    for spec in reference:
+        folder = Path(spec)
+        if folder.is_dir() and by_suffix(folder) is None and (folder / "manifest.json").is_file():
+            try:
+                spec = str(folder / json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["artifact"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"--reference {folder}: manifest.json names no artifact ({exc})") from None
+        specs.append(spec)
+    return specs
+
+
+def _verified_manifest(model: Path) -> dict | None:
+    """The compress manifest beside ``model`` that names it as the artifact with its current sha256, or None."""
+    from compress.core.cache import file_sha256
+
+    try:
+        manifest = json.loads((model.parent / "manifest.json").read_text(encoding="utf-8"))
+        entry = manifest["files"][model.name] if manifest["artifact"] == model.name else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest if entry and entry.get("sha256") == file_sha256(model) else None
+
+
+def _variant(manifest: dict) -> str | None:
+    """The numeric form the manifest's recipe exported ("fp32", "fp16", "int8", ...), or None."""
+    from compress.export.registry import variant_name
+
+    recipe, backend = manifest.get("recipe") or {}, TARGETS.get(manifest.get("target"))
+    if backend is None:
+        return None
+    options = {**backend.defaults, **{k: recipe[k] for k in backend.options if recipe.get(k)},
+               "scheme": recipe.get("quantize") or "none"}
+    try:
+        return variant_name(backend.name, options)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _relation(specs: list, artifact: Path, target: str, from_manifest: bool) -> tuple[str, str, str | None]:
+    """(relation, why, variant whose bound applies): what the reference is to the artifact."""
+    from compress.core.cache import file_sha256
+
+    if from_manifest:
+        return ("teacher" if len(specs) == 1 else "teacher ensemble",
+                "the teacher(s) manifest.json names: a different model", None)
+    if len(specs) != 1:
+        return "teacher ensemble", f"an ensemble of {len(specs)} reference models", None
+    ref = Path(specs[0])
+    if by_suffix(ref) is None or by_suffix(ref).name != target or not ref.exists():
+        return "different model", f"{ref.name} is not a model file of target {target!r}", None
+    own = _verified_manifest(artifact)
+    own_variant = _variant(own) if own else None
+    if file_sha256(ref) == file_sha256(artifact):
+        return "identical file", f"{ref} has the artifact's sha256 (the same file)", "fp32"
+    theirs = _verified_manifest(ref)
+    backend = TARGETS[target]
+    floats = {"fp32", backend.int8_fallback.reference_variant if backend.int8_fallback else "fp32"}
+    if own and theirs and own_variant and _variant(theirs) in floats and all(
+            own.get(k) == theirs.get(k) for k in ("target", "student", "teachers", "data")) and all(
+            (own.get("recipe") or {}).get(k) == (theirs.get("recipe") or {}).get(k) for k in _SAME_STUDENT_KEYS):
+        return ("float twin", f"{ref} is the {_variant(theirs)} export of the same distilled student as this "
+                              f"{own_variant} artifact (both manifests verified by sha256)", own_variant)
+    return ("different model", f"{ref.name} is not shown to be this artifact's float twin (that needs the same "
+                               f"file, or both exported by compress from the same student)", None)
+
+
+def _reference_relation(specs: list, artifact: Path, target: str, from_manifest: bool, max_logit_diff) -> dict:
+    """``report["reference"]``: what the reference is, and which parity bound applies (None: agreement only)."""
+    from compress.export.registry import tolerance_for
+
+    if max_logit_diff is not None and len(specs) != 1:
+        raise InputError(f"--max-logit-diff: compares the artifact's logits with one reference model; "
+                         + (f"the reference is an ensemble of {len(specs)}; give one --reference" if specs else
+                            "give --reference (the float export of this model, or a teacher .onnx)"))
+    relation, why, variant = _relation(specs, artifact, target, from_manifest)
+    bound, source = None, ("none: agreement only" + (" (give --max-logit-diff to bound the logit difference)"
+                                                     if len(specs) == 1 else ""))
+    if max_logit_diff is not None:
+        bound, source = {"max_abs": float(max_logit_diff)}, "--max-logit-diff"
+    elif variant is not None:
+        try:
+            bound = tolerance_for(target, variant)
+            source = f"default for {target} {variant} (compress.export.registry.tolerance_for)"
+        except KeyError:
+            source = f"none: no parity tolerance for {target} {variant} (give --max-logit-diff)"
+    return {"specs": list(specs), "relation": relation, "why": why, "variant": variant, "bound": bound,
+            "bound_source": source}
+
+
+def _reference_parity(relation: dict, members: list, ds, logits: np.ndarray, checks: list) -> dict | None:
+    """The artifact's output parity with the one reference on the same test inputs (None: no bound applies)."""
+    if relation["bound"] is None:
+        return None
+    par = validation.parity(members[0].logits(ds.x_test), logits, relation["bound"])
+    par.update(reference=members[0].name, relation=relation["relation"], bound_source=relation["bound_source"])
+    checks.append({"name": f"output parity vs reference {members[0].name} ({relation['relation']})",
+                   "passed": par["passed"],
+                   "detail": f"{validation.describe_parity(par)} on {len(ds.x_test)} real test samples; "
+                             f"bound: {relation['bound_source']}"})
+    return par
 
 
 def _latency_and_memory(backend, runner, artifact: Path, x: np.ndarray, threads: int, latency_runs: int,
@@ -255,20 +400,30 @@ def _latency_and_memory(backend, runner, artifact: Path, x: np.ndarray, threads:
     return lat, latency, mem, mem_note
 
 
-def _recorded_checks(path: Path, artifact: Path, manifest: dict, ds, data, lt, recipe: dict, accuracy: float,
-                     runner, rows: list, checks: list, notes: list, prof: dict | None) -> None:
-    """Checks against what compress recorded for this folder (the manifest's sha256, report.json)."""
+def _manifest_checks(artifact: Path, manifest: dict, ds, data, checks: list) -> bool:
+    """The artifact's sha256 against the manifest (a missing entry fails) and the data's normalization;
+    returns whether the artifact is the file the manifest describes."""
     from compress.core.cache import file_sha256
 
-    entry = manifest.get("files", {}).get(artifact.name)
-    if entry:
-        ok = file_sha256(artifact) == entry.get("sha256")
-        checks.append({"name": "artifact matches manifest.json", "passed": ok,
-                       "detail": f"sha256 of {artifact.name} {'matches' if ok else 'DIFFERS from'} the manifest"})
+    files = manifest.get("files")
+    entry = files.get(artifact.name) if isinstance(files, dict) else None
+    recorded = entry.get("sha256") if isinstance(entry, dict) else None
+    ok = recorded is not None and file_sha256(artifact) == recorded
+    checks.append({"name": "artifact matches manifest.json", "passed": ok,
+                   "detail": f"manifest has no sha256 for {artifact.name}" if recorded is None else
+                             f"sha256 of {artifact.name} {'matches' if ok else 'DIFFERS from'} the manifest"})
     if data is None and not _same_normalization(ds.normalization, manifest.get("normalization", {})):
         checks.append({"name": "data matches the manifest", "passed": False,
                        "detail": "the recipe's data now normalizes differently from the manifest "
                                  "(the data changed since export)"})
+    return ok
+
+
+def _recorded_checks(path: Path, artifact: Path, manifest: dict, ds, data, lt, recipe: dict, accuracy: float,
+                     runner, checks: list, notes: list, prof: dict | None) -> dict | None:
+    """Checks against what compress recorded for this folder; returns ``report["recorded"]``: the values
+    report.json holds from export time, labelled as recorded (never copied into a measured row)."""
+    same_file = _manifest_checks(artifact, manifest, ds, data, checks)
     recorded = None
     if (path / "report.json").is_file():
         try:
@@ -276,13 +431,19 @@ def _recorded_checks(path: Path, artifact: Path, manifest: dict, ds, data, lt, r
         except ValueError:
             notes.append("report.json is not valid JSON: export-time checks not carried")
     exported = [r for r in (recorded or {}).get("rows", []) if r.get("role") == "student" and r.get("size_bytes")]
+    section = None
     if exported:
         rec = exported[-1]
-        if rec.get("parity"):
-            rows[-1]["parity"] = rec["parity"]
+        section = {"source": "report.json", "note": "recorded when the artifact was exported, not measured by this "
+                   "run", "describes_this_file": same_file, "model": rec.get("model"), "runtime": rec.get("runtime"),
+                   "accuracy": rec.get("accuracy"), "parity": rec.get("parity")}
+        if rec.get("parity") and same_file:
             checks.append({"name": f"parity vs torch student (recorded at export, {rec['runtime']})",
                            "passed": bool(rec["parity"]["passed"]),
                            "detail": validation.describe_parity(rec["parity"]) + " (from report.json)"})
+        elif rec.get("parity"):
+            notes.append(f"report.json's export-time parity is not carried: it describes another file than this "
+                         f"{artifact.name} (see the sha256 check); it is under 'recorded' only")
         same_engine = str(rec.get("runtime", "")).split(" (")[0] == runner.engine.split(" (")[0]
         same_data = data is None and lt == recipe.get("limit_test")
         if same_engine and same_data and rec.get("accuracy") is not None:
@@ -294,11 +455,23 @@ def _recorded_checks(path: Path, artifact: Path, manifest: dict, ds, data, lt, r
     if prof and prof["precision"] != _artifact_precision(recipe):
         notes.append(f"profile {prof['name']} expects {prof['precision']}, the artifact is "
                      f"{_artifact_precision(recipe)}")
+    return section
+
+
+def _student_row(artifact: Path, target: str, runner, logits: np.ndarray, ds, ref_pred, student: dict,
+                 size_bytes: int, lat: dict | None, threads: int, host_label: str, parity: dict | None) -> dict:
+    """The artifact's row: every value measured by this run (``parity`` too: vs the reference, or None)."""
+    return {"model": f"{artifact.name} ({target})", "role": "student", "runtime": runner.engine,
+            "accuracy": validation.accuracy(logits, ds.y_test),
+            "agreement_with_teacher": None if ref_pred is None else validation.agreement(logits, ref_pred),
+            "params": student.get("params"), "macs": student.get("macs"), "size_bytes": size_bytes,
+            "latency_ms": None if lat is None else {**lat, "threads": threads, "where": host_label},
+            "parity": parity}
 
 
 def validate(path, *, profile=None, data=None, data_format=None, reference=None, threads=None,
              max_accuracy_drop=None, max_latency_ms=None, max_size_kb=None, max_peak_memory_mb=None,
-             min_runtime=None, latency_runs=100, limit_test=None, arm64_samples=None) -> dict:
+             min_runtime=None, latency_runs=100, limit_test=None, arm64_samples=None, max_logit_diff=None) -> dict:
     """Validate an artifact folder or model file in its runtime; see the module docstring. InputError on bad input."""
     from compress.core.cache import path_size
     from compress.devices.profiles import load_profile
@@ -310,32 +483,31 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
     prof = None if profile is None else profile if isinstance(profile, dict) else load_profile(profile)
     explicit = {"max_accuracy_drop": max_accuracy_drop, "latency_ms": max_latency_ms, "size_kb": max_size_kb,
                 "peak_memory_mb": max_peak_memory_mb}
-    threads = _check_arguments(target, artifact, prof, threads, latency_runs, explicit, min_runtime)
-    reference = [reference] if isinstance(reference, str) else list(reference) if reference else None
+    threads = _check_arguments(target, artifact, prof, threads, latency_runs, explicit, min_runtime, max_logit_diff)
+    reference = _reference_specs([reference] if isinstance(reference, str) else list(reference) if reference else None)
     notes: list[str] = []
     recipe = (manifest or {}).get("recipe", {})
     ds, specs, lt = _evaluation_data(mode, path, recipe, data, data_format, reference, limit_test, max_accuracy_drop,
                                      notes)
+    relation = (_reference_relation(specs, artifact, target, mode == "folder" and not reference, max_logit_diff)
+                if specs or max_logit_diff is not None else None)
     runner = _open(target, artifact, threads, prof)
     logits = _run_artifact(runner, artifact, ds)
-    accuracy = validation.accuracy(logits, ds.y_test)
-    rows, checks, members, ref_pred, ref_acc = [], [], [], None, None
+    rows, checks, members, ref_pred, ref_acc, parity = [], [], [], None, None, None
     if specs:
         members, ref_row, ref_pred, ref_acc = _reference_row(specs, ds, recipe, mode == "folder" and not reference)
         rows.append(ref_row)
+        parity = _reference_parity(relation, members, ds, logits, checks)
+        notes.append(f"reference {', '.join(m.name for m in members)}: {relation['relation']} ({relation['why']}); "
+                     f"parity bound: {relation['bound_source']}")
     emulator = _arm64_check(artifact, target, ds.x_test, threads, arm64_samples, checks) if arm64_samples else None
     lat, latency, mem, mem_note = _latency_and_memory(backend, runner, artifact, ds.x_test, threads, latency_runs, prof)
-    host_label = latency.pop("host_label")
     size_bytes = path_size(artifact)
-    student = (manifest or {}).get("student", {})
-    rows.append({"model": f"{artifact.name} ({target})", "role": "student", "runtime": runner.engine,
-                 "accuracy": accuracy,
-                 "agreement_with_teacher": None if ref_pred is None else validation.agreement(logits, ref_pred),
-                 "params": student.get("params"), "macs": student.get("macs"), "size_bytes": size_bytes,
-                 "latency_ms": None if lat is None else {**lat, "threads": threads, "where": host_label},
-                 "parity": None})
-    if manifest:
-        _recorded_checks(path, artifact, manifest, ds, data, lt, recipe, accuracy, runner, rows, checks, notes, prof)
+    rows.append(_student_row(artifact, target, runner, logits, ds, ref_pred, (manifest or {}).get("student", {}),
+                             size_bytes, lat, threads, latency.pop("host_label"), parity))
+    accuracy = rows[-1]["accuracy"]
+    recorded = (None if not manifest else
+                _recorded_checks(path, artifact, manifest, ds, data, lt, recipe, accuracy, runner, checks, notes, prof))
     compatibility = (None if backend.check_artifact is None else
                      backend.check_artifact(artifact, {"min_runtime": min_runtime}, checks))
     measured = {"accuracy_drop": None if ref_acc is None else 100 * (ref_acc - accuracy),
@@ -346,7 +518,8 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
     budget_checks = check_budgets(measured, gather(prof, explicit), notes=why)
     report = report_skeleton(rows, None, compatibility, checks, kind="validate", budgets=budget_checks,
                              measured=measured, latency=latency, peak_memory=mem, arm64_emulator=emulator,
-                             size={"bytes": size_bytes, "kb": size_bytes / 1024, "kb_unit": "1024 bytes"}, notes=notes)
+                             size={"bytes": size_bytes, "kb": size_bytes / 1024, "kb_unit": "1024 bytes"},
+                             reference=relation, recorded=recorded, notes=notes)
     report["run"] = _run_section(path, mode, artifact, target, threads, latency_runs, ds, members, prof)
     report["passed"] = report["passed"] and all(b["passed"] for b in budget_checks)
     return report
