@@ -28,6 +28,7 @@ from compress.core.cache import (cache_dir, content_key, file_sha256, read_verif
                                   write_entry)
 from compress.core.errors import InputError
 from compress.train import fit, pick_device, predict_logits
+from compress.soft_targets import ensemble_probs, soft_targets, softmax  # noqa: E402,F401  (re-exported)
 
 TEACHER_TRAINING_VERSION = 1  # bump when the built-in training recipe changes (invalidates caches)
 
@@ -44,6 +45,7 @@ class Teacher:
     artifact: Path | None = None  # a file one registered target runs (the member has no torch module)
     cached: bool = False
     input_shape: tuple | None = None  # per-sample input shape the member declares (None entries: dynamic), if known
+    output: str = "logits"  # what ``logits`` returns: "logits", "probs", or "label" (one-hot; a black-box member)
 
     @property
     def params(self) -> int | None:
@@ -222,11 +224,19 @@ def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None
     return _module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
 
 
+def load_precomputed(spec: str, **kwargs) -> Teacher:
+    """Outputs computed elsewhere (``compress soft-targets`` on a bigger machine): see ``compress.precomputed``."""
+    from compress.precomputed import load_precomputed as load
+
+    return load(spec, **kwargs)
+
+
 TEACHER_FORMATS = {
     "torchscript": load_torchscript,
     "pt2": load_pt2,
     "onnx": load_onnx,
     "factory": load_factory,
+    "precomputed": load_precomputed,
 }
 
 
@@ -243,9 +253,11 @@ def teacher_format(spec: str) -> str:
         return "pt2"
     if suffix in (".ts", ".torchscript", ".pt", ".pth", ".jit"):
         return "torchscript"
+    if suffix in (".npz", ".npy"):
+        return "precomputed"
     raise InputError(
         f"teacher {spec!r}: not a built-in model {sorted(models.MODELS)}, nor a .ts/.pt/.pt2/.onnx file, "
-        "nor 'module:function=weights.pt'"
+        "nor outputs computed elsewhere (.npz from compress soft-targets), nor 'module:function=weights.pt'"
     )
 
 
@@ -282,66 +294,6 @@ def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) 
                          f"expected {num_classes} outputs, one per label")
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(z / T) per row, in float64 and shifted by the row maximum so large logits cannot overflow."""
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def ensemble_probs(members: list[Teacher], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.).
-
-    A member whose logits hold NaN or infinity on any sample is an ``InputError`` naming it (``check_members``
-    only probes a few samples).
-    """
-    total = None
-    for m in members:
-        logits = m.logits(x)
-        finite = np.isfinite(logits).all(axis=1)
-        if not finite.all():
-            raise InputError(f"teacher {m.name!r}: outputs NaN or infinity for {int((~finite).sum())} of {len(x)} "
-                             f"real samples (first: sample {int(np.flatnonzero(~finite)[0])}); expected finite logits")
-        p = softmax(logits, temperature)
-        total = p if total is None else total + p
-    return (total / len(members)).astype(np.float32)
-
-
-def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data_key: str) -> tuple[np.ndarray, bool]:
-    """Ensemble soft targets for the transfer set, computed once and cached as a memory-mapped .npy.
-
-    The key is (member fingerprints, transfer-set content hash, T): changing any of them recomputes.
-    Returns (read-only memmap, whether it came from the cache). The entry's checksum is verified on every
-    read: a damaged one is recomputed. When the cache cannot be written (disk full), the targets are
-    returned from memory (read-only) instead.
-    """
-    key = content_key("soft-targets", [m.fingerprint for m in members], data_key, float(temperature))
-    path = cache_dir("soft-targets") / f"{key[:32]}.npy"
-
-    def load(p: Path) -> np.ndarray:
-        targets = np.load(p, mmap_mode="r", allow_pickle=False)
-        if targets.ndim != 2 or len(targets) != len(x) or targets.dtype != np.float32:
-            raise ValueError(f"holds {targets.dtype} {tuple(targets.shape)}, expected float32 ({len(x)}, classes)")
-        return targets
-
-    targets = read_verified(path, load)
-    if targets is not None:
-        return targets, True
-    probs = ensemble_probs(members, x, temperature)
-    if not np.isfinite(probs).all():
-        raise InputError("teacher ensemble: soft targets contain NaN or infinity; expected finite probabilities")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, probs)
-
-    if write_entry(path, write):
-        return np.load(path, mmap_mode="r"), False
-    probs.flags.writeable = False
-    return probs, False
-
-
 def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str | None = None,
                   jitter_pixels: int = 0, on_member=None) -> list[Teacher]:
     """Resolve every teacher spec into a member (training built-ins when not cached)."""
@@ -356,7 +308,7 @@ def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str
             members.append(train_builtin(spec, data, epochs=epochs, seed=seed + i, device=device,
                                          jitter_pixels=jitter_pixels))
         else:
-            members.append(TEACHER_FORMATS[fmt](spec))
+            members.append(TEACHER_FORMATS[fmt](spec, data=data))
     names = [m.name for m in members]
     for i, m in enumerate(members):  # make names unique for the report
         if names.count(m.name) > 1:
