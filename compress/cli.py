@@ -43,7 +43,7 @@ def _given(**flags) -> dict:
     return {k: v for k, v in flags.items() if v is not None}
 
 
-RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device"}  # CLI flag -> RunConfig field
+RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # CLI flag -> RunConfig field
 
 
 def _flags(params: dict) -> dict:
@@ -91,7 +91,8 @@ def distill_and_export(
     calibration_samples: Optional[int] = typer.Option(None, help="Transfer-set samples used to calibrate static int8 (default 300)."),
     data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, a labelled audio folder, or an .npz. Default: scikit-learn's bundled digits."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
-    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, or module:function=weights.pt. Default: mlp-1200, cnn, resnet."),
+    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, a dist/<name> folder, a .npz of outputs computed elsewhere, or module:function=weights.pt; append its input contract as SPEC?key=value&... (e.g. 'm.onnx?scale=1/16&shape=64'). Default: mlp-1200, cnn, resnet."),
+    strict: Optional[bool] = typer.Option(None, "--strict", help="Fail (exit 2) instead of warning when a teacher member scores as if fed the wrong inputs (check its input contract)."),
     student: Optional[str] = typer.Option(None, help="Student architecture from the model registry (default mlp-small)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Distillation temperature T (default 2)."),
     alpha: Optional[float] = typer.Option(None, help="Weight of the hard-label loss; the soft loss gets 1 - alpha (default 0.1)."),
@@ -224,6 +225,8 @@ from compress.cli_devices import devices_app, validate_command  # noqa: E402
 
 app.add_typer(devices_app, name="devices")
 app.command("validate")(validate_command)
+from compress.cli_teachers import soft_targets_command  # noqa: E402
+app.command("soft-targets")(soft_targets_command)
 
 if __name__ == "__main__":
     app()

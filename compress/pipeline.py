@@ -35,7 +35,7 @@ from compress.export.common import ModelInfo
 from compress.losses import LOSSES
 from compress.stages.evaluate import evaluate
 from compress.stages.export import Exported, export_student, fallback_check, target_options
-from compress.teachers import Teacher, load_teachers, soft_targets
+from compress.teachers import Teacher, contract_warnings, load_teachers, soft_targets
 from compress.train import fit, pick_device, seed_everything
 
 __all__ = ["RunConfig", "run", "versions"]
@@ -55,6 +55,8 @@ class RunConfig:
     data_format: str | None = None
     data_options: dict = field(default_factory=dict)  # loader options (split, sample_rate, label_pattern, ...)
     teachers: list[str] = field(default_factory=lambda: list(models.DEFAULT_TEACHERS))
+    teacher_contracts: dict = field(default_factory=dict)  # member spec -> its input contract (compress.contracts)
+    strict_teachers: bool = False  # a member far below the others or near chance fails the run instead of warning
     student: str = models.DEFAULT_STUDENT
     loss: str = "hinton"
     temperature: float = 2.0
@@ -85,6 +87,7 @@ class RunConfig:
     max_size_kb: float | None = None
     max_peak_memory_mb: float | None = None
     recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
+    warnings: list = field(default_factory=list, repr=False)  # what the run warned about (into the report)
 
     def validate(self) -> None:
         """Every option checked before any work: unknown names, ranges and target combinations."""
@@ -223,20 +226,35 @@ def output_folder(cfg: RunConfig, data: Dataset, rank: int) -> tuple[str, Path]:
 
 def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress, rank: int, world: int):
     """Stages 2 and 3: the teacher members, then the ensemble's soft targets once per (teachers,
-    transfer set, T). Rank 0 computes and caches them; the other processes wait, then read the same
-    cache files (read-only memmap)."""
+    transfer set, T). Rank 0 loads (trains and caches) the members first, then the other processes load
+    them from the cache; every process then computes its share of the soft-target shards into the one
+    cached file and reads the finished entry (read-only memmap)."""
     if rank != 0:
         torch.distributed.barrier()
     task = progress.add_task("teacher members", total=len(cfg.teachers))
-    members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
-                            jitter_pixels=cfg.jitter,
-                            on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
-    progress.update(task, completed=len(members), description="teacher members")
-    targets, cached = soft_targets(members, data.x_train, cfg.temperature,
-                                   content_key(data.fingerprint(), len(data.x_train)))
+    members = load_members(cfg, data, progress, task)
     if rank == 0 and world > 1:
         torch.distributed.barrier()
+    shards = progress.add_task("soft targets", total=None)
+    targets, cached = soft_targets(members, data.x_train, cfg.temperature,
+                                   content_key(data.fingerprint(), len(data.x_train)), rank=rank, world=world,
+                                   on_shard=lambda done, total: progress.update(shards, completed=done, total=total))
+    if cached:
+        progress.update(shards, total=1, completed=1, description="soft targets (cached)")
     return members, targets, cached
+
+
+def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task) -> list[Teacher]:
+    """Stage 2: every member loaded (built-ins trained or taken from the cache), each fed its own input
+    contract; a member that scores as if fed the wrong inputs is a warning (an error with --strict)."""
+    members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
+                            jitter_pixels=cfg.jitter, contracts=cfg.teacher_contracts,
+                            on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
+    progress.update(task, completed=len(members), description="teacher members")
+    for message in contract_warnings(members, data, strict=cfg.strict_teachers):
+        progress.console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
+        cfg.warnings.append(message)
+    return members
 
 
 def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
@@ -399,7 +417,9 @@ def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: d
     return {
         "name": name, "out_dir": str(final_dir), "target": cfg.target, "threads": cfg.threads,
         "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
-                                               "cached": m.cached} for m in members],
+                                               "cached": m.cached, "output": m.output,
+                                               "contract": m.contract.describe()} for m in members],
+        "warnings": list(cfg.warnings),
         "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
         "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
         "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
@@ -464,7 +484,7 @@ def _front_end(student: torch.nn.Module) -> dict | None:
 
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
               file_name: str, name: str) -> dict:
-    recipe = asdict(cfg)
+    recipe = {k: v for k, v in asdict(cfg).items() if k != "warnings"}
     files = {p.name: {"sha256": file_sha256(p), "bytes": path_size(p)} for p in sorted(folder.iterdir())}
     return {
         "schema": "compress.manifest/1",
@@ -483,7 +503,8 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "labels_file": "labels.txt",
         "student": {"arch": cfg.student, "params": models.count_params(student),
                     "macs": models.count_macs(student, data.input_shape)},
-        "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint} for m in members],
+        "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint, "output": m.output,
+                      "contract": m.contract.describe()} for m in members],
         "data": data.describe(),
         "recipe": recipe,
         "recipe_sha256": content_key(recipe),

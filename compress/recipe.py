@@ -52,7 +52,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "label_pattern, test_fraction, image_size, allow_unreadable.", {"split": "index<5"}),
     },
     "teachers": {
-        "members": Key("teachers", _LIST, "Ensemble members: built-in names, .ts/.pt TorchScript, .pt2, .onnx, or module:function=weights.pt."),
+        "members": Key("teachers", _LIST, "Ensemble members: built-in names, .ts/.pt TorchScript, .pt2, .onnx, a dist/<name> folder, outputs computed elsewhere (.npz from compress soft-targets), or module:function=weights.pt."),
+        "contract": Key("teacher_contracts", _TABLE, "Per-member input contract: member spec -> what it was trained on "
+                        "(scale, mean, std, layout, channels, size, shape, dtype, sample_rate, input, output, accuracy; README).",
+                        {"teacher.onnx": {"scale": "1/16", "mean": 0, "std": 1, "shape": "64"}}),
+        "strict": Key("strict_teachers", _BOOL, "Fail (exit 2) instead of warning when a member scores far below the others or near chance."),
         "epochs": Key("teacher_epochs", _INT, "Training epochs for built-in members (cached)."),
         "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members."),
     },

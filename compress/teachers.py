@@ -15,7 +15,8 @@ module (for export, parameter and MAC counts).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from compress import models
+from compress.contracts import Contract, make_contract, member_view, split_spec
 from compress.core.cache import (cache_dir, content_key, file_sha256, read_verified, state_dict_sha256, torch_load,
                                   write_entry)
 from compress.core.errors import InputError
@@ -46,12 +48,19 @@ class Teacher:
     cached: bool = False
     input_shape: tuple | None = None  # per-sample input shape the member declares (None entries: dynamic), if known
     output: str = "logits"  # what ``logits`` returns: "logits", "probs", or "label" (one-hot; a black-box member)
+    contract: Contract = field(default_factory=Contract)  # what the member was trained on (compress.contracts)
+    view: Callable[[np.ndarray], np.ndarray] | None = None  # data samples -> the member's own input (None: as is)
+    recorded: dict | None = None  # the contract the member's file records about its training data, if any
+
+    def own_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (the data's samples, as the student sees them) in the member's own input contract."""
+        return x if self.view is None else self.view(x)
 
     @property
     def params(self) -> int | None:
         if self.module is not None:
             return models.count_params(self.module)
-        if self.artifact is not None:
+        if self.artifact is not None and self.artifact.suffix == ".onnx":
             import onnx
 
             m = onnx.load(str(self.artifact))
@@ -137,7 +146,53 @@ def load_onnx(spec: str, **_) -> Teacher:
     def logits(x: np.ndarray) -> np.ndarray:
         return np.concatenate([runner.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
 
-    return Teacher(path.name, "onnx", logits, file_sha256(path), artifact=path, input_shape=input_shape)
+    return Teacher(path.name, "onnx", logits, file_sha256(path), artifact=path, input_shape=input_shape,
+                   recorded=_onnx_recorded_contract(path))
+
+
+def _onnx_recorded_contract(path: Path) -> dict | None:
+    """What an ONNX file says about its own inputs: an ``input_contract`` JSON table in ``metadata_props``
+    (any producer can write it), or the ``normalization`` this tool writes into its exports."""
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    for key in ("input_contract", "normalization"):
+        try:
+            table = json.loads(props[key]) if key in props else None
+        except ValueError:
+            continue
+        if isinstance(table, dict):
+            return table if key == "input_contract" else {k: table[k] for k in ("scale", "mean", "std") if k in table}
+    return None
+
+
+def load_folder(spec: str, **_) -> Teacher:
+    """A folder this tool wrote (``dist/<name>/``): its model in its own runtime, and its manifest's
+    normalization as the member's recorded input contract."""
+    import json
+
+    from compress.export.registry import by_suffix
+
+    folder = Path(spec)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        artifact = folder / manifest["artifact"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"teacher {spec!r}: not a folder written by compress ({_reason(exc)}); expected its "
+                         "manifest.json and model") from None
+    backend = by_suffix(artifact)
+    if backend is None or not artifact.exists():
+        raise InputError(f"teacher {spec!r}: the manifest's model {artifact.name!r} is missing or of no known target")
+    runner = backend.open(artifact, threads=0)
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([runner.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+    norm = manifest.get("normalization") or {}
+    return Teacher(folder.name, "folder", logits, file_sha256(artifact), artifact=artifact,
+                   recorded={k: norm[k] for k in ("scale", "mean", "std") if k in norm} or None)
 
 
 def _check_onnx_weights(spec: str, path: Path) -> tuple | None:
@@ -237,6 +292,7 @@ TEACHER_FORMATS = {
     "onnx": load_onnx,
     "factory": load_factory,
     "precomputed": load_precomputed,
+    "folder": load_folder,
 }
 
 
@@ -244,6 +300,8 @@ def teacher_format(spec: str) -> str:
     """Which loader a teacher spec needs: a registry name, a file by suffix, or a factory."""
     if spec in models.MODELS:
         return "builtin"
+    if Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file():
+        return "folder"
     if ":" in spec and "=" in spec:
         return "factory"
     suffix = Path(spec).suffix.lower()
@@ -263,17 +321,22 @@ def teacher_format(spec: str) -> str:
 
 def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) -> None:
     """Members must agree on the class count (with each other and the data) and give finite logits."""
+    from compress.precomputed import MissingOutputs  # here: compress.precomputed builds on this module
     seen: tuple[str, int] | None = None
-    data_shape = tuple(sample.shape[1:])
     for m in members:
         declared = m.input_shape
+        data_shape = tuple(m.own_input(sample).shape[1:])
         if declared is not None and (len(declared) != len(data_shape)
                                      or any(d is not None and d != s for d, s in zip(declared, data_shape))):
             shown = tuple("?" if d is None else d for d in declared)
-            raise InputError(f"teacher {m.name!r}: takes samples of shape {shown} but the data's samples have shape "
-                             f"{data_shape}; expected a teacher for this data's input shape")
+            hint = ",".join("1" if d is None else str(d) for d in declared)
+            raise InputError(f"teacher {m.name!r}: takes samples of shape {shown} but gets shape {data_shape}; "
+                             f"expected a teacher for this data's input shape, or declare its input contract "
+                             f"(e.g. --teacher '{m.name}?shape={hint}')")
         try:
             out = m.logits(sample)
+        except MissingOutputs:  # outputs computed elsewhere without the test split: checked at load
+            continue
         except InputError:
             raise
         except Exception as exc:
@@ -294,24 +357,121 @@ def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) 
                          f"expected {num_classes} outputs, one per label")
 
 
+def with_contract(member: Teacher, contract: Contract, data) -> Teacher:
+    """The member fed its own view of the data's samples: its ``logits(x)`` take the data's samples and
+    apply the contract first; its fingerprint changes with the contract (caches invalidate)."""
+    if contract.key() == Contract().key():
+        return replace(member, contract=contract, output=contract.output if contract.output != "logits" else member.output)
+    raw = member.logits
+
+    def view(x: np.ndarray) -> np.ndarray:
+        return member_view(contract, x, data.normalization, data.input_kind, member.name)
+
+    return replace(member, logits=lambda x: raw(view(x)), view=view, contract=contract,
+                   output=contract.output if contract.output != "logits" else member.output,
+                   fingerprint=content_key(member.fingerprint, contract.key()))
+
+
+def _contract_for(spec: str, table: dict, recipe_contracts: dict, member: Teacher, data) -> Contract:
+    """The member's contract: the CLI's ``SPEC?key=value``, else the recipe's table for it, else what the
+    member's file says about its own training data (this tool's output folders and ONNX files record
+    their normalization), else the data's own view."""
+    if table:
+        return make_contract(spec, table, "command line")
+    for key in (spec, Path(spec).name):
+        if key in (recipe_contracts or {}):
+            return make_contract(spec, recipe_contracts[key], "recipe")
+    recorded = member.recorded
+    if recorded and not ({"scale", "mean", "std"} >= set(recorded) and _same_values(recorded, data.normalization)):
+        return make_contract(spec, recorded, "the member's own metadata")
+    return Contract()
+
+
+def _same_values(a: dict, b: dict) -> bool:
+    try:
+        return all(np.allclose(np.asarray(a.get(k, 0.0), dtype=np.float64), np.asarray(b.get(k, 0.0), dtype=np.float64),
+                               rtol=1e-6, atol=1e-9) for k in ("scale", "mean", "std"))
+    except (TypeError, ValueError):
+        return False
+
+
 def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str | None = None,
-                  jitter_pixels: int = 0, on_member=None) -> list[Teacher]:
-    """Resolve every teacher spec into a member (training built-ins when not cached)."""
+                  jitter_pixels: int = 0, on_member=None, contracts: dict | None = None) -> list[Teacher]:
+    """Resolve every teacher spec into a member (training built-ins when not cached), each fed its own
+    input contract (``SPEC?key=value&...``, ``contracts[spec]``, or what its file records)."""
     if not specs:
         raise InputError("--teacher: at least one teacher member is needed")
     members = []
-    for i, spec in enumerate(specs):
+    for i, full_spec in enumerate(specs):
+        spec, table = split_spec(full_spec)
         fmt = teacher_format(spec)
         if on_member:
-            on_member(i, spec, fmt)
+            on_member(i, full_spec, fmt)
         if fmt == "builtin":
-            members.append(train_builtin(spec, data, epochs=epochs, seed=seed + i, device=device,
-                                         jitter_pixels=jitter_pixels))
+            member = train_builtin(spec, data, epochs=epochs, seed=seed + i, device=device,
+                                   jitter_pixels=jitter_pixels)
         else:
-            members.append(TEACHER_FORMATS[fmt](spec, data=data))
+            member = TEACHER_FORMATS[fmt](spec, data=data)
+        contract = _contract_for(spec, table, contracts, member, data)
+        if fmt == "precomputed" and contract.key() != Contract().key():
+            raise InputError(f"teacher {full_spec!r}: outputs computed elsewhere take no input contract (they were "
+                             "computed on the inputs their hashes name); expected the file alone, or output=...")
+        members.append(with_contract(member, contract, data))
     names = [m.name for m in members]
     for i, m in enumerate(members):  # make names unique for the report
         if names.count(m.name) > 1:
             m.name = f"{m.name}#{i + 1}"
     check_members(members, data.x_test[:8], data.num_classes)
     return members
+
+
+FAR_BELOW_POINTS = 10.0  # a member this far below the best one was probably fed the wrong inputs
+DECLARED_MISS_POINTS = 2.0  # a member this far below the accuracy it declares: its contract is wrong
+
+
+def _linear_baseline(data, limit: int = 4000) -> float | None:
+    """Test accuracy of a logistic regression trained here in seconds on (a slice of) the training split:
+    a pretrained member that scores below it was almost certainly fed inputs it was not trained on."""
+    from sklearn.linear_model import LogisticRegression
+
+    if data.y_train is None or len(np.unique(data.y_train[:limit])) < 2:
+        return None
+    x = data.x_train[:limit].reshape(min(limit, len(data.x_train)), -1)
+    model = LogisticRegression(max_iter=300).fit(x, data.y_train[:limit])
+    return float(model.score(data.x_test.reshape(len(data.x_test), -1), data.y_test))
+
+
+def contract_warnings(members: list[Teacher], data, strict: bool = False) -> list[str]:
+    """Catch a wrong input contract before distilling from it: a member near chance, far below the best
+    member, or (pretrained members) below a linear baseline is a warning naming the contract used (an
+    InputError with ``strict``); a member far below the accuracy it declares is always an InputError."""
+    if data.y_test is None or not len(data.y_test):
+        return []
+    scores = {}
+    for m in members:
+        try:
+            scores[m.name] = float(np.mean(np.argmax(m.logits(data.x_test), axis=1) == data.y_test))
+        except InputError:  # outputs computed elsewhere for the transfer set only
+            continue
+    if not scores:
+        return []
+    best, chance = max(scores.values()), 1.0 / data.num_classes
+    pretrained = any(m.kind != "builtin" for m in members if m.name in scores)
+    baseline = _linear_baseline(data) if pretrained else None
+    warnings = []
+    for m in (m for m in members if m.name in scores):
+        acc, used = scores[m.name], json.dumps(m.contract.describe())
+        if m.contract.accuracy is not None and 100 * acc < m.contract.accuracy - DECLARED_MISS_POINTS:
+            raise InputError(f"teacher {m.name!r}: {100 * acc:.2f}% on the test split, but it declares "
+                             f"{m.contract.accuracy:g}%; check its input contract (used: {used})")
+        why = ("near chance" if acc < chance + 0.5 * (1 - chance) * 0.2 else
+               f"{100 * (best - acc):.1f} points below the best member" if 100 * (best - acc) > FAR_BELOW_POINTS else
+               f"below a linear model trained here ({100 * baseline:.1f}%)" if (
+                   baseline is not None and m.kind != "builtin" and acc < baseline - 0.02) else None)
+        if why:
+            message = (f"teacher {m.name!r}: {100 * acc:.2f}% on the test split ({why}); check its input contract "
+                       f"(used: {used})")
+            if strict:
+                raise InputError(message + "; failing because of --strict")
+            warnings.append(message)
+    return warnings

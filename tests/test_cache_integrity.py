@@ -245,7 +245,7 @@ def test_a_failed_cache_write_is_one_warning_not_a_traceback(tmp_path, digits, o
     caplog.set_level(logging.WARNING)
     x = digits.x_train[:60]
     with monkeypatch.context() as m:
-        m.setattr(np, "save", full)
+        m.setattr(np.lib.format, "open_memmap", full)
         targets, cached = T.soft_targets([_teacher()], x, 2.0, "data")
     assert cached is False and targets.shape == (60, 10)
     np.testing.assert_allclose(np.asarray(targets), T.ensemble_probs([_teacher()], x, 2.0), atol=1e-7)

@@ -22,7 +22,9 @@ from compress.core.runner import Runner
 from compress.core.versions import versions
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS, export_options, tolerance_for
-from compress.teachers import Teacher, ensemble_probs, softmax
+from compress.precomputed import lacks_test_outputs
+from compress.soft_targets import output_probs
+from compress.teachers import Teacher, ensemble_probs
 from compress.train import predict_logits
 
 
@@ -45,11 +47,12 @@ def member_target(target: str) -> str:
     return next(name for name, b in TARGETS.items() if b.runs_here)
 
 
-def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | None:
+def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | str:
     """The member as a file for ``target`` (fp32, cached by content), so it is timed like the student.
 
     Returns (path, target it runs in). A member given as a model file has no torch module to convert, so
-    it stays in that file's runtime; None when the member cannot be exported (it is then timed in torch).
+    it stays in that file's runtime. Where the member cannot be exported (a format the converter does not
+    take, an op it lacks), returns the reason: the member is then timed in torch and the report says why.
     """
     if member.artifact is not None:
         from compress.export.registry import by_suffix
@@ -58,19 +61,21 @@ def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | No
         if own == target or member.module is None:
             return member.artifact, own
     if member.module is None:
-        return None
+        return f"{member.kind} member: no model to run here"
     backend = TARGETS[target]
     path = cache_dir(f"teacher-{target}") / f"{member.fingerprint[:32]}{backend.suffix}"
     if read_verified(path, lambda p: p) is None:  # missing, or damaged (discarded with a warning): export it
         info = ModelInfo(name=member.name, labels=data.labels, normalization=data.normalization,
                          description=f"teacher member {member.name}")
+        example = torch.as_tensor(member.own_input(data.x_test[:1]))
         try:
-            written = write_entry(path, lambda tmp: backend.export(member.module, torch.as_tensor(data.x_test[:1]),
-                                                                   tmp, info, **export_options(target, "none")))
-        except InputError:
-            return None
+            written = write_entry(path, lambda tmp: backend.export(member.module, example, tmp, info,
+                                                                   **export_options(target, "none")))
+        except Exception as exc:  # this member's format or ops do not convert: time it in torch instead
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return f"a {member.kind} member does not convert to {target} ({first})"
         if not written:
-            return None
+            return "the cache could not hold its export"
     return path, target
 
 
@@ -87,46 +92,63 @@ def row(model: str, role: str, runtime: str, logits: np.ndarray | None, y: np.nd
     }
 
 
-def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance) -> tuple[list[dict], list[Runner], list[str]]:
-    """Each member in the student's runtime where it can be exported (else in torch), timed the same way."""
+def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance) -> tuple[list[dict], list, list[str]]:
+    """Each member in the student's runtime where it can be exported (else in torch, with the reason),
+    fed its own input contract, timed the same way. Returns (rows, [(runner, member)], targets)."""
     threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
     m_target = member_target(cfg.target)
     rows, runners, targets = [], [], []
     for m in members:
+        if m.module is None and m.artifact is None:  # outputs computed elsewhere: listed, nothing to time here
+            rows.append(_precomputed_row(m, data, teacher_pred, threads))
+            advance()
+            continue
         torch_logits = m.logits(x)
         exported = member_artifact(m, data, m_target)
-        macs = models.count_macs(m.module, data.input_shape) if m.module is not None and m.kind != "pt2" else None
-        if exported is None:
+        macs = models.count_macs(m.module, m.own_input(x[:1]).shape[1:]) if m.module is not None and m.kind != "pt2" else None
+        if isinstance(exported, str):
             with torch_threads(threads):
                 lat = metrics.measure_latency(lambda b: m.logits(b), x, runs=runs)
-            rows.append(row(f"member {m.name}", "member", f"torch {torch.__version__}", torch_logits, data.y_test,
-                            teacher_pred, m.params, macs, None, lat, threads))
+            rows.append({**row(f"member {m.name}", "member", f"torch {torch.__version__}", torch_logits, data.y_test,
+                               teacher_pred, m.params, macs, None, lat, threads), "timing_note": exported})
         else:
             path, runs_in = exported
             runner = TARGETS[runs_in].open(path, threads)
-            runners.append(runner)
+            runners.append((runner, m))
             targets.append(runs_in)
-            logits = metrics.batched(runner.predict, x)
+            own = m.own_input(x)
+            logits = metrics.batched(runner.predict, own)
             par = None if m.artifact is not None and m.module is None else metrics.parity(torch_logits, logits)
             rows.append(row(f"member {m.name}", "member", runner.engine, logits, data.y_test, teacher_pred,
-                            m.params, macs, path_size(path), metrics.measure_latency(runner.predict, x, runs=runs),
+                            m.params, macs, path_size(path), metrics.measure_latency(runner.predict, own, runs=runs),
                             threads, par))
         advance()
     return rows, runners, targets
 
 
-def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list[Runner]) -> tuple[dict, dict | None]:
+def _precomputed_row(m: Teacher, data, teacher_pred, threads: int) -> dict:
+    """A member given as outputs computed elsewhere: its accuracy where the file holds test outputs; no
+    latency or size (no model runs here)."""
+    if lacks_test_outputs(m):
+        return {**row(f"member {m.name}", "member", "precomputed (no test outputs)", None, None, None, m.params, None,
+                      None, None, threads), "note": f"not measured: {m.name} holds no test-split outputs"}
+    return {**row(f"member {m.name}", "member", "precomputed (outputs computed elsewhere)", m.logits(data.x_test),
+                  data.y_test, teacher_pred, m.params, None, None, None, threads),
+            "note": "accuracy from the file's test outputs; no model runs here, so no latency or size"}
+
+
+def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list) -> tuple[dict, dict | None]:
     """The ensemble as the app would run it: every member in the same runtime, probabilities averaged.
     Timed only when every member runs in that runtime."""
     x = data.x_test
     total = lambda vals: None if any(v is None for v in vals) else int(sum(vals))  # noqa: E731
     if len(runners) == len(m_rows):
-        def ensemble_predict(b: np.ndarray) -> np.ndarray:
-            return np.log(np.mean([softmax(r.predict(b)) for r in runners], axis=0))
+        def ensemble_predict(b: np.ndarray) -> np.ndarray:  # each member fed its own input contract
+            return np.log(np.mean([output_probs(m.output, r.predict(m.own_input(b))) for r, m in runners], axis=0))
 
         logits = metrics.batched(ensemble_predict, x)
         latency = metrics.measure_latency(ensemble_predict, x, runs=cfg.latency_runs)
-        engines = {r.engine for r in runners}
+        engines = {r.engine for r, _ in runners}
         runtime = engines.pop() if len(engines) == 1 else "mixed runtimes"
     else:
         logits, latency, runtime = np.log(teacher_probs), None, "mixed (not timed)"
@@ -159,7 +181,7 @@ def student_rows(cfg, data, student, exported, teacher_pred) -> tuple[dict, dict
     return torch_row, exported_row, runner, r_logits, par
 
 
-def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list[Runner],
+def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list,
                member_targets: list[str], n_members: int) -> dict:
     """Student vs ensemble: ratios, and whether latency was compared in the same runtime (and why not)."""
     comparable = len(runners) == n_members and set(member_targets) == {cfg.target} and runner.measured
@@ -175,7 +197,7 @@ def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runne
                         f"{cfg.latency_runs} runs after warm-up" if comparable else
                         f"NOT compared: the student runs in {runner.engine}"
                         + ("" if runner.measured else " (no latency measured here)")
-                        + f", the teachers in {runners[0].engine if runners else 'torch'}"),
+                        + f", the teachers in {runners[0][0].engine if runners else 'torch'}"),
     }
 
 
@@ -190,10 +212,17 @@ def confusion(data, teacher_pred, candidate: str, logits) -> dict:
 
 def evaluate(cfg, data, members: list[Teacher], student, exported, advance=lambda: None) -> dict:
     """Measure every row and check parity; returns the report (``compress.report/1``) without run facts."""
-    teacher_probs = ensemble_probs(members, data.x_test)
+    scored = [m for m in members if not lacks_test_outputs(m)]  # members with test-split outputs
+    if not scored:
+        raise InputError(f"teachers: no member has test-split outputs ({', '.join(m.name for m in members)}); "
+                         "expected at least one member that runs here or a file with 'test' outputs")
+    teacher_probs = ensemble_probs(scored, data.x_test)
     teacher_pred = np.argmax(teacher_probs, axis=1)
     m_rows, runners, m_targets = member_rows(cfg, data, members, teacher_pred, advance)
     ens, ens_lat = ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows, runners)
+    if len(scored) < len(members):
+        ens["note"] = f"averages the {len(scored)} of {len(members)} members with test-split outputs"
+        ens["runtime"] += f"; {len(scored)} of {len(members)} members"
     advance()
     torch_row, s_row, runner, r_logits, par = student_rows(cfg, data, student, exported, teacher_pred)
     advance()

@@ -1,0 +1,81 @@
+"""``compress soft-targets``: a teacher member's outputs on the data, written for ``--teacher FILE.npz``.
+
+For members too big to run where the student is distilled: run this where the member fits (a GPU machine),
+copy the file, and give it as ``--teacher FILE.npz`` (format: ``compress.precomputed``). ``--inputs-only``
+writes just the inputs and their hashes, for a model this tool cannot run: add its outputs to the file.
+
+Registered in ``compress.cli`` with ``app.command("soft-targets")(soft_targets_command)``. Exit codes as
+everywhere: 0 written, 2 bad input (one ``error: ...`` line, nothing written), 3 internal error, 130/143
+interrupted (nothing written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from compress.cli_output import guarded
+from compress.core.errors import InputError
+
+
+def _run_config(recipe_path: Optional[str], flags: dict):
+    """The run's data settings: defaults <- recipe (given, or ./compress.toml when present) <- flags, exactly
+    as ``distill-and-export`` resolves them (so the inputs, and their hashes, are the run's)."""
+    from compress import recipe
+    from compress.pipeline import RunConfig
+
+    path = recipe_path or (recipe.RECIPE_FILE if Path(recipe.RECIPE_FILE).is_file() else None)
+    merged = recipe.merge(asdict(RunConfig()), recipe.load(path) if path else {}, flags)
+    merged.pop("targets", None)
+    return RunConfig(**merged)
+
+
+def soft_targets_command(
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="The member: a built-in model name (trained with --seed and --teacher-epochs, cached), a .ts/.pt TorchScript, a .pt2, an .onnx, or module:function=weights.pt; SPEC?key=value&... for its input contract."),
+    out_file: str = typer.Option(..., "-o", "--output-file", help="The .npz to write (replaced atomically)."),
+    output: Optional[str] = typer.Option(None, "--output", help="What to store: logits, probs or label (class indices). Default: what the member outputs."),
+    inputs_only: bool = typer.Option(False, "--inputs-only", help="Write only the inputs (x_train, x_test) and their hashes, for a model run elsewhere: add train/test/output arrays to the file."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe whose data settings to use (default: ./compress.toml when present). Flags override it."),
+    data: Optional[str] = typer.Option(None, help="Data, as for distill-and-export (default: scikit-learn's digits)."),
+    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples (as the run will)."),
+    limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples (as the run will)."),
+    seed: Optional[int] = typer.Option(None, help="Data split seed and a built-in member's training seed (default 0; the run trains member i with seed + i)."),
+    teacher_epochs: Optional[int] = typer.Option(None, help="Epochs for a built-in member (default 10)."),
+    jitter: Optional[int] = typer.Option(None, help="Random shift of up to N pixels when training a built-in member."),
+    train_device: Optional[str] = typer.Option(None, help="Torch device for a built-in member's training (default: cuda if available)."),
+) -> None:
+    """Run one teacher member on the data's transfer set and test split and write its outputs to an .npz,
+    with the hashes of the inputs they were computed from (use it with --teacher FILE.npz)."""
+    from compress import precomputed
+    from compress.pipeline import load_run_data
+    from compress.teachers import load_teachers
+
+    flags = {"data": data, "data_format": data_format, "limit_train": limit_train, "limit_test": limit_test,
+             "seed": seed, "teacher_epochs": teacher_epochs, "jitter": jitter, "device": train_device}
+    with guarded("nothing was written", "soft-targets"):
+        cfg = _run_config(recipe, flags)
+        dest = Path(out_file)
+        if dest.suffix.lower() != ".npz":
+            raise InputError(f"-o {out_file!r}: expected a path ending in .npz (--teacher recognizes the file by it)")
+        if inputs_only and (teacher or output):
+            raise InputError("--inputs-only: writes the inputs for a model run elsewhere; expected no --teacher or "
+                             "--output with it")
+        if not inputs_only and not teacher:
+            raise InputError("--teacher: a member to run is needed; expected a model spec (or --inputs-only)")
+        if output is not None and output not in precomputed.OUTPUTS:
+            raise InputError(f"--output {output!r}: unknown; expected one of {', '.join(precomputed.OUTPUTS)}")
+        dataset = load_run_data(cfg)
+        if inputs_only:
+            arrays = {**precomputed.input_arrays(dataset), "x_train": dataset.x_train, "x_test": dataset.x_test}
+        else:
+            (member,) = load_teachers([teacher], dataset, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
+                                      jitter_pixels=cfg.jitter, contracts=cfg.teacher_contracts)
+            arrays = precomputed.output_arrays(member, dataset, output)
+        precomputed.write(dest, arrays)
+    what = "inputs" if inputs_only else f"{arrays['output']} of {member.name!r} on the"
+    typer.echo(f"wrote {dest}: {what} {len(dataset.x_train)} transfer-set and {len(dataset.x_test)} test samples "
+               f"({dataset.num_classes} classes)")
