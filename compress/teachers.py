@@ -329,10 +329,10 @@ def check_members(members: list[Teacher], sample: np.ndarray, num_classes: int) 
         if declared is not None and (len(declared) != len(data_shape)
                                      or any(d is not None and d != s for d, s in zip(declared, data_shape))):
             shown = tuple("?" if d is None else d for d in declared)
-            hint = ",".join("1" if d is None else str(d) for d in declared)
-            raise InputError(f"teacher {m.name!r}: takes samples of shape {shown} but gets shape {data_shape}; "
-                             f"expected a teacher for this data's input shape, or declare its input contract "
-                             f"(e.g. --teacher '{m.name}?shape={hint}')")
+            fed = "the data's samples have" if m.view is None else "its input contract gives"
+            raise InputError(f"teacher {m.name!r}: takes samples of shape {shown} but {fed} shape {data_shape}; "
+                             "expected a teacher for this data's input shape, or declare its input contract "
+                             "(--teacher 'SPEC?shape=...&size=...', README)")
         try:
             out = m.logits(sample)
         except MissingOutputs:  # outputs computed elsewhere without the test split: checked at load

@@ -167,7 +167,7 @@ def _replace_many(args) -> str:
 
 def test_concurrent_replacements_of_one_output_are_safe(tmp_path):
     (tmp_path / "target").mkdir()
-    with multiprocessing.get_context("fork").Pool(3) as pool:
+    with multiprocessing.get_context("spawn").Pool(3) as pool:  # fork is unsafe once JAX threads run
         results = pool.map(_replace_many, [(str(tmp_path), w, 150) for w in range(3)])
     assert results == ["ok"] * 3
     names = sorted(p.name for p in tmp_path.iterdir())
