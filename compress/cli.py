@@ -58,14 +58,11 @@ def _flags(params: dict) -> dict:
 def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     """defaults <- recipe (given, or ./compress.toml when present) <- CLI flags; one RunConfig per target."""
     from dataclasses import asdict
-    from pathlib import Path
 
     from compress import recipe
     from compress.pipeline import RunConfig
 
-    path = recipe_path or (recipe.RECIPE_FILE if Path(recipe.RECIPE_FILE).is_file() else None)
-    from_recipe = recipe.load(path) if path else {}
-    merged = recipe.merge({**asdict(RunConfig()), "targets": [RunConfig.target]}, from_recipe, flags)
+    path, merged = recipe.resolve(recipe_path, flags, {**asdict(RunConfig()), "targets": [RunConfig.target]})
     if "target" in flags:  # --target picks one target over the recipe's list
         merged["targets"] = [flags["target"]]
     targets = merged.pop("targets")

@@ -27,8 +27,7 @@ def _run_config(recipe_path: Optional[str], flags: dict):
     from compress import recipe
     from compress.pipeline import RunConfig
 
-    path = recipe_path or (recipe.RECIPE_FILE if Path(recipe.RECIPE_FILE).is_file() else None)
-    merged = recipe.merge(asdict(RunConfig()), recipe.load(path) if path else {}, flags)
+    _, merged = recipe.resolve(recipe_path, flags, asdict(RunConfig()))
     merged.pop("targets", None)
     return RunConfig(**merged)
 

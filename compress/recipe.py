@@ -204,3 +204,11 @@ def merge(defaults: dict[str, Any], recipe: dict[str, Any], flags: dict[str, Any
 
 def config_fields(cls) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+def resolve(recipe_path: str | None, flags: dict, defaults: dict) -> tuple[str | None, dict]:
+    """(the recipe file used, defaults <- that recipe <- flags): the recipe given, or ./compress.toml when
+    present. Every command that reads a recipe resolves it here, so they cannot disagree."""
+    path = recipe_path or (RECIPE_FILE if Path(RECIPE_FILE).is_file() else None)
+    return path, merge(defaults, load(path) if path else {}, flags)
+
