@@ -30,9 +30,15 @@ def main() -> None:
 def quiet_libraries() -> None:
     """The converters' C++ logging (TensorFlow Lite, absl/glog), torch's exporter warnings and
     coremltools' pass-by-pass bars are noise for users: our own errors say what failed and we show our
-    own progress. Set for the command-line process only (when a command runs), never on import."""
+    own progress. Set for the command-line process only (when a command runs), never on import.
+
+    Also OpenMP waiting that does not spin (``compress.core.threads.WAIT_ENV``): libgomp reads it once, when
+    torch loads it, and no command has imported torch yet when this callback runs. ``setdefault``: a value
+    the user exported wins (``OMP_WAIT_POLICY=ACTIVE`` brings back spinning for a dedicated machine)."""
+    from compress.core.threads import WAIT_ENV
+
     for key, value in {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "TQDM_DISABLE": "1",
-                       "TORCH_LOGS": "-onnx,-export"}.items():
+                       "TORCH_LOGS": "-onnx,-export", **WAIT_ENV}.items():
         os.environ.setdefault(key, value)
     for noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx", "torchao"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -84,23 +90,25 @@ def distill_and_export(
     quantize: Optional[str] = typer.Option(None, help="none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: see README)."),
     precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
     deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target (default iOS16; int8 activations need iOS17+)."),
+    input_type: Optional[str] = typer.Option(None, help="Core ML, 8-bit images: image (default; iOS passes a CVPixelBuffer) or tensor (raw pixel values as a float tensor)."),
     min_runtime: Optional[str] = typer.Option(None, help="TFLite: fail validation unless the model loads in this runtime version (e.g. 2.14)."),
     calibration_samples: Optional[int] = typer.Option(None, help="Transfer-set samples used to calibrate static int8 (default 300)."),
     data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, a labelled audio folder, or an .npz. Default: scikit-learn's bundled digits."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
-    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, a dist/<name> folder, a .npz of outputs computed elsewhere, or module:function=weights.pt; append its input contract as SPEC?key=value&... (e.g. 'm.onnx?scale=1/16&shape=64'). Default: mlp-1200, cnn, resnet."),
+    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, a dist/<name> folder, a .npz of outputs computed elsewhere, or module:function=weights.pt; append its input contract as SPEC?key=value&... (e.g. 'm.onnx?scale=1/16&shape=64'). Default: chosen for the data's kind and size (said when the run starts)."),
     strict: Optional[bool] = typer.Option(None, "--strict", help="Fail (exit 2) instead of warning when a teacher member scores as if fed the wrong inputs (check its input contract)."),
-    student: Optional[str] = typer.Option(None, help="Student architecture from the model registry (default mlp-small)."),
+    student: Optional[str] = typer.Option(None, help="Student: a registry name or a family with multipliers, e.g. mobilenet:0.35 (default: chosen for the data)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Distillation temperature T (default 2)."),
     alpha: Optional[float] = typer.Option(None, help="Weight of the hard-label loss; the soft loss gets 1 - alpha (default 0.1)."),
-    epochs: Optional[int] = typer.Option(None, help="Student distillation epochs (default 100; checkpointed every epoch)."),
-    teacher_epochs: Optional[int] = typer.Option(None, help="Epochs for built-in teacher members (cached; default 10)."),
+    epochs: Optional[int] = typer.Option(None, help="Student distillation epochs (default: chosen for the data size, 100 for the digits; checkpointed every epoch)."),
+    teacher_epochs: Optional[int] = typer.Option(None, help="Most epochs for built-in teacher members; early stopping on a validation split usually ends sooner (cached; default: chosen for the data size, 10 for the digits)."),
     optimizer: Optional[str] = typer.Option(None, help="adam (default), adamw or sgd."),
     lr: Optional[float] = typer.Option(None, help="Student peak learning rate, cosine schedule (default 3e-3)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
     seed: Optional[int] = typer.Option(None, help="Random seed: same settings + seed give the same result (default 0)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device profile (compress devices list) or a profile .toml: threads and budgets."),
     threads: Optional[int] = typer.Option(None, help="Runtime threads for validation and latency (default: the profile's, else 1)."),
+    train_threads: Optional[int] = typer.Option(None, help="Torch threads for training teachers and student (default: 1 for small models, else the CPUs this process may use; the report says which and why)."),
     latency_runs: Optional[int] = typer.Option(None, help="Timed batch-1 runs per model after warm-up (default 100)."),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Budget: largest accuracy drop vs the teacher ensemble, points."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest student p50 batch-1 latency, ms (measured on this host)."),
@@ -113,13 +121,17 @@ def distill_and_export(
     limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     jitter: Optional[int] = typer.Option(None, help="Random shift of up to N pixels when training built-in teachers."),
+    augment: Optional[str] = typer.Option(None, help="Training augmentation (teachers and student): auto (a random crop for 8-bit images of 16 px and up), none, or crop[=PIXELS],flip (flip only where mirrored images keep their class)."),
+    image_size: Optional[str] = typer.Option(None, help="Images: resize to cover SIZE or HEIGHTxWIDTH and centre-crop (default: the most common size in the data)."),
+    model_input: Optional[str] = typer.Option(None, help="raw (default): 8-bit images go into the exported model as is (uint8; a Core ML image) and it normalizes in its first op; normalized: float32 input the app normalizes."),
+    teacher_patience: Optional[int] = typer.Option(None, help="Early stopping of built-in teachers: epochs without a better validation accuracy (default 3)."),
     int8_budget: Optional[float] = typer.Option(None, help="int8: largest accepted accuracy drop in points; the worst layers stay in float until it fits."),
     qat: Optional[bool] = typer.Option(None, "--qat", help="Quantization-aware distillation before int8 conversion (--quantize int8, targets with QAT: "
                               + ", ".join(n for n, b in TARGETS.items() if b.qat) + ")."),
     qat_epochs: Optional[int] = typer.Option(None, help="Epochs of quantization-aware distillation (default 3)."),
     bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    quiet: bool = typer.Option(False, help="No progress: no bars on a terminal, no progress lines in a log."),
 ) -> None:
     """Train/load the teacher ensemble, distill the student, export it and validate it in its runtime.
 
@@ -138,7 +150,7 @@ def distill_and_export(
         for cfg in configs:
             cfg.validate()  # every target's settings are checked before the first one trains
         for cfg in configs:
-            report = run(cfg, console=err, quiet=quiet or json_output or not sys.stderr.isatty())
+            report = run(cfg, console=err, quiet=quiet)  # bars on a terminal, else lines; always on stderr
             if report is not None:  # None: a non-zero torchrun rank, which only trains
                 reports.append(report)
     if not reports:

@@ -117,17 +117,23 @@ def validate_command(
     arm64_emulator: Optional[int] = typer.Option(None, help="Also run N real test samples on emulated aarch64 (QEMU, the ARM wheels of the runtime) and compare with this host's outputs; needs `compress devices setup arm64-emu`."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     report_dir: Optional[str] = typer.Option(None, help="Also write the report to DIR/validate-<device or host>.json."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress: no bar on a terminal, no progress lines in a log."),
 ) -> None:
     """Validate a model in its runtime against a device profile's budgets (CI gate: exit 1 on a breach)."""
     from compress.devices.report import print_report, to_json
     from compress.stages.validate import validate
 
+    from compress.progress import is_interactive, make_progress, one_step
+
     with guarded("nothing was written", "validate"):
-        report = validate(path, profile=device, data=data, data_format=data_format, reference=reference,
-                          threads=threads, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
-                          max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb, min_runtime=min_runtime,
-                          latency_runs=latency_runs, limit_test=limit_test, arm64_samples=arm64_emulator,
-                          max_logit_diff=max_logit_diff)
+        quiet = quiet or not Path(path).exists()  # a path that is not there: its one error line, alone
+        with make_progress(err, quiet=quiet, interactive=is_interactive(err)) as progress, \
+                one_step(progress, f"validating {path}"):  # stderr: --json keeps stdout pure JSON
+            report = validate(path, profile=device, data=data, data_format=data_format, reference=reference,
+                              threads=threads, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                              max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb,
+                              min_runtime=min_runtime, latency_runs=latency_runs, limit_test=limit_test,
+                              arm64_samples=arm64_emulator, max_logit_diff=max_logit_diff)
         if report_dir:
             out = Path(report_dir)
             try:

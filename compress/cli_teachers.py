@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from compress.cli_output import guarded
+from compress.cli_output import err, guarded
 from compress.core.errors import InputError
 
 
@@ -30,6 +30,32 @@ def _run_config(recipe_path: Optional[str], flags: dict):
     _, merged = recipe.resolve(recipe_path, flags, asdict(RunConfig()))
     merged.pop("targets", None)
     return RunConfig(**merged)
+
+
+def _load_member(cfg, teacher: str, dataset, quiet: bool):
+    """The member, loaded as the run would load it. Training a built-in one can take a while: its epochs
+    are shown (bars on a terminal, lines on stderr in a log); a file member loads at once, silently."""
+    from compress import models
+    from compress.pipeline import teacher_recipe
+    from compress.progress import is_interactive, make_progress
+    from compress.teachers import load_teachers
+
+    trains = models.is_known(teacher.split("?", 1)[0])
+    with make_progress(err, quiet=quiet or not trains, interactive=is_interactive(err)) as progress:
+        task = progress.add_task(f"teacher {teacher}", total=cfg.teacher_epochs, unit="epoch")
+        done = [0]
+
+        def on_epoch(spec: str, epoch: int, val_accuracy: float | None) -> None:
+            done[0] = epoch + 1
+            progress.update(task, completed=epoch + 1)
+
+        (member,) = load_teachers([teacher], dataset, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
+                                  contracts=cfg.teacher_contracts, recipe=teacher_recipe(cfg, dataset), on_epoch=on_epoch)
+        if done[0]:
+            progress.update(task, total=done[0], completed=done[0])  # early stopping ends before the budget
+        else:
+            progress.update(task, total=1, completed=1, unit="", description=f"teacher {teacher} (from the cache)")
+    return member
 
 
 def soft_targets_command(
@@ -46,12 +72,12 @@ def soft_targets_command(
     teacher_epochs: Optional[int] = typer.Option(None, help="Epochs for a built-in member (default 10)."),
     jitter: Optional[int] = typer.Option(None, help="Random shift of up to N pixels when training a built-in member."),
     train_device: Optional[str] = typer.Option(None, help="Torch device for a built-in member's training (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress: no bar on a terminal, no progress lines in a log."),
 ) -> None:
     """Run one teacher member on the data's transfer set and test split and write its outputs to an .npz,
     with the hashes of the inputs they were computed from (use it with --teacher FILE.npz)."""
     from compress import precomputed
-    from compress.pipeline import load_run_data
-    from compress.teachers import load_teachers
+    from compress.pipeline import load_run_data, resolve_defaults
 
     flags = {"data": data, "data_format": data_format, "limit_train": limit_train, "limit_test": limit_test,
              "seed": seed, "teacher_epochs": teacher_epochs, "jitter": jitter, "device": train_device}
@@ -71,8 +97,9 @@ def soft_targets_command(
         if inputs_only:
             arrays = {**precomputed.input_arrays(dataset), "x_train": dataset.x_train, "x_test": dataset.x_test}
         else:
-            (member,) = load_teachers([teacher], dataset, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
-                                      jitter_pixels=cfg.jitter, contracts=cfg.teacher_contracts)
+            cfg.teachers = [teacher]
+            resolve_defaults(cfg, dataset, None)  # a built-in member trains as the run would train it
+            member = _load_member(cfg, teacher, dataset, quiet)
             arrays = precomputed.output_arrays(member, dataset, output)
         precomputed.write(dest, arrays)
     what = "inputs" if inputs_only else f"{arrays['output']} of {member.name!r} on the"

@@ -56,6 +56,7 @@ class Dataset:
     normalization: dict = field(default_factory=dict)
     input_kind: str = ""  # "image", "features" or "audio" (raw PCM); derived from the shape when empty
     label_source: str = ""  # where the labels came from, for error messages ("the class folder names", ...)
+    raw_dtype: str = ""  # "uint8" when the source held 8-bit pixels (the app can feed them to the model as is)
 
     def __post_init__(self) -> None:
         if not self.input_kind:
@@ -68,6 +69,17 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def preprocessing(self) -> dict:
+        """What an exported model computes itself so the app feeds raw 8-bit pixels (``ModelInfo``'s
+        ``preprocessing``): images from 8-bit sources only; ``{}`` (normalized float input) otherwise."""
+        if self.input_kind != "image" or self.raw_dtype != "uint8" or self.x_train.ndim != 4:
+            return {}
+        n = self.normalization
+        channels = {1: "L", 3: "RGB"}.get(self.x_train.shape[1], "any")
+        return {"input": "uint8", "layout": "NCHW", "channels": channels, "scale": float(n["scale"]),
+                "mean": [float(v) for v in np.atleast_1d(n["mean"])], "std": [float(v) for v in np.atleast_1d(n["std"])]}
 
     def fingerprint(self) -> str:
         """Content hash of the data and labels: cache keys change when the data changes."""
@@ -89,6 +101,7 @@ class Dataset:
             "labels": self.labels,
             "normalization": self.normalization,
             "input_kind": self.input_kind,
+            "raw_dtype": self.raw_dtype or None,
             "labelled_transfer_set": self.y_train is not None,
         }
 
@@ -209,24 +222,51 @@ def finalize(
         _check_contiguous(y_train, y_test, where["y_train"], where["y_test"], hint)
     _check_finite(x_train, where["x_train"], scale)
     _check_finite(x_test, where["x_test"], scale)
-    xt = x_train.astype(np.float64) * scale
-    mean, std = float(xt.mean()), float(xt.std()) or 1.0
-    if not (np.isfinite(mean) and np.isfinite(std)):
-        raise InputError(f"{where['x_train']}: the mean/std of the training samples overflow ({mean:g}, {std:g}); "
-                         "expected values whose spread fits in float64")
+    raw_dtype = "uint8" if x_train.dtype == np.uint8 and x_test.dtype == np.uint8 else ""
+    mean, std = _train_statistics(x_train, scale, where["x_train"])
     norm = {"formula": "x = (raw * scale - mean) / std", "scale": float(scale), "mean": mean, "std": std}
+    if x_train.ndim == 4:
+        norm.update(layout="NCHW", channels={1: "L", 3: "RGB"}.get(x_train.shape[1], "any"),
+                    per_channel="mean and std have one value per channel (axis 1)")
+    m, d = (np.asarray(v, dtype=np.float32).reshape(-1, *([1] * (x_train.ndim - 2))) if isinstance(v, list)
+            else np.float32(v) for v in (mean, std))
 
     def apply(x: np.ndarray, key: str) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
-            out = ((x.astype(np.float32) * np.float32(scale) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+            out = ((x.astype(np.float32) * np.float32(scale) - m) / d).astype(np.float32)
         if not np.isfinite(out).all():
             raise InputError(f"{where[key]}: {int((~np.isfinite(out)).sum())} value(s) not finite after "
-                             f"conversion to float32 and normalization (mean {mean:g}, std {std:g}); "
+                             f"conversion to float32 and normalization (mean {mean}, std {std}); "
                              "expected finite numbers within float32 range")
         return out
 
     return Dataset(name, source, apply(x_train, "x_train"), y_train, apply(x_test, "x_test"), y_test, list(labels),
-                   norm, label_source=label_source)
+                   norm, label_source=label_source, raw_dtype=raw_dtype)
+
+
+def _train_statistics(x_train: np.ndarray, scale: float, where: str) -> tuple:
+    """Mean and std of the scaled training samples: one value per channel for images (axis 1 of
+    (n, C, H, W): colour channels differ), one value otherwise. Computed in float64 chunks so 60k colour
+    images need no float64 copy of the whole split."""
+    per_channel = x_train.ndim == 4
+    axes = (0, 2, 3) if per_channel else None
+    total = np.zeros(x_train.shape[1] if per_channel else 1)
+    squares = np.zeros_like(total)
+    count = 0
+    for start in range(0, len(x_train), 4096):
+        chunk = x_train[start:start + 4096].astype(np.float64) * scale
+        total += chunk.sum(axis=axes)
+        squares += np.square(chunk).sum(axis=axes)
+        count += chunk.size // len(total)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise InputError(f"{where}: the mean/std of the training samples overflow ({mean}, {std}); "
+                         "expected values whose spread fits in float64")
+    std = np.where(std > 0, std, 1.0)
+    if per_channel:
+        return [float(v) for v in mean], [float(v) for v in std]
+    return float(mean[0]), float(std[0])
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, where: str = "data"):
@@ -292,7 +332,7 @@ def _find_one(folder: Path, words: tuple[str, ...], kind: str) -> Path:
     return hits[0]
 
 
-def load_idx(path: str | Path, **_) -> Dataset:
+def load_idx(path: str | Path, *, image_size=None, **_) -> Dataset:
     """A folder of IDX files: train/test images and labels (MNIST naming: train-*, t10k-* or test-*)."""
     folder = Path(path)
     if not folder.is_dir():
@@ -300,6 +340,8 @@ def load_idx(path: str | Path, **_) -> Dataset:
     files = {"x_train": _find_one(folder, ("train",), "images"), "y_train": _find_one(folder, ("train",), "labels"),
              "x_test": _find_one(folder, ("t10k", "test"), "images"), "y_test": _find_one(folder, ("t10k", "test"), "labels")}
     arrays = {k: read_idx(f) for k, f in files.items()}
+    size = parse_image_size(image_size)
+    arrays["x_train"], arrays["x_test"] = resize_array(arrays["x_train"], size), resize_array(arrays["x_test"], size)
     scale = 1.0 / 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     return finalize(folder.name or "idx", str(folder), arrays["x_train"], arrays["y_train"], arrays["x_test"],
                     arrays["y_test"], None, scale, where={k: str(f) for k, f in files.items()},
@@ -331,39 +373,115 @@ def check_inside(root: Path, path: Path) -> None:
                                  "or link only within it)")
 
 
-def _read_tree(root: Path, classes: list[str], size: tuple[int, int] | None, mode: str | None,
-               data_root: Path | None = None):
-    from PIL import Image, UnidentifiedImageError
+def parse_image_size(value) -> tuple[int, int] | None:
+    """``--image-size``: ``32``, ``"32"``, ``"48x64"`` (height x width) or ``[48, 64]`` -> (height, width)."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, str):
+            parts = [int(v) for v in value.lower().replace("×", "x").split("x")]
+        elif isinstance(value, (list, tuple)):
+            parts = [int(v) for v in value]
+        else:
+            parts = [int(value)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1 or max(parts) > 4096:
+        raise InputError(f"--image-size {value!r}: expected one size or HEIGHTxWIDTH in pixels (1..4096), e.g. 32 or 48x64")
+    return parts[0], parts[1]
 
-    xs, ys = [], []
+
+def fit_image(im, size: tuple[int, int]):
+    """Resize a PIL image so it covers ``size`` (height, width) keeping its aspect ratio, then crop the
+    centre: the usual "resize + centre crop" of image classifiers, so no sample is distorted."""
+    from PIL import Image
+
+    height, width = size
+    factor = max(height / im.height, width / im.width)
+    new = (max(width, round(im.width * factor)), max(height, round(im.height * factor)))
+    if new != im.size:
+        im = im.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (im.width - width) // 2, (im.height - height) // 2
+    return im.crop((left, top, left + width, top + height))
+
+
+def resize_array(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """8-bit images (n, H, W) or (n, C, H, W) from IDX/NPZ to ``size`` with the same resize + centre crop."""
+    if size is None or x.ndim not in (3, 4) or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.dtype != np.uint8:
+        raise InputError(f"--image-size {size[0]}x{size[1]}: resizing needs 8-bit images, but the samples are {x.dtype}")
+    from PIL import Image
+
+    planes = x.reshape(-1, *x.shape[-2:])
+    out = np.stack([np.asarray(fit_image(Image.fromarray(p), size)) for p in planes])
+    return out.reshape(*x.shape[:-2], *size)
+
+
+def _list_tree(root: Path, classes: list[str], data_root: Path) -> list[tuple[Path, int]]:
+    """(image file, class index) for every image under ``root/<class>/``, links checked."""
+    files = []
     for idx, cls in enumerate(classes):
         folder = root / cls
         if not folder.is_dir():
             continue
-        check_inside(data_root or root, folder)
+        check_inside(data_root, folder)
         for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            check_inside(data_root or root, f)
-            try:
-                with Image.open(f) as im:
-                    mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I", "LA") else "RGB")
-                    im = im.convert(mode)
-                    if size is None:
-                        size = im.size
-                    elif im.size != size:
-                        raise InputError(f"{f}: image is {im.size[0]}x{im.size[1]} but the others are {size[0]}x{size[1]}; pass an image size to resize")
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise InputError(f"{f}: unreadable image ({exc.__class__.__name__}); expected a PNG/JPEG/BMP file") from None
-            xs.append(arr if arr.ndim == 2 else arr.transpose(2, 0, 1))
-            ys.append(idx)
-    return xs, ys, size, mode
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                check_inside(data_root, f)
+                files.append((f, idx))
+    return files
+
+
+def _open(f: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(f)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{f}: unreadable image ({exc.__class__.__name__}); expected a PNG/JPEG/BMP file") from None
+
+
+def _common_size(files: list[tuple[Path, int]]) -> tuple[tuple[int, int], str]:
+    """The most common (height, width) among the images (headers only) and the image mode to read them
+    in: grayscale when every image is, else RGB."""
+    from collections import Counter
+
+    sizes, gray = Counter(), True
+    for f, _ in files:
+        with _open(f) as im:
+            sizes[(im.height, im.width)] += 1
+            gray = gray and im.mode in ("1", "L", "I;16", "I", "LA")
+    return sizes.most_common(1)[0][0], "L" if gray else "RGB"
+
+
+def _read_images(files: list[tuple[Path, int]], size: tuple[int, int], mode: str, resize: bool):
+    """Every image as 8-bit (C, H, W) in ``mode``; other sizes are resized + centre-cropped when
+    ``resize``, else an error naming the file."""
+    xs = np.empty((len(files), 1 if mode == "L" else 3, *size), dtype=np.uint8)
+    for i, (f, _) in enumerate(files):
+        try:
+            with _open(f) as im:
+                im = im.convert(mode)
+                if (im.height, im.width) != size:
+                    if not resize:
+                        raise InputError(f"{f}: image is {im.height}x{im.width} (HxW) but the others are "
+                                         f"{size[0]}x{size[1]}; pass --image-size to resize and centre-crop them")
+                    im = fit_image(im, size)
+                arr = np.asarray(im, dtype=np.uint8)
+        except OSError as exc:
+            raise InputError(f"{f}: unreadable image ({exc.__class__.__name__}); expected a PNG/JPEG/BMP file") from None
+        xs[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return xs, np.asarray([idx for _, idx in files], dtype=np.int64)
 
 
 def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int = 0,
-                      image_size: tuple[int, int] | None = None, **_) -> Dataset:
-    """Class-per-folder images; uses ``train/`` and ``test/`` subfolders when both exist."""
+                      image_size=None, **_) -> Dataset:
+    """Class-per-folder images (grayscale or colour, any size); ``train/`` and ``test/`` subfolders when
+    both exist. Images of another size than ``image_size`` (default: the most common size; colour when any
+    image is colour) are resized to cover it and centre-cropped."""
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"{root}: expected a folder with one subfolder of images per class")
@@ -372,25 +490,30 @@ def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{base}: no class subfolders found; expected {base}/<class>/<image files>")
-    xs, ys, size, mode = _read_tree(base, classes, image_size, None, root)
-    if not xs:
+    files = _list_tree(base, classes, root)
+    if not files:
         raise InputError(f"{base}: no image files in the class folders; expected {base}/<class>/<image> files "
                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    counts = np.bincount(np.asarray(ys), minlength=len(classes))
+    counts = np.bincount([idx for _, idx in files], minlength=len(classes))
     if (counts == 0).any():
         empty = base / classes[int(np.argmin(counts))]
         raise InputError(f"{empty}: class folder has no image files ({int((counts == 0).sum())} such folder(s)); "
                          f"expected at least one sample per class ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                          "or remove the folder")
-    x, y = np.stack(xs), np.asarray(ys)
+    test_files = []
     if has_split:
         extra = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name not in classes)
         if extra:
             raise InputError(f"{root / 'test'}: class folder '{extra[0]}' is not among the train classes {classes}")
-        txs, tys, _, _ = _read_tree(root / "test", classes, size, mode, root)
-        if not txs:
+        test_files = _list_tree(root / "test", classes, root)
+        if not test_files:
             raise InputError(f"{root / 'test'}: no image files in the class folders; expected {root / 'test'}/<class>/<image> files")
-        x_tr, y_tr, x_te, y_te = x, y, np.stack(txs), np.asarray(tys)
+    size, mode = _common_size(files + test_files)
+    requested = parse_image_size(image_size)
+    x, y = _read_images(files, requested or size, mode, True)
+    if has_split:
+        x_te, y_te = _read_images(test_files, requested or size, mode, True)
+        x_tr, y_tr = x, y
     else:
         x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed, str(root))
     return finalize(root.name, str(root), x_tr, y_tr, x_te, y_te, classes, scale=1.0 / 255.0,
@@ -399,7 +522,7 @@ def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int
 
 # --- NPZ ----------------------------------------------------------------------------------------------
 
-def load_npz(path: str | Path, **_) -> Dataset:
+def load_npz(path: str | Path, *, image_size=None, **_) -> Dataset:
     """An ``.npz`` with ``x_train``, ``x_test``, ``y_test`` and optionally ``y_train`` and ``labels``.
 
     Without ``y_train`` the transfer set is unlabelled and distillation uses soft targets only.
@@ -414,6 +537,8 @@ def load_npz(path: str | Path, **_) -> Dataset:
     if missing:
         raise InputError(f"{path}: missing array(s) {missing}; expected x_train, y_train, x_test, y_test")
     labels = [str(v) for v in np.ravel(arrays["labels"]).tolist()] if "labels" in arrays else None
+    size = parse_image_size(image_size)
+    arrays["x_train"], arrays["x_test"] = resize_array(arrays["x_train"], size), resize_array(arrays["x_test"], size)
     scale = 1.0 / 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     return finalize(path.stem, str(path), arrays["x_train"], arrays.get("y_train"), arrays["x_test"],
                     arrays["y_test"], labels, scale, label_source="the 'labels' array" if labels is not None else "",

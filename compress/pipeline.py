@@ -21,20 +21,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from compress import __version__, models
 from compress.bias_correction import parse_correction, shift_class_bias
 from compress.core.atomic import clean_stale, replace_path, temp_prefix
 from compress.core.cache import cache_dir, content_key, file_sha256, path_size
 from compress.core.errors import InputError, InternalError, ValidationFailed
+from compress.core.threads import torch_threads
 from compress.core.versions import versions
 from compress.data import Dataset, load_data
 from compress.export import registry
 from compress.export.common import ModelInfo
+from compress.estimate import estimate_fit_seconds, format_duration, plan_threads, rng_preserved
 from compress.losses import LOSSES
+from compress.progress import is_interactive, make_progress
 from compress.stages.evaluate import evaluate
-from compress.stages.export import Exported, export_student, fallback_check, target_options
+from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing, target_options
 from compress.teachers import Teacher, contract_warnings, load_teachers, soft_targets
 from compress.train import fit, pick_device, seed_everything
 
@@ -50,25 +53,31 @@ class RunConfig:
     precision: str | None = None  # coreml compute precision (fp16 default there)
     deployment_target: str | None = None  # coreml minimum deployment target (iOS16 default there)
     min_runtime: str | None = None  # tflite: oldest LiteRT/TFLite runtime the app ships (e.g. "2.14")
+    input_type: str | None = None  # coreml: "image" (default; a CVPixelBuffer) or "tensor" for raw 8-bit pixel input
     calibration_samples: int = 300
     data: str | None = None  # None / "digits" = the embedded default
     data_format: str | None = None
     data_options: dict = field(default_factory=dict)  # loader options (split, sample_rate, label_pattern, ...)
-    teachers: list[str] = field(default_factory=lambda: list(models.DEFAULT_TEACHERS))
+    teachers: list[str] | None = None  # None: chosen for the data's kind and size (compress.defaults)
     teacher_contracts: dict = field(default_factory=dict)  # member spec -> its input contract (compress.contracts)
     strict_teachers: bool = False  # a member far below the others or near chance fails the run instead of warning
-    student: str = models.DEFAULT_STUDENT
+    student: str | None = None  # None: chosen for the data (compress.defaults)
     loss: str = "hinton"
     temperature: float = 2.0
     alpha: float = 0.1
-    epochs: int = 100
-    teacher_epochs: int = 10
+    epochs: int | None = None  # None: chosen for the data size (compress.defaults)
+    teacher_epochs: int | None = None  # the most; early stopping on a validation split usually ends sooner
+    teacher_patience: int = 3
+    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (compress.train.parse_augment)
+    image_size: str | int | None = None  # images: resize + centre-crop to this size (data option image_size)
+    model_input: str = "raw"  # raw: 8-bit images go into the exported model as is; normalized: float input
     lr: float = 3e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
     batch_size: int = 64
     seed: int = 0
     threads: int | None = None  # None: the device profile's, else 1
+    train_threads: int | None = None  # torch threads for training; None: compress.core.threads' measured rule
     latency_runs: int = 100
     out: str = "dist"
     name: str | None = None
@@ -101,13 +110,13 @@ class RunConfig:
             raise InputError(f"--optimizer {self.optimizer!r}: unknown; expected one of {sorted(OPTIMIZERS)}")
         if self.loss not in LOSSES:
             raise InputError(f"--loss {self.loss!r}: unknown; expected one of {sorted(LOSSES)}")
-        if self.student not in models.MODELS:
-            raise InputError(f"--student {self.student!r}: unknown; expected one of {sorted(models.MODELS)}")
+        if self.student is not None and not models.is_known(self.student):
+            raise InputError(f"--student {self.student!r}: {models.why_unknown(self.student)}")
         if not self.temperature > 0:
             raise InputError(f"--temperature {self.temperature}: expected a number > 0")
         if not 0 <= self.alpha <= 1:
             raise InputError(f"--alpha {self.alpha}: expected a number in [0, 1]")
-        for opt in ("epochs", "batch_size", "threads", "latency_runs", "limit_train", "limit_test"):
+        for opt in ("epochs", "batch_size", "threads", "train_threads", "latency_runs", "limit_train", "limit_test"):
             if getattr(self, opt) is not None and getattr(self, opt) < 1:
                 raise InputError(f"--{opt.replace('_', '-')} {getattr(self, opt)}: expected an integer >= 1")
         target_options(self)  # unsupported scheme/option combinations fail here
@@ -122,13 +131,48 @@ class RunConfig:
             raise InputError("--int8-budget with --qat: choose one (the fallback re-quantizes the float student)")
         if self.int8_budget is not None and self.int8_budget < 0:
             raise InputError(f"--int8-budget {self.int8_budget}: expected an accuracy drop in points >= 0")
-        if self.teacher_epochs < 1:
+        if self.teacher_epochs is not None and self.teacher_epochs < 1:
             raise InputError(f"--teacher-epochs {self.teacher_epochs}: expected an integer >= 1")
+        if self.teacher_patience < 1:
+            raise InputError(f"--teacher-patience {self.teacher_patience}: expected an integer >= 1")
+        if self.model_input not in ("raw", "normalized"):
+            raise InputError(f"--model-input {self.model_input!r}: expected raw (8-bit pixels into the model) or normalized")
+        if self.augment != "auto":
+            from compress.train import parse_augment
+
+            parse_augment(self.augment)
+        if self.image_size is not None:
+            from compress.data import parse_image_size
+
+            parse_image_size(self.image_size)
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, disable=quiet, transient=False)
+def _train_threads(cfg: RunConfig, data: Dataset):
+    """Torch threads for the teachers' and the student's training (``--train-threads``, else the measured
+    rule in ``compress.core.threads``): chosen from the allowed CPUs and the models, never from the load."""
+    teacher_batch = getattr(teacher_recipe(cfg, data), "batch_size", cfg.batch_size)
+    return plan_threads(cfg.train_threads, cfg.teachers or [], cfg.student, data.input_shape, data.num_classes,
+                        student_batch=cfg.batch_size, teacher_batch=teacher_batch)
+
+
+def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str:
+    """One line before any training: how long the built-in members' and the student's training will take
+    here, from a few timed steps of each (``compress.estimate``; RNG states untouched). Members stop early
+    on their validation split, and cached ones are not retrained, so the teachers' part is an upper bound."""
+    def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
+        with rng_preserved(), torch_threads(threads_):
+            model = models.build(spec, data.input_shape, data.num_classes)
+            return estimate_fit_seconds(model, data.x_train[:batch], n, epochs, batch)
+
+    built_in = [t for t in cfg.teachers if models.is_known(t)]
+    n_members = int(round(len(data.x_train) * 0.9))
+    teachers = sum(seconds(t, cfg.teacher_epochs, 64, n_members, threads.teachers or 1) for t in built_in)
+    student = seconds(cfg.student, cfg.epochs, cfg.batch_size, len(data.x_train), threads.student)
+    parts = ([f"teachers at most ~{format_duration(teachers)} ({len(built_in)} built-in, {cfg.teacher_epochs} "
+              f"epochs; early stopping and the cache make it less)"] if built_in else [])
+    parts.append(f"student ~{format_duration(student)} ({cfg.epochs} epochs)")
+    return (f"estimate: training ~{format_duration(teachers + student)} on {data.x_train.shape[0]:,} samples: "
+            + "; ".join(parts) + " (soft targets, export and validation come on top)")
 
 
 def _epochs_done(checkpoint: Path) -> int:
@@ -173,14 +217,53 @@ def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], w
     key = content_key("student-checkpoint", 1, cfg.student, data.fingerprint(), len(data.x_train),
                       data.y_train is not None, [m.fingerprint for m in members], cfg.loss, float(cfg.temperature),
                       float(cfg.alpha), cfg.epochs, float(cfg.lr), cfg.optimizer, float(cfg.weight_decay),
-                      cfg.batch_size, cfg.seed, world)
-    return cache_dir("students") / f"{cfg.student}-{key[:24]}.pt"
+                      cfg.batch_size, cfg.seed, world, *([] if not augmentation(cfg, data) else [augmentation(cfg, data).describe()]))
+    return cache_dir("students") / f"{safe_name(cfg.student)}-{key[:24]}.pt"
 
 
 def load_run_data(cfg: RunConfig) -> Dataset:
     """Stage 1: the data set, split and normalized as the recipe says."""
+    options = dict(cfg.data_options)
+    if cfg.image_size is not None:
+        options["image_size"] = cfg.image_size
     return load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                     unlabelled=cfg.unlabelled, seed=cfg.seed, **cfg.data_options)
+                     unlabelled=cfg.unlabelled, seed=cfg.seed, **options)
+
+
+def resolve_defaults(cfg: RunConfig, data: Dataset, console: Console | None) -> dict:
+    """The settings left unset, chosen for this data (``compress.defaults``) and said on one line."""
+    from compress import defaults
+
+    picked = defaults.choose(cfg, data, pick_device(cfg.device).type)
+    if picked and console is not None:
+        console.print(defaults.describe(picked), highlight=False, soft_wrap=True, markup=False)
+    return picked
+
+
+def augmentation(cfg: RunConfig, data: Dataset):
+    """The training augmentation: ``auto`` is a random crop (padding 1/10 of the side) for 8-bit images of
+    16 px and up (not for the digits' 8x8, nor features or audio), never a flip (a mirrored digit or letter
+    changes class: ask for it with ``crop,flip`` where mirrored images keep theirs); ``--jitter N`` is a
+    crop of N for the teachers."""
+    from compress.train import Augment, parse_augment
+
+    if cfg.augment != "auto":
+        return parse_augment(cfg.augment)
+    if data.input_kind == "image" and data.raw_dtype == "uint8" and min(data.input_shape[1:]) >= 16:
+        return Augment(crop=max(1, min(data.input_shape[1:]) // 10))
+    return Augment()
+
+
+def teacher_recipe(cfg: RunConfig, data: Dataset):
+    """How built-in members train for this run (``compress.teacher_training``)."""
+    from dataclasses import replace
+
+    from compress.teacher_training import TeacherRecipe
+
+    augment = augmentation(cfg, data)
+    if cfg.jitter:
+        augment = replace(augment, crop=cfg.jitter)
+    return TeacherRecipe(epochs=cfg.teacher_epochs, patience=cfg.teacher_patience, augment=augment)
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -247,9 +330,20 @@ def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress,
 def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task) -> list[Teacher]:
     """Stage 2: every member loaded (built-ins trained or taken from the cache), each fed its own input
     contract; a member that scores as if fed the wrong inputs is a warning (an error with --strict)."""
+    epochs_task, epochs_done = {}, {}
+
+    def on_epoch(spec: str, epoch: int, val_accuracy: float | None) -> None:
+        if spec not in epochs_task:
+            epochs_task[spec] = progress.add_task(f"training teacher {spec}", total=cfg.teacher_epochs, unit="epoch")
+        note = "" if val_accuracy is None else f" (validation {100 * val_accuracy:.2f}%)"
+        epochs_done[spec] = epoch + 1
+        progress.update(epochs_task[spec], completed=epoch + 1, description=f"training teacher {spec}{note}")
+
     members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
-                            jitter_pixels=cfg.jitter, contracts=cfg.teacher_contracts,
+                            contracts=cfg.teacher_contracts, recipe=teacher_recipe(cfg, data), on_epoch=on_epoch,
                             on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
+    for spec, t in epochs_task.items():  # early stopping ends a member before its budget: close its bar
+        progress.update(t, total=epochs_done[spec])
     progress.update(task, completed=len(members), description="teacher members")
     for message in contract_warnings(members, data, strict=cfg.strict_teachers):
         progress.console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
@@ -297,16 +391,24 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
     if done and rank == 0:
         console.print(f"{'student already trained' if done >= cfg.epochs else f'resuming from epoch {done}/{cfg.epochs}'}"
                       f" (checkpoint {checkpoint})", highlight=False, soft_wrap=True, markup=False)
-    task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs, completed=done)
 
     def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         soft = torch.as_tensor(np.asarray(targets[idx]), device=logits.device)
         hard = None if labels is None else labels[idx].to(logits.device)
         return loss_fn(logits, soft, hard, cfg.temperature, cfg.alpha)
 
+    if rank == 0 and done < cfg.epochs:
+        seconds = estimate_fit_seconds(student, data.x_train[:cfg.batch_size], len(data.x_train), cfg.epochs - done,
+                                       cfg.batch_size, batch_loss, optimizer=cfg.optimizer, device=device,
+                                       checkpoint_dir=checkpoint.parent)
+        progress.note(f"estimate: distilling {cfg.student} ~{format_duration(seconds)} "
+                      f"({cfg.epochs - done} epochs x {len(data.x_train)} samples)")
+    task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs, completed=done,
+                             unit="epoch")
+
     history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
-                  checkpoint=checkpoint, data_parallel=world > 1, on_epoch=lambda e, l: _after_epoch(progress, task, e))
+                  checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data), on_epoch=lambda e, l: _after_epoch(progress, task, e))
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -323,6 +425,7 @@ def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], s
     """Stages 5 and 6: the student into ``tmp_dir`` in the target's format, then every row measured."""
     task = progress.add_task(f"exporting to {cfg.target}", total=1)
     info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization, input_kind=data.input_kind,
+                     preprocessing=model_preprocessing(cfg, data),
                      description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
                      version=__version__)
     exported = export_student(cfg, data, student, targets, info, tmp_dir,
@@ -353,12 +456,17 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
         rank, world = _init_distributed()
     with stage("data"):
         data = load_run_data(cfg)
+        picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
         name, out_root = output_folder(cfg, data, rank)
         student = initial_student(cfg, data)
-    with _progress(console, quiet or rank != 0) as progress:
-        with stage("teachers"):
+    with stage("setup"):
+        threads = _train_threads(cfg, data)
+    with make_progress(console, quiet=quiet or rank != 0, interactive=is_interactive(console)) as progress:
+        if rank == 0 and not quiet:
+            progress.note(estimate_run(cfg, data, threads))
+        with stage("teachers"), torch_threads(threads.teachers or threads.student):
             members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world)
-        with stage("distillation"):
+        with stage("distillation"), torch_threads(threads.student):
             student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
                                                        rank, world)
         if student is None:
@@ -372,7 +480,9 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
                 report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
             report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
             report["run"].update(_run_facts(cfg, data, members, profile, name, out_root / name, device, world,
-                                            targets_cached, history, started))
+                                            targets_cached, history, started, threads.facts()))
+            report["run"].update(defaults_chosen=picked, augment=augmentation(cfg, data).describe(),
+                                 model_input=model_preprocessing(cfg, data) or "normalized float32 (the app normalizes)")
             with stage("report"):
                 write_outputs(cfg, data, members, student, report, tmp_dir, out_root / name, name)
         finally:  # an exception, Ctrl-C or SIGTERM anywhere in this window leaves nothing behind
@@ -412,12 +522,14 @@ def save_traceback(stage_name: str) -> str | None:
 
 
 def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: dict | None, name: str, final_dir: Path,
-               device, world: int, targets_cached: bool, history: list, started: float) -> dict:
-    """The report's ``run`` section: what was run, on what, and how long it took."""
+               device, world: int, targets_cached: bool, history: list, started: float,
+               train_threads: dict | None = None) -> dict:
+    """The report's ``run`` section: what was run, on what, and how long it took (and with how many training
+    threads, and why: ``train_threads``, ``train_threads_teachers``, ``train_threads_reason``)."""
     return {
         "name": name, "out_dir": str(final_dir), "target": cfg.target, "threads": cfg.threads,
         "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
-                                               "cached": m.cached, "output": m.output,
+                                               "cached": m.cached, "output": m.output, "training": m.training,
                                                "contract": m.contract.describe()} for m in members],
         "warnings": list(cfg.warnings),
         "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
@@ -425,7 +537,7 @@ def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: d
         "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
             "name", "description", "runtime", "precision", "threads", "cpu", "budgets", "source")},
         "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        "wall_time_s": round(time.perf_counter() - started, 2), **(train_threads or {}),
     }
 
 
@@ -498,6 +610,7 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         **registry.TARGETS[cfg.target].describe_io(folder / file_name),
         "output_meaning": "unnormalized class scores (logits) in labels.txt order; softmax gives probabilities",
         "normalization": data.normalization,
+        "preprocessing": {"inside_model": bool(model_preprocessing(cfg, data)), **model_preprocessing(cfg, data)},
         "front_end": _front_end(student),
         "labels": data.labels,
         "labels_file": "labels.txt",

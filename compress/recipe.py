@@ -36,6 +36,7 @@ class Key:
 
 
 _STR, _INT, _NUM, _BOOL, _LIST, _TABLE = (str,), (int,), (int, float), (bool,), (list,), (dict,)
+_SIZE = (str, int)
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "": {
@@ -48,32 +49,40 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "limit_train": Key("limit_train", _INT, "Use only the first N training samples.", 10000),
         "limit_test": Key("limit_test", _INT, "Use only the first N test samples.", 1000),
         "unlabelled": Key("unlabelled", _BOOL, "Ignore training labels: distill from soft targets only."),
+        "image_size": Key("image_size", _SIZE, "Images: resize to cover HEIGHTxWIDTH and centre-crop (default: the most common size).", "32x32"),
         "options": Key("data_options", _TABLE, "Loader options, e.g. split = \"index<5\", sample_rate = 8000, "
                        "label_pattern, test_fraction, image_size, allow_unreadable.", {"split": "index<5"}),
     },
     "teachers": {
-        "members": Key("teachers", _LIST, "Ensemble members: built-in names, .ts/.pt TorchScript, .pt2, .onnx, a dist/<name> folder, outputs computed elsewhere (.npz from compress soft-targets), or module:function=weights.pt."),
+        "members": Key("teachers", _LIST, "Ensemble members (default: chosen for the data's kind and size, and said): built-in names, .ts/.pt TorchScript, .pt2, .onnx, a dist/<name> folder, outputs computed elsewhere (.npz from compress soft-targets), or module:function=weights.pt.", ["mlp-1200", "cnn", "resnet"]),
         "contract": Key("teacher_contracts", _TABLE, "Per-member input contract: member spec -> what it was trained on "
                         "(scale, mean, std, layout, channels, size, shape, dtype, sample_rate, input, output, accuracy; README).",
                         {"teacher.onnx": {"scale": "1/16", "mean": 0, "std": 1, "shape": "64"}}),
         "strict": Key("strict_teachers", _BOOL, "Fail (exit 2) instead of warning when a member scores far below the others or near chance."),
-        "epochs": Key("teacher_epochs", _INT, "Training epochs for built-in members (cached)."),
+        "epochs": Key("teacher_epochs", _INT, "Most training epochs for built-in members; early stopping on a validation split "
+                      "usually ends sooner (default: chosen for the data size; cached).", 10),
+        "patience": Key("teacher_patience", _INT, "Early stopping: epochs without a better validation accuracy before a built-in member stops."),
+        "augment": Key("augment", _STR, "Image augmentation when training (teachers and student): auto (crop for 8-bit "
+                       "images of 16px and up, none for others), none, or crop[=PIXELS],flip (flip only where mirrored images keep their class)."),
         "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members."),
     },
     "student": {
-        "arch": Key("student", _STR, "Student architecture from the model registry (compress.models.MODELS)."),
+        "arch": Key("student", _STR, "Student architecture: a registry name (compress.models.MODELS) or a family with multipliers "
+                          "(compress.models.FAMILIES), e.g. mobilenet:0.35 (width) or mobilenet:0.5:0.5 (width:depth); default: chosen for the data's kind and size.", "mobilenet:0.35"),
     },
     "distill": {
         "loss": Key("loss", _STR, "Distillation loss from compress.losses.LOSSES."),
         "temperature": Key("temperature", _NUM, "Softmax temperature T (the soft loss is scaled by T^2)."),
         "alpha": Key("alpha", _NUM, "Weight of the hard-label loss; the soft loss gets 1 - alpha."),
-        "epochs": Key("epochs", _INT, "Student epochs (a checkpoint is kept after every epoch: an interrupted run resumes)."),
+        "epochs": Key("epochs", _INT, "Student epochs (default: chosen for the data size; a checkpoint is kept after every epoch: an interrupted run resumes).", 100),
         "optimizer": Key("optimizer", _STR, "adam, adamw or sgd (compress.train.OPTIMIZERS)."),
         "lr": Key("lr", _NUM, "Peak learning rate (cosine schedule)."),
         "weight_decay": Key("weight_decay", _NUM, "Weight decay."),
         "batch_size": Key("batch_size", _INT, "Batch size (global: split across processes under torchrun)."),
         "seed": Key("seed", _INT, "Same recipe + seed -> same result."),
         "train_device": Key("device", _STR, "Torch device for training (default: cuda when present, else cpu).", "cuda"),
+        "train_threads": Key("train_threads", _INT, "Torch threads for training teachers and student (default: 1 for small "
+                             "models, else the CPUs this process may use; the report says which and why).", 2),
         "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
     },
     "quantize": {
@@ -85,8 +94,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "export": {
         "targets": Key("targets", _LIST, f"Export targets, one output folder each: {', '.join(TARGETS)}."),
+        "input": Key("model_input", _STR, "raw: 8-bit images go into the model as is (uint8 / a Core ML image; it normalizes "
+                     "in its first op); normalized: float32 input the app normalizes (the data's formula)."),
         "precision": Key("precision", _STR, f"{_takers('precision')}: compute precision, fp16 or fp32.", "fp32"),
         "deployment_target": Key("deployment_target", _STR, f"{_takers('deployment_target')}: minimum deployment target.", "iOS17"),
+        "input_type": Key("input_type", _STR, f"{_takers('input_type')}: how raw 8-bit images enter the model, image (a CVPixelBuffer) or tensor.", "tensor"),
         "min_runtime": Key("min_runtime", _STR, f"{_takers('min_runtime')}: fail unless the model loads in this runtime version.", "2.14"),
     },
     "device": {
@@ -112,7 +124,7 @@ def _nearest(word: str, choices: list[str]) -> str:
 
 def _type_name(types: tuple[type, ...]) -> str:
     return {_STR: "a string", _INT: "an integer", _NUM: "a number", _BOOL: "true or false",
-            _LIST: "a list of strings", _TABLE: "a table"}[types]
+            _LIST: "a list of strings", _TABLE: "a table", _SIZE: "a size (32 or \"48x64\")"}[types]
 
 
 def _check_type(where: str, key: Key, value: Any) -> Any:

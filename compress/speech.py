@@ -13,8 +13,10 @@ Families (all plain conv/BN/ReLU/pool/linear: ONNX, TFLite and Core ML convert t
 
 * teachers: ``speech-cnn`` (VGG-style), ``speech-resnet`` (residual), ``speech-wide-cnn`` (wide,
   shallow, with a tall frequency kernel first);
-* student: ``ds-cnn``, the depthwise-separable CNN of Zhang et al. 2017, "Hello Edge: Keyword Spotting
-  on Microcontrollers" (a strided 10×4 conv, then depthwise 3×3 + pointwise 1×1 blocks, average pooling).
+* students: the depthwise-separable CNN of Zhang et al. 2017, "Hello Edge: Keyword Spotting on
+  Microcontrollers" (a strided 10×4 conv, then depthwise 3×3 + pointwise 1×1 blocks, average pooling), in
+  the paper's three sizes ``ds-cnn-s`` (64 channels, 4 DS blocks), ``ds-cnn-m`` (172, 4) and ``ds-cnn-l``
+  (276, 5), and ``ds-cnn``, this project's original smaller variant (40 channels, 3 blocks; not a paper size).
 
 This module must not import ``compress.models`` (that module imports this one to register the families).
 """
@@ -112,17 +114,44 @@ def speech_wide_cnn(input_shape, num_classes, width=96, frontend: dict | None = 
     return SpeechModel(fe, nn.Sequential(*layers))
 
 
-def ds_cnn(input_shape, num_classes, channels=40, blocks=3, frontend: dict | None = None) -> nn.Module:
-    """DS-CNN student (Hello Edge): a 10×4 conv with stride 2, ``blocks`` depthwise-separable blocks
-    (depthwise 3×3 + pointwise 1×1, each with BN/ReLU; the first block strided), average pooling, linear.
-    About 8k parameters with the default 40 channels."""
-    fe, _ = _frontend(input_shape, "ds-cnn", frontend)
-    layers: list[nn.Module] = [nn.BatchNorm2d(1), *_cbr(1, channels, k=(10, 4), stride=2, padding=(4, 1))]
+def ds_cnn(input_shape, num_classes, channels=40, blocks=3, frontend: dict | None = None, *,
+           first_kernel=(10, 4), first_stride=(2, 2), strided_block: int | None = 0, name: str = "ds-cnn") -> nn.Module:
+    """DS-CNN student (Hello Edge): a strided ``first_kernel`` conv, ``blocks`` depthwise-separable blocks
+    (depthwise 3×3 + pointwise 1×1, each with BN/ReLU; block ``strided_block`` has stride 2), average
+    pooling, linear. Kernels and strides are (mel bands, frames).
+
+    The defaults are the registered ``ds-cnn``: this project's original reduced variant, smaller than the
+    paper's S (40 channels, 3 blocks, a 10-band × 4-frame first kernel; about 8k parameters). The paper's
+    sizes are ``ds_cnn_size``."""
+    fe, _ = _frontend(input_shape, name, frontend)
+    padding = tuple((k - 1) // 2 for k in first_kernel)
+    layers: list[nn.Module] = [nn.BatchNorm2d(1), *_cbr(1, channels, k=first_kernel, stride=first_stride,
+                                                        padding=padding)]
     for b in range(blocks):
-        layers += _cbr(channels, channels, stride=2 if b == 0 else 1, groups=channels)  # depthwise 3x3
+        layers += _cbr(channels, channels, stride=2 if b == strided_block else 1, groups=channels)  # depthwise 3x3
         layers += _cbr(channels, channels, k=1, padding=0)  # pointwise 1x1
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     return SpeechModel(fe, nn.Sequential(*layers))
+
+
+# Hello Edge's DS-CNN sizes (Zhang et al. 2017, appendix; ARM's ML-KWS-for-MCU ``model_size_info``): channels,
+# DS blocks, stride of the 10×4 first conv as (time, frequency), index of the stride-2 DS block (None: none).
+DS_CNN_SIZES = {
+    "s": (64, 4, (2, 2), None),
+    "m": (172, 4, (2, 1), 0),
+    "l": (276, 5, (2, 1), 0),
+}
+
+
+def ds_cnn_size(input_shape, num_classes, size: str, frontend: dict | None = None) -> nn.Module:
+    """DS-CNN-S/M/L as in the paper: the first conv is 10 frames × 4 bands (the paper's time × frequency
+    kernel, here transposed to our (bands, frames) layout) with the paper's strides. The paper feeds 10 MFCCs
+    per frame; the front-end here gives 40 log-mel bands, so the same topology costs about 4-5x the paper's
+    operations (its parameters are the paper's: they do not depend on the input size)."""
+    channels, blocks, (time_stride, freq_stride), strided_block = DS_CNN_SIZES[size]
+    return ds_cnn(input_shape, num_classes, channels=channels, blocks=blocks, frontend=frontend,
+                  first_kernel=(4, 10), first_stride=(freq_stride, time_stride), strided_block=strided_block,
+                  name=f"ds-cnn-{size}")
 
 
 SPEECH_MODELS = {
@@ -130,6 +159,9 @@ SPEECH_MODELS = {
     "speech-cnn": lambda s, n: speech_cnn(s, n),
     "speech-resnet": lambda s, n: speech_resnet(s, n),
     "speech-wide-cnn": lambda s, n: speech_wide_cnn(s, n),
-    # student
+    # students
     "ds-cnn": lambda s, n: ds_cnn(s, n),
+    "ds-cnn-s": lambda s, n: ds_cnn_size(s, n, "s"),
+    "ds-cnn-m": lambda s, n: ds_cnn_size(s, n, "m"),
+    "ds-cnn-l": lambda s, n: ds_cnn_size(s, n, "l"),
 }

@@ -26,13 +26,11 @@ from torch import nn
 
 from compress import models
 from compress.contracts import Contract, make_contract, member_view, split_spec
-from compress.core.cache import (cache_dir, content_key, file_sha256, read_verified, state_dict_sha256, torch_load,
-                                  write_entry)
+from compress.core.cache import content_key, file_sha256, state_dict_sha256
 from compress.core.errors import InputError
 from compress.train import fit, pick_device, predict_logits
 from compress.soft_targets import ensemble_probs, soft_targets, softmax  # noqa: E402,F401  (re-exported)
 
-TEACHER_TRAINING_VERSION = 1  # bump when the built-in training recipe changes (invalidates caches)
 
 
 @dataclass
@@ -51,6 +49,7 @@ class Teacher:
     contract: Contract = field(default_factory=Contract)  # what the member was trained on (compress.contracts)
     view: Callable[[np.ndarray], np.ndarray] | None = None  # data samples -> the member's own input (None: as is)
     recorded: dict | None = None  # the contract the member's file records about its training data, if any
+    training: dict | None = None  # a built-in member's training curve (compress.teacher_training)
 
     def own_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` (the data's samples, as the student sees them) in the member's own input contract."""
@@ -244,39 +243,19 @@ def load_factory(spec: str, **_) -> Teacher:
     return _module_teacher(Path(weights).name, "factory", module, state_dict_sha256(module.state_dict()))
 
 
-def _matching_state(state, module: nn.Module) -> dict:
-    """``state`` when it is a state_dict with exactly ``module``'s names and shapes (checked before anything
-    is copied into the module), else ValueError."""
-    own = module.state_dict()
-    if not isinstance(state, dict) or set(state) != set(own):
-        raise ValueError(f"not a state_dict of this {type(module).__name__}")
-    for k, v in own.items():
-        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
-            raise ValueError(f"weight {k!r} has the wrong shape")
-    return state
-
-
 def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None = None,
-                  jitter_pixels: int = 0, on_epoch=None) -> Teacher:
-    """Train registry model ``name`` on the labelled training split, or reuse the cached weights."""
-    if data.y_train is None:
-        raise InputError(f"teacher {name!r}: built-in teachers are trained on labels, but the transfer set is unlabelled")
-    module = models.build(name, data.input_shape, data.num_classes)
-    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), epochs, seed, jitter_pixels)
-    path = cache_dir("teachers") / f"{name}-{key[:20]}.pt"
-    state = read_verified(path, lambda p: _matching_state(torch_load(p), module))
-    cached = state is not None
-    if cached:
-        module.load_state_dict(state)
-    else:
-        y = torch.as_tensor(data.y_train)
-        dev = pick_device(device)
-        fit(module, data.x_train, lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
-            epochs=epochs, lr=1e-3, weight_decay=1e-4, seed=seed, device=dev, jitter_pixels=jitter_pixels,
-            on_epoch=on_epoch)
-        weights = module.cpu().state_dict()
-        write_entry(path, lambda tmp: torch.save(weights, str(tmp)))
-    return _module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
+                  jitter_pixels: int = 0, on_epoch=None, recipe=None) -> Teacher:
+    """Train registry model ``name`` on the labelled training split, or reuse the cached weights: see
+    ``compress.teacher_training`` (validation split, early stopping, schedule, augmentation, curve)."""
+    from compress.teacher_training import TeacherRecipe, train_builtin_module
+    from compress.train import Augment
+
+    recipe = recipe or TeacherRecipe(epochs=epochs, augment=Augment(crop=jitter_pixels))
+    module, curve, cached = train_builtin_module(name, data, recipe=recipe, seed=seed, device=device,
+                                                 on_epoch=on_epoch)
+    member = _module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
+    member.training = curve
+    return member
 
 
 def load_precomputed(spec: str, **kwargs) -> Teacher:
@@ -298,7 +277,7 @@ TEACHER_FORMATS = {
 
 def teacher_format(spec: str) -> str:
     """Which loader a teacher spec needs: a registry name, a file by suffix, or a factory."""
-    if spec in models.MODELS:
+    if models.is_known(spec):
         return "builtin"
     if Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file():
         return "folder"
@@ -314,7 +293,7 @@ def teacher_format(spec: str) -> str:
     if suffix in (".npz", ".npy"):
         return "precomputed"
     raise InputError(
-        f"teacher {spec!r}: not a built-in model {sorted(models.MODELS)}, nor a .ts/.pt/.pt2/.onnx file, "
+        f"teacher {spec!r}: not a built-in model ({models.why_unknown(spec)}), nor a .ts/.pt/.pt2/.onnx file, "
         "nor outputs computed elsewhere (.npz from compress soft-targets), nor 'module:function=weights.pt'"
     )
 
@@ -396,7 +375,8 @@ def _same_values(a: dict, b: dict) -> bool:
 
 
 def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str | None = None,
-                  jitter_pixels: int = 0, on_member=None, contracts: dict | None = None) -> list[Teacher]:
+                  jitter_pixels: int = 0, on_member=None, contracts: dict | None = None, recipe=None,
+                  on_epoch=None) -> list[Teacher]:
     """Resolve every teacher spec into a member (training built-ins when not cached), each fed its own
     input contract (``SPEC?key=value&...``, ``contracts[spec]``, or what its file records)."""
     if not specs:
@@ -409,7 +389,8 @@ def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str
             on_member(i, full_spec, fmt)
         if fmt == "builtin":
             member = train_builtin(spec, data, epochs=epochs, seed=seed + i, device=device,
-                                   jitter_pixels=jitter_pixels)
+                                   jitter_pixels=jitter_pixels, recipe=recipe,
+                                   on_epoch=None if on_epoch is None else (lambda e, acc, s=spec: on_epoch(s, e, acc)))
         else:
             member = TEACHER_FORMATS[fmt](spec, data=data)
         contract = _contract_for(spec, table, contracts, member, data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.core.errors import TrainingDiverged
+from compress.core.errors import InputError, TrainingDiverged
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -48,6 +49,51 @@ def jitter(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Te
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chan, rows, cols]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation of image batches (never applied outside ``fit``, so never to the test
+    split): a random crop after padding each side by ``crop`` pixels (the background value fills the
+    border: the paper's jitter), and a random horizontal flip where mirrored images keep their class."""
+
+    crop: int = 0
+    flip: bool = False
+
+    def __bool__(self) -> bool:
+        return self.crop > 0 or self.flip
+
+    def describe(self) -> str:
+        parts = ([f"random crop after padding {self.crop}px"] if self.crop else []) + (["horizontal flip"] if self.flip else [])
+        return ", ".join(parts) or "none"
+
+
+def parse_augment(spec: str | None, *, where: str = "--augment") -> Augment:
+    """``none``, ``crop``, ``crop=4``, ``flip``, ``crop=2,flip`` -> ``Augment``."""
+    if spec in (None, "", "none", "off"):
+        return Augment()
+    crop, flip = 0, False
+    for part in str(spec).split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "flip" and not value:
+            flip = True
+        elif key == "crop" and (not value or value.isdigit()):
+            crop = int(value) if value else 2
+        else:
+            raise InputError(f"{where} {spec!r}: expected 'none', 'auto' or a comma list of crop[=PIXELS] and flip "
+                             "(e.g. 'crop=4,flip')")
+    return Augment(crop, flip)
+
+
+def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """``augment`` applied to one training batch of images (other shapes pass through)."""
+    if x.dim() != 4:
+        return x
+    x = jitter(x, augment.crop, generator)
+    if augment.flip:
+        mirror = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    return x
 
 
 OPTIMIZERS = {
@@ -136,9 +182,12 @@ def fit(
     seed: int = 0,
     device: torch.device | None = None,
     jitter_pixels: int = 0,
+    augment: Augment | None = None,
+    warmup_epochs: float = 0.0,
     checkpoint: Path | None = None,
     data_parallel: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
+    stop: Callable[[int, float], bool] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with a cosine learning-rate schedule; returns per-epoch mean loss.
 
@@ -151,6 +200,10 @@ def fit(
     full), training goes on without it after one warning line. With ``data_parallel`` (under
     ``torchrun``) each process takes its share of every batch and DistributedDataParallel averages the gradients; rank 0 writes the checkpoint. Teachers are
     trained by rank 0 alone, so it is opt-in.
+
+    ``augment`` (or the older ``jitter_pixels``, a crop) changes training batches only. ``warmup_epochs``
+    ramps the learning rate up linearly before the cosine decay (deep nets with BN on new data diverge
+    less). ``stop(epoch, loss)`` is asked after every epoch (early stopping on a validation split).
     """
     device = device or pick_device()
     seed_everything(seed)
@@ -161,15 +214,17 @@ def fit(
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     x_all = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(device)  # small data sets live on the device
     order_rng = torch.Generator().manual_seed(seed)
-    total_steps = epochs * max(1, -(-len(x_all) // batch_size))
-    opt, schedule = _optimizer_and_schedule(model, optimizer, lr, weight_decay, total_steps)
+    steps_per_epoch = max(1, -(-len(x_all) // batch_size))
+    total_steps, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    augment = augment or Augment(crop=jitter_pixels)
+    opt, schedule = _optimizer_and_schedule(model, optimizer, lr, weight_decay, total_steps, warmup)
     history: list[float] = []
     if checkpoint is not None:
         history, opt, schedule = _resume(checkpoint, model, opt, schedule, order_rng, device, seed,
-                                         lambda: _optimizer_and_schedule(model, optimizer, lr, weight_decay, total_steps))
+                                         lambda: _optimizer_and_schedule(model, optimizer, lr, weight_decay, total_steps, warmup))
     saving = checkpoint is not None and rank == 0
     for epoch in range(len(history), epochs):
-        history.append(_epoch(trained, x_all, batch_loss, opt, schedule, order_rng, batch_size, jitter_pixels,
+        history.append(_epoch(trained, x_all, batch_loss, opt, schedule, order_rng, batch_size, augment,
                               rank, world))
         if not math.isfinite(history[-1]):  # stop before a diverged epoch is checkpointed or exported
             raise TrainingDiverged(f"training diverged at epoch {epoch + 1}/{epochs}: the mean loss is "
@@ -180,13 +235,21 @@ def fit(
                                                    "history": list(history), **_rng_states(order_rng, device)})
         if on_epoch:
             on_epoch(epoch, history[-1])
+        if stop is not None and stop(epoch, history[-1]):
+            break
     model.eval()
     return history
 
 
-def _optimizer_and_schedule(model: nn.Module, optimizer: str, lr: float, weight_decay: float, total_steps: int):
+def _optimizer_and_schedule(model: nn.Module, optimizer: str, lr: float, weight_decay: float, total_steps: int,
+                            warmup: int = 0):
+    """The optimizer and its per-step schedule: cosine decay, after a linear warm-up when ``warmup`` > 0."""
     opt = OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if warmup <= 0 or warmup >= total_steps:
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.05, total_iters=warmup)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps - warmup)
+    return opt, torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warmup])
 
 
 def _resume(checkpoint: Path, model: nn.Module, opt, schedule, order_rng: torch.Generator, device, seed: int,
@@ -216,13 +279,15 @@ def _resume(checkpoint: Path, model: nn.Module, opt, schedule, order_rng: torch.
 
 
 def _epoch(trained: nn.Module, x_all: torch.Tensor, batch_loss: Callable, opt, schedule, order_rng: torch.Generator,
-           batch_size: int, jitter_pixels: int, rank: int, world: int) -> float:
+           batch_size: int, augment: Augment, rank: int, world: int) -> float:
     """One pass over the shuffled data; the mean loss (summed on the device: no host sync per step)."""
     order = torch.randperm(len(x_all), generator=order_rng).numpy()
     total, seen = torch.zeros((), device=x_all.device), 0
     for start in range(0, len(order), batch_size):
         idx = np.sort(order[start:start + batch_size])  # sorted: friendlier to memory-mapped targets
-        xb = jitter(x_all[torch.as_tensor(idx, device=x_all.device)], jitter_pixels, order_rng)
+        xb = x_all[torch.as_tensor(idx, device=x_all.device)]
+        if augment:
+            xb = augment_batch(xb, augment, order_rng)
         if world > 1:  # this process's share of the batch; DDP averages the gradients
             xb, idx = xb[rank::world], idx[rank::world]
         loss = batch_loss(trained(xb), idx)

@@ -302,7 +302,8 @@ def _run(path: Path, x: np.ndarray, threads: int, timeout: float) -> tuple[np.nd
     info = setup()
     with tempfile.TemporaryDirectory(prefix="compress-arm64-") as tmp:
         in_path, out_path = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
-        np.save(in_path, np.ascontiguousarray(x, dtype=np.float32))
+        x = np.asarray(x)  # uint8 stays uint8 (raw pixels, as an app passes them); anything else is float32
+        np.save(in_path, np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))
         cmd = _guest_cmd(Path(info["qemu"]), Path(info["sysroot"]),
                          [str(CHILD), str(backend.emulated_runner), str(path.resolve()), str(in_path), str(out_path),
                           str(int(threads))])
@@ -331,7 +332,8 @@ def _engine(meta: dict) -> str:
 
 
 def run_on_emulator(path: Path | str, x: np.ndarray, threads: int = 1, timeout: float = 600) -> np.ndarray:
-    """Scores of ``x`` (float32, the model's normalized input space) from ``path`` run on emulated aarch64."""
+    """Scores of ``x`` (float32, the model's normalized input space; or uint8 raw pixels for a file that
+    takes them) from ``path`` run on emulated aarch64."""
     return _run(Path(path), x, threads, timeout)[0]
 
 

@@ -500,6 +500,44 @@ def _optional_sections(report: dict) -> str:
     return "".join(out)
 
 
+def _curves_svg(curves: list[tuple[str, dict]], prefix: str) -> str:
+    """Validation accuracy per epoch of every built-in member, its best epoch ringed."""
+    fig = _figure(5.6, 3.2)
+    ax = fig.add_subplot()
+    for name, curve in curves:
+        acc = curve["val_accuracy"]
+        epochs = list(range(1, len(acc) + 1))
+        (line,) = ax.plot(epochs, acc, marker="o", ms=3, lw=1.4, label=_mpl_text(name))
+        best = curve["best_epoch"]
+        ax.plot([best], [acc[best - 1]], marker="o", ms=9, mfc="none", mec=line.get_color(), ls="none")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(True, alpha=0.35)
+    ax.legend(fontsize=8, frameon=False)
+    return _svg(fig, prefix)
+
+
+def _training(report: dict) -> str:
+    """Each built-in member's training curve: validation accuracy per epoch (on a split held out of the
+    training data), the epoch kept, and why training stopped."""
+    members = [(t["name"], t["training"]) for t in (report.get("run") or {}).get("teachers") or []
+               if t.get("training")]
+    if not members:
+        return ""
+    def row(name: str, c: dict) -> str:
+        best = f"{100 * max(c['val_accuracy']):.2f}%" if c["val_accuracy"] else "—"
+        return (f"<tr><td>{_e(name)}</td><td>{c['epochs_run']} / {c['epochs_planned']}</td><td>{c['best_epoch']}</td>"
+                f"<td>{best}</td><td>{c['val_samples']}</td><td>{_e(c['stopped'])}"
+                f"{' (cached)' if c.get('cached') else ''}</td></tr>")
+
+    rows = "".join(row(name, c) for name, c in members)
+    plotted = [(n, c) for n, c in members if c["val_accuracy"]]
+    plot = f'<div class="plot">{_curves_svg(plotted, "curves")}</div>' if plotted else ""
+    return ('<h2>Teacher training</h2><div class="card"><table><tr><th>member</th><th>epochs run / most</th>'
+            f"<th>epoch kept</th><th>best validation accuracy</th><th>validation samples</th><th>stopped</th></tr>"
+            f"{rows}</table>{plot}</div>")
+
+
 def _details(report: dict) -> str:
     run = report.get("run") or {}
     settings = {k: v for k, v in run.items() if k not in ("data", "teachers", "name", "target")}
@@ -525,7 +563,7 @@ def render(report: dict) -> str:
         f"<h2>Models</h2>{_table(report)}"
         f"<h2>Trade-offs</h2>{_plots(report)}"
         f"<h2>Student vs teacher</h2>{_confusion(report)}"
-        f"{_optional_sections(report)}{_details(report)}"
+        f"{_training(report)}{_optional_sections(report)}{_details(report)}"
         f"<footer>{_e(tool.get('name', 'compress'))} {_e(tool.get('version', ''))} · schema {_e(report.get('schema'))}"
         + (f" · artifacts in {_e(run.get('out_dir'))}" if run.get("out_dir") else "")
         + "</footer></main></body></html>\n")

@@ -73,8 +73,11 @@ class Qat:
 class Backend:
     """One export target. Every field is data or a plain function; see the module docstring.
 
-    export(model, example, path, info, *, scheme="none", calibration=None, float_layers=(), **options) -> Path
-    open(path, threads=1, **runner_options) -> compress.core.runner.Runner
+    export(model, example, path, info, *, scheme="none", calibration=None, float_layers=(), **options) -> Path;
+      ``model`` takes normalized float32 and ``example``/``calibration`` are normalized; with
+      ``info.preprocessing`` the file takes raw 8-bit pixels instead (``compress.export.common.preprocess``)
+    open(path, threads=1, **runner_options) -> compress.core.runner.Runner (normalized float32 in, and uint8
+      pixels as they are for a file that takes raw pixels)
     describe_io(path) -> {"inputs": [...], "outputs": [...]} as the file declares them (for the manifest)
     schemes: --quantize scheme -> what it means for this target (help text); "none" first
     variant(scheme, options) -> the name of the numeric form written ("fp32", "int8-dynamic", ...): the

@@ -145,4 +145,7 @@ def test_mnist_idx_folder(tmp_path):
     assert report["run"]["data"]["input_shape"] == [1, 28, 28]
     assert rows["student (onnx fp32)"]["accuracy"] > 0.85 and rows["teacher ensemble"]["accuracy"] > 0.9
     assert rows["student (onnx fp32)"]["parity"]["passed"]
-    assert (tmp_path / "dist" / "mnist-mlp-small-onnx" / "model.onnx").is_file()
+    student = report["run"]["student"]  # 3,000 28x28 images: the defaults pick a student for that size
+    assert report["run"]["defaults_chosen"]["student"] == student == "mlp-800"
+    assert (tmp_path / "dist" / f"mnist-{student}-onnx" / "model.onnx").is_file()
+    assert report["run"]["model_input"]["input"] == "uint8"  # raw 8-bit pixels go into the model

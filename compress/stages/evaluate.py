@@ -8,7 +8,6 @@ Only numbers measured here are reported.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +15,18 @@ import torch
 
 from compress import models
 from compress.core import metrics
-from compress.core.cache import cache_dir, path_size, read_verified, write_entry
+from compress.core.cache import cache_dir, content_key, path_size, read_verified, write_entry
 from compress.core.errors import InputError
 from compress.core.runner import Runner
+from compress.core.threads import torch_threads
 from compress.core.versions import versions
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS, export_options, tolerance_for
 from compress.precomputed import lacks_test_outputs
 from compress.soft_targets import output_probs
+from compress.stages.export import model_preprocessing
 from compress.teachers import Teacher, ensemble_probs
 from compress.train import predict_logits
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """torch's intra-op threads set to ``n`` for a timing, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def member_target(target: str) -> str:
@@ -47,12 +37,14 @@ def member_target(target: str) -> str:
     return next(name for name, b in TARGETS.items() if b.runs_here)
 
 
-def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | str:
+def member_artifact(member: Teacher, data, target: str, preprocessing: dict | None = None) -> tuple[Path, str] | str:
     """The member as a file for ``target`` (fp32, cached by content), so it is timed like the student.
 
     Returns (path, target it runs in). A member given as a model file has no torch module to convert, so
     it stays in that file's runtime. Where the member cannot be exported (a format the converter does not
     take, an op it lacks), returns the reason: the member is then timed in torch and the report says why.
+    ``preprocessing`` (the student's in-model input preprocessing) is given to a member fed the data as
+    the student sees it, so both take the same raw input and are timed alike.
     """
     if member.artifact is not None:
         from compress.export.registry import by_suffix
@@ -63,10 +55,12 @@ def member_artifact(member: Teacher, data, target: str) -> tuple[Path, str] | st
     if member.module is None:
         return f"{member.kind} member: no model to run here"
     backend = TARGETS[target]
-    path = cache_dir(f"teacher-{target}") / f"{member.fingerprint[:32]}{backend.suffix}"
+    preprocessing = (preprocessing or {}) if member.view is None else {}
+    key = member.fingerprint[:32] + ("" if not preprocessing else "-" + content_key(preprocessing)[:8])
+    path = cache_dir(f"teacher-{target}") / f"{key}{backend.suffix}"
     if read_verified(path, lambda p: p) is None:  # missing, or damaged (discarded with a warning): export it
         info = ModelInfo(name=member.name, labels=data.labels, normalization=data.normalization,
-                         description=f"teacher member {member.name}")
+                         preprocessing=preprocessing, description=f"teacher member {member.name}")
         example = torch.as_tensor(member.own_input(data.x_test[:1]))
         try:
             written = write_entry(path, lambda tmp: backend.export(member.module, example, tmp, info,
@@ -104,7 +98,7 @@ def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance) -> tup
             advance()
             continue
         torch_logits = m.logits(x)
-        exported = member_artifact(m, data, m_target)
+        exported = member_artifact(m, data, m_target, model_preprocessing(cfg, data))
         macs = models.count_macs(m.module, m.own_input(x[:1]).shape[1:]) if m.module is not None and m.kind != "pt2" else None
         if isinstance(exported, str):
             with torch_threads(threads):

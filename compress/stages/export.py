@@ -31,7 +31,13 @@ class Exported:
 def target_options(cfg) -> dict:
     """The run's export options for its target (``scheme`` plus the target-only options given)."""
     return export_options(cfg.target, cfg.quantize, precision=cfg.precision, deployment_target=cfg.deployment_target,
-                          min_runtime=cfg.min_runtime)
+                          min_runtime=cfg.min_runtime, input_type=cfg.input_type)
+
+
+def model_preprocessing(cfg, data) -> dict:
+    """What the exported model computes itself so the app feeds raw 8-bit pixels (``{}``: the app feeds
+    normalized float32): the data's ``preprocessing`` unless ``model_input`` is ``normalized``."""
+    return data.preprocessing if cfg.model_input == "raw" else {}
 
 
 def calibration_indices(cfg, n_train: int) -> np.ndarray:

@@ -224,9 +224,22 @@ def _reference_members(specs: list, ds, recipe: dict, recipe_like: bool) -> list
                              file_sha256(path))
             check_members([member], ds.x_test[:8], ds.num_classes)
             return [member]
-    return load_teachers(specs, ds, epochs=int(recipe.get("teacher_epochs", 10)) if recipe_like else 10,
+    return load_teachers(specs, ds, epochs=int(recipe.get("teacher_epochs") or 10) if recipe_like else 10,
                          seed=int(recipe.get("seed", 0)) if recipe_like else 0,
-                         jitter_pixels=int(recipe.get("jitter", 0)) if recipe_like else 0)
+                         recipe=_teacher_recipe(recipe, ds) if recipe_like else None)
+
+
+def _teacher_recipe(recipe: dict, ds):
+    """How the run trained its built-in members (augmentation, patience, epochs), from its recorded recipe,
+    so the same members come out of the cache instead of being trained differently."""
+    from dataclasses import fields
+
+    from compress.pipeline import RunConfig, teacher_recipe
+
+    known = {f.name for f in fields(RunConfig)}
+    cfg = RunConfig(**{k: v for k, v in recipe.items() if k in known})
+    cfg.teacher_epochs = cfg.teacher_epochs or 10
+    return teacher_recipe(cfg, ds)
 
 
 def _member_runtime(m) -> str:

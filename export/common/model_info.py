@@ -20,6 +20,9 @@ class ModelInfo:
     # How an app turns raw input into the model's input: x = (raw * scale - mean) / std
     normalization: dict = field(default_factory=dict)
     input_kind: str = "image"  # "image", "features" or "audio" (raw PCM samples)
+    # Empty: the file takes the normalized float32 input. Set (images from an 8-bit source): the file takes
+    # raw pixels and normalizes them itself; keys and meaning in ``compress.export.common.preprocess``.
+    preprocessing: dict = field(default_factory=dict)
     description: str = ""
     author: str = "compress"
     license: str = ""
@@ -33,6 +36,7 @@ class ModelInfo:
             "labels": json.dumps(d["labels"]),
             "normalization": json.dumps(d["normalization"], sort_keys=True),
             "input_kind": self.input_kind,
+            "preprocessing": json.dumps(d["preprocessing"], sort_keys=True),
             "description": self.description,
             "author": self.author,
             "license": self.license,

@@ -19,14 +19,16 @@ COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "in
 
 
 def export(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
-           precision: str = "fp16", deployment_target: str = "iOS16") -> Path:
+           precision: str = "fp16", deployment_target: str = "iOS16", input_type: str = "image") -> Path:
     """``convert.export`` with the registry's vocabulary: ``scheme`` "fp16" is the fp16 compute precision,
-    the compression schemes keep ``precision``."""
+    the compression schemes keep ``precision``; ``input_type`` is the raw-pixel input's form (image or tensor)
+    when ``info.preprocessing`` is set."""
     from compress.export.coreml.convert import export as convert
 
     return convert(model, example, path, info, precision="fp16" if scheme == "fp16" else precision,
                    compression=scheme if scheme in COMPRESSIONS else None, calibration=calibration,
-                   minimum_deployment_target=deployment_target, float_layers=list(float_layers or []))
+                   minimum_deployment_target=deployment_target, float_layers=list(float_layers or []),
+                   input_type=input_type)
 
 
 def variant(scheme: str, options: dict) -> str:
@@ -36,6 +38,8 @@ def variant(scheme: str, options: dict) -> str:
 def check_options(scheme: str, options: dict) -> None:
     if options.get("precision") not in ("fp16", "fp32"):
         raise InputError(f"--precision {options.get('precision')!r}: expected fp16 or fp32 for target 'coreml'")
+    if options.get("input_type", "image") not in ("image", "tensor"):
+        raise InputError(f"--input-type {options.get('input_type')!r}: expected image or tensor for target 'coreml'")
 
 
 BACKEND = Backend(
@@ -51,8 +55,9 @@ BACKEND = Backend(
              "palettize-8": "k-means 8-bit palettes"},
     variant=variant,
     tolerances=TOLERANCES,
-    options={"precision": "a compute precision", "deployment_target": "a deployment target"},
-    defaults={"precision": "fp16", "deployment_target": "iOS16"},
+    options={"precision": "a compute precision", "deployment_target": "a deployment target",
+             "input_type": "a raw-pixel input form (image: a CVPixelBuffer; tensor: float32 pixel values 0..255)"},
+    defaults={"precision": "fp16", "deployment_target": "iOS16", "input_type": "image"},
     check_options=check_options,
     int8_fallback=Int8Fallback(reference=lazy("compress.export.coreml.debug", "float_reference"),
                                convert=lazy("compress.export.coreml.debug", "int8_keeping_float"),

@@ -13,7 +13,10 @@ runner (``compress.export.coreml.runner``) reads that dictionary in label order 
 logits directly. Models without labels get one float output named ``logits``.
 
 The input is named ``input``, float32, with the example's fixed shape (batch 1 is the usual export;
-the runners loop over a batch), or, for models without labels, a flexible batch ``1..max_batch``. ``compression``:
+the runners loop over a batch), or, for models without labels, a flexible batch ``1..max_batch``. With
+``info.preprocessing`` (raw 8-bit pixels) it is an image (``ct.ImageType``, GRAYSCALE or RGB, the
+normalization in its scale/bias and the model's first op) or, with ``input_type="tensor"``, float32 pixel
+values 0..255 (``_raw_pixel_input``). ``compression``:
 
 - ``None``: weights in the compute precision (fp16 or fp32).
 - ``"int8-weights"``: per-channel symmetric int8 weights (``constexpr_affine_dequantize`` on iOS16/17,
@@ -47,6 +50,7 @@ PRECISIONS = ("fp16", "fp32")
 COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int8")
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15", "watchOS9", "watchOS10", "tvOS16", "tvOS17")
 INPUT_NAME = "input"
+INPUT_TYPES = ("image", "tensor")  # a raw-pixel model's input: an image (CVPixelBuffer) or float32 raw values
 # Weight tensors with at most this many elements are left in fp16/fp32 when compressing (coremltools'
 # ``weight_threshold``; its default of 2048 would skip every layer of the small students this toolkit
 # makes). Tiny tensors (biases, a first 3x3 conv over one channel) cost nothing to keep and are the
@@ -97,7 +101,8 @@ def _trace(model: torch.nn.Module, example: torch.Tensor):
                 ) from trace_exc
 
 
-def _convert(model, example, info: ModelInfo, precision: str, target, max_batch: int | None = None):
+def _convert(model, example, info: ModelInfo, precision: str, target, max_batch: int | None = None, ct_input=None):
+    """``ct.convert`` of the traced model; ``ct_input``: the input (an image) instead of a float32 tensor."""
     import coremltools as ct
 
     traced = _trace(model, example)
@@ -105,7 +110,7 @@ def _convert(model, example, info: ModelInfo, precision: str, target, max_batch:
     if max_batch is not None:
         shape = (ct.RangeDim(lower_bound=1, upper_bound=int(max_batch), default=int(example.shape[0])),) + shape[1:]
     kwargs = dict(
-        inputs=[ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
+        inputs=[ct_input or ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
         convert_to="mlprogram",
         minimum_deployment_target=target,
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
@@ -214,7 +219,12 @@ def _quantize_activations(mlmodel, samples: np.ndarray, float_layers: Sequence[s
     config = cto.OptimizationConfig(global_config=cto.experimental.OpActivationLinearQuantizerConfig(mode="linear_symmetric"),
                                     op_name_configs={str(name): None for name in float_layers})
     if platform.system() == "Darwin":
-        data = [{INPUT_NAME: np.asarray(samples[i : i + 1], dtype=np.float32)} for i in range(len(samples))]
+        from compress.export.coreml.mil.evaluator import image_input_of
+        from compress.export.coreml.runner import pil_image
+
+        image = image_input_of(mlmodel.get_spec().description)  # an image input takes PIL images
+        rows = [np.asarray(samples[i : i + 1], dtype=np.float32) for i in range(len(samples))]
+        data = [{INPUT_NAME: pil_image(row, image) if image else row} for row in rows]
         return cto.experimental.linear_quantize_activations(mlmodel, config, data)
 
     from coremltools import _SPECIFICATION_VERSION_IOS_17
@@ -290,34 +300,10 @@ def _set_metadata(mlmodel, info: ModelInfo) -> None:
     mlmodel.user_defined_metadata.update(info.metadata())
 
 
-def export(
-    model: torch.nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    info: ModelInfo,
-    *,
-    precision: str = "fp16",
-    compression: str | None = None,
-    calibration: np.ndarray | None = None,
-    minimum_deployment_target: str = "iOS16",
-    max_batch: int | None = None,
-    float_layers: Sequence[str] | None = None,
-) -> Path:
-    """Convert ``model`` (traced on ``example``) to a Core ML ML Program at ``path`` (a ``.mlpackage``).
-
-    ``max_batch``: export a flexible batch dimension (``ct.RangeDim(1, max_batch)``) instead of the
-    example's fixed batch. Only for models without labels: a Core ML classifier predicts one example per
-    call (its ``classLabel``/``classLabel_probs`` outputs hold one row), so classifiers keep the example's
-    batch (normally 1) and the runners loop over a batch.
-
-    ``float_layers``: MIL op names (e.g. ``"linear_1_cast_fp16"``, the ``node`` of
-    ``compress.export.coreml.debug.layer_errors``) that compression leaves in float: no activation
-    quantize/dequantize pairs and uncompressed weights (coremltools ``op_name_configs`` {name: None}).
-
-    Returns ``path``. Raises ``InputError`` for an unknown precision/compression/target, a target too old
-    for the compression, missing calibration data, or an op coremltools cannot convert.
-    """
-    path = Path(path)
+def _check_args(path: Path, example: torch.Tensor, info: ModelInfo, precision: str, compression: str | None,
+                calibration, minimum_deployment_target: str, max_batch: int | None, float_layers: list[str],
+                input_type: str):
+    """Every argument problem as one InputError, before the (slow) conversion; returns the ``ct.target``."""
     if max_batch is not None:
         if info.labels:
             raise InputError(
@@ -332,8 +318,10 @@ def export(
         raise InputError(
             f"compression: '{compression}' is not supported for target 'coreml'; expected one of {', '.join(COMPRESSIONS)}"
         )
+    if input_type not in INPUT_TYPES:
+        raise InputError(f"input_type: {input_type!r}; expected one of {', '.join(INPUT_TYPES)} for target 'coreml'")
     target = _target(minimum_deployment_target)
-    if compression == "int8":  # check before the (slow) conversion
+    if compression == "int8":
         if _ios_version(target) < 8:
             raise InputError(
                 f"minimum_deployment_target: '{minimum_deployment_target}' is too old for compression 'int8' "
@@ -346,23 +334,106 @@ def export(
                 f"precision: '{precision}' cannot be combined with compression 'int8' (coremltools' activation "
                 f"quantization inserts fp16 scales); use precision 'fp16'"
             )
-    float_layers = [str(n) for n in (float_layers or [])]
     if float_layers and compression is None:
         raise InputError("float_layers: only a compression ('int8', 'int8-weights', 'palettize-N') has ops to keep in float")
     if path.suffix != ".mlpackage":
         raise InputError(f"{path}: Core ML ML Programs are saved as a .mlpackage folder; use a path ending in .mlpackage")
+    return target
 
+
+def _raw_pixel_input(model: torch.nn.Module, example: torch.Tensor, calibration, info: ModelInfo, input_type: str,
+                     max_batch: int | None):
+    """(model to trace, trace example, calibration, ``ct`` input or None, info) for ``info.preprocessing``.
+
+    ``image`` (channels L or RGB): a ``ct.ImageType`` (GRAYSCALE or RGB) whose scale and bias Core ML applies
+    to the pixel buffer: with one std for all channels the whole normalization is folded into them
+    (scale/std, -mean[c]/std) and the student is converted as it is; otherwise the ImageType does
+    ``raw * scale - mean[c]`` and a per-channel ``/ std[c]`` opens the model. ``tensor`` (or channels
+    ``any``): a float32 tensor of raw pixel values 0..255 with the whole normalization inside
+    (``RawPixels``). Calibration becomes raw pixel values (float32, what the program's input receives); the
+    recorded preprocessing gains ``input_type`` (what the file's input is).
+    """
+    import dataclasses
+
+    import coremltools as ct
+
+    from compress.export.common.preprocess import check, to_raw
+    from compress.export.common.raw_pixels import Normalize, RawPixels
+
+    p = check(info.preprocessing, tuple(example.shape))
+    image = input_type == "image" and p["channels"] != "any"
+    calibration = None if calibration is None else to_raw(calibration, p).astype(np.float32)
+    info = dataclasses.replace(info, preprocessing={**p, "input_type": "image" if image else "tensor"})
+    if not image:
+        return RawPixels(model, p), torch.from_numpy(to_raw(example, p).astype(np.float32)), calibration, None, info
+    if max_batch is not None:
+        raise InputError("max_batch: an image input takes one image per call; use input_type 'tensor' for a "
+                         "flexible batch")
+    uniform = max(p["std"]) == min(p["std"])
+    std = p["std"][0] if uniform else 1.0
+    bias = [-m / std for m in p["mean"]]
+    gray = p["channels"] == "L"
+    ct_input = ct.ImageType(name=INPUT_NAME, shape=tuple(example.shape), scale=p["scale"] / std,
+                            bias=bias[0] if gray else bias,
+                            color_layout=ct.colorlayout.GRAYSCALE if gray else ct.colorlayout.RGB)
+    traced = model if uniform else RawPixels(model, p, normalize=Normalize(std=p["std"]))
+    return traced, example, calibration, ct_input, info
+
+
+def export(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    info: ModelInfo,
+    *,
+    precision: str = "fp16",
+    compression: str | None = None,
+    calibration: np.ndarray | None = None,
+    minimum_deployment_target: str = "iOS16",
+    max_batch: int | None = None,
+    float_layers: Sequence[str] | None = None,
+    input_type: str = "image",
+) -> Path:
+    """Convert ``model`` (traced on ``example``) to a Core ML ML Program at ``path`` (a ``.mlpackage``).
+
+    ``max_batch``: export a flexible batch dimension (``ct.RangeDim(1, max_batch)``) instead of the
+    example's fixed batch. Only for models without labels: a Core ML classifier predicts one example per
+    call (its ``classLabel``/``classLabel_probs`` outputs hold one row), so classifiers keep the example's
+    batch (normally 1) and the runners loop over a batch.
+
+    ``float_layers``: MIL op names (e.g. ``"linear_1_cast_fp16"``, the ``node`` of
+    ``compress.export.coreml.debug.layer_errors``) that compression leaves in float: no activation
+    quantize/dequantize pairs and uncompressed weights (coremltools ``op_name_configs`` {name: None}).
+
+    ``input_type`` (only with ``info.preprocessing``): ``"image"`` (default: an image input an iOS app feeds
+    a ``CVPixelBuffer``) or ``"tensor"`` (float32 raw pixel values 0..255); see ``_raw_pixel_input``.
+    ``example`` and ``calibration`` are normalized either way. The image input's own scale/bias ops stay
+    in float under compression.
+
+    Returns ``path``. Raises ``InputError`` for an unknown precision/compression/target, a target too old
+    for the compression, missing calibration data, or an op coremltools cannot convert.
+    """
+    path = Path(path)
+    float_layers = [str(n) for n in (float_layers or [])]
+    target = _check_args(path, example, info, precision, compression, calibration, minimum_deployment_target,
+                         max_batch, float_layers, input_type)
     example = example.detach().to(torch.float32)
+    ct_input = None
+    if info.preprocessing:
+        model, example, calibration, ct_input, info = _raw_pixel_input(model, example, calibration, info, input_type,
+                                                                       max_batch)
     # every submodule's own flag, not just the top one: model.train(was_training) would also flip submodules
     # the caller keeps in another mode (e.g. frozen BatchNorm in eval inside a training model)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        mlmodel = _convert(model, example, info, precision, target, max_batch)
+        mlmodel = _convert(model, example, info, precision, target, max_batch, ct_input)
     finally:
         for m, mode in modes:
             m.training = mode
     if compression is not None:
+        if ct_input is not None:  # the image input's scale/bias ops: int8 steps there only add error
+            float_layers += [n for n in op_names(mlmodel) if n.startswith(INPUT_NAME + "__") and n not in float_layers]
         mlmodel = _compress(mlmodel, compression, calibration, target, minimum_deployment_target, tuple(example.shape),
                             float_layers)
     _set_metadata(mlmodel, info)

@@ -225,8 +225,9 @@ class _CompressedGraph:
 
     def owner(self, op):
         """The op whose float fallback removes the quantization ``op`` suffers: itself for the op types
-        coremltools quantizes; else the owner of the pair that quantized its input."""
-        if op.type in QUANTIZABLE:
+        coremltools quantizes (not an image input's own scale/bias ops, ``<input>__scaled__``/``__biased__``,
+        which export keeps in float); else the owner of the pair that quantized its input."""
+        if op.type in QUANTIZABLE and not (op.name or "").startswith(self.in_name + "__"):
             return op
         for var in self.activation_inputs(op):
             dq = self.producer.get(var)
@@ -313,7 +314,8 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
                  model: torch.nn.Module | None = None, max_samples: int = MAX_COREML_SAMPLES) -> list[dict]:
     """Per-op error of the compressed ``.mlpackage`` at ``quantized_path`` against the float one, worst first.
 
-    ``samples``: real float32 model inputs (N, ...) (at most ``max_samples``, the numpy evaluator is slow).
+    ``samples``: real float32 model inputs (N, ...) (at most ``max_samples``, the numpy evaluator is slow),
+    normalized (a program that takes raw pixels gets the pixel values they came from).
     Rows as in ``compress.export.onnx.debug.layer_errors``: ``node`` (MIL op name, what ``float_layers`` takes),
     ``module`` (torch module name when ``model`` is given and its weights match, else None), ``op_type``,
     ``tensor``, ``sqnr_db``, ``input_sqnr_db``, ``error_added_db``, ``weight_sqnr_db``, ``layer_sqnr_db``
@@ -321,9 +323,10 @@ def layer_errors(float_path: Path | str, quantized_path: Path | str, samples: np
     """
     float_path, quantized_path = Path(float_path), Path(quantized_path)
     fprog, qprog = _load_programs(float_path, quantized_path)
-    samples = np.asarray(samples, dtype=np.float32)[: min(MAX_SAMPLES, max_samples)]
+    samples = np.asarray(samples)[: min(MAX_SAMPLES, max_samples)]
     if len(samples) == 0:
         raise InputError("samples: need at least one real model input")
+    samples = qprog.model_input(samples)  # raw pixel values for a program that takes them
     (in_name,) = qprog.inputs
     qops, fops = _compute_ops(qprog), _compute_ops(fprog)
     producer = {name: op for op in qops for name, _ in op.outputs}
@@ -340,7 +343,8 @@ def float_reference(model: torch.nn.Module, example: torch.Tensor, path: Path, i
     from compress.export.coreml.convert import export
 
     return export(model, example, path, info, precision="fp16",
-                  minimum_deployment_target=options.get("deployment_target") or "iOS17")
+                  minimum_deployment_target=options.get("deployment_target") or "iOS17",
+                  input_type=options.get("input_type") or "image")
 
 
 def int8_keeping_float(model: torch.nn.Module, example: torch.Tensor, reference: Path, path: Path, info,
@@ -350,5 +354,6 @@ def int8_keeping_float(model: torch.nn.Module, example: torch.Tensor, reference:
     from compress.export.coreml.convert import export
 
     export(model, example, path, info, precision="fp16", compression="int8", calibration=calibration,
-           minimum_deployment_target=options.get("deployment_target") or "iOS17", float_layers=float_layers)
+           minimum_deployment_target=options.get("deployment_target") or "iOS17", float_layers=float_layers,
+           input_type=options.get("input_type") or "image")
     return {"path": Path(path), "float_layers": list(float_layers)}

@@ -1,7 +1,9 @@
 """Core ML runner: the real Core ML runtime on macOS, the numpy MIL reference evaluator elsewhere.
 
 ``open_coreml(path, threads=1) -> Runner``. ``predict(x)`` takes a float32 batch in the model's
-normalized input space and returns float32 ``(n, num_classes)`` scores comparable with torch's logits:
+normalized input space (or, for a package that records raw-pixel preprocessing, also uint8 pixels as an
+app has them; normalized input is turned back into those pixels, and an image input gets them as a PIL
+image on macOS) and returns float32 ``(n, num_classes)`` scores comparable with torch's logits:
 for a classifier export that is the ``classLabel_probs`` dictionary read in label order (Core ML's
 classifier head applies no softmax, so these are the logits), otherwise the ``logits`` output.
 
@@ -46,6 +48,16 @@ def top1_agreement(reference: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(scores, axis=-1)))
 
 
+def pil_image(row: np.ndarray, image_input: dict):
+    """One (1, C, H, W) row of pixel values as the PIL image ``MLModel.predict`` takes for an image input."""
+    from PIL import Image
+
+    pixels = np.clip(np.rint(row[0]), 0, 255).astype(np.uint8)
+    if image_input["color_space"] == "GRAYSCALE":
+        return Image.fromarray(pixels[0])  # (H, W) uint8: mode "L"
+    return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)))  # (H, W, 3) uint8: mode "RGB"
+
+
 def _open_macos(path: Path, threads: int) -> Runner:
     import coremltools as ct
 
@@ -61,14 +73,14 @@ def _open_macos(path: Path, threads: int) -> Runner:
     labels = program.labels
 
     def predict(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = program.model_input(x)  # pixel values 0..255 for a raw-pixel package
         if shape is not None and shape[0] == 1 and x.shape[0] != 1:
             rows = [x[i : i + 1] for i in range(x.shape[0])]
         else:
             rows = [x]
         outs = []
         for row in rows:
-            out = mlmodel.predict({input_name: row})
+            out = mlmodel.predict({input_name: pil_image(row, program.image_input) if program.image_input else row})
             if labels is not None and program.probabilities_name in out:
                 probs = out[program.probabilities_name]
                 keyed = {str(k): v for k, v in probs.items()}
@@ -88,7 +100,7 @@ def _open_reference(path: Path, threads: int) -> Runner:
     program = load_program(path)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return program.scores(np.ascontiguousarray(x, dtype=np.float32))
+        return program.scores(np.asarray(x))  # normalized float32, or uint8 pixels for a raw-pixel package
 
     return Runner(engine=ENGINE_REFERENCE, predict=predict, threads=int(threads), measured=False)
 

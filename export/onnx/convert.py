@@ -38,15 +38,26 @@ def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: Mode
 
     ``scheme`` ("fp16", "int8-weights", "int8") exports fp32 first, then applies ONNX Runtime's
     quantization tools (``compress.export.onnx.quantize``); "int8" needs ``calibration`` samples;
-    ``float_layers`` (node names) stay in float.
+    ``float_layers`` (node names) stay in float. ``example`` and ``calibration`` are normalized inputs;
+    with ``info.preprocessing`` the file takes raw uint8 pixels instead (``RawPixels``: Cast, Mul, Sub and
+    Div in front of the student) and both are converted to raw pixels here.
     """
-    import onnx
+    if info.preprocessing:
+        from compress.export.common.raw_pixels import raw_export_inputs
 
+        model, example, calibration = raw_export_inputs(model, example, calibration, info.preprocessing)
     if scheme not in (None, "none", "fp32"):
         from compress.export.onnx.quantize import export_quantized
 
         return export_quantized(model, example, path, info, scheme=scheme, calibration=calibration, opset=opset,
                                 float_layers=list(float_layers or []))
+    return export_fp32(model, example, path, info, opset=opset)
+
+
+def export_fp32(model: nn.Module, example: torch.Tensor, path: Path | str, info: ModelInfo, *,
+                opset: int | None = None) -> Path:
+    """The fp32 export of ``model`` exactly as given (already wrapped when the file takes raw pixels)."""
+    import onnx
 
     model = model.eval().cpu()
     example = example.detach().cpu().contiguous()  # a strided example loses the dynamic batch axis
@@ -87,3 +98,10 @@ def read_metadata(path: Path | str) -> dict[str, str]:
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def read_preprocessing(path: Path | str) -> dict:
+    """The raw-pixel preprocessing the file at ``path`` records ({}: it takes normalized float32)."""
+    from compress.export.common.preprocess import from_metadata
+
+    return from_metadata(read_metadata(path))

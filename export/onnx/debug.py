@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import InputError
+from compress.export.common.preprocess import from_metadata, runner_input
 from compress.export.common.sqnr import MAX_SAMPLES, source_layer, upstream_sqnr
 
 # Ops whose output ORT's QDQ quantizer shares with (or folds into) the quantized op before them.
@@ -42,7 +43,7 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration:
     """Per-layer error of the QDQ model at ``quantized_path`` against the fp32 model, worst first.
 
     ``calibration``: real float32 model inputs (N, ...), e.g. transfer-set or held-out samples (at most
-    ``MAX_SAMPLES`` are used). Each row: ``node`` (the name ``quantize(..., float_layers=...)`` takes),
+    ``MAX_SAMPLES`` are used), normalized (a model that takes raw pixels gets the pixels they came from). Each row: ``node`` (the name ``quantize(..., float_layers=...)`` takes),
     ``op_type``, ``tensor`` (the quantized output compared), ``sqnr_db`` (that tensor vs the float model),
     ``input_sqnr_db`` (the layer's activation input vs the float model; None for an unquantized graph
     input), ``error_added_db`` (input minus output SQNR: what this layer loses), ``weight_sqnr_db`` (its
@@ -51,7 +52,7 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration:
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    from compress.export.onnx.quantize import calibration_reader, check_calibration, preprocess
+    from compress.export.onnx.quantize import calibration_reader, check_calibration, preprocess, preprocessing_nodes
 
     fp32_path, quantized_path = Path(fp32_path), Path(quantized_path)
     for p in (fp32_path, quantized_path):
@@ -59,6 +60,7 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration:
             raise InputError(f"{p}: no such ONNX model")
     samples = check_calibration(calibration, "int8")[:MAX_SAMPLES]
     qmodel = onnx.load(str(quantized_path), load_external_data=False)
+    samples = runner_input(samples, from_metadata({p.key: p.value for p in qmodel.metadata_props}))  # raw pixels?
     if not any(n.op_type == "QuantizeLinear" for n in qmodel.graph.node):
         raise InputError(f"{quantized_path}: not a static (QDQ) int8 model; per-layer errors need "
                          "QuantizeLinear/DequantizeLinear pairs (quantize with scheme 'int8')")
@@ -78,7 +80,8 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, calibration:
         graph = onnx.load(str(prepared), load_external_data=False).graph
 
     initializers = {i.name for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
+    opening = set(preprocessing_nodes(graph))  # a raw-pixel model's (float) preprocessing counts as the input
+    producer = {out: node for node in graph.node for out in node.output if node.name not in opening}
     sqnr = {name: float(err["xmodel_err"]) for name, err in act_err.items() if "xmodel_err" in err}
 
     def activation_inputs(node) -> list[str]:

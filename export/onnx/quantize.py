@@ -39,7 +39,8 @@ class SampleReader:
 
     def __init__(self, input_name: str, samples: np.ndarray, batch_size: int = 32):
         self.input_name = input_name
-        self.samples = np.ascontiguousarray(samples, dtype=np.float32)
+        samples = np.asarray(samples)  # raw uint8 pixels for a model that takes them, float32 otherwise
+        self.samples = np.ascontiguousarray(samples, dtype=np.uint8 if samples.dtype == np.uint8 else np.float32)
         self.batch_size = int(batch_size)
         self._next = 0
 
@@ -80,7 +81,8 @@ def calibration_reader(model_path: Path | str, samples: np.ndarray, batch_size: 
 def check_calibration(calibration: np.ndarray | None, scheme: str = "int8") -> np.ndarray:
     if calibration is None:
         raise InputError(f"calibration: scheme {scheme!r} needs calibration samples (e.g. from the transfer set)")
-    calib = np.asarray(calibration, dtype=np.float32)
+    calib = np.asarray(calibration)
+    calib = calib if calib.dtype == np.uint8 else calib.astype(np.float32)  # uint8: raw pixels, kept as they are
     if calib.ndim < 2 or len(calib) == 0:
         raise InputError(f"calibration: expected an array of model inputs (N, ...), got shape {calib.shape}")
     return calib
@@ -96,6 +98,24 @@ def preprocess(fp32_path: Path | str, out_path: Path | str) -> Path:
 
     quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
     return Path(out_path)
+
+
+def preprocessing_nodes(graph) -> list[str]:
+    """The nodes of the raw-pixel preprocessing (``RawPixels``: Cast, Mul, Sub, Div) that open ``graph``:
+    the chain from the graph input while each node reads only the chain and constants. Quantization leaves
+    them in float: rounding the scaled pixels to fp16 or int8 would only add error before the first layer."""
+    initializers = {i.name for i in graph.initializer}
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output} | initializers
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or graph.input[0].type.tensor_type.elem_type != 2:  # 2: uint8
+        return []
+    chain, found = {inputs[0]}, []
+    for node in graph.node:
+        reads = [i for i in node.input if i and i not in constants]
+        if node.op_type in ("Cast", "Mul", "Sub", "Div") and reads and all(i in chain for i in reads):
+            found.append(node.name)
+            chain.update(node.output)
+    return found
 
 
 def _copy_metadata(source: Path, target_proto, scheme: str, extra: dict | None = None) -> None:
@@ -172,8 +192,9 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
 
             from onnxruntime.transformers.onnx_model import OnnxModel
 
-            proto = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True,
-                                             node_block_list=excluded or None)
+            source = onnx.load(str(fp32_path))
+            proto = convert_float_to_float16(source, keep_io_types=True,
+                                             node_block_list=(excluded + preprocessing_nodes(source.graph)) or None)
             # the converter appends the boundary Casts at the end of the node list; ORT's own OnnxModel
             # restores the topological order onnx.checker requires
             wrapped = OnnxModel(proto)
@@ -192,12 +213,13 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
             prepared = preprocess(fp32_path, work / "prepared.onnx")
+            in_float = preprocessing_nodes(onnx.load(str(prepared), load_external_data=False).graph)
             raw = work / "static.onnx"
             quantize_static(
                 str(prepared), str(raw), calibration_reader(prepared, calibration),
                 quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=excluded or None,
+                nodes_to_exclude=(excluded + in_float) or None,
                 # with layers kept in float, keep Relu/Clip explicit so the float tensor before each
                 # QuantizeLinear is the true activation an excluded layer reads (see below)
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
@@ -207,7 +229,8 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
             if excluded:
                 _float_inputs_for_excluded(proto, set(excluded))
             extra = {"tool": "onnxruntime.quantization.quantize_static (QDQ, MinMax)", "per_channel": per_channel,
-                     "calibration_samples": int(len(calibration)), "nodes_excluded": excluded}
+                     "calibration_samples": int(len(calibration)), "nodes_excluded": excluded,
+                     **({"preprocessing_in_float": in_float} if in_float else {})}
         _copy_metadata(fp32_path, proto, scheme, extra)
         onnx.save_model(proto, str(tmp))
         try:
@@ -219,18 +242,20 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
 
 def export_quantized(model, example, path: Path | str, info, *, scheme: str, calibration: np.ndarray | None = None,
                      float_layers: list[str] | None = None, opset: int | None = None) -> Path:
-    """``compress.export.onnx.convert.export`` to fp32, then ``quantize`` to ``scheme``: the exporter signature for ``--quantize``.
+    """``compress.export.onnx.convert.export_fp32`` to fp32, then ``quantize`` to ``scheme``: the exporter signature
+    for ``--quantize``. ``model``, ``example`` and ``calibration`` as the file will take them (``convert.export``
+    has already put a raw-pixel model behind its preprocessing and converted both to raw pixels).
 
     Fails before the (slower) export when ``scheme`` is unknown or int8 has no calibration samples.
     """
-    from compress.export.onnx.convert import export
+    from compress.export.onnx.convert import export_fp32
 
     if scheme not in SCHEMES:
         raise InputError(f"scheme {scheme!r}: expected one of {', '.join(SCHEMES)} for target 'onnx'")
     if scheme == "int8":
         check_calibration(calibration, scheme)
     with tempfile.TemporaryDirectory(prefix="onnx-fp32-") as work:
-        fp32 = export(model, example, Path(work) / "model.onnx", info, opset=opset)
+        fp32 = export_fp32(model, example, Path(work) / "model.onnx", info, opset=opset)
         return quantize(fp32, path, scheme, calibration=calibration, float_layers=float_layers)
 
 
@@ -243,6 +268,11 @@ def float_reference(model, example, path: Path, info, options: dict) -> Path:
 
 def int8_keeping_float(model, example, reference: Path, path: Path, info, calibration: np.ndarray,
                        float_layers: list[str], options: dict) -> dict:
-    """Static int8 of the fp32 ``reference`` with ``float_layers`` (node names) left in float."""
+    """Static int8 of the fp32 ``reference`` with ``float_layers`` (node names) left in float.
+
+    ``calibration`` is normalized (the fallback's space); a reference that takes raw pixels gets them."""
+    from compress.export.common.preprocess import runner_input
+
+    calibration = runner_input(calibration, getattr(info, "preprocessing", None) or {})  # info may be None: a bare file
     quantize(reference, path, "int8", calibration=calibration, float_layers=float_layers)
     return {"path": Path(path), "float_layers": list(float_layers)}

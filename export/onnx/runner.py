@@ -1,4 +1,9 @@
-"""ONNX Runtime on the host CPU: the runtime the ONNX artifact runs in on the device."""
+"""ONNX Runtime on the host CPU: the runtime the ONNX artifact runs in on the device.
+
+``predict`` takes float32 inputs in the model's normalized input space; a file that records raw-pixel
+preprocessing (uint8 input, normalization inside) gets them as the pixels they came from
+(``compress.export.common.preprocess.to_raw``), and uint8 pixels are passed through as an app passes them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.runner import Runner
+from compress.export.common.preprocess import from_metadata, runner_input
 
 
 def open_onnx(path: Path | str, threads: int = 1) -> Runner:
@@ -25,8 +31,9 @@ def open_onnx(path: Path | str, threads: int = 1) -> Runner:
         raise InputError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
+    preprocessing = from_metadata(session.get_modelmeta().custom_metadata_map)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return session.run([output_name], {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return session.run([output_name], {input_name: runner_input(x, preprocessing)})[0]
 
     return Runner(engine=f"ONNX Runtime {ort.__version__}", predict=predict, threads=int(threads))

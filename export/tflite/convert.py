@@ -36,13 +36,11 @@ import torch
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
+# The metadata entry names and ``read_metadata`` live in ``io`` (runners read them there without torch).
+from compress.export.tflite.io import INFO_KEY, LABELS_KEY, metadata_name, read_metadata  # noqa: F401
 
 VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8")
 TARGET = "tflite"
-
-# Metadata entry names written into the flatbuffer.
-LABELS_KEY = "labels"
-INFO_KEY = "compress_info"
 
 
 def export(
@@ -64,6 +62,8 @@ def export(
     ``example``: an input batch in the model's normalized input space (only ``example[:1]`` is used: the
     TFLite model has a fixed batch of 1). ``calibration``: float samples shaped like ``example`` rows
     (``(N, *example.shape[1:])``), required for ``variant="int8"`` (e.g. a few hundred transfer-set samples).
+    With ``info.preprocessing`` the file takes raw uint8 pixels (CAST and the normalization inside, in
+    float even for ``int8``); ``example`` and ``calibration`` stay normalized and are converted here.
     """
     path = Path(path)
     if variant not in VARIANTS:
@@ -91,6 +91,9 @@ def export(
                 f"got {calib.shape}"
             )
 
+    if info.preprocessing:
+        model, sample, calib, float_layers = _raw_pixel_inputs(model, sample, calib, float_layers, variant,
+                                                               info.preprocessing)
     was_training = model.training
     model.eval()
     try:
@@ -103,6 +106,20 @@ def export(
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def _raw_pixel_inputs(model: torch.nn.Module, sample: torch.Tensor, calib: np.ndarray | None,
+                      float_layers: list[str], variant: str, preprocessing: dict):
+    """The student behind its preprocessing (``RawPixels``: uint8 input, CAST and the normalization inside),
+    with the sample and calibration as raw pixels and ``float_layers`` renamed into the wrapper. For
+    ``int8`` the preprocessing itself stays float: int8 steps on the scaled pixels would only add error
+    before the first layer (the first layer's input is quantized as without preprocessing)."""
+    from compress.export.common.preprocess import wrapped_name
+    from compress.export.common.raw_pixels import raw_export_inputs
+
+    wrapped, sample, calib = raw_export_inputs(model, sample, calib, preprocessing)
+    float_layers = [wrapped_name(n) for n in float_layers] + (["preprocess"] if variant == "int8" else [])
+    return wrapped, sample, calib, float_layers
 
 
 def _convert(model: torch.nn.Module, sample: torch.Tensor, variant: str, calib: np.ndarray | None,
@@ -292,7 +309,7 @@ def add_metadata(data: bytes, entries: dict[str, str]) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-    model.metadata = [m for m in (model.metadata or []) if _name(m.name) not in entries]
+    model.metadata = [m for m in (model.metadata or []) if metadata_name(m.name) not in entries]
     for name, text in entries.items():
         buffer = schema.BufferT()
         buffer.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -302,38 +319,3 @@ def add_metadata(data: bytes, entries: dict[str, str]) -> bytes:
         entry.buffer = len(model.buffers) - 1
         model.metadata.append(entry)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _name(raw: bytes | str | None) -> str:
-    return raw.decode("utf-8") if isinstance(raw, bytes) else (raw or "")
-
-
-def read_metadata(path: Path | str) -> dict:
-    """The model's metadata entries: ``labels`` (list), ``compress_info`` (dict), other entries as text.
-
-    Includes the converter's ``min_runtime_version`` (NUL padding stripped).
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-        model = schema.Model.GetRootAs(data, 0)
-        out: dict = {}
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            buffer = model.Buffers(entry.Buffer())
-            raw = buffer.DataAsNumpy() if buffer.DataLength() else np.zeros(0, np.uint8)
-            if isinstance(raw, int):  # flatbuffers returns 0 for an absent vector
-                raw = np.zeros(0, np.uint8)
-            text = bytes(raw).rstrip(b"\0").decode("utf-8", errors="replace")
-            out[_name(entry.Name())] = text
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such TFLite model") from None
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable TFLite flatbuffer ({exc})") from None
-    if LABELS_KEY in out:
-        out[LABELS_KEY] = json.loads(out[LABELS_KEY])
-    if INFO_KEY in out:
-        out[INFO_KEY] = json.loads(out[INFO_KEY])
-    return out

@@ -35,6 +35,8 @@ import torch
 
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
+from compress.export.common.preprocess import PREFIX, runner_input, unwrapped_name, wrapped_name
+from compress.export.tflite.io import read_preprocessing
 from compress.export.common.sqnr import EXACT_DB, MAX_SAMPLES, layer_sqnr, rank_key, source_layer, sqnr_db, upstream_sqnr
 
 PASSTHROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE",
@@ -148,8 +150,8 @@ class _Graph:
     def run(self, x: np.ndarray) -> None:
         inp = self.input
         x = np.asarray(x, dtype=np.float32).reshape(inp["shape"])
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
+        scale, zero = inp["quantization"]
+        if np.issubdtype(inp["dtype"], np.integer) and scale:  # an unquantized integer input (raw pixels) is cast
             info = np.iinfo(inp["dtype"])
             v = x / scale
             x = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + zero, info.min, info.max)
@@ -306,6 +308,18 @@ def _rows_per_node(f: _Graph, q: _Graph, pairs: dict[int, int], sqnr: dict[int, 
     return rows
 
 
+def _student_names(rows: dict[str, dict]) -> dict[str, dict]:
+    """Rows of a raw-pixel file (``RawPixels``) named as the student's own modules, what ``float_layers``
+    takes; the preprocessing's ops (in float already) and the wrapper's own ops cannot be kept in float."""
+    out = {}
+    for row in rows.values():
+        inside = row["module"] is not None and row["module"].startswith(PREFIX)
+        module = unwrapped_name(row["module"]) if inside else None
+        node = module if inside else row["node"]
+        out[node] = {**row, "node": node, "module": module, "keepable": inside}
+    return out
+
+
 def _capped_dbs(rows: list[dict]) -> list[dict]:
     """Every dB value within +-EXACT_DB and NaN as None (JSON- and table-friendly), in place."""
     for r in rows:
@@ -329,14 +343,22 @@ def layer_errors(fp32_path: Path | str, quantized_path: Path | str, samples: np.
     for p in (fp32_path, quantized_path):
         if not p.is_file():
             raise InputError(f"{p}: no such TFLite model")
-    samples = np.asarray(samples, dtype=np.float32)[:MAX_SAMPLES]
+    samples = np.asarray(samples)[:MAX_SAMPLES]
     if len(samples) == 0:
         raise InputError("samples: need at least one real model input")
+    preprocessing = read_preprocessing(quantized_path)
+    samples = runner_input(samples, preprocessing)  # raw pixels for a file that takes them
     f, q = _open_graphs(fp32_path, quantized_path)
     pairs = _paired_tensors(f, q)
     sqnr = _tensor_sqnr(f, q, pairs, samples)
     modules = {n: m for n, m in model.named_modules() if n} if model is not None else None
+    if preprocessing:  # the file's tensors are named inside ``RawPixels``
+        modules = None if modules is None else {wrapped_name(n): m for n, m in modules.items()}
+        # the preprocessing (float in both files, but transposed at another point) counts as the graph input
+        sqnr = {t: v for t, v in sqnr.items() if module_name(q.name(t)) != "preprocess"}
     rows = _rows_per_node(f, q, pairs, sqnr, modules)
+    if preprocessing:
+        rows = _student_names(rows)
     for r in rows.values():
         r["layer_sqnr_db"] = layer_sqnr(r["input_sqnr_db"], r["sqnr_db"])
     return _capped_dbs(sorted(rows.values(), key=rank_key))
@@ -389,8 +411,9 @@ def aeq_quantize(fp32_path: Path | str, out_path: Path | str, calibration: np.nd
     for module in float_modules:
         qt.update_quantization_recipe(regex=module_regex(module), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                       algorithm_key=AlgorithmName.NO_QUANTIZE)
-    shape = Interpreter(model_path=str(fp32_path)).get_input_details()[0]["shape"]
-    data = [{input_name: np.asarray(row, dtype=np.float32).reshape(shape)} for row in calibration]
+    detail = Interpreter(model_path=str(fp32_path)).get_input_details()[0]
+    calibration = runner_input(calibration, read_preprocessing(fp32_path))  # raw pixels for a file that takes them
+    data = [{input_name: np.asarray(row, dtype=detail["dtype"]).reshape(detail["shape"])} for row in calibration]
     result = qt.quantize(qt.calibrate({key: data}, num_threads=1), enable_progress_report=False)
     with atomic_path(out_path) as tmp:
         Path(tmp).write_bytes(bytes(result.quantized_model))
@@ -430,13 +453,16 @@ def int8_keeping_float(model: torch.nn.Module, example: torch.Tensor, reference:
     except Exception as exc:  # the converter rejects this mix of int8 and float
         raise ConversionFailed(_first_line(exc)) from exc
     facts = {"quantizer": "pt2e"}
-    requantized = quantized_modules(path, float_layers) if float_layers else []
+    # a raw-pixel file names the student's modules inside ``RawPixels``
+    names = [wrapped_name(n) for n in float_layers] if info.preprocessing else list(float_layers)
+    named = dict(zip(names, float_layers))
+    requantized = [named[n] for n in quantized_modules(path, names)] if float_layers else []
     if requantized:
         facts["requantized_by_converter"] = requantized
         try:
-            path = aeq_quantize(reference, path.with_name(path.stem + "-aeq.tflite"), calibration, float_layers)
+            path = aeq_quantize(reference, path.with_name(path.stem + "-aeq.tflite"), calibration, names)
             facts["quantizer"] = "ai-edge-quantizer"
-            facts["still_int8"] = quantized_modules(path, float_layers)
+            facts["still_int8"] = [named[n] for n in quantized_modules(path, names)]
         except Exception as exc:
             facts["ai_edge_quantizer_error"] = _first_line(exc)
     return {"path": path, "float_layers": list(float_layers), **facts}

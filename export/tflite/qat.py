@@ -118,7 +118,9 @@ def export_tflite(converted: torch.nn.Module, example: torch.Tensor, path: Path 
 
     The same converter call ``compress.export.tflite.convert`` makes for PTQ int8 (``litert_torch.convert`` with
     ``QuantConfig(pt2e_quantizer=...)``), on the already-converted QAT graph instead of a freshly calibrated
-    one; metadata as in ``compress.export.tflite.convert``. Written atomically.
+    one; metadata as in ``compress.export.tflite.convert``. Written atomically. ``example`` is normalized;
+    with ``info.preprocessing`` the file takes raw uint8 pixels (``RawPixels`` around the int8 graph: CAST and
+    the normalization in float, then the graph's own input quantization), as ``convert`` does for PTQ.
     """
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
@@ -127,6 +129,12 @@ def export_tflite(converted: torch.nn.Module, example: torch.Tensor, path: Path 
     from compress.export.tflite.convert import INFO_KEY, LABELS_KEY, quiet_progress, add_metadata
 
     sample = example[:1].detach().to(torch.float32)
+    if info.preprocessing:  # raw uint8 pixels in: the float preprocessing in front of the int8 graph
+        from compress.export.common.raw_pixels import raw_export_inputs
+
+        converted, sample, _ = raw_export_inputs(converted, sample, None, info.preprocessing)
+        for module in (converted, converted.preprocess):  # not .eval(): the exported child refuses it
+            module.training = False
     with quiet_progress():
         edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=_quantizer(is_qat=True)))
     data = add_metadata(bytes(edge.model_content()),

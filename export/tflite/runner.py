@@ -2,7 +2,9 @@
 
 ``predict`` always takes float32 inputs in the model's normalized input space and returns float32 scores:
 for a full-int8 model the input is quantized with the input tensor's scale/zero-point and the int8 output is
-dequantized with the output tensor's, so the result is comparable with the torch logits.
+dequantized with the output tensor's, so the result is comparable with the torch logits. A file that
+records raw-pixel preprocessing (uint8 input, normalization inside) gets the pixels the normalized input
+came from (``compress.export.common.preprocess.to_raw``); uint8 pixels are passed through as an app passes them.
 
 Batches: models exported by ``compress.export.tflite.convert`` have a fixed batch of 1. A batch of another size is run by
 resizing the input when the model's batch dimension is dynamic, otherwise sample by sample.
@@ -16,6 +18,8 @@ import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.runner import Runner
+from compress.export.common.preprocess import runner_input
+from compress.export.tflite.io import read_preprocessing
 
 from compress.export.tflite.tolerances import TOLERANCES  # noqa: E402,F401  (re-exported)
 
@@ -38,6 +42,7 @@ def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Run
     except Exception as exc:  # the wrapper raises ValueError/RuntimeError with the runtime's message
         raise InputError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0]})") from None
 
+    preprocessing = read_preprocessing(path)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     model_batch = int(inp["shape"][0])
@@ -46,8 +51,8 @@ def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Run
 
     def to_input(x: np.ndarray) -> np.ndarray:
         dtype = inp["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            scale, zero = inp["quantization"]
+        scale, zero = inp["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale:  # an unquantized integer input (raw pixels) is cast
             info = np.iinfo(dtype)
             v = x / scale
             q = np.sign(v) * np.floor(np.abs(v) + 0.5) + zero  # TFLite rounds half away from zero
@@ -66,7 +71,7 @@ def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Run
         return from_output(interpreter.get_tensor(out["index"]))
 
     def predict(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = runner_input(x, preprocessing)
         if tuple(x.shape[1:]) != tuple(inp["shape"][1:]):
             raise InputError(
                 f"input: expected shape (N, {', '.join(map(str, inp['shape'][1:]))}) for {path.name}, got {x.shape}"

@@ -18,6 +18,10 @@ What it reproduces and what it does not:
   holds the scores fed into it, i.e. the model's logits. The evaluator returns that dictionary as a
   float array ``(n, num_classes)`` in label order and the predicted label as an object array ``(n,)``.
 - Nothing here measures speed: timings of this evaluator say nothing about device latency.
+- An image input (``ct.ImageType``) runs as the float32 (1, C, H, W) tensor of pixel values Core ML makes
+  from the pixel buffer: coremltools puts the image's scale and bias into the program as ops
+  (``image_input_of``). ``scores`` takes normalized inputs (or uint8 pixels) and, for a package that records
+  raw-pixel preprocessing, feeds the pixel values (``MILProgram.model_input``).
 
 Public API: ``evaluate(path, inputs) -> {output name: array}``, ``load_program(path) -> MILProgram``,
 ``UnsupportedOpError``.
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from compress.core.errors import InputError
+from compress.export.common.preprocess import from_metadata, runner_input
 from compress.export.coreml.mil import ops as _ops
 from compress.export.coreml.mil.values import BlobFiles, decode_value, tensor_type_of
 
@@ -83,12 +88,30 @@ def _load_spec(path: Path):
     return spec, weights
 
 
+def image_input_of(description) -> dict | None:
+    """The first input's image description (``colorSpace``, width, height) when it is an image, else None.
+
+    An image input needs nothing else from the evaluator: coremltools puts its scale and bias into the
+    program as ``mul``/``add`` ops (named ``<input>__scaled__``/``<input>__biased__``) reading a float32
+    (1, C, H, W) tensor that Core ML fills from the pixel buffer (0..255 per channel; RGB in R, G, B order)."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    first = description.input[0] if len(description.input) else None
+    if first is None or first.type.WhichOneof("Type") != "imageType":
+        return None
+    image = first.type.imageType
+    return {"name": first.name, "color_space": FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace),
+            "width": int(image.width), "height": int(image.height)}
+
+
 class MILProgram:
     """The ``main`` function of a saved ML Program, ready to run with numpy.
 
     Attributes: ``inputs`` ({name: (numpy dtype, shape or None)}), ``outputs`` (output var names),
     ``labels`` (classifier labels or None), ``probabilities_name``/``label_name`` (classifier outputs),
-    ``precision`` ("fp16" if any op computes in float16, else "fp32"), ``op_types`` (in program order).
+    ``precision`` ("fp16" if any op computes in float16, else "fp32"), ``op_types`` (in program order),
+    ``preprocessing`` (the raw-pixel preprocessing the package records, {} for none) and ``image_input``
+    (``image_input_of``: the image the app passes, None for a tensor input).
     """
 
     def __init__(self, path: Path | str, function: str = "main"):
@@ -109,6 +132,8 @@ class MILProgram:
             self.inputs[inp.name] = (np_dtype, shape)
         self.outputs = list(block.outputs)
         desc = spec.description
+        self.preprocessing = from_metadata(dict(desc.metadata.userDefined))
+        self.image_input = image_input_of(desc)
         self.label_name = desc.predictedFeatureName or None
         self.probabilities_name = desc.predictedProbabilitiesName or None
         self.labels: list[str] | None = None
@@ -244,12 +269,17 @@ class MILProgram:
                 parts.setdefault(k, []).append(np.asarray(v))
         return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """What the program's input receives for ``x``: float32 ``x``, or, for a package that records raw-pixel
+        preprocessing, the pixel values (0..255, float32) of normalized ``x`` or of uint8 pixels as given."""
+        return np.asarray(runner_input(x, self.preprocessing), dtype=np.float32)
+
     def scores(self, x: np.ndarray) -> np.ndarray:
         """float32 (n, num_classes) scores for a single-input model: the classifier's probability
         dictionary in label order (= the logits; Core ML's classifier adds no softmax), or the first
-        float output of a plain model."""
+        float output of a plain model. ``x`` as for ``model_input`` (normalized float32, or uint8 pixels)."""
         (name,) = self.inputs
-        out = self.evaluate({name: x})
+        out = self.evaluate({name: self.model_input(x)})
         key = self.probabilities_name if self.probabilities_name in out else None
         if key is None:
             key = next(k for k, v in out.items() if np.asarray(v).dtype.kind == "f")

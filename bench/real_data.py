@@ -1,0 +1,159 @@
+"""Real data on default settings (issue 15): what a new user gets from ``compress distill-and-export --data``.
+
+Two data sets, each run through the CLI exactly as a user would (a subprocess, no flags but the data, the
+output folder and ``--json``; the defaults choose teachers, student and epochs for the data), each from an
+EMPTY cache (a fresh ``COMPRESS_CACHE_DIR``), on this machine:
+
+  mnist         the original MNIST IDX files from ``../shared/datasets/mnist`` (60,000 train / 10,000 test,
+                28x28 grayscale, 8-bit). Goal: <= 10 minutes wall time, student >= 98.5% in its runtime.
+  colour-mnist  a colour image set made here from MNIST: every digit resized to 32x32 and painted with a
+                random foreground and background colour (different per image, contrast kept), written as
+                RGB PNGs in class-per-folder ``train/`` and ``test/`` trees (``--colour-train`` /
+                ``--colour-test`` images, stratified by MNIST's order) and read by the image-folder loader.
+                Goal: teacher ensemble >= 97%, student >= 96% in ONNX Runtime.
+
+Reported per set: wall time of the whole command, what the defaults picked (the line the run prints),
+the teacher ensemble's and every member's accuracy, the student's accuracy in the exported runtime, its
+params/MACs, the early-stopping epochs of each member, and the model input (raw 8-bit pixels inside the
+model). A table is printed and everything goes to ``bench/results/real_data.json``.
+
+    python bench/real_data.py [--sets mnist colour-mnist] [--data ../shared/datasets/mnist]
+                              [--colour-train 20000] [--colour-test 4000] [--target onnx] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+GOALS = {"mnist": {"wall_s": 600.0, "student": 98.5}, "colour-mnist": {"ensemble": 97.0, "student": 96.0}}
+
+
+def make_colour_mnist(mnist: Path, dest: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """MNIST digits as 32x32 RGB PNGs with a random foreground and background colour per image."""
+    from PIL import Image
+
+    from compress.data import read_idx
+
+    rng = np.random.default_rng(seed)
+    for split, prefix, count in (("train", "train", n_train), ("test", "t10k", n_test)):
+        (images,) = [p for p in mnist.iterdir() if p.name.startswith(f"{prefix}-images")]
+        (labels,) = [p for p in mnist.iterdir() if p.name.startswith(f"{prefix}-labels")]
+        x, y = read_idx(images)[:count], read_idx(labels)[:count]
+        for i, (img, label) in enumerate(zip(x, y)):
+            fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            while np.abs(fg.astype(int) - bg.astype(int)).sum() < 160:  # keep the digit visible
+                fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            gray = np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+            rgb = (bg[None, None] * (1 - gray[..., None]) + fg[None, None] * gray[..., None]).round().astype(np.uint8)
+            folder = dest / split / str(int(label))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb, "RGB").save(folder / f"{i:05d}.png")
+    return dest
+
+
+def run_cli(data: Path, work: Path, target: str, extra: list[str]) -> dict:
+    """``compress distill-and-export --data DATA`` from an empty cache; the report and the wall time."""
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(work / "cache")}
+    cmd = [sys.executable, "-m", "compress.cli", "distill-and-export", "--data", str(data), "--target", target,
+           "--out", str(work / "dist"), "--name", "bench", "--json", *extra]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    report = json.loads(proc.stdout)
+    picked = [line for line in proc.stderr.splitlines() if line.startswith("defaults for this data")]
+    return {"report": report, "wall_s": wall, "defaults_line": picked[0] if picked else None,
+            "exit_code": proc.returncode, "log_lines": len(proc.stderr.splitlines())}
+
+
+def summarize(name: str, result: dict) -> dict:
+    """The numbers this bench reports, read from the run's report.json."""
+    report = result["report"]
+    rows = {r["model"]: r for r in report["rows"]}
+    student = report["rows"][-1]
+    members = [r for r in report["rows"] if r["role"] == "member"]
+    run = report["run"]
+    summary = {
+        "set": name, "wall_s": round(result["wall_s"], 1), "exit_code": result["exit_code"],
+        "train": run["data"]["train"], "test": run["data"]["test"], "input_shape": run["data"]["input_shape"],
+        "defaults": run.get("defaults_chosen"), "augment": run.get("augment"), "model_input": run.get("model_input"),
+        "ensemble_accuracy": 100 * rows["teacher ensemble"]["accuracy"],
+        "members": {m["model"]: 100 * m["accuracy"] for m in members},
+        "member_epochs": {t["name"]: (t.get("training") or {}).get("epochs_run") for t in run["teachers"]},
+        "student": run["student"], "student_runtime": student["runtime"],
+        "student_accuracy": 100 * student["accuracy"], "student_params": student["params"],
+        "student_macs": student["macs"], "checks_passed": report["passed"],
+    }
+    goals = GOALS.get(name, {})
+    summary["goals"] = {
+        **({"wall_s <= %g" % goals["wall_s"]: summary["wall_s"] <= goals["wall_s"]} if "wall_s" in goals else {}),
+        **({"ensemble >= %g%%" % goals["ensemble"]: summary["ensemble_accuracy"] >= goals["ensemble"]} if "ensemble" in goals else {}),
+        **({"student >= %g%%" % goals["student"]: summary["student_accuracy"] >= goals["student"]} if "student" in goals else {}),
+    }
+    return summary
+
+
+def table(rows: list[dict]) -> Table:
+    t = Table(title="real data on default settings, empty cache, this machine")
+    for col in ("set", "train/test", "wall", "defaults", "members (acc, epochs)", "ensemble", "student", "goals"):
+        t.add_column(col)
+    for r in rows:
+        members = ", ".join(f"{k.removeprefix('member ')} {v:.2f}% ({r['member_epochs'].get(k.removeprefix('member '))} ep)"
+                            for k, v in r["members"].items())
+        picked = r["defaults"] or {}
+        t.add_row(r["set"], f"{r['train']}/{r['test']}", f"{r['wall_s']:.0f} s",
+                  f"student {picked.get('student', r['student'])}, {picked.get('epochs', '?')} ep",
+                  members, f"{r['ensemble_accuracy']:.2f}%",
+                  f"{r['student']} {r['student_accuracy']:.2f}% ({r['student_runtime']})",
+                  ", ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in r["goals"].items()))
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=["mnist", "colour-mnist"], choices=["mnist", "colour-mnist"])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--colour-train", type=int, default=20000)
+    parser.add_argument("--colour-test", type=int, default=4000)
+    parser.add_argument("--target", default="onnx")
+    parser.add_argument("--quick", action="store_true", help="small slices and few epochs: checks the bench runs")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "real_data.json"))
+    args = parser.parse_args()
+    mnist = Path(args.data)
+    if not mnist.is_dir():
+        raise SystemExit(f"{mnist}: MNIST IDX folder not found (expected ../shared/datasets/mnist)")
+    extra = ["--limit-train", "2000", "--limit-test", "500", "--epochs", "2", "--teacher-epochs", "1"] if args.quick else []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="real-data-bench-") as tmp:
+        for name in args.sets:
+            work = Path(tmp) / name
+            work.mkdir()
+            data = mnist if name == "mnist" else make_colour_mnist(
+                mnist, work / "colour-mnist", *((2000, 500) if args.quick else (args.colour_train, args.colour_test)))
+            rows.append(summarize(name, run_cli(data, work, args.target, extra)))
+            Console().print(table(rows[-1:]))
+    console = Console(width=200)
+    console.print(table(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"quick": args.quick, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Built-in teacher members trained on the user's data, with the recipe that carries over to new data.
+
+A fixed number of epochs on the whole training split fits the bundled digits and little else: on a colour
+image set the same recipe left a CNN far below a plain MLP. So a built-in member is trained with
+
+* a **validation split** held out of the labelled training data (stratified, seeded; never the test split),
+* **early stopping** on it: training ends after ``patience`` epochs without a better validation accuracy,
+  and the member keeps the weights of its best epoch,
+* a **learning-rate schedule**: linear warm-up for the first epoch, then cosine decay,
+* **augmentation** (``compress.train.Augment``) of the training batches only,
+
+and its **training curve** (loss and validation accuracy per epoch, the best epoch, why it stopped) is kept
+with the cached weights and shown in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress import models
+from compress.core.cache import cache_dir, content_key, read_verified, torch_load, write_entry
+from compress.core.errors import InputError
+from compress.train import Augment, fit, pick_device, predict_logits
+
+TEACHER_TRAINING_VERSION = 2  # bump when the built-in training recipe changes (invalidates caches)
+CACHE_FORMAT = 2  # {"format", "weights", "curve"}
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How built-in members train. ``epochs`` is the most; early stopping usually ends sooner."""
+
+    epochs: int = 10
+    patience: int = 3
+    val_fraction: float = 0.1
+    val_max: int = 5000
+    augment: Augment = field(default_factory=Augment)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    warmup_epochs: float = 1.0
+
+    def key(self) -> list:
+        return [self.epochs, self.patience, self.val_fraction, self.val_max, self.augment.crop, self.augment.flip,
+                self.lr, self.weight_decay, self.batch_size, self.warmup_epochs]
+
+
+def validation_split(y: np.ndarray, fraction: float, seed: int, cap: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of the labelled training split: stratified, seeded, at most ``cap``
+    validation rows. Where a class has too few samples for a stratified split there is no validation
+    split (all rows train; the member then trains its full epochs, and the curve says so)."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(y))
+    size = min(int(round(fraction * len(y))), cap)
+    counts = np.bincount(y)
+    if size < len(np.unique(y)) or counts[counts > 0].min() < 2 or len(y) - size < len(np.unique(y)):
+        return rows, rows[:0]
+    train, val = train_test_split(rows, test_size=size, random_state=seed, stratify=y)
+    return np.sort(train), np.sort(val)
+
+
+class EarlyStopping:
+    """Asked by ``fit`` after every epoch: measures validation accuracy, remembers the best weights, and
+    says stop after ``patience`` epochs without improvement. ``restore()`` puts the best weights back."""
+
+    def __init__(self, module: nn.Module, x_val: np.ndarray, y_val: np.ndarray, patience: int, on_epoch=None):
+        self.module, self.x_val, self.y_val, self.patience = module, x_val, y_val, patience
+        self.on_epoch = on_epoch
+        self.losses: list[float] = []
+        self.accuracies: list[float] = []
+        self.best_epoch, self.best_state = 0, None
+
+    def __call__(self, epoch: int, loss: float) -> bool:
+        self.losses.append(float(loss))
+        if len(self.y_val):
+            acc = float((predict_logits(self.module, self.x_val).argmax(1) == self.y_val).mean())
+            self.module.train()  # predict_logits switched to eval mode; the next epoch trains
+            self.accuracies.append(acc)
+            if self.best_state is None or acc > self.accuracies[self.best_epoch]:
+                self.best_epoch = epoch
+                self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        if self.on_epoch:
+            self.on_epoch(epoch, self.accuracies[-1] if self.accuracies else None)
+        return bool(len(self.y_val)) and epoch - self.best_epoch >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+    def curve(self, planned: int) -> dict:
+        stopped_early = len(self.losses) < planned
+        return {"train_loss": self.losses, "val_accuracy": self.accuracies, "val_samples": int(len(self.y_val)),
+                "epochs_run": len(self.losses), "epochs_planned": planned,
+                "best_epoch": (self.best_epoch + 1) if self.accuracies else len(self.losses),
+                "stopped": (f"early stopping: no better validation accuracy for {self.patience} epochs"
+                            if stopped_early else "epoch budget reached" if len(self.y_val)
+                            else "epoch budget reached (no validation split: a class has under 2 samples)")}
+
+
+def _load_cached(path, module: nn.Module) -> dict | None:
+    """The cached weights and curve when they are a verified entry of exactly this module, else None."""
+
+    def load(p):
+        entry = torch_load(p)
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+            raise ValueError(f"not a format-{CACHE_FORMAT} teacher entry")
+        own = module.state_dict()
+        weights = entry["weights"]
+        if set(weights) != set(own) or any(weights[k].shape != v.shape for k, v in own.items()):
+            raise ValueError(f"not a state_dict of this {type(module).__name__}")
+        return entry
+
+    return read_verified(path, load)
+
+
+def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, device: str | None = None,
+                         on_epoch=None) -> tuple[nn.Module, dict, bool]:
+    """Registry model ``name`` trained on the labelled training split (or its cached weights):
+    (module on the CPU in eval mode, training curve, whether it came from the cache)."""
+    if data.y_train is None:
+        raise InputError(f"teacher {name!r}: built-in teachers are trained on labels, but the transfer set is unlabelled")
+    module = models.build(name, data.input_shape, data.num_classes)
+    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), recipe.key(), seed)
+    path = cache_dir("teachers") / f"{name.replace(':', '-')}-{key[:20]}.pt"  # no ':' in file names (Windows)
+    entry = _load_cached(path, module)
+    if entry is not None:
+        module.load_state_dict(entry["weights"])
+        return module.eval().cpu(), dict(entry["curve"], cached=True), True
+    train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, seed, recipe.val_max)
+    y = torch.as_tensor(data.y_train[train_rows])
+    stopper = EarlyStopping(module, data.x_test[:0] if not len(val_rows) else data.x_train[val_rows],
+                            data.y_train[val_rows], recipe.patience, on_epoch)
+    fit(module, data.x_train[train_rows], lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
+        epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
+        seed=seed, device=pick_device(device), augment=recipe.augment,
+        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper)
+    stopper.restore()
+    module = module.cpu().eval()
+    curve = stopper.curve(recipe.epochs)
+    weights = module.state_dict()
+    write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve}, str(tmp)))
+    return module, dict(curve, cached=False), False

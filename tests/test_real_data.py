@@ -1,0 +1,209 @@
+"""Real data as apps feed it (issue 15): colour images at any size, per-channel statistics, augmentation
+that never touches the test split, built-in teachers with a validation split and early stopping, and
+defaults chosen for the data's size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+from typer.testing import CliRunner
+
+from compress import defaults
+from compress.cli import app
+from compress.core.errors import InputError
+from compress.data import Dataset, fit_image, load_data, parse_image_size
+
+
+def _colour_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Real images: scikit-learn's digits painted with a random foreground and background colour (uint8 RGB)."""
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    gray = d.images[:n] / 16.0
+    fg, bg = rng.integers(0, 256, (n, 3)), rng.integers(0, 256, (n, 3))
+    rgb = bg[:, None, None] * (1 - gray[..., None]) + fg[:, None, None] * gray[..., None]
+    return rgb.round().astype(np.uint8), d.target[:n]
+
+
+def _write_folder(root, images, labels, sizes) -> None:
+    """Class-per-folder PNGs, image i upscaled to ``sizes[i % len(sizes)]`` (width, height)."""
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize(sizes[i % len(sizes)], Image.Resampling.NEAREST).save(folder / f"{i:04d}.png")
+
+
+@pytest.mark.parametrize("image_size, expected", [(None, (24, 24)), ("16", (16, 16)), ("12x20", (12, 20))])
+def test_rgb_folders_of_mixed_sizes_load_resized_with_per_channel_statistics(tmp_path, image_size, expected):
+    images, labels = _colour_digits(120)
+    _write_folder(tmp_path / "colour", images, labels, [(24, 24), (24, 24), (40, 30), (18, 32)])
+    ds = load_data(str(tmp_path / "colour"), image_size=image_size, test_fraction=0.25)
+    assert ds.input_shape == (3, *expected)
+    norm = ds.normalization
+    assert norm["channels"] == "RGB" and len(norm["mean"]) == 3 and len(norm["std"]) == 3
+    # the statistics are the training split's, per channel: the normalized training data has mean 0, std 1
+    assert np.allclose(ds.x_train.mean(axis=(0, 2, 3)), 0, atol=1e-4)
+    assert np.allclose(ds.x_train.std(axis=(0, 2, 3)), 1, atol=1e-3)
+    assert len(set(np.round(norm["mean"], 4))) == 3, "colour channels have different statistics"
+    assert ds.raw_dtype == "uint8"
+    pre = ds.preprocessing
+    assert pre["input"] == "uint8" and pre["channels"] == "RGB" and pre["mean"] == norm["mean"]
+    raw = np.round((ds.x_test * np.asarray(norm["std"])[:, None, None] + np.asarray(norm["mean"])[:, None, None])
+                   / norm["scale"])
+    assert raw.min() >= 0 and raw.max() <= 255 and np.allclose(raw, np.round(raw), atol=1e-3)
+
+
+def test_grayscale_folder_is_one_channel_and_the_digits_keep_float_input(tmp_path):
+    d = load_digits()
+    images = (d.images[:60] * 15).astype(np.uint8)
+    _write_folder(tmp_path / "gray", images, d.target[:60], [(8, 8)])
+    ds = load_data(str(tmp_path / "gray"), test_fraction=0.25)
+    assert ds.input_shape == (1, 8, 8) and ds.normalization["channels"] == "L"
+    assert ds.preprocessing["channels"] == "L"
+    assert load_data().preprocessing == {}, "the digits are not 8-bit images: the app keeps feeding floats"
+
+
+def test_resize_covers_and_crops_the_centre():
+    img = np.zeros((40, 80), np.uint8)
+    img[10:30, 30:50] = 255  # a square in the centre of a wide image
+    out = np.asarray(fit_image(Image.fromarray(img), (20, 20)))
+    assert out.shape == (20, 20)
+    assert out[6:14, 6:14].min() == 255 and out[0, 0] == 0 and out[:, 0].max() == 0  # the square, centred
+
+
+@pytest.mark.parametrize("bad", ["0", "abc", "10x", "1x2x3", "-4", "5000"])
+def test_bad_image_size_is_one_line_error(bad):
+    with pytest.raises(InputError, match="--image-size"):
+        parse_image_size(bad)
+
+
+def test_bad_image_size_on_the_cli_exits_2_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["distill-and-export", "--image-size", "big", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--image-size 'big'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_augmentation_parses_and_changes_only_image_batches():
+    from compress.train import Augment, augment_batch, parse_augment
+
+    assert parse_augment("crop=3,flip") == Augment(3, True)
+    assert parse_augment("none") == Augment() and not parse_augment("none")
+    with pytest.raises(InputError, match="--augment"):
+        parse_augment("rotate")
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    flipped = augment_batch(x, Augment(0, True), torch.Generator().manual_seed(1))
+    assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x))
+    features = torch.randn(5, 10)
+    assert augment_batch(features, Augment(2, True), torch.Generator()) is features
+
+
+def test_augmentation_never_sees_the_test_split(tmp_path, monkeypatch):
+    """Every batch the augmentation receives (teachers and student) is made of training rows only, and
+    the reported accuracy is the unaugmented test split's."""
+    import compress.train as train
+    from compress.pipeline import RunConfig, run
+
+    images, labels = _colour_digits(400)
+    _write_folder(tmp_path / "data", images, labels, [(16, 16)])
+    seen = []
+    real = train.augment_batch
+    monkeypatch.setattr(train, "augment_batch", lambda x, a, g: seen.append(x.clone()) or real(x, a, g))
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    report = run(RunConfig(data=str(tmp_path / "data"), augment="crop=2,flip", teachers=["cnn"], teacher_epochs=2,
+                           student="cnn-small", epochs=2, latency_runs=3, out=str(tmp_path / "dist")), quiet=True)
+    ds = load_data(str(tmp_path / "data"))
+    assert len(seen) >= 4, "teachers and student were augmented"
+    train_rows = {r.tobytes() for r in ds.x_train}
+    test_rows = {r.tobytes() for r in ds.x_test}
+    originals = [row for batch in seen for row in batch]
+    assert len(originals) == sum(len(b) for b in seen)
+    assert not any(r.numpy().tobytes() in test_rows for r in originals)
+    assert report["run"]["augment"] == "random crop after padding 2px, horizontal flip"
+    assert report["run"]["data"]["test"] == len(ds.x_test) and len(train_rows) > 0
+
+
+def test_validation_split_is_stratified_and_held_out():
+    from compress.teacher_training import validation_split
+
+    y = np.repeat(np.arange(5), 40)
+    train, val = validation_split(y, 0.1, seed=0)
+    assert len(val) == 20 and not set(train) & set(val) and len(train) + len(val) == len(y)
+    assert np.bincount(y[val]).tolist() == [4] * 5
+    lonely = np.array([0, 0, 0, 1, 1, 2])  # class 2 has one sample: no stratified split possible
+    assert len(validation_split(lonely, 0.5, seed=0)[1]) == 0
+
+
+def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, monkeypatch):
+    from compress.teacher_training import TeacherRecipe, train_builtin_module, validation_split
+    from compress.train import predict_logits
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path))
+    ds = load_data(limit_train=400)
+    module, curve, cached = train_builtin_module("mlp-small", ds, recipe=TeacherRecipe(epochs=40, patience=2), seed=0)
+    assert not cached and curve["epochs_run"] < 40 and curve["stopped"].startswith("early stopping")
+    _, val = validation_split(ds.y_train, 0.1, seed=0)
+    acc = float((predict_logits(module, ds.x_train[val]).argmax(1) == ds.y_train[val]).mean())
+    assert acc == pytest.approx(max(curve["val_accuracy"]))
+    assert curve["val_accuracy"][curve["best_epoch"] - 1] == max(curve["val_accuracy"])
+    again, curve2, cached2 = train_builtin_module("mlp-small", ds, recipe=TeacherRecipe(epochs=40, patience=2), seed=0)
+    assert cached2 and curve2["val_accuracy"] == curve["val_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), again.state_dict().values()))
+
+
+def _large(shape, n=60000, kind="image") -> Dataset:
+    """A data set that is large in every way the defaults look at, without holding 60k samples."""
+    x = np.broadcast_to(np.zeros((1, *shape), np.float32), (n, *shape))
+    y = np.arange(n) % 10
+    return Dataset("big", "test", x, y, x[:100], y[:100], [str(i) for i in range(10)], input_kind=kind)
+
+
+def test_defaults_follow_the_data_and_keep_what_the_user_set():
+    from compress.pipeline import RunConfig
+
+    small = RunConfig()
+    picked = defaults.choose(small, load_data(), "cpu")
+    assert (small.teachers, small.student, small.teacher_epochs, small.epochs) == (
+        ["mlp-1200", "cnn", "resnet"], "mlp-small", 10, 100)
+    big = RunConfig()
+    picked = defaults.choose(big, _large((1, 28, 28)), "cpu")
+    assert big.teachers == ["cnn", "resnet", "mlp-1200"] and big.student == "mlp-800"
+    assert 2 <= big.teacher_epochs <= 15 and 3 <= big.epochs < 100
+    assert "60,000 training samples" in defaults.describe(picked)
+    again = RunConfig()
+    defaults.choose(again, _large((1, 28, 28)), "cpu")
+    assert (again.teacher_epochs, again.epochs) == (big.teacher_epochs, big.epochs), "deterministic"
+    cuda = RunConfig()
+    defaults.choose(cuda, _large((1, 28, 28)), "cuda")
+    assert cuda.epochs >= big.epochs and cuda.teacher_epochs >= big.teacher_epochs
+    mine = RunConfig(teachers=["resnet"], epochs=7)
+    picked = defaults.choose(mine, _large((1, 28, 28)), "cpu")
+    assert mine.teachers == ["resnet"] and mine.epochs == 7 and "teachers" not in picked and "epochs" not in picked
+    audio = RunConfig()
+    defaults.choose(audio, _large((8000,), n=3000, kind="audio"), "cpu")
+    assert audio.teachers[0].startswith("speech-") and audio.student.startswith("ds-cnn")
+    flat = RunConfig()
+    defaults.choose(flat, _large((20,), n=500, kind="features"), "cpu")
+    assert set(flat.teachers) == {"mlp-1200"}
+
+
+def test_a_run_reports_member_curves_and_the_chosen_defaults(tmp_path, monkeypatch):
+    from compress.pipeline import RunConfig, run
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    report = run(RunConfig(teachers=["mlp-small", "cnn-small"], teacher_epochs=3, latency_runs=3, limit_train=300,
+                           out=str(tmp_path / "dist")), quiet=True)
+    run_facts = report["run"]
+    assert run_facts["defaults_chosen"]["student"] == "mlp-small" and run_facts["defaults_chosen"]["epochs"] == 100
+    for member in run_facts["teachers"]:
+        curve = member["training"]
+        assert len(curve["val_accuracy"]) == curve["epochs_run"] <= 3 and curve["val_samples"] == 30
+    saved = json.loads((tmp_path / "dist" / run_facts["name"] / "report.json").read_text())
+    assert saved["run"]["teachers"][0]["training"]["best_epoch"] >= 1
+    html = (tmp_path / "dist" / run_facts["name"] / "report.html").read_text()
+    section = html[html.index("<h2>Teacher training</h2>"):]
+    assert "mlp-small" in section and "cnn-small" in section and "<svg" in section
