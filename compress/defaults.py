@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 
+from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS
+
 SMALL_WORK = 2_000_000  # samples x values per sample at or below which the digits' settings are used
 BUDGET_S = {"cpu": {"teachers": 300.0, "student": 200.0}, "cuda": {"teachers": 600.0, "student": 300.0}}
 EPOCH_LIMITS = {"teachers": (2, 15), "student": (3, 100)}
 
 SMALL = {"teacher_epochs": 10, "epochs": 100}
 SETS = {  # (kind, size) -> teachers, student
-    ("image", "small"): (["mlp-1200", "cnn", "resnet"], "mlp-small"),
+    ("image", "small"): (list(DEFAULT_TEACHERS), DEFAULT_STUDENT),  # the digits' settings
     ("image", "large-gray"): (["cnn", "resnet", "mlp-1200"], "mlp-800"),
     ("image", "large-colour"): (["resnet", "resnet"], "mobilenet:0.35:0.5"),  # two seeds: cnn trailed by 2.5 pts
     ("audio", "small"): (["speech-cnn", "speech-resnet", "speech-wide-cnn"], "ds-cnn"),
