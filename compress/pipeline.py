@@ -150,9 +150,8 @@ class RunConfig:
 def _train_threads(cfg: RunConfig, data: Dataset):
     """Torch threads for the teachers' and the student's training (``--train-threads``, else the measured
     rule in ``compress.core.threads``): chosen from the allowed CPUs and the models, never from the load."""
-    teacher_batch = getattr(teacher_recipe(cfg, data), "batch_size", cfg.batch_size)
     return plan_threads(cfg.train_threads, cfg.teachers or [], cfg.student, data.input_shape, data.num_classes,
-                        student_batch=cfg.batch_size, teacher_batch=teacher_batch)
+                        student_batch=cfg.batch_size, teacher_batch=teacher_recipe(cfg, data).batch_size)
 
 
 def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str:
@@ -212,12 +211,18 @@ def _init_distributed() -> tuple[int, int]:
     return distributed()
 
 
+def _augment_key(augment) -> list:
+    """The augmentation's part of the student's checkpoint key: nothing when there is none, so checkpoints
+    of runs without augmentation keep their keys."""
+    return [augment.describe()] if augment else []
+
+
 def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
     """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
     key = content_key("student-checkpoint", 1, cfg.student, data.fingerprint(), len(data.x_train),
                       data.y_train is not None, [m.fingerprint for m in members], cfg.loss, float(cfg.temperature),
                       float(cfg.alpha), cfg.epochs, float(cfg.lr), cfg.optimizer, float(cfg.weight_decay),
-                      cfg.batch_size, cfg.seed, world, *([] if not augmentation(cfg, data) else [augmentation(cfg, data).describe()]))
+                      cfg.batch_size, cfg.seed, world, *_augment_key(augmentation(cfg, data)))
     return cache_dir("students") / f"{safe_name(cfg.student)}-{key[:24]}.pt"
 
 
