@@ -148,7 +148,7 @@ class MILProgram:
             if op.type != "const" and op.type not in _ops.OPS:
                 raise UnsupportedOpError(
                     f"{self.path}: MIL op '{op.type}' ({parsed.where}) is not supported by the MIL reference "
-                    f"evaluator (devices/mil/ops.py)"
+                    f"evaluator (compress/export/coreml/mil/ops/)"
                 )
             if len(op.blocks):
                 raise UnsupportedOpError(
