@@ -1,18 +1,19 @@
-"""numpy implementations of MIL ops, one module per family; ``OPS`` maps an op type to its function.
+"""numpy implementations of MIL ops, one module per op family; ``OPS`` maps an op type to its function.
 
-``registry`` holds the table and the ``Args`` wrapper; importing this package imports every family so the
-table is complete. A new family is a module here plus one line in ``_FAMILIES``.
+``registry`` holds the table, the ``Args`` wrapper and the ``@op`` decorator; importing this package imports
+every module beside it, so a new family is just a new module here (no list to edit).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from compress.export.coreml.mil.ops.registry import OPS, Args, F, op
 
-_FAMILIES = ("elementwise", "linalg", "shape", "quant", "classify")
-for _family in _FAMILIES:
-    importlib.import_module(f"compress.export.coreml.mil.ops.{_family}")
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "registry":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 SUPPORTED = frozenset(OPS) | {"const"}
 
