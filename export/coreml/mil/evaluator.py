@@ -29,7 +29,7 @@ Public API: ``evaluate(path, inputs) -> {output name: array}``, ``load_program(p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import ChainMap
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +38,23 @@ import numpy as np
 from compress.core.errors import InputError
 from compress.export.common.preprocess import from_metadata, runner_input
 from compress.export.coreml.mil import ops as _ops
-from compress.export.coreml.mil.values import BlobFiles, decode_value, tensor_type_of
+from compress.export.coreml.mil.blocks import Block, Op, Parser, check_declared, walk
+from compress.export.coreml.mil.control_flow import CONTROL_FLOW
+from compress.export.coreml.mil.values import BlobFiles, tensor_type_of
 
 
 class UnsupportedOpError(InputError):
     """The program contains an op type the reference evaluator does not implement."""
 
 
-@dataclass
-class _Op:
-    index: int
-    type: str
-    # parameter name -> list of ("name", var name) or ("value", decoded value)
-    bindings: dict[str, list[tuple[str, Any]]]
-    outputs: list[tuple[str, Any]]  # (var name, numpy dtype or None for non-tensor outputs)
-    name: str | None = None  # the op's ``name`` attribute (what coremltools' ``op_name_configs`` keys on)
+def runs(op_type: str) -> bool:
+    """Whether the evaluator can run ``op_type``: a table op, control flow, or a constant."""
+    return op_type == "const" or op_type in _ops.OPS or op_type in CONTROL_FLOW
 
-    @property
-    def where(self) -> str:
-        first = self.outputs[0][0] if self.outputs else "?"
-        return f"op #{self.index}, output '{first}'"
+
+def supported_op_types() -> list[str]:
+    """Every op type the evaluator runs (the table's, control flow and ``const``), sorted."""
+    return sorted(set(_ops.OPS) | set(CONTROL_FLOW) | {"const"})
 
 
 def _model_spec_path(path: Path) -> tuple[Path, Path]:
@@ -138,53 +135,29 @@ class MILProgram:
         self.probabilities_name = desc.predictedProbabilitiesName or None
         self.labels: list[str] | None = None
         self._blobs = BlobFiles(weights)
-        self._ops: list[_Op] = []
-        for index, op in enumerate(block.operations):
-            outs = []
-            for o in op.outputs:
-                dtype = tensor_type_of(o.type)[0] if o.type.WhichOneof("type") == "tensorType" else None
-                outs.append((o.name, dtype))
-            parsed = _Op(index, op.type, {}, outs)
-            if op.type != "const" and op.type not in _ops.OPS:
-                raise UnsupportedOpError(
-                    f"{self.path}: MIL op '{op.type}' ({parsed.where}) is not supported by the MIL reference "
-                    f"evaluator (compress/export/coreml/mil/ops/)"
-                )
-            if len(op.blocks):
-                raise UnsupportedOpError(
-                    f"{self.path}: MIL op '{op.type}' ({parsed.where}) has nested blocks (control flow), "
-                    f"which the MIL reference evaluator does not support"
-                )
-            if "name" in op.attributes:
-                try:
-                    parsed.name = str(np.asarray(decode_value(op.attributes["name"], self._blobs)).reshape(-1)[0])
-                except Exception:  # a name that does not decode is only a label
-                    parsed.name = None
-            for key, value in op.attributes.items():
-                if key != "name":
-                    parsed.bindings[key] = [("value", decode_value(value, self._blobs))]
-            for key, arg in op.inputs.items():
-                parsed.bindings[key] = [
-                    ("name", b.name) if b.WhichOneof("binding") == "name" else ("value", decode_value(b.value, self._blobs))
-                    for b in arg.arguments
-                ]
-            if op.type == "classify":
+        parser = Parser(self._blobs, runs, self._unsupported)
+        self._block = parser.block(block)
+        self._ops: list[Op] = self._block.ops
+        for parsed in walk(self._ops):
+            if parsed.type == "classify":
                 classes = parsed.bindings.get("classes", [])
                 if classes and classes[0][0] == "value":
                     self.labels = [str(c.item() if isinstance(c, np.ndarray) else c) for c in classes[0][1]]
-            self._ops.append(parsed)
         self.op_types = [o.type for o in self._ops]
         self.precision = "fp16" if any(
-            dt == np.float16 for o in self._ops if o.type != "const" for _, dt in o.outputs
+            dt == np.float16 for o in walk(self._ops) if o.type != "const" for _, dt in o.outputs
         ) else "fp32"
         self._consts: dict[str, Any] | None = None
 
     # ---- execution ---------------------------------------------------------------------------
 
-    def _run_op(self, op: _Op, env: dict[str, Any]) -> None:
-        if op.type == "const":
-            env[op.outputs[0][0]] = op.bindings["val"][0][1]
-            return
+    def _unsupported(self, op: Op) -> None:
+        raise UnsupportedOpError(
+            f"{self.path}: MIL op '{op.type}' ({op.where}) is not supported by the MIL reference evaluator "
+            f"(compress/export/coreml/mil/ops/; list: compress devices coreml-ops)"
+        )
+
+    def _inputs_of(self, op: Op, env) -> dict[str, list[Any]]:
         values: dict[str, list[Any]] = {}
         for key, binds in op.bindings.items():
             vals = []
@@ -196,36 +169,71 @@ class MILProgram:
                 else:
                     vals.append(v)
             values[key] = vals
-        fn = _ops.OPS.get(op.type)
-        if fn is None:
-            raise UnsupportedOpError(
-                f"{self.path}: MIL op '{op.type}' ({op.where}) is not supported by the MIL reference evaluator"
-            )
-        try:
-            result = fn(_ops.Args(values, op.type, op.where))
-        except InputError:
-            raise
-        except Exception as exc:
-            raise InputError(
-                f"{self.path}: MIL op '{op.type}' ({op.where}) failed in the reference evaluator: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        results = result if isinstance(result, tuple) else (result,)
+        return values
+
+    def _run_op(self, op: Op, env) -> None:
+        """Run one op on ``env`` (name -> value) and store its outputs there, checked against the declared
+        types and rounded to the declared dtypes."""
+        if op.type == "const":
+            env[op.outputs[0][0]] = op.bindings["val"][0][1]
+            return
+        values = self._inputs_of(op, env)
+        if op.type in CONTROL_FLOW:
+            result = CONTROL_FLOW[op.type](op, values, lambda block, inputs: self._run_block(block, inputs, env))
+        else:
+            fn = _ops.OPS.get(op.type)
+            if fn is None:
+                self._unsupported(op)
+            try:
+                result = fn(_ops.Args(values, op.type, op.where))
+            except InputError:
+                raise
+            except Exception as exc:
+                raise InputError(
+                    f"{self.path}: MIL op '{op.type}' ({op.where}) failed in the reference evaluator: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        self._store(op, result if isinstance(result, tuple) else (result,), env)
+
+    def _store(self, op: Op, results: tuple, env) -> None:
+        """Check each result against its declared type, round it to the declared dtype, bind its name."""
         if len(results) != len(op.outputs):
             raise InputError(
                 f"{self.path}: MIL op '{op.type}' ({op.where}) produced {len(results)} outputs, "
                 f"program declares {len(op.outputs)}"
             )
-        for (name, dtype), value in zip(op.outputs, results):
+        for (name, dtype), shape, value in zip(op.outputs, op.shapes or [None] * len(results), results):
+            if isinstance(value, (int, float, bool)):
+                value = np.asarray(value)
+            try:
+                check_declared(op.where, op.type, name, value, dtype, shape)
+            except InputError as exc:
+                raise InputError(f"{self.path}: {exc}") from None
             if dtype is not None and isinstance(value, (np.ndarray, np.generic)) and value.dtype != object:
                 value = np.asarray(value).astype(dtype, copy=False)
             env[name] = value
 
+    def _run_block(self, block: Block, inputs: list[Any], outer) -> list[Any]:
+        """Run a nested block in its own scope (it sees ``outer``; its variables stay inside); return its outputs."""
+        if len(inputs) != len(block.inputs):
+            raise InputError(f"{self.path}: a nested block takes {len(block.inputs)} inputs, got {len(inputs)}")
+        env = ChainMap({}, outer)
+        for (name, _dtype, _shape), value in zip(block.inputs, inputs):
+            env[name] = value
+        for op in block.ops:
+            if op.type == "const" or op.type.startswith("constexpr_"):
+                continue
+            self._run_op(op, env)
+        missing = [n for n in block.outputs if n not in env]
+        if missing:
+            raise InputError(f"{self.path}: a nested block's output '{missing[0]}' is never computed")
+        return [env[n] for n in block.outputs]
+
     def _constants(self) -> dict[str, Any]:
-        """const and constexpr_* results (weights), computed once per program."""
+        """const and constexpr_* results (weights), computed once per program, nested blocks included."""
         if self._consts is None:
             env: dict[str, Any] = {}
-            for op in self._ops:
+            for op in walk(self._ops):
                 if op.type == "const" or op.type.startswith("constexpr_"):
                     self._run_op(op, env)
             self._consts = env
