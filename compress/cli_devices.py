@@ -20,7 +20,7 @@ from rich.table import Table
 
 from compress.cli_output import err, fail, guarded, print_failures
 from compress.core.errors import InputError
-from compress.export.registry import accepting, suffixes
+from compress.export.registry import TARGETS, accepting, suffixes
 
 devices_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Device profiles (runtime, threads, budgets) and device tooling setup.")
@@ -97,6 +97,41 @@ def setup_devices(
         typer.echo(f"{name}: ready in {float(seconds):.1f} s")
     if failed:
         typer.echo(f"not set up: {', '.join(failed)}")
+
+
+def _op_list_command(backend):
+    """``compress devices <target>-ops``: the ops the target's reference evaluator runs, with their opsets."""
+
+    def command(json_output: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+        try:
+            listing = backend.op_list()
+        except (OSError, ValueError) as exc:
+            fail(f"{backend.name} op list: cannot be read ({exc})", 2)
+        if json_output:
+            typer.echo(json.dumps(listing, indent=1))
+            return
+        t = Table(title=f"{backend.runtime} ops the reference evaluator runs ({len(listing['ops'])})",
+                  title_justify="left")
+        for col in ("op", "family", "opsets", "definitions followed"):
+            t.add_column(col)
+        for row in listing["ops"]:
+            opsets = row["opsets"]
+            span = f"{opsets[0]}–{opsets[-1]}" if len(opsets) > 1 else (opsets[0] if opsets else "(evaluator only)")
+            t.add_row(row["op"], row["family"], span, ", ".join(row["definitions"]) or "—")
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+        console.print(t)
+        if listing.get("not_supported"):
+            console.print(f"not supported ({len(listing['not_supported'])}): {', '.join(listing['not_supported'])}",
+                          markup=False, soft_wrap=True)
+
+    command.__doc__ = (f"List the {backend.runtime} ops the reference evaluator runs, with the opsets they exist in "
+                       f"and the op definitions it follows (and the ops it does not run).")
+    return command
+
+
+for _backend in TARGETS.values():
+    if _backend.op_list is not None:
+        devices_app.command(f"{_backend.name}-ops")(_op_list_command(_backend))
 
 
 def validate_command(

@@ -95,6 +95,8 @@ class Backend:
       emulator_wheel: the runtime's pip distribution it needs there
     runs_here: False where the device runtime cannot run on this host (numbers come from a reference
       evaluator and no latency is reported)
+    op_list() -> {"ops": [{"op", "family", "opsets", "definitions"}], "opsets", "not_supported", ...}: the ops a
+      reference evaluator of this target runs (``compress devices <name>-ops`` prints it)
     """
 
     name: str
@@ -121,6 +123,7 @@ class Backend:
     emulated_runner: Path | None = None
     emulator_wheel: str | None = None
     runs_here: bool = True
+    op_list: Callable[[], dict] | None = None
 
     @property
     def file_name(self) -> str:

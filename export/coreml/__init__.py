@@ -65,4 +65,5 @@ BACKEND = Backend(
     layer_errors=lazy("compress.export.coreml.debug", "layer_errors"),
     runtime_module="compress.export.coreml.mil.evaluator",
     runs_here=platform.system() == "Darwin",
+    op_list=lazy("compress.export.coreml.mil.op_list", "load"),
 )

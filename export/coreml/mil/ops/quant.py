@@ -54,13 +54,11 @@ def _constexpr_affine_dequantize(a):
     return out.astype(scale.dtype)
 
 
-@op("constexpr_blockwise_shift_scale")
-def _constexpr_blockwise_shift_scale(a):
-    data = np.asarray(a["data"]).astype(np.float32)
-    scale = np.asarray(a["scale"])
+def _shift_scale(data: np.ndarray, scale: np.ndarray, offset) -> np.ndarray:
+    """(data - offset) * scale with ``scale``/``offset`` blocks repeated over ``data``'s shape (iOS18)."""
+    data = np.asarray(data).astype(np.float32)
     s = scale.astype(np.float32)
-    off = a.get("offset")
-    off = None if off is None else np.asarray(off).astype(np.float32)
+    off = None if offset is None else np.asarray(offset).astype(np.float32)
     for axis, (d, k) in enumerate(zip(data.shape, s.shape)):
         if d // k > 1:
             s = np.repeat(s, d // k, axis)
@@ -69,6 +67,39 @@ def _constexpr_blockwise_shift_scale(a):
     if off is not None:
         data = data - off
     return (data * s).astype(scale.dtype)
+
+
+@op("constexpr_blockwise_shift_scale")
+def _constexpr_blockwise_shift_scale(a):
+    return _shift_scale(a["data"], np.asarray(a["scale"]), a.get("offset"))
+
+
+def _dense(mask: np.ndarray, nonzero: np.ndarray) -> np.ndarray:
+    """The dense tensor of a sparse (mask, nonzero values) pair; zeros elsewhere."""
+    out = np.zeros(np.shape(mask), dtype=np.asarray(nonzero).dtype)
+    out[np.asarray(mask) != 0] = nonzero
+    return out
+
+
+@op("constexpr_sparse_blockwise_shift_scale")
+def _constexpr_sparse_blockwise_shift_scale(a):
+    """iOS18 joint sparsity + quantization: dequantize only the kept values; outputs (mask, values)."""
+    mask = np.asarray(a["data_mask"])
+    dense = _shift_scale(_dense(mask, a["nonzero_data"]), np.asarray(a["scale"]), a.get("offset"))
+    return mask, dense[mask != 0]
+
+
+@op("constexpr_lut_to_sparse")
+def _constexpr_lut_to_sparse(a):
+    """iOS18 joint sparsity + palettization: look up only the kept indices; outputs (mask, values), the mask
+    repeated along ``vector_axis`` for vector palettes."""
+    mask = np.asarray(a["indices_mask"])
+    lut = np.asarray(a["lut"])
+    vector_axis = a.scalar("vector_axis", None)
+    dense = _lut_to_dense_blockwise(_dense(mask, a["indices_nonzero_data"]), lut, vector_axis)
+    if lut.shape[-1] > 1:
+        mask = np.repeat(mask, lut.shape[-1], axis=int(vector_axis))
+    return mask, dense[mask != 0]
 
 
 def _lut_to_dense_blockwise(indices: np.ndarray, lut: np.ndarray, vector_axis) -> np.ndarray:
@@ -107,9 +138,7 @@ def _constexpr_sparse_to_dense(a):
     if "shape" in a:  # iOS16: packed bit mask
         shape = a.ints("shape")
         mask = unpack_bits(mask, 1, int(np.prod(shape)), signed=False).reshape(shape)
-    out = np.zeros(mask.shape, dtype=data.dtype)
-    out[mask != 0] = data
-    return out
+    return _dense(mask, data)
 
 
 @op("constexpr_cast")
