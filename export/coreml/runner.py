@@ -30,6 +30,9 @@ from compress.core.runner import Runner
 
 ENGINE_MACOS = "Core ML (macOS)"
 ENGINE_REFERENCE = "MIL reference (Linux)"
+# An fp16 program's numbers are the evaluator's fp16: every op's output rounded to float16, float32 sums inside
+# an op. Apple's GPU/Neural Engine may keep float32 accumulators across fused ops, so the label says which it is.
+ENGINE_REFERENCE_FP16 = "MIL reference (Linux, fp16 rounded after every op: not Apple's GPU/ANE arithmetic)"
 
 from compress.export.coreml.tolerances import MIN_TOP1, MIN_TOP1_AGREEMENT, TOLERANCE_REASONS, TOLERANCES  # noqa: F401
 
@@ -102,7 +105,8 @@ def _open_reference(path: Path, threads: int) -> Runner:
     def predict(x: np.ndarray) -> np.ndarray:
         return program.scores(np.asarray(x))  # normalized float32, or uint8 pixels for a raw-pixel package
 
-    return Runner(engine=ENGINE_REFERENCE, predict=predict, threads=int(threads), measured=False)
+    engine = ENGINE_REFERENCE_FP16 if program.precision == "fp16" else ENGINE_REFERENCE
+    return Runner(engine=engine, predict=predict, threads=int(threads), measured=False)
 
 
 def open_coreml(path: Path | str, threads: int = 1) -> Runner:
