@@ -157,3 +157,41 @@ def _cast(a):
     if np.issubdtype(np.dtype(CAST_DTYPES[dtype]), np.integer) and np.issubdtype(x.dtype, np.floating):
         x = np.trunc(x)
     return x.astype(CAST_DTYPES[dtype])
+
+
+# ---- more unary math and parametric activations (iOS15 definitions; iOS17 only widens dtypes) ------
+
+_unary("acos", np.arccos)
+_unary("asin", np.arcsin)
+_unary("atan", np.arctan)
+_unary("atanh", np.arctanh)
+_unary("cosh", np.cosh)
+_unary("sinh", np.sinh)
+_unary("tan", np.tan)
+
+
+@op("threshold")
+def _threshold(a):
+    """Elementwise ``max(x, alpha)`` (a lower bound, not torch's Threshold)."""
+    return np.maximum(F(a["x"]), a.scalar("alpha"))
+
+
+@op("clamped_relu")
+def _clamped_relu(a):
+    """``min(beta, x)`` for ``x >= 0``, else ``min(beta, alpha * x)``."""
+    x = F(a["x"])
+    return np.minimum(np.where(x >= 0, x, a.scalar("alpha") * x), a.scalar("beta"))
+
+
+@op("scaled_tanh")
+def _scaled_tanh(a):
+    return a.scalar("alpha") * np.tanh(a.scalar("beta") * F(a["x"]))
+
+
+@op("softplus_parametric")
+def _softplus_parametric(a):
+    """``alpha_c * log(1 + exp(beta_c * x))`` with per-channel (axis 1) ``alpha`` and ``beta``."""
+    x = F(a["x"])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    alpha, beta = F(a["alpha"]).reshape(shape), F(a["beta"]).reshape(shape)
+    return alpha * np.logaddexp(0, beta * x)

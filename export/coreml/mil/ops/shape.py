@@ -1,4 +1,4 @@
-"""MIL ops that move data without arithmetic: reshape, transpose, slicing, concat, gather, pad, resampling."""
+"""MIL ops that move data without arithmetic: reshape, transpose, slicing, concat, pad, resampling."""
 
 from __future__ import annotations
 
@@ -96,21 +96,8 @@ def _range_1d(a):
     return np.arange(a.scalar("start"), a.scalar("end"), a.scalar("step"))
 
 
-@op("gather")
-def _gather(a):
-    x = np.asarray(a["x"])
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    axis = int(a.scalar("axis", 0)) % x.ndim
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    if int(a.scalar("batch_dims", 0)) != 0:
-        raise InputError(f"MIL op 'gather' ({a.where}): batch_dims != 0 is not supported")
-    return np.take(x, idx, axis=axis)
-
-
-@op("slice_by_index")
-def _slice_by_index(a):
-    x = np.asarray(a["x"])
-    r = x.ndim
+def _index(a, r: int) -> tuple:
+    """The numpy index of ``slice_by_index``'s begin/end/stride and masks (shared with ``slice_update``)."""
     begin = a.ints("begin")
     end = a.ints("end")
     stride = a.ints("stride") or [1] * r
@@ -125,7 +112,34 @@ def _slice_by_index(a):
         b = None if bmask[i] else begin[i]
         e = None if emask[i] else end[i]
         sl.append(slice(b, e, stride[i]))
-    return x[tuple(sl)]
+    return tuple(sl)
+
+
+@op("slice_by_index")
+def _slice_by_index(a):
+    x = np.asarray(a["x"])
+    return x[_index(a, x.ndim)]
+
+
+@op("slice_update")
+def _slice_update(a):
+    """iOS18: ``x`` with ``x[slice] = update`` (the slice as in ``slice_by_index``); ``x`` itself is unchanged."""
+    x = np.array(a["x"])
+    x[_index(a, x.ndim)] = np.asarray(a["update"]).astype(x.dtype)
+    return x
+
+
+@op("reshape_like")
+def _reshape_like(a):
+    """iOS16: reshape ``x`` to the concatenation of ``ref.shape[begin:end]`` over the reference tensors."""
+    shape: list[int] = []
+    refs = a.list("ref_tensors")
+    begins, ends = ([int(np.asarray(v).reshape(-1)[0]) for v in a.list(k)] for k in ("begins", "ends"))
+    masks = [bool(np.asarray(v).reshape(-1)[0]) for v in a.list("end_masks")] or [False] * len(refs)
+    for ref, begin, end, to_end in zip(refs, begins, ends, masks):
+        dims = np.shape(ref)
+        shape += list(dims[begin:] if to_end else dims[begin:end])
+    return np.asarray(a["x"]).reshape(shape)
 
 
 @op("slice_by_size")
@@ -149,10 +163,3 @@ def _pad(a):
     if mode == "replicate":
         return np.pad(x, widths, mode="edge")
     raise InputError(f"MIL op 'pad' ({a.where}): mode '{mode}' is not supported")
-
-
-@op("upsample_nearest_neighbor")
-def _upsample_nn(a):
-    x = np.asarray(a["x"])
-    sh, sw = int(a.scalar("scale_factor_height", 1)), int(a.scalar("scale_factor_width", 1))
-    return x.repeat(sh, axis=-2).repeat(sw, axis=-1)
