@@ -155,3 +155,11 @@ def test_a_loop_that_never_ends_stops_with_an_error(tmp_path, monkeypatch):
 def test_control_flow_is_in_the_supported_list():
     listed = supported_op_types()
     assert {"while_loop", "cond", "const"} <= set(listed) and listed == sorted(listed)
+
+
+def test_an_op_type_registered_twice_fails_at_import():
+    from compress.export.coreml.mil.ops.registry import op
+
+    with pytest.raises(ValueError, match="'relu' is registered twice"):
+        op("relu")(lambda a: a["x"])
+    assert mil_ops.OPS["relu"].__module__.endswith("elementwise")  # the original stays

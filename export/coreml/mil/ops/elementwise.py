@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from compress.core.errors import InputError
-from compress.export.coreml.mil.ops.registry import OPS, F, op
+from compress.export.coreml.mil.ops.registry import F, op
 from compress.export.coreml.mil.values import CAST_DTYPES
 
 
@@ -15,7 +15,7 @@ from compress.export.coreml.mil.values import CAST_DTYPES
 
 
 def _unary(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
-    OPS[name] = lambda a: fn(F(a["x"]))
+    op(name)(lambda a: fn(F(a["x"])))
 
 
 def _sigmoid(x):
@@ -120,7 +120,7 @@ def _gelu(a):
 
 
 def _binary(name: str, fn) -> None:
-    OPS[name] = lambda a: fn(F(a["x"]), F(a["y"]))
+    op(name)(lambda a: fn(F(a["x"]), F(a["y"])))
 
 
 _binary("add", np.add)

@@ -6,7 +6,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from compress.core.errors import InputError
-from compress.export.coreml.mil.ops.registry import OPS, F, norm_axes, op
+from compress.export.coreml.mil.ops.registry import F, norm_axes, op
 
 
 # ---- linear algebra ----------------------------------------------------------------------------
@@ -132,9 +132,9 @@ def _pool(a, kind: str):
     return total / count
 
 
-OPS["max_pool"] = lambda a: _pool(a, "max")
-OPS["avg_pool"] = lambda a: _pool(a, "avg")
-OPS["l2_pool"] = lambda a: _pool(a, "l2")
+op("max_pool")(lambda a: _pool(a, "max"))
+op("avg_pool")(lambda a: _pool(a, "avg"))
+op("l2_pool")(lambda a: _pool(a, "l2"))
 
 
 @op("batch_norm")
@@ -197,15 +197,15 @@ def _reduce(fn):
     return run
 
 
-OPS["reduce_mean"] = _reduce(lambda x, ax, k: x.mean(axis=ax, keepdims=k))
-OPS["reduce_sum"] = _reduce(lambda x, ax, k: x.sum(axis=ax, keepdims=k))
-OPS["reduce_max"] = _reduce(lambda x, ax, k: x.max(axis=ax, keepdims=k))
-OPS["reduce_min"] = _reduce(lambda x, ax, k: x.min(axis=ax, keepdims=k))
-OPS["reduce_prod"] = _reduce(lambda x, ax, k: x.prod(axis=ax, keepdims=k))
-OPS["reduce_sum_square"] = _reduce(lambda x, ax, k: (x * x).sum(axis=ax, keepdims=k))
-OPS["reduce_l1_norm"] = _reduce(lambda x, ax, k: np.abs(x).sum(axis=ax, keepdims=k))
-OPS["reduce_l2_norm"] = _reduce(lambda x, ax, k: np.sqrt((x * x).sum(axis=ax, keepdims=k)))
-OPS["reduce_log_sum"] = _reduce(lambda x, ax, k: np.log(x.sum(axis=ax, keepdims=k)))
+op("reduce_mean")(_reduce(lambda x, ax, k: x.mean(axis=ax, keepdims=k)))
+op("reduce_sum")(_reduce(lambda x, ax, k: x.sum(axis=ax, keepdims=k)))
+op("reduce_max")(_reduce(lambda x, ax, k: x.max(axis=ax, keepdims=k)))
+op("reduce_min")(_reduce(lambda x, ax, k: x.min(axis=ax, keepdims=k)))
+op("reduce_prod")(_reduce(lambda x, ax, k: x.prod(axis=ax, keepdims=k)))
+op("reduce_sum_square")(_reduce(lambda x, ax, k: (x * x).sum(axis=ax, keepdims=k)))
+op("reduce_l1_norm")(_reduce(lambda x, ax, k: np.abs(x).sum(axis=ax, keepdims=k)))
+op("reduce_l2_norm")(_reduce(lambda x, ax, k: np.sqrt((x * x).sum(axis=ax, keepdims=k))))
+op("reduce_log_sum")(_reduce(lambda x, ax, k: np.log(x.sum(axis=ax, keepdims=k))))
 
 
 def _log_sum_exp(x, axes, keep_dims):
@@ -214,7 +214,7 @@ def _log_sum_exp(x, axes, keep_dims):
     return y if keep_dims else np.squeeze(y, axis=axes if axes is not None else tuple(range(x.ndim)))
 
 
-OPS["reduce_log_sum_exp"] = _reduce(_log_sum_exp)
+op("reduce_log_sum_exp")(_reduce(_log_sum_exp))
 
 
 @op("reduce_argmax", "reduce_argmin")

@@ -59,8 +59,13 @@ OPS: dict[str, Callable[[Args], Any]] = {}
 
 
 def op(*names: str):
+    """Register the decorated function as the implementation of the MIL op types ``names``. An op type
+    registered twice is a programming error (two families would silently race), so it fails at import."""
+
     def register(fn):
         for n in names:
+            if n in OPS:
+                raise ValueError(f"MIL op '{n}' is registered twice ({OPS[n].__module__} and {fn.__module__})")
             OPS[n] = fn
         return fn
 
@@ -70,3 +75,8 @@ def op(*names: str):
 def norm_axes(axes, rank: int) -> tuple[int, ...]:
     """Axes as non-negative indices of a rank-``rank`` tensor."""
     return tuple(int(a) % rank for a in axes)
+
+
+def op_error(a: Args, message: str) -> InputError:
+    """The one-line error for an input or attribute value an op cannot run: names the op and where it is."""
+    return InputError(f"MIL op '{a.op_type}' ({a.where}): {message}")

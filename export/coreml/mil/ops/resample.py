@@ -1,5 +1,6 @@
 """MIL resampling ops: upsample/resize (nearest and bilinear), crop, crop_resize, and the space/depth/batch
-rearrangements (pixel_shuffle, depth_to_space, space_to_batch and their inverses).
+rearrangements (pixel_shuffle, depth_to_space, space_to_batch and their inverses), and sampling at given
+coordinates (``resample`` = torch ``grid_sample``, ``affine`` = ``affine_grid`` + ``grid_sample``).
 
 Grid conventions follow coremltools' op docstrings (``iOS15/image_resizing.py``) and the ``SamplingMode`` section
 of Core ML's NeuralNetwork.proto: every bilinear mode is "sample N points of the interval [0, X-1] and
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from compress.core.errors import InputError
-from compress.export.coreml.mil.ops.registry import F, op
+from compress.export.coreml.mil.ops.registry import F, op, op_error
 
 SAMPLING_MODES = ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS", "DEFAULT", "OFFSET_CORNERS", "UNALIGN_CORNERS")
 
@@ -287,3 +288,96 @@ def _batch_to_space(a):
     n = nb // (b0 * b1)
     y = x.reshape(b0, b1, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * b0, w * b1)
     return y[:, :, t : h * b0 - bt, l : w * b1 - r]
+
+
+# ---- sampling at coordinates (resample = torch grid_sample, affine = affine_grid + grid_sample) ------------
+
+_RESAMPLE_PADDING = ("constant", "border", "reflection", "symmetric")
+
+
+def _to_pixels(c: np.ndarray, size: int, coordinates_mode: str, align_corners: bool) -> np.ndarray:
+    """Coordinates along one image axis as pixel positions (0 = centre of the first pixel)."""
+    if coordinates_mode == "unnormalized":
+        return c
+    if coordinates_mode == "normalized_minus_one_to_one":
+        return (c + 1) / 2 * (size - 1) if align_corners else ((c + 1) * size - 1) / 2
+    if coordinates_mode == "normalized_zero_to_one":
+        return c * (size - 1) if align_corners else c * size - 0.5
+    raise ValueError(coordinates_mode)
+
+
+def _fold(p: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``p`` reflected back and forth into ``[low, high]`` (mirror images at both ends)."""
+    span = high - low
+    if span <= 0:
+        return np.zeros_like(p)
+    t = np.mod(p - low, 2 * span)
+    return low + np.where(t > span, 2 * span - t, t)
+
+
+def _pad_positions(p: np.ndarray, size: int, padding_mode: str) -> np.ndarray:
+    """Pixel positions after the padding rule: border clamps, reflection mirrors about the edge pixels'
+    centres (``|1 2 3| -> 2 3 2 1 2 3 2 1``), symmetric about their outer edges (``3 2 1 1 2 3 3 2 1``)."""
+    if padding_mode == "border":
+        return np.clip(p, 0, size - 1)
+    if padding_mode == "reflection":
+        return np.clip(_fold(p, 0, size - 1), 0, size - 1)
+    if padding_mode == "symmetric":
+        return np.clip(_fold(p, -0.5, size - 0.5), 0, size - 1)
+    return p
+
+
+def _sample(a, x: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """``x`` (B, C, H, W) sampled at (B, Ho, Wo) coordinates ``cx``/``cy`` per the op's modes -> (B, C, Ho, Wo)."""
+    sampling, padding = str(a.get("sampling_mode", "bilinear")).lower(), str(a.get("padding_mode", "constant")).lower()
+    coordinates_mode = str(a.get("coordinates_mode", "normalized_minus_one_to_one")).lower()
+    if sampling not in ("bilinear", "nearest") or padding not in _RESAMPLE_PADDING or coordinates_mode not in (
+            "unnormalized", "normalized_minus_one_to_one", "normalized_zero_to_one"):
+        raise op_error(a, f"sampling_mode '{sampling}' / padding_mode '{padding}' / coordinates_mode "
+                       f"'{coordinates_mode}' is not supported")
+    align = bool(a.scalar("align_corners", False))
+    height, width = x.shape[2:]
+    px = _pad_positions(_to_pixels(cx, width, coordinates_mode, align), width, padding)
+    py = _pad_positions(_to_pixels(cy, height, coordinates_mode, align), height, padding)
+    pad_value = float(a.scalar("padding_value", 0.0))
+    batch = np.arange(x.shape[0])[:, None, None]
+
+    def tap(ix, iy):  # (B, Ho, Wo) integer positions -> (B, C, Ho, Wo), padding_value outside the image
+        inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+        v = x[batch, :, np.clip(iy, 0, height - 1), np.clip(ix, 0, width - 1)]  # (B, Ho, Wo, C)
+        return np.moveaxis(np.where(inside[..., None], v, pad_value), -1, 1)
+
+    if sampling == "nearest":  # ties round half to even, as torch's grid_sample does
+        return tap(np.rint(px).astype(np.int64), np.rint(py).astype(np.int64))
+    x0, y0 = np.floor(px).astype(np.int64), np.floor(py).astype(np.int64)
+    wx, wy = (px - x0)[:, None], (py - y0)[:, None]
+    return ((1 - wy) * ((1 - wx) * tap(x0, y0) + wx * tap(x0 + 1, y0))
+            + wy * ((1 - wx) * tap(x0, y0 + 1) + wx * tap(x0 + 1, y0 + 1)))
+
+
+@op("resample")
+def _resample(a):
+    """``output[b, c, h, w] = x[b, c]`` sampled at ``coordinates[b, h, w] = (x, y)`` (iOS15; iOS16/17 only
+    widen the coordinate dtypes)."""
+    coordinates = F(a["coordinates"]).astype(np.float32)
+    return _sample(a, F(a["x"]), coordinates[..., 0], coordinates[..., 1])
+
+
+@op("affine")
+def _affine(a):
+    """Sample ``x`` at ``(a0 x + a1 y + a2, b0 x + b1 y + b2)`` for each output pixel's normalized ``(x, y)``
+    (the grid of torch's ``affine_grid``); one ``[a0, a1, a2, b0, b1, b2]`` row per batch item or one for all."""
+    x, matrix = F(a["x"]), F(a["transform_matrix"]).reshape(-1, 6)
+    out_h, out_w = int(a.scalar("output_height")), int(a.scalar("output_width"))
+    if str(a.get("coordinates_mode", "normalized_minus_one_to_one")).lower() != "normalized_minus_one_to_one":
+        raise op_error(a, f"coordinates_mode '{a.get('coordinates_mode')}' is not supported")
+    align = bool(a.scalar("align_corners", False))
+
+    def axis(n):  # normalized output pixel centres, as affine_grid makes them
+        return np.linspace(-1, 1, n) if align else (2 * np.arange(n) + 1) / n - 1
+
+    gy, gx = np.meshgrid(axis(out_h), axis(out_w), indexing="ij")
+    m = np.broadcast_to(matrix, (x.shape[0], 6))[:, :, None, None]
+    cx = m[:, 0] * gx + m[:, 1] * gy + m[:, 2]
+    cy = m[:, 3] * gx + m[:, 4] * gy + m[:, 5]
+    return _sample(a, x, cx.astype(np.float32), cy.astype(np.float32))
