@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from compress.core.errors import InputError
+from compress.export.coreml.mil.ops.linalg import conv_geometry
 from compress.export.coreml.mil.ops.registry import F, op
 
 
@@ -64,11 +65,7 @@ def _output_window(a, spatial, kernel, strides, dilations) -> list[tuple[int, in
 @op("conv_transpose")
 def _conv_transpose(a):
     x, w = F(a["x"]), F(a["weight"])
-    n_sp = x.ndim - 2
-    kernel = list(w.shape[2:])
-    strides = a.ints("strides") or [1] * n_sp
-    dilations = a.ints("dilations") or [1] * n_sp
-    groups = int(a.scalar("groups", 1))
+    n_sp, kernel, strides, dilations, groups = conv_geometry(a, x, w)
     full = _full_conv_transpose(x, w, strides, dilations, groups)
     window = _output_window(a, list(x.shape[2:]), kernel, strides, dilations)
     need = [max(b + s - f, 0) for (b, s), f in zip(window, full.shape[2:])]

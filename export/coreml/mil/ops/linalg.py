@@ -61,14 +61,17 @@ def _spatial_pads(a, size, kernel, strides, dilations) -> list[int]:
     raise InputError(f"MIL op '{a.op_type}' ({a.where}): pad_type '{pad_type}' is not supported")
 
 
+def conv_geometry(a, x: np.ndarray, w: np.ndarray) -> tuple[int, list[int], list[int], list[int], int]:
+    """(spatial rank, kernel, strides, dilations, groups) of a ``conv``/``conv_transpose`` op (defaults: 1s)."""
+    n_sp = x.ndim - 2
+    ones = [1] * n_sp
+    return n_sp, list(w.shape[2:]), a.ints("strides") or ones, a.ints("dilations") or ones, int(a.scalar("groups", 1))
+
+
 @op("conv")
 def _conv(a):
     x, w = F(a["x"]), F(a["weight"])
-    n_sp = x.ndim - 2
-    kernel = list(w.shape[2:])
-    strides = a.ints("strides") or [1] * n_sp
-    dilations = a.ints("dilations") or [1] * n_sp
-    groups = int(a.scalar("groups", 1))
+    n_sp, kernel, strides, dilations, groups = conv_geometry(a, x, w)
     pads = _spatial_pads(a, list(x.shape[2:]), kernel, strides, dilations)
     x = np.pad(x, [(0, 0), (0, 0)] + [(pads[2 * i], pads[2 * i + 1]) for i in range(n_sp)])
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
