@@ -169,6 +169,14 @@ def inputs(tmp_path_factory):
     return root
 
 
+# --- 0. an export scheme the deployment target cannot run: refused before any training ----------------
+
+@pytest.mark.parametrize("scheme, target, need", [("int8", None, "iOS17"), ("int4-block", "iOS17", "iOS18")])
+def test_a_scheme_newer_than_the_deployment_target_fails_before_training(tmp_path, env, scheme, target, need):
+    args = ["--target", "coreml", "--quantize", scheme] + (["--deployment-target", target] if target else [])
+    run_bad(args, cwd=tmp_path, env=env, must=(f"--quantize {scheme}", f"--deployment-target {need}"))
+
+
 # --- 1. missing and corrupt teacher checkpoints --------------------------------------------------------
 
 @pytest.mark.parametrize("suffix, expected", [

@@ -121,6 +121,7 @@ VARIANTS = {
     "int8-weights": ("fp16", "int8-weights", "iOS16"),
     "palettize-8": ("fp16", "palettize-8", "iOS16"),
     "palettize-4": ("fp16", "palettize-4", "iOS16"),
+    "int4-block": ("fp16", "int4-block", "iOS18"),
     "int8": ("fp16", "int8", "iOS17"),
 }
 
@@ -149,7 +150,7 @@ def test_variant_matches_torch_on_digits(arch, variant, models, digits, tmp_path
     )
     runner = open_coreml(path, threads=2)
     assert runner.threads == 2
-    if runner.engine == ENGINE_REFERENCE:
+    if runner.engine.startswith(ENGINE_REFERENCE.split(" (")[0]):  # "MIL reference (Linux...)"
         assert runner.measured is False  # evaluator speed is never device latency
     else:
         assert runner.engine == ENGINE_MACOS and runner.measured
@@ -169,6 +170,7 @@ def test_variant_matches_torch_on_digits(arch, variant, models, digits, tmp_path
         "int8-weights": "constexpr_affine_dequantize",
         "palettize-8": "constexpr_lut_to_dense",
         "palettize-4": "constexpr_lut_to_dense",
+        "int4-block": "constexpr_blockwise_shift_scale",
         "int8": "quantize",
     }.get(variant)
     if expected_op:
@@ -265,10 +267,12 @@ def test_plain_model_without_labels(digits, tmp_path):
 def test_export_input_errors(models, digits, tmp_path):
     x, _ = digits
     model, example = models["mlp"], torch.from_numpy(x[:1])
-    with pytest.raises(InputError, match="compression: 'int4'.*int8-weights, palettize-4, palettize-6, palettize-8, int8"):
+    with pytest.raises(InputError, match="compression: 'int4'.*int8-weights, palettize-4, palettize-6, palettize-8, int4-block, int8"):
         export(model, example, tmp_path / "a.mlpackage", INFO, compression="int4")
     with pytest.raises(InputError, match="minimum_deployment_target: 'iOS16'.*'int8'"):
         export(model, example, tmp_path / "b.mlpackage", INFO, compression="int8", calibration=x[:10])
+    with pytest.raises(InputError, match="minimum_deployment_target: 'iOS17' is too old for compression 'int4-block'"):
+        export(model, example, tmp_path / "b4.mlpackage", INFO, compression="int4-block", minimum_deployment_target="iOS17")
     with pytest.raises(InputError, match="calibration"):
         export(model, example, tmp_path / "c.mlpackage", INFO, compression="int8", minimum_deployment_target="iOS17")
     with pytest.raises(InputError, match="precision: 'int8'"):

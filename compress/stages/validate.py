@@ -192,6 +192,35 @@ def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, ref
     return ds, specs, lt
 
 
+def _declared_sample_shape(backend, artifact: Path) -> tuple | None:
+    """The artifact's first input shape without the batch axis, as the file declares it (None entries:
+    dynamic); None when the file declares none (or ``describe_io`` cannot read it)."""
+    try:
+        shape = backend.describe_io(artifact)["inputs"][0].get("shape")
+    except Exception:  # a file that does not describe itself is caught when it runs
+        return None
+    if not shape:
+        return None
+    return tuple(d if isinstance(d, (int, np.integer)) and d > 0 else None for d in shape[1:])
+
+
+def _sequence_samples(backend, artifact: Path, ds, notes: list[str]) -> None:
+    """Feed a sequence model its (T, F) samples: ``compress.data`` reads a 3-D array (n, T, F) as grayscale
+    images and adds a channel axis, (n, 1, T, F); when the artifact declares a per-sample input of exactly
+    (T, F), that added axis is dropped (its one-channel normalization is a single mean and std, so the
+    values are unchanged), for the artifact and the reference alike."""
+    declared = _declared_sample_shape(backend, artifact)
+    data = tuple(ds.x_test.shape[1:])
+    if (declared is None or len(data) != 3 or data[0] != 1 or len(declared) != len(data) - 1
+            or any(d is not None and d != s for d, s in zip(declared, data[1:]))):
+        return
+    ds.x_test = ds.x_test[:, 0]
+    ds.x_train = ds.x_train[:, 0]
+    ds.input_kind = "features"
+    notes.append(f"{artifact.name} takes samples of shape {data[1:]} (a sequence): the data's (n, 1, "
+                 f"{', '.join(map(str, data[1:]))}) arrays were fed without their one-channel axis")
+
+
 def _run_artifact(runner, artifact: Path, ds) -> np.ndarray:
     """The artifact's outputs on the test split; a model that does not fit the data is an InputError."""
     x = ds.x_test
@@ -504,6 +533,7 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
                                      notes)
     relation = (_reference_relation(specs, artifact, target, mode == "folder" and not reference, max_logit_diff)
                 if specs or max_logit_diff is not None else None)
+    _sequence_samples(backend, artifact, ds, notes)
     runner = _open(target, artifact, threads, prof)
     logits = _run_artifact(runner, artifact, ds)
     rows, checks, members, ref_pred, ref_acc, parity = [], [], [], None, None, None

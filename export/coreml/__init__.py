@@ -15,7 +15,7 @@ from compress.core.errors import InputError
 from compress.export.backend import Backend, Int8Fallback, lazy
 from compress.export.coreml.tolerances import TOLERANCES
 
-COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int8")
+COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
 
 
 def export(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
@@ -35,11 +35,31 @@ def variant(scheme: str, options: dict) -> str:
     return scheme if scheme in COMPRESSIONS else "fp16" if scheme == "fp16" else options.get("precision", "fp16")
 
 
+# Schemes that need a newer Core ML than the default deployment target, as the iOS version that brought them.
+MIN_IOS = {"int8": (17, "activation quantization"), "int4-block": (18, "int4 weights with per-block scales")}
+_IOS_EQUIVALENT = {"iOS": 0, "tvOS": 0, "macOS": 3, "watchOS": 7}  # macOS13 ships with iOS16, watchOS9 with iOS16
+
+
+def _ios_of(target: str) -> int | None:
+    """The iOS release a deployment target name ships with ("macOS14" -> 17); None for an unknown name."""
+    for platform_name, offset in _IOS_EQUIVALENT.items():
+        number = target[len(platform_name):]
+        if target.startswith(platform_name) and number.isdigit():
+            return int(number) + offset
+    return None
+
+
 def check_options(scheme: str, options: dict) -> None:
     if options.get("precision") not in ("fp16", "fp32"):
         raise InputError(f"--precision {options.get('precision')!r}: expected fp16 or fp32 for target 'coreml'")
     if options.get("input_type", "image") not in ("image", "tensor"):
         raise InputError(f"--input-type {options.get('input_type')!r}: expected image or tensor for target 'coreml'")
+    target = str(options.get("deployment_target", "iOS16"))
+    ios = _ios_of(target)
+    if scheme in MIN_IOS and ios is not None and ios < MIN_IOS[scheme][0]:
+        need, what = MIN_IOS[scheme]
+        raise InputError(f"--quantize {scheme} needs iOS{need} or newer ({what}); --deployment-target {target} is "
+                         f"older; expected --deployment-target iOS{need} or later")
 
 
 BACKEND = Backend(
@@ -52,7 +72,8 @@ BACKEND = Backend(
     schemes={"none": "--precision (fp16 default, or fp32)", "fp16": "fp16 compute precision",
              "int8-weights": "linear int8 weights, per channel", "int8": "int8 weights + activations (iOS 17+)",
              "palettize-4": "k-means 4-bit palettes", "palettize-6": "k-means 6-bit palettes",
-             "palettize-8": "k-means 8-bit palettes"},
+             "palettize-8": "k-means 8-bit palettes",
+             "int4-block": "int4 weights, one scale per 32 input channels (iOS 18+: --deployment-target iOS18)"},
     variant=variant,
     tolerances=TOLERANCES,
     options={"precision": "a compute precision", "deployment_target": "a deployment target",

@@ -23,6 +23,8 @@ values 0..255 (``_raw_pixel_input``). ``compression``:
   ``constexpr_blockwise_shift_scale`` on iOS18+).
 - ``"palettize-4" | "palettize-6" | "palettize-8"``: k-means lookup tables with 2^n entries
   (``constexpr_lut_to_dense``).
+- ``"int4-block"``: symmetric int4 weights with one scale per block of ``INT4_BLOCK`` input channels
+  (``constexpr_blockwise_shift_scale``); needs ``minimum_deployment_target`` iOS18 or newer.
 - ``"int8"``: int8 activations (``quantize``/``dequantize`` pairs calibrated on ``calibration``) plus
   int8 weights; needs ``minimum_deployment_target`` iOS17 or newer. Off macOS, Core ML cannot run the
   model to calibrate it, so the activation ranges are measured with the MIL reference evaluator
@@ -47,7 +49,8 @@ from compress.core.errors import InputError
 from compress.export.common import ModelInfo
 
 PRECISIONS = ("fp16", "fp32")
-COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int8")
+COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
+INT4_BLOCK = 32  # input channels per int4 scale: the block size coremltools' int4 examples use
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15", "watchOS9", "watchOS10", "tvOS16", "tvOS17")
 INPUT_NAME = "input"
 INPUT_TYPES = ("image", "tensor")  # a raw-pixel model's input: an image (CVPixelBuffer) or float32 raw values
@@ -142,6 +145,12 @@ def _weight_config(compression: str, float_layers: Sequence[str] = ()):
             global_config=cto.OpLinearQuantizerConfig(
                 mode="linear_symmetric", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
             ),
+            op_name_configs=skip,
+        )
+    if compression == "int4-block":
+        return cto.OptimizationConfig(
+            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                                      block_size=INT4_BLOCK, weight_threshold=WEIGHT_THRESHOLD),
             op_name_configs=skip,
         )
     nbits = int(compression.split("-")[1])
@@ -287,7 +296,7 @@ def _compress(mlmodel, compression: str, calibration, target, target_name: str, 
         mlmodel = _quantize_activations(mlmodel, samples, float_layers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if compression in ("int8-weights", "int8"):
+        if compression in ("int8-weights", "int8", "int4-block"):
             return cto.linear_quantize_weights(mlmodel, _weight_config(compression, float_layers))
         return cto.palettize_weights(mlmodel, _weight_config(compression, float_layers))
 
@@ -321,6 +330,9 @@ def _check_args(path: Path, example: torch.Tensor, info: ModelInfo, precision: s
     if input_type not in INPUT_TYPES:
         raise InputError(f"input_type: {input_type!r}; expected one of {', '.join(INPUT_TYPES)} for target 'coreml'")
     target = _target(minimum_deployment_target)
+    if compression == "int4-block" and _ios_version(target) < 9:  # iOS18 = spec 9
+        raise InputError(f"minimum_deployment_target: '{minimum_deployment_target}' is too old for compression "
+                         f"'int4-block' (int4 weights with per-block scales need iOS18/macOS15 or newer)")
     if compression == "int8":
         if _ios_version(target) < 8:
             raise InputError(
@@ -335,7 +347,8 @@ def _check_args(path: Path, example: torch.Tensor, info: ModelInfo, precision: s
                 f"quantization inserts fp16 scales); use precision 'fp16'"
             )
     if float_layers and compression is None:
-        raise InputError("float_layers: only a compression ('int8', 'int8-weights', 'palettize-N') has ops to keep in float")
+        raise InputError("float_layers: only a compression ('int8', 'int8-weights', 'int4-block', 'palettize-N') has ops "
+                         "to keep in float")
     if path.suffix != ".mlpackage":
         raise InputError(f"{path}: Core ML ML Programs are saved as a .mlpackage folder; use a path ending in .mlpackage")
     return target

@@ -10,6 +10,7 @@ MAX_REL: dict[str, float] = {
     "palettize-6": 1e-1,
     "palettize-4": 3e-1,
     "int8": 3e-1,
+    "int4-block": 2e-1,
 }
 
 TOLERANCE_REASONS: dict[str, str] = {
@@ -23,6 +24,10 @@ TOLERANCE_REASONS: dict[str, str] = {
     "palettize-6": "64-entry k-means lookup table per weight tensor, plus fp16 (digits MLP/CNN: 1.2e-2, 9.0e-3)",
     "palettize-4": "16-entry k-means lookup table per weight tensor: coarse weights move logits by "
     "several percent (digits MLP/CNN: 6.1e-2, 5.1e-2); top-1 agreement is the meaningful check",
+    "int4-block": "symmetric int4 weights with one scale per block of 32 input channels (iOS18 "
+    "constexpr_blockwise_shift_scale): each weight off by up to max|w|/14 of its block, plus fp16 "
+    "(model zoo, tests/test_coreml_zoo.py, 10k-180k parameters: 3.8e-2 .. 1.3e-1; top-1 agreement 94.5% .. 99.2% "
+    "on 128 real inputs)",
     "int8": "int8 activations (calibrated ranges, values outside them clipped) plus int8 weights "
     "(digits MLP/CNN: 3.6e-2, 6.2e-2); top-1 agreement is the meaningful check",
 }
@@ -31,6 +36,8 @@ MIN_TOP1_AGREEMENT = 0.99
 
 # Variants whose top-1 bound differs from MIN_TOP1_AGREEMENT, with the reason.
 MIN_TOP1 = {
+    "int4-block": 0.93,  # 16 levels per block of 32: on the zoo models 94.5% (Conformer, transformer) .. 99.2%
+    # agreement over 128 digits, the flips on inputs whose top-2 logits are closer than the weight error moves them
     "palettize-4": 0.98,  # 16 weight levels per tensor: on a ~5k-parameter student about 1% of borderline
     # digits flip (observed 98.9% agreement with a 97.5% -> 96.9% accuracy change on the digits test split)
 }
