@@ -107,6 +107,7 @@ def _cases():
         "clip": (Fn1(lambda s, x: torch.clamp(x, -0.3, 0.8)), "image", {"clip"}),
         "relu6": (nn.ReLU6(), "image", {"clip"}),
         "gelu": (nn.GELU(), "image", {"gelu"}),
+        "erf": (Fn1(lambda s, x: torch.erf(x * 0.7)), "image", {"erf"}),
         "gelu_tanh": (nn.GELU(approximate="tanh"), "image", {"gelu"}),
         "leaky_relu": (nn.LeakyReLU(0.1), "image", {"leaky_relu"}),
         "elu": (nn.ELU(), "image", {"elu"}),
