@@ -264,6 +264,44 @@ def test_plain_model_without_labels(digits, tmp_path):
     np.testing.assert_allclose(scores, _logits(model, x[:7]), atol=1e-5)
 
 
+class ChannelShuffleNet(nn.Module):
+    """A ShuffleNet-style unit: the channel shuffle reshapes with the traced shape (``x.view(n, 2, c // 2, h, w)``),
+    which coremltools 9 cannot convert from TorchScript under torch 2.13 ("only 0-dimensional arrays can be
+    converted to Python scalars"); the exporter then converts the model through ``torch.export``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, torch.relu(self.depthwise(b))], dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_model_torchscript_cannot_convert_goes_through_torch_export(precision, digits, tmp_path):
+    import coremltools as ct
+
+    x, _ = digits
+    torch.manual_seed(0)
+    model = ChannelShuffleNet().eval()
+    example = torch.from_numpy(x[:1])
+    with pytest.raises(Exception, match="0-dimensional"):  # the TorchScript path alone fails (the reason for this)
+        ct.convert(torch.jit.trace(model, example), inputs=[ct.TensorType(shape=example.shape)],
+                   convert_to="mlprogram", skip_model_load=True)
+    path = export(model, example, tmp_path / "shuffle.mlpackage", INFO, precision=precision)
+    scores = open_coreml(path).predict(x)
+    err = parity_error(_logits(model, x), scores)
+    assert err <= TOLERANCES[precision], f"{precision}: parity error {err:.3g}"
+    assert top1_agreement(_logits(model, x), scores) >= MIN_TOP1_AGREEMENT
+
+
 def test_export_input_errors(models, digits, tmp_path):
     x, _ = digits
     model, example = models["mlp"], torch.from_numpy(x[:1])

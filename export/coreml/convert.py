@@ -86,6 +86,16 @@ def _op_from_error(exc: BaseException) -> str | None:
     return None
 
 
+def _exported(model: torch.nn.Module, example: torch.Tensor):
+    """``torch.export`` with core-ATen decompositions, or None where the model does not export."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.export.export(model, (example,)).run_decompositions({})
+        except Exception:
+            return None
+
+
 def _trace(model: torch.nn.Module, example: torch.Tensor):
     """TorchScript trace (preferred); falls back to ``torch.export`` with core-ATen decompositions."""
     with torch.no_grad(), warnings.catch_warnings():
@@ -95,13 +105,13 @@ def _trace(model: torch.nn.Module, example: torch.Tensor):
         try:
             return torch.jit.trace(model, example, check_trace=False)
         except Exception as trace_exc:
-            try:
-                return torch.export.export(model, (example,)).run_decompositions({})
-            except Exception:
+            exported = _exported(model, example)
+            if exported is None:
                 raise InputError(
                     f"model: cannot be traced for target 'coreml' ({type(trace_exc).__name__}: "
                     f"{str(trace_exc).splitlines()[0] if str(trace_exc) else ''})"
                 ) from trace_exc
+            return exported
 
 
 def _convert(model, example, info: ModelInfo, precision: str, target, max_batch: int | None = None, ct_input=None):
@@ -123,11 +133,20 @@ def _convert(model, example, info: ModelInfo, precision: str, target, max_batch:
         kwargs["classifier_config"] = ct.ClassifierConfig([str(label) for label in info.labels])
     else:
         kwargs["outputs"] = [ct.TensorType(name="logits", dtype=np.float32)]
-    try:
+    def convert(source):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return ct.convert(traced, **kwargs)
+            return ct.convert(source, **kwargs)
+
+    try:
+        return convert(traced)
     except Exception as exc:
+        # coremltools 9 fails on some TorchScript graphs of torch 2.13 (a traced shape used in view/expand:
+        # "only 0-dimensional arrays can be converted to Python scalars") that it converts from torch.export
+        exported = _exported(model, example) if isinstance(traced, torch.jit.ScriptModule) else None
+        if exported is not None:
+            with contextlib.suppress(Exception):  # if this fails too, the TorchScript error is the one to report
+                return convert(exported)
         op = _op_from_error(exc)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         what = f"op '{op}'" if op else "the model"
