@@ -35,7 +35,8 @@ def variant(scheme: str, options: dict) -> str:
     return scheme if scheme in COMPRESSIONS else "fp16" if scheme == "fp16" else options.get("precision", "fp16")
 
 
-# Schemes that need a newer Core ML than the default deployment target, as the iOS version that brought them.
+# Schemes that need a newer Core ML than the default deployment target, as the iOS version that brought them:
+# checked before training (check_options) and by the exporter itself (convert._check_args).
 MIN_IOS = {"int8": (17, "activation quantization"), "int4-block": (18, "int4 weights with per-block scales")}
 _IOS_EQUIVALENT = {"iOS": 0, "tvOS": 0, "macOS": 3, "watchOS": 7}  # macOS13 ships with iOS16, watchOS9 with iOS16
 

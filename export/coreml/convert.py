@@ -47,6 +47,7 @@ import torch
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
+from compress.export.coreml import MIN_IOS
 
 PRECISIONS = ("fp16", "fp32")
 COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
@@ -288,8 +289,7 @@ def op_names(mlmodel) -> list[str]:
             if op.op_type != "const" and not op.op_type.startswith("constexpr_")]
 
 
-def _compress(mlmodel, compression: str, calibration, target, target_name: str, example_shape,
-              float_layers: Sequence[str] = ()):
+def _compress(mlmodel, compression: str, calibration, example_shape, float_layers: Sequence[str] = ()):
     import coremltools.optimize.coreml as cto
 
     if float_layers:
@@ -299,14 +299,7 @@ def _compress(mlmodel, compression: str, calibration, target, target_name: str, 
             raise InputError(f"float_layers: {', '.join(unknown)} not an op of the converted program "
                              f"(ops: {', '.join(known[:20])}{', ...' if len(known) > 20 else ''})")
 
-    if compression == "int8":
-        if _ios_version(target) < 8:  # iOS17 = Core ML 7 = spec 8
-            raise InputError(
-                f"minimum_deployment_target: '{target_name}' is too old for compression 'int8' "
-                f"(activation quantization needs iOS17/macOS14 or newer)"
-            )
-        if calibration is None or len(calibration) == 0:
-            raise InputError("calibration: compression 'int8' needs calibration samples (an array of model inputs)")
+    if compression == "int8":  # deployment target and calibration were checked by _check_args
         samples = np.asarray(calibration, dtype=np.float32)
         if tuple(samples.shape[1:]) != tuple(example_shape[1:]):
             raise InputError(
@@ -349,15 +342,11 @@ def _check_args(path: Path, example: torch.Tensor, info: ModelInfo, precision: s
     if input_type not in INPUT_TYPES:
         raise InputError(f"input_type: {input_type!r}; expected one of {', '.join(INPUT_TYPES)} for target 'coreml'")
     target = _target(minimum_deployment_target)
-    if compression == "int4-block" and _ios_version(target) < 9:  # iOS18 = spec 9
+    if compression in MIN_IOS and _ios_version(target) + 9 < MIN_IOS[compression][0]:  # spec 6 = iOS15
+        need, what = MIN_IOS[compression]
         raise InputError(f"minimum_deployment_target: '{minimum_deployment_target}' is too old for compression "
-                         f"'int4-block' (int4 weights with per-block scales need iOS18/macOS15 or newer)")
+                         f"'{compression}' ({what} needs iOS{need} or newer)")
     if compression == "int8":
-        if _ios_version(target) < 8:
-            raise InputError(
-                f"minimum_deployment_target: '{minimum_deployment_target}' is too old for compression 'int8' "
-                f"(activation quantization needs iOS17/macOS14 or newer)"
-            )
         if calibration is None or len(calibration) == 0:
             raise InputError("calibration: compression 'int8' needs calibration samples (an array of model inputs)")
         if precision != "fp16":
@@ -466,8 +455,7 @@ def export(
     if compression is not None:
         if ct_input is not None:  # the image input's scale/bias ops: int8 steps there only add error
             float_layers += [n for n in op_names(mlmodel) if n.startswith(INPUT_NAME + "__") and n not in float_layers]
-        mlmodel = _compress(mlmodel, compression, calibration, target, minimum_deployment_target, tuple(example.shape),
-                            float_layers)
+        mlmodel = _compress(mlmodel, compression, calibration, tuple(example.shape), float_layers)
     _set_metadata(mlmodel, info)
     with atomic_path(path) as tmp:
         mlmodel.save(str(tmp))

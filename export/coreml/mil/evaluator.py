@@ -202,7 +202,7 @@ class MILProgram:
                 f"{self.path}: MIL op '{op.type}' ({op.where}) produced {len(results)} outputs, "
                 f"program declares {len(op.outputs)}"
             )
-        for (name, dtype), shape, value in zip(op.outputs, op.shapes or [None] * len(results), results):
+        for (name, dtype), shape, value in zip(op.outputs, op.shapes, results):
             if isinstance(value, (int, float, bool)):
                 value = np.asarray(value)
             try:

@@ -15,6 +15,4 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "registry":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-SUPPORTED = frozenset(OPS) | {"const"}
-
-__all__ = ["OPS", "Args", "F", "op", "SUPPORTED"]
+__all__ = ["OPS", "Args", "F", "op"]

@@ -140,17 +140,21 @@ op("avg_pool")(lambda a: _pool(a, "avg"))
 op("l2_pool")(lambda a: _pool(a, "l2"))
 
 
-@op("batch_norm")
-def _batch_norm(a):
-    x = F(a["x"])
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    mean, var = F(a["mean"]).reshape(shape), F(a["variance"]).reshape(shape)
-    y = (x - mean) / np.sqrt(var + a.scalar("epsilon", 1e-5))
+def _scale_shift(a, y: np.ndarray, shape: tuple) -> np.ndarray:
+    """``y * gamma + beta`` with the optional per-channel ``gamma``/``beta`` reshaped to ``shape``."""
     if "gamma" in a:
         y = y * F(a["gamma"]).reshape(shape)
     if "beta" in a:
         y = y + F(a["beta"]).reshape(shape)
     return y
+
+
+@op("batch_norm")
+def _batch_norm(a):
+    x = F(a["x"])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean, var = F(a["mean"]).reshape(shape), F(a["variance"]).reshape(shape)
+    return _scale_shift(a, (x - mean) / np.sqrt(var + a.scalar("epsilon", 1e-5)), shape)
 
 
 @op("instance_norm")
@@ -159,11 +163,7 @@ def _instance_norm(a):
     axes = tuple(range(2, x.ndim))
     shape = (1, -1) + (1,) * (x.ndim - 2)
     y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + a.scalar("epsilon", 1e-5))
-    if "gamma" in a:
-        y = y * F(a["gamma"]).reshape(shape)
-    if "beta" in a:
-        y = y + F(a["beta"]).reshape(shape)
-    return y
+    return _scale_shift(a, y, shape)
 
 
 @op("layer_norm")
