@@ -69,6 +69,8 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     from compress.pipeline import RunConfig
 
     path, merged = recipe.resolve(recipe_path, flags, {**asdict(RunConfig()), "targets": [RunConfig.target]})
+    for key in recipe.SEARCH_FIELDS:  # the [search] section is compress search's
+        merged.pop(key, None)
     if "target" in flags:  # --target picks one target over the recipe's list
         merged["targets"] = [flags["target"]]
     targets = merged.pop("targets")
@@ -236,6 +238,8 @@ app.add_typer(devices_app, name="devices")
 app.command("validate")(validate_command)
 from compress.cli_teachers import soft_targets_command  # noqa: E402
 app.command("soft-targets")(soft_targets_command)
+from compress.cli_search import search_command  # noqa: E402
+app.command("search")(search_command)
 
 if __name__ == "__main__":
     app()

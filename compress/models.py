@@ -6,8 +6,11 @@ class count, so one registry serves any data set a loader produces.
 
 Students that scale with the problem are parametrized families (``FAMILIES``: family -> factory(input_shape,
 num_classes, *multipliers)), named ``family[:arg[:arg]]``: ``mobilenet:0.35`` (width 0.35),
-``mobilenet:0.5:0.5`` (width and depth 0.5), ``mobilenet`` (the defaults, 1.0). ``build``, ``is_known`` and
-``why_unknown`` accept both kinds of name, so callers never look a name up in ``MODELS`` themselves.
+``mobilenet:0.5:0.5`` (width and depth 0.5), ``mobilenet`` (the defaults, 1.0). Besides MobileNetV2 there are
+``mlp``, ``cnn-small`` and (from ``compress.speech``) ``ds-cnn``, each scaled from the registered student of
+that name (``mlp`` from ``mlp-800``), which is what the family builds at 1.0: ``compress search`` can then
+shrink or grow any of the small students. ``build``, ``is_known`` and ``why_unknown`` accept both kinds of
+name, so callers never look a name up in ``MODELS`` themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from compress.core.errors import InputError
+from compress.scaling import member_name, scaled
 
 
 def _flat_features(input_shape: tuple[int, ...]) -> int:
@@ -92,9 +96,13 @@ def resnet(input_shape, num_classes, width=None, blocks=2) -> nn.Module:
     )
 
 
-def cnn_small(input_shape, num_classes, channels=(8, 16)) -> nn.Module:
+MLP_800_HIDDEN = (800, 800)  # the registered mlp-800: the mlp family's base
+CNN_SMALL_CHANNELS = (8, 16)  # the registered cnn-small: the cnn-small family's base
+
+
+def cnn_small(input_shape, num_classes, channels=CNN_SMALL_CHANNELS, name: str = "cnn-small") -> nn.Module:
     """A phone-sized CNN student: two strided conv/BN/ReLU layers and global average pooling."""
-    c, _, _ = _need_image(input_shape, "cnn-small")
+    c, _, _ = _need_image(input_shape, name)
     layers: list[nn.Module] = []
     for out in channels:
         layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
@@ -208,11 +216,26 @@ def _init_like_mobilenet(model: nn.Module) -> None:
 
 def mobilenet_family(input_shape, num_classes, width: float = 1.0, depth: float = 1.0) -> nn.Module:
     """MobileNetV2-style inverted residuals; width multiplies channels, depth multiplies blocks per stage."""
-    args = [width, depth]
-    while args and args[-1] == 1.0:  # name it as written: trailing default multipliers left out
-        args.pop()
-    return mobilenet(input_shape, num_classes, width=width, depth=depth,
-                     name="mobilenet" + "".join(f":{a:g}" for a in args))
+    return mobilenet(input_shape, num_classes, width=width, depth=depth, name=member_name("mobilenet", width, depth))
+
+
+def mlp_family(input_shape, num_classes, width: float = 1.0, depth: float = 1.0) -> nn.Module:
+    """ReLU MLP scaled from mlp-800; width multiplies the 800 hidden units, depth the 2 hidden layers.
+
+    Rounded half up, at least 8 units and 1 layer; at 1.0 it is ``mlp-800`` (no dropout). Any input shape
+    fits (it is flattened), so there is no shape error to name the member in."""
+    units = scaled(MLP_800_HIDDEN[0], width, minimum=8)
+    layers = scaled(len(MLP_800_HIDDEN), depth, minimum=1)
+    return mlp(input_shape, num_classes, hidden=(units,) * layers)
+
+
+def cnn_small_family(input_shape, num_classes, width: float = 1.0) -> nn.Module:
+    """Strided conv/BN/ReLU CNN scaled from cnn-small; width multiplies its 8 and 16 channels.
+
+    Rounded half up, at least 4 channels; at 1.0 it is ``cnn-small``. No depth multiplier: it is two
+    stride-2 layers by design, and a third would shrink an 8x8 digit to a 1x1 map."""
+    channels = tuple(scaled(c, width, minimum=4) for c in CNN_SMALL_CHANNELS)
+    return cnn_small(input_shape, num_classes, channels=channels, name=member_name("cnn-small", width))
 
 
 MODELS = {
@@ -222,7 +245,7 @@ MODELS = {
     "resnet": lambda s, n: resnet(s, n),
     # students
     "mlp-small": lambda s, n: mlp(s, n, hidden=(64,)),
-    "mlp-800": lambda s, n: mlp(s, n, hidden=(800, 800)),
+    "mlp-800": lambda s, n: mlp(s, n, hidden=MLP_800_HIDDEN),
     "cnn-small": lambda s, n: cnn_small(s, n),
 }
 
@@ -231,8 +254,14 @@ MODELS = {
 # parameters after the first two are the multipliers ``family:a:b`` passes (all optional, with defaults).
 FAMILIES = {
     "mobilenet": mobilenet_family,
+    "mlp": mlp_family,
+    "cnn-small": cnn_small_family,
 }
-FAMILY_EXAMPLES = {"mobilenet": ("mobilenet:0.35", "mobilenet:0.5:0.5")}
+FAMILY_EXAMPLES = {
+    "mobilenet": ("mobilenet:0.35", "mobilenet:0.5:0.5"),
+    "mlp": ("mlp:0.25", "mlp:0.5:0.5"),
+    "cnn-small": ("cnn-small:0.5", "cnn-small:2"),
+}
 MULTIPLIER_RANGE = (0.0, 4.0)  # (exclusive, inclusive): 4x is already ~16x the compute; larger is a typo
 
 DEFAULT_TEACHERS = ("mlp-1200", "cnn", "resnet")
@@ -320,5 +349,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model(torch.zeros(1, *input_shape))
     return int(counter.get_total_flops() // 2)
 
-from compress.speech import SPEECH_MODELS  # noqa: E402  (speech families register beside the image ones)
+from compress.speech import SPEECH_FAMILIES, SPEECH_FAMILY_EXAMPLES, SPEECH_MODELS  # noqa: E402  (speech registers here too)
 MODELS.update(SPEECH_MODELS)
+FAMILIES.update(SPEECH_FAMILIES)
+FAMILY_EXAMPLES.update(SPEECH_FAMILY_EXAMPLES)

@@ -382,10 +382,12 @@ def _after_epoch(progress: Progress, task, epoch: int) -> None:
 
 
 def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
-                    progress: Progress, console: Console, rank: int,
-                    world: int) -> tuple[torch.nn.Module | None, list, torch.device]:
+                    progress: Progress, console: Console, rank: int, world: int,
+                    after_epoch=None) -> tuple[torch.nn.Module | None, list, torch.device]:
     """Stage 4: distillation, checkpointed every epoch (an interrupted run resumes from the last one).
-    Returns (student on the CPU in eval mode, loss history, device); the student is None on ranks > 0."""
+    Returns (student on the CPU in eval mode, loss history, device); the student is None on ranks > 0.
+    ``after_epoch(epoch)`` is called after each epoch's checkpoint (``compress search`` measures the
+    validation accuracy there and may stop a candidate by raising)."""
     device = pick_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -413,7 +415,8 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
 
     history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
-                  checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data), on_epoch=lambda e, l: _after_epoch(progress, task, e))
+                  checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data),
+                  on_epoch=lambda e, l: (_after_epoch(progress, task, e), after_epoch and after_epoch(e)))
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -446,8 +449,11 @@ def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], s
     return report, exported
 
 
-def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> dict | None:
+def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, search: dict | None = None) -> dict | None:
     """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``).
+
+    ``search`` (``compress search``'s ``search.json``, when the search chose this run's settings) is written
+    beside the report and drawn in report.html.
 
     Under ``torchrun`` every process trains its share; only rank 0 exports, validates and returns the
     report (the others return None). An unexpected failure inside a stage is an ``InternalError`` naming
@@ -486,6 +492,10 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> 
             report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
             report["run"].update(_run_facts(cfg, data, members, profile, name, out_root / name, device, world,
                                             targets_cached, history, started, threads.facts()))
+            if search is not None:
+                report["search"] = search
+                report["run"]["student_from"] = ("compress search chose it on a validation split of the training data; "
+                                                 "distilled here on the whole training split")
             report["run"].update(defaults_chosen=picked, augment=augmentation(cfg, data).describe(),
                                  model_input=model_preprocessing(cfg, data) or "normalized float32 (the app normalizes)")
             with stage("report"):
@@ -552,6 +562,8 @@ def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student
     into place in one step (the temporary folder is removed whatever happens)."""
     try:
         (tmp_dir / "report.json").write_text(json.dumps(report, indent=2))
+        if report.get("search") is not None:
+            (tmp_dir / "search.json").write_text(json.dumps(report["search"], indent=2))
         from compress.devices import html_report
 
         html_report.write(report, tmp_dir / "report.html")

@@ -37,6 +37,7 @@ class Key:
 
 _STR, _INT, _NUM, _BOOL, _LIST, _TABLE = (str,), (int,), (int, float), (bool,), (list,), (dict,)
 _SIZE = (str, int)
+_NUMS = (list, float)  # a list of numbers (``widths = [0.25, 0.5]``)
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "": {
@@ -112,7 +113,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_size_kb": Key("max_size_kb", _NUM, "Largest accepted artifact size, kB.", 500),
         "max_peak_memory_mb": Key("max_peak_memory_mb", _NUM, "Largest accepted peak memory of loading and running the model, MB.", 200),
     },
+    "search": {  # compress search only; distill-and-export ignores this section
+        "families": Key("search_families", _LIST, "compress search: student families to try (compress.models.FAMILIES; "
+                        "default: chosen for the data's kind).", ["mlp", "cnn-small", "mobilenet"]),
+        "widths": Key("search_widths", _NUMS, "compress search: width multipliers (default: per family, "
+                      "compress.search_space.FAMILY_DEFAULTS).", [0.25, 0.5, 1.0]),
+        "depths": Key("search_depths", _NUMS, "compress search: depth multipliers for families that take one.", [0.5, 1.0]),
+        "schemes": Key("search_schemes", _LIST, "compress search: quantization schemes to measure each student in "
+                       "(default: none, int8-weights, int8 where the target has them).", ["none", "int8"]),
+        "temperatures": Key("search_temperatures", _NUMS, "compress search: temperatures to try (default: [distill] temperature).", [2.0, 4.0]),
+        "alphas": Key("search_alphas", _NUMS, "compress search: alphas to try (default: [distill] alpha).", [0.1, 0.5]),
+        "time_budget": Key("search_time_budget", _NUM, "compress search: minutes to spend (the first student always "
+                           "finishes; a rerun continues where this one stopped).", 20),
+        "prune_margin": Key("search_prune_margin", _NUM, "compress search: a half-trained student more than this many "
+                            "points below the accuracy budget is stopped.", 3.0),
+    },
 }
+SEARCH_FIELDS = {k.field for k in SCHEMA["search"].values()}
 
 FIELD_TO_KEY = {k.field: f"{sec}.{name}" if sec else name for sec, keys in SCHEMA.items() for name, k in keys.items()}
 
@@ -124,10 +141,16 @@ def _nearest(word: str, choices: list[str]) -> str:
 
 def _type_name(types: tuple[type, ...]) -> str:
     return {_STR: "a string", _INT: "an integer", _NUM: "a number", _BOOL: "true or false",
-            _LIST: "a list of strings", _TABLE: "a table", _SIZE: "a size (32 or \"48x64\")"}[types]
+            _LIST: "a list of strings", _TABLE: "a table", _SIZE: "a size (32 or \"48x64\")",
+            _NUMS: "a list of numbers"}[types]
 
 
 def _check_type(where: str, key: Key, value: Any) -> Any:
+    if key.types == _NUMS:
+        if not (isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value)):
+            raise InputError(f"{where}: expected a list of numbers, got {type(value).__name__} {value!r}")
+        return [float(v) for v in value]
     ok = isinstance(value, key.types) and not (isinstance(value, bool) and bool not in key.types)
     if ok and key.types == _LIST:
         ok = all(isinstance(v, str) for v in value)

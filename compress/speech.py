@@ -18,6 +18,9 @@ Families (all plain conv/BN/ReLU/pool/linear: ONNX, TFLite and Core ML convert t
   the paper's three sizes ``ds-cnn-s`` (64 channels, 4 DS blocks), ``ds-cnn-m`` (172, 4) and ``ds-cnn-l``
   (276, 5), and ``ds-cnn``, this project's original smaller variant (40 channels, 3 blocks; not a paper size).
 
+``SPEECH_FAMILIES`` (merged into ``compress.models.FAMILIES``): ``ds-cnn[:width[:depth]]``, the registered
+``ds-cnn`` with its channels and blocks multiplied (``ds-cnn:1`` is ``ds-cnn``), for ``compress search``.
+
 This module must not import ``compress.models`` (that module imports this one to register the families).
 """
 
@@ -28,6 +31,7 @@ from torch import nn
 
 from compress.core.errors import InputError
 from compress.frontend import LogMel
+from compress.scaling import member_name, scaled
 
 FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}
 
@@ -114,7 +118,10 @@ def speech_wide_cnn(input_shape, num_classes, width=96, frontend: dict | None = 
     return SpeechModel(fe, nn.Sequential(*layers))
 
 
-def ds_cnn(input_shape, num_classes, channels=40, blocks=3, frontend: dict | None = None, *,
+DS_CNN_CHANNELS, DS_CNN_BLOCKS = 40, 3  # the registered ds-cnn: the ds-cnn family's base
+
+
+def ds_cnn(input_shape, num_classes, channels=DS_CNN_CHANNELS, blocks=DS_CNN_BLOCKS, frontend: dict | None = None, *,
            first_kernel=(10, 4), first_stride=(2, 2), strided_block: int | None = 0, name: str = "ds-cnn") -> nn.Module:
     """DS-CNN student (Hello Edge): a strided ``first_kernel`` conv, ``blocks`` depthwise-separable blocks
     (depthwise 3×3 + pointwise 1×1, each with BN/ReLU; block ``strided_block`` has stride 2), average
@@ -154,6 +161,15 @@ def ds_cnn_size(input_shape, num_classes, size: str, frontend: dict | None = Non
                   name=f"ds-cnn-{size}")
 
 
+def ds_cnn_family(input_shape, num_classes, width: float = 1.0, depth: float = 1.0) -> nn.Module:
+    """DS-CNN keyword-spotting student scaled from ds-cnn; width multiplies the 40 channels, depth the 3 DS blocks.
+
+    Rounded half up, at least 4 channels and 1 block; at 1.0 it is the registered ``ds-cnn`` (the 8 kHz
+    ``FRONTEND``, the strided 10x4 first conv, the first block strided)."""
+    return ds_cnn(input_shape, num_classes, channels=scaled(DS_CNN_CHANNELS, width, minimum=4),
+                  blocks=scaled(DS_CNN_BLOCKS, depth, minimum=1), name=member_name("ds-cnn", width, depth))
+
+
 SPEECH_MODELS = {
     # teachers
     "speech-cnn": lambda s, n: speech_cnn(s, n),
@@ -165,3 +181,9 @@ SPEECH_MODELS = {
     "ds-cnn-m": lambda s, n: ds_cnn_size(s, n, "m"),
     "ds-cnn-l": lambda s, n: ds_cnn_size(s, n, "l"),
 }
+
+# Parametrized speech students: family -> factory(input_shape, num_classes, *multipliers), as compress.models.FAMILIES.
+SPEECH_FAMILIES = {
+    "ds-cnn": ds_cnn_family,
+}
+SPEECH_FAMILY_EXAMPLES = {"ds-cnn": ("ds-cnn:0.5", "ds-cnn:2:0.5")}

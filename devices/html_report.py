@@ -497,6 +497,10 @@ def _optional_sections(report: dict) -> str:
             lead = (f"<p>Oldest {_e(compat.get('runtime', 'runtime'))} that loads the model: "
                     f"<b>{_e(compat['min_runtime'])}</b></p>")
         out.append(f'<h2>Runtime compatibility</h2><div class="card">{lead}{_value(compat)}</div>')
+    if report.get("search"):  # the search.json of `compress search` that chose this student
+        from compress.devices.search_report import section  # imported here: search_report builds on this module
+
+        out.append(section(report["search"]))
     return "".join(out)
 
 

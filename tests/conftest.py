@@ -43,6 +43,17 @@ def require_mnist() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fsdd_dataset():
+    """The FSDD clips through the audio loader, once per session (skips where ../shared is absent)."""
+    pytest.importorskip("soundfile")
+    if not (FSDD / "recordings").is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (the shared data sets are absent in a fresh clone)")
+    from compress.data import load_data
+
+    return load_data(str(FSDD))
+
+
+@pytest.fixture(scope="session")
 def digits():
     from compress.data import load_digits
 

@@ -27,6 +27,8 @@ def _value_for(key: recipe.Key):
         recipe._NUM: st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=False, allow_infinity=False, width=32)),
         recipe._BOOL: st.booleans(),
         recipe._LIST: st.lists(text, max_size=4),
+        recipe._NUMS: st.lists(st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=False, allow_infinity=False,
+                                                                               width=32)), min_size=1, max_size=4),
         recipe._TABLE: st.dictionaries(st.sampled_from(["split", "sample_rate", "label_pattern"]),
                                        st.one_of(text, st.integers(0, 10**5)), max_size=3),
     }[key.types]
@@ -48,8 +50,10 @@ def test_any_valid_recipe_parses_to_exactly_its_values(data):
     picked = data.draw(st.lists(st.sampled_from(ALL_KEYS), unique_by=lambda k: (k[0], k[1]), max_size=12))
     chosen = {(sec, name): data.draw(_value_for(key)) for sec, name, key in picked}
     parsed = recipe.parse(_to_toml(chosen))
-    expected = {key.field: (float(chosen[(sec, name)]) if key.types == recipe._NUM else chosen[(sec, name)])
-                for sec, name, key in picked}
+    def as_parsed(key, value):
+        return float(value) if key.types == recipe._NUM else [float(v) for v in value] if key.types == recipe._NUMS else value
+
+    expected = {key.field: as_parsed(key, chosen[(sec, name)]) for sec, name, key in picked}
     assert parsed == expected
 
 
@@ -72,7 +76,7 @@ def test_a_misspelled_key_is_an_error_naming_it(entry, suffix, data):
        st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=8))  # TOML cannot hold surrogates
 def test_a_string_where_another_type_belongs_is_an_error_naming_key_and_type(entry, text):
     sec, name, key = entry
-    with pytest.raises(InputError, match=rf"{name}: expected (an integer|a number|true or false|a list of strings|a table), got str"):
+    with pytest.raises(InputError, match=rf"{name}: expected (an integer|a number|true or false|a list of strings|a list of numbers|a table), got str"):
         recipe.parse(_to_toml({(sec, name): text}))
 
 

@@ -20,7 +20,7 @@ from compress.core.errors import InputError
 from compress.speech import SPEECH_MODELS
 from compress.core.metrics import FP32_PARITY_TOLERANCE
 from compress.export.common import ModelInfo
-from tests.conftest import FSDD, export_and_open
+from tests.conftest import export_and_open
 
 TEACHERS = ("speech-cnn", "speech-resnet", "speech-wide-cnn")
 COREML_FP16_REL = 2e-2
@@ -58,14 +58,10 @@ def test_other_lengths_build():
 
 
 @pytest.fixture(scope="module")
-def fsdd_student():
-    pytest.importorskip("soundfile")
-    if not (FSDD / "recordings").is_dir():
-        pytest.skip(f"FSDD not found at {FSDD} (the shared data sets are absent in a fresh clone)")
-    from compress.data import load_data
+def fsdd_student(fsdd_dataset):
     from compress.train import fit
 
-    ds = load_data(str(FSDD))
+    ds = fsdd_dataset
     rng = np.random.default_rng(0)
     idx = np.sort(rng.permutation(len(ds.x_train))[:600])
     x_tr, y_tr = ds.x_train[idx], torch.as_tensor(ds.y_train[idx])

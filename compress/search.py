@@ -1,0 +1,318 @@
+"""``compress search``: pick the student for the device under accuracy, latency and size budgets.
+
+The teachers and their soft targets are loaded (or computed) once, as ``distill-and-export`` does; then
+every trial of the space (``compress.search_space``: architecture x T x alpha, cheapest MACs first) is
+
+1. probed: the *untrained* student exported in every scheme and timed/sized in the target runtime (the
+   graph, hence latency and size, does not depend on the weights). A scheme whose probe already breaks the
+   latency or size budget, or cannot beat the fastest candidate that meets every budget so far, is not
+   trained: the budget goes to candidates that can still win;
+2. distilled from the cached soft targets on the training split minus a validation split (the same rows the
+   built-in teachers held out for their early stopping), checkpointed every epoch. After each epoch the
+   best validation accuracy so far is reported to an optuna trial (the best, not the last: at a high
+   learning rate one epoch's accuracy swings by points); optuna's ``ThresholdPruner`` stops a candidate
+   whose accuracy, from half-way through, is further than ``prune_margin`` points below the accuracy budget;
+3. exported in each scheme and measured as ``distill-and-export`` measures (``compress.stages.evaluate.
+   student_rows``: parity with torch, accuracy in the runtime, size, batch-1 p50 with the profile's threads,
+   peak memory when a budget asks for it) -- on the validation split, never the test split.
+
+The optuna study lives in the cache (a journal file keyed by everything that changes the numbers): a rerun
+after Ctrl-C or a spent budget re-trains nothing already measured and continues with the rest. The chosen
+candidate is the fastest (then smallest) one meeting every budget; it is written as a normal
+``<out>/<name>/`` folder by ``compress.pipeline.run`` (distilled on the whole training split, as
+``distill-and-export`` would), validated once on the test split, with ``search.json`` beside it.
+
+This module runs the loop; ``compress.search_space`` says what to try, ``compress.search_measure`` probes,
+measures and judges a candidate, ``compress.search_choice`` chooses and writes ``search.json``'s dict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from compress import __version__, defaults
+from compress.core.atomic import atomic_path
+from compress.core.cache import cache_dir, content_key
+from compress.core.errors import InputError
+from compress.core.threads import torch_threads
+from compress.export.registry import TARGETS
+from compress.pipeline import (RunConfig, _resolve_profile, _train_threads, check_name, distill_student,
+                               initial_student, load_run_data, output_folder, run, safe_name, stage,
+                               teachers_and_soft_targets)
+from compress.progress import is_interactive, make_progress
+from compress.search_choice import best_feasible, summarize
+from compress.search_measure import (Context, accuracy_floor, candidate_row, judge, measure, note_int8_vs_float,
+                                     placeholder_rows, probe, probe_verdict, worth_probing)
+from compress.search_space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
+from compress.teacher_training import TeacherRecipe, validation_split
+
+SEARCH_VERSION = 3  # bump when what a stored measurement means changes (invalidates resumable state)
+
+
+clock = time.monotonic  # tests replace it to spend the time budget without waiting
+
+
+class OutOfTime(Exception):
+    """Raised after an epoch when the time budget is spent; the trial's checkpoint stays for a rerun."""
+
+
+def search(cfg: RunConfig, space: SearchSpace, options: SearchOptions, console=None, quiet: bool = False) -> dict:
+    """Run the search and write the chosen folder; returns ``search.json``'s dict (with ``output``: the
+    folder, and ``final``: the test-split report's verdict), or with ``chosen`` None when nothing fits."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    started = clock()
+    cfg.validate()
+    if options.time_budget_min <= 0:
+        raise InputError(f"--time-budget {options.time_budget_min:g}: expected minutes > 0")
+    with make_progress(console, quiet=quiet, interactive=is_interactive(console)) as progress:
+        ctx, plan, name = _prepare(cfg, space, options, progress, console, started)
+        study = _study(ctx, plan)
+        rows, counts = _run_trials(ctx, plan, study)
+    result = summarize(ctx, plan, rows, counts, space, clock() - started)
+    if result["chosen"] is None:
+        _write_failed(cfg, name, result)
+        return result
+    report = _write_chosen(ctx, plan, result, name, console, quiet)
+    result["output"] = report["run"]["out_dir"]
+    result["final"] = {"passed": report["passed"], "test_accuracy": report["rows"][-1]["accuracy"],
+                       "accuracy_gap_points": 100 * report["comparison"]["accuracy_gap"],
+                       "budgets": report.get("budgets", [])}
+    return result
+
+
+def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progress, console, started: float):
+    """Data, teachers, soft targets per temperature, the validation split and the trials."""
+    with stage("setup"):
+        profile = _resolve_profile(cfg)
+    with stage("data"):
+        data = load_run_data(cfg)
+        if data.y_train is None:
+            raise InputError("--unlabelled: compress search measures each candidate's accuracy on a validation "
+                             "split of the labelled training data; expected labelled training data")
+        plan = space_trials(space, data.input_shape, data.num_classes, data.input_kind, cfg.temperature, cfg.alpha)
+        user_epochs = cfg.epochs
+        cfg.student = plan[-1].student  # the defaults' teacher choice and epochs do not depend on it
+        picked = defaults.choose(cfg, data, "cpu" if cfg.device in (None, "cpu") else "cuda")
+        schemes = space_schemes(space, TARGETS[cfg.target].schemes, cfg.target)
+        for scheme in schemes:  # every scheme's options checked before any training
+            replace(cfg, quantize=scheme).validate()
+        name = check_name(cfg.name) if cfg.name else safe_name(f"{data.name}-search-{cfg.target}")
+        output_folder(replace(cfg, name=name), data, 0)
+    epochs = {t.key: user_epochs or _trial_epochs(t.student, data, cfg) for t in plan}
+    progress.note(f"search: {len(plan)} students x {len(schemes)} schemes ({', '.join(schemes)}) on "
+                      f"{cfg.target}, cheapest first; teachers {', '.join(cfg.teachers)}"
+                      + ("" if "teachers" not in picked else " (default for this data)")
+                      + f"; time budget {options.time_budget_min:g} min" + "".join(f"; {n}" for n in space.notes))
+    threads = _train_threads(cfg, data)
+    targets = {}
+    with stage("teachers"), torch_threads(threads.teachers or threads.student):
+        for t in sorted({tr.temperature for tr in plan}):
+            members, soft, _ = teachers_and_soft_targets(replace(cfg, temperature=t), data, progress, 0, 1)
+            targets[t] = soft
+    recipe = TeacherRecipe()
+    train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, cfg.seed, recipe.val_max)
+    if not len(val_rows):
+        raise InputError(f"data {cfg.data or 'digits'}: a class has under 2 training samples; compress search "
+                         "needs a validation split of the training data (expected at least 2 samples per class)")
+    split = replace(data, x_train=data.x_train[train_rows], y_train=data.y_train[train_rows],
+                    x_test=data.x_train[val_rows], y_test=data.y_train[val_rows])
+    targets = {t: np.asarray(soft[train_rows]) for t, soft in targets.items()}
+    teacher_pred, reference_acc = _reference(members, split)
+    from compress.devices.budgets import gather
+
+    budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
+                               "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
+    ctx = Context(cfg, data, split, train_rows, members, targets, teacher_pred, reference_acc, budgets, profile,
+                  schemes, options, started, progress, console, epochs)
+    return ctx, plan, name
+
+
+def _trial_epochs(student: str, data, cfg: RunConfig) -> int:
+    """Epochs for one student when the user set none: what ``distill-and-export`` would choose for it."""
+    probe = replace(cfg, student=student, epochs=None, teacher_epochs=cfg.teacher_epochs or 1)
+    defaults.choose(probe, data, "cpu" if cfg.device in (None, "cpu") else "cuda")
+    return probe.epochs
+
+
+def _reference(members: list, split) -> tuple[np.ndarray, float]:
+    """The ensemble's predictions and accuracy on the validation split (the accuracy budget's reference)."""
+    from compress.precomputed import lacks_test_outputs
+    from compress.teachers import ensemble_probs
+
+    scored = [m for m in members if not lacks_test_outputs(m) and (m.module is not None or m.artifact is not None)]
+    if not scored:
+        raise InputError("teachers: compress search needs members that run here (the validation split is carved "
+                         "from the training data); expected at least one model, not only precomputed outputs")
+    probs = ensemble_probs(scored, split.x_test)
+    pred = np.argmax(probs, axis=1)
+    return pred, float((pred == split.y_test).mean())
+
+
+def _state_key(ctx: Context) -> str:
+    """Everything that changes a stored measurement: data, teachers, target options, training settings,
+    runtime threads and the budgets' reference (not the budgets themselves: a rerun with other budgets
+    reuses every measurement)."""
+    c = ctx.cfg
+    return content_key("search", SEARCH_VERSION, __version__, ctx.data.fingerprint(),
+                       [m.fingerprint for m in ctx.members], c.target, c.precision, c.deployment_target,
+                       c.min_runtime, c.input_type, c.model_input, c.calibration_samples, c.loss, float(c.lr),
+                       c.optimizer, float(c.weight_decay), c.batch_size, c.seed, c.threads, c.latency_runs,
+                       c.augment, sorted(ctx.epochs.items()))
+
+
+def _study(ctx: Context, plan: list[Trial]):
+    """The resumable optuna study in the cache (a journal file: no database server, survives Ctrl-C)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    key = _state_key(ctx)
+    storage = JournalStorage(JournalFileBackend(str(cache_dir("search") / f"{key[:32]}.journal")))
+    floor = accuracy_floor(ctx)
+    half = -(-min(ctx.epochs.values()) // 2)  # no stop before half of the shortest training is done
+    pruner = (optuna.pruners.NopPruner() if floor is None else
+              optuna.pruners.ThresholdPruner(lower=floor - ctx.options.prune_margin / 100, n_warmup_steps=half - 1))
+    return optuna.create_study(study_name=key[:32], storage=storage, direction="maximize", pruner=pruner,
+                               load_if_exists=True)
+
+
+def _run_trials(ctx: Context, plan: list[Trial], study) -> tuple[dict, dict]:
+    """Every trial in MAC order, until the time budget is spent: (trial key -> candidate rows, counts)."""
+    import optuna
+
+    done = {t.user_attrs.get("candidate"): t for t in study.get_trials(deepcopy=False)
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and "rows" in t.user_attrs}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left running by a killed process
+    rows: dict[str, list[dict]] = {}
+    counts = {"trained": 0, "resumed": 0, "pruned": 0, "skipped": 0, "not_reached": 0}
+    task = ctx.progress.add_task("search", total=len(plan), unit="student")
+    for i, trial in enumerate(plan):
+        if trial.key in done:
+            rows[trial.key] = [dict(r) for r in done[trial.key].user_attrs["rows"]]
+            counts["resumed"] += 1
+        elif rows and any(r["status"] == "measured" for rs in rows.values() for r in rs) and _spent(ctx):
+            rows[trial.key] = placeholder_rows(ctx, trial, "not reached", "time budget spent before this student")
+            counts["not_reached"] += 1
+        else:
+            rows[trial.key] = _one_trial(ctx, trial, study, rows, counts)
+        rows[trial.key] = [judge(ctx, r) for r in rows[trial.key]]
+        ctx.progress.update(task, completed=i + 1, description=f"search ({i + 1}/{len(plan)}: {trial.student})")
+    return rows, counts
+
+
+def _spent(ctx: Context) -> bool:
+    return clock() - ctx.started >= 60 * ctx.options.time_budget_min
+
+
+def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict) -> list[dict]:
+    """Probe, distill and measure one trial inside an optuna trial; its rows are stored in the study."""
+    import optuna
+
+    best = best_feasible([r for rs in rows.values() for r in rs])
+    probes = probe(ctx, trial) if worth_probing(ctx, best) else {}
+    alive = [s for s in ctx.schemes if probe_verdict(ctx, probes.get(s), best) is None]
+    if not alive:
+        counts["skipped"] += 1
+        return [candidate_row(ctx, trial, s, "skipped", probe_verdict(ctx, probes.get(s), best), probe=probes.get(s))
+                for s in ctx.schemes]
+    handle = study.ask()  # the order is ours (cheapest first), so the trial samples nothing: it records
+    handle.set_user_attr("candidate", trial.key)  # what this student reached, for the pruner and for resuming
+    try:
+        may_stop = any(r["status"] == "measured" for rs in rows.values() for r in rs)
+        student, epochs_run = _distill(ctx, trial, handle, may_stop)
+    except optuna.TrialPruned as pruned:
+        out = [candidate_row(ctx, trial, s, "pruned", str(pruned), epochs=handle.user_attrs.get("epochs")) for s in ctx.schemes]
+        handle.set_user_attr("rows", out)
+        study.tell(handle, state=optuna.trial.TrialState.PRUNED)
+        counts["pruned"] += 1
+        return out
+    except OutOfTime:
+        study.tell(handle, state=optuna.trial.TrialState.FAIL)  # not stored as done: a rerun continues it
+        counts["not_reached"] += 1
+        return placeholder_rows(ctx, trial, "not reached", "time budget spent while training (checkpoint kept)")
+    except BaseException:
+        study.tell(handle, state=optuna.trial.TrialState.FAIL)
+        raise
+    out = [measure(ctx, trial, s, student, epochs_run) if s in alive else
+           candidate_row(ctx, trial, s, "skipped", probe_verdict(ctx, probes.get(s), best), probe=probes.get(s))
+           for s in ctx.schemes]
+    note_int8_vs_float(out)
+    handle.set_user_attr("rows", out)
+    accuracies = [r["val_accuracy"] for r in out if r["val_accuracy"] is not None]
+    study.tell(handle, max(accuracies) if accuracies else 0.0)
+    counts["trained"] += 1
+    return out
+
+
+def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
+    """Distill one student (resuming its checkpoint), reporting validation accuracy to optuna each epoch.
+    With ``may_stop`` (something was measured already) a spent time budget stops it after an epoch."""
+    import optuna
+
+    from compress.train import predict_logits
+
+    cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
+                  epochs=ctx.epochs[trial.key], quantize="none", warnings=[])
+    student = initial_student(cfg, ctx.split)
+
+    best = [0.0]
+
+    def after_epoch(epoch: int) -> None:
+        accuracy = float((predict_logits(student, ctx.split.x_test).argmax(1) == ctx.split.y_test).mean())
+        student.train()
+        best[0] = max(best[0], accuracy)  # the best so far: one noisy epoch at a high learning rate stops nothing
+        handle.report(best[0], epoch)
+        handle.set_user_attr("epochs", epoch + 1)
+        if handle.should_prune():
+            floor = accuracy_floor(ctx)
+            raise optuna.TrialPruned(f"best validation accuracy {100 * best[0]:.2f}% after {epoch + 1} of {cfg.epochs} "
+                                     f"epochs, over {ctx.options.prune_margin:g} points below the accuracy budget's "
+                                     f"{100 * floor:.2f}%")
+        if may_stop and epoch + 1 < cfg.epochs and _spent(ctx):
+            raise OutOfTime()
+
+    threads = _train_threads(cfg, ctx.split)
+    with torch_threads(threads.student):
+        student, history, _ = distill_student(cfg, ctx.split, student, ctx.members, ctx.targets[trial.temperature],
+                                              ctx.progress, ctx.console, 0, 1, after_epoch=after_epoch)
+    return student, len(history)
+
+
+def _chosen_trial(plan: list[Trial], result: dict) -> tuple[Trial, str]:
+    row = next(r for r in result["candidates"] if r["id"] == result["chosen"])
+    trial = next(t for t in plan if t.candidate_id(row["scheme"]) == row["id"])
+    return trial, row["scheme"]
+
+
+def _write_chosen(ctx: Context, plan: list[Trial], result: dict, name: str, console, quiet: bool) -> dict:
+    """The chosen candidate as a normal ``<out>/<name>/`` folder: ``distill-and-export`` with its settings,
+    i.e. distilled on the whole training split (the validation rows were held out only to choose; like a
+    refit after a hyper-parameter search), exported, and validated once on the test split against the
+    ensemble in the same runtime. Its training is checkpointed like any run: a rerun trains nothing."""
+    trial, scheme = _chosen_trial(plan, result)
+    cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
+                  epochs=ctx.epochs[trial.key], quantize=scheme, name=name, warnings=[])
+    return run(cfg, console=console, quiet=quiet, search=result)
+
+
+def _write_failed(cfg: RunConfig, name: str, result: dict) -> None:
+    """No candidate fits: ``<out>/<name>.search.json`` and ``.search.html`` (no model folder is written, and
+    a good earlier folder of the same name stays as it was)."""
+    import json
+
+    from compress.devices import search_report
+
+    out = Path(cfg.out)
+    json_path, html_path = out / f"{name}.search.json", out / f"{name}.search.html"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    search_report.write(result, html_path)
+    result["output"] = str(json_path)

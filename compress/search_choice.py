@@ -1,0 +1,91 @@
+"""What ``compress search`` chooses, and ``search.json``: the fastest candidate meeting every budget (the
+smallest where latency is not measured here), the Pareto flags, the closest miss when nothing fits, and a
+sentence saying why."""
+
+from __future__ import annotations
+
+from compress.core.pareto import on_front
+from compress.export.registry import TARGETS
+from compress.search_measure import Context, accuracy_floor, budget_limit, device_factor
+from compress.search_space import SearchSpace, Trial
+
+
+def best_feasible(rows: list[dict]) -> dict | None:
+    """The candidate the search would choose now: meets every budget; fastest, then smallest, then most
+    accurate (where latency is not measured here: smallest, then fewest MACs)."""
+    ok = [r for r in rows if r["status"] == "measured" and r["meets_budgets"]]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (r["latency_ms"] if r["latency_ms"] is not None else float("inf"), r["size_kb"],
+                                  r["macs"], -r["val_accuracy"]))
+
+
+def closest(ctx: Context, rows: list[dict]) -> dict | None:
+    """Where nothing fits: the candidate whose worst broken budget is broken the least (relative to its
+    limit), with what it breaks. Trained candidates count with their measurements; candidates skipped by
+    their untrained export count with its latency and size (their accuracy was never measured)."""
+    def values(r: dict) -> dict:
+        probe = r.get("probe") or {}
+        return {"max_accuracy_drop": r["accuracy_drop"], "latency_ms": r["latency_ms"] or probe.get("latency_ms"),
+                "size_kb": r["size_kb"] or probe.get("size_kb"), "peak_memory_mb": r["peak_memory_mb"]}
+
+    def excess(r: dict) -> float:
+        worst = 0.0
+        for key, value in values(r).items():
+            limit = budget_limit(ctx, key)
+            if limit is not None and value is not None and value > limit:
+                worst = max(worst, (value - limit) / max(abs(limit), 1e-9))
+        return worst
+
+    pool = [r for r in rows if r["status"] == "measured"] or [r for r in rows if r.get("probe")]
+    if not pool:
+        return None
+    best = min(pool, key=lambda r: (excess(r), r["macs"]))
+    return {"id": best["id"], "status": best["status"], "breaks": best["breaks"] or [best["note"]]}
+
+
+OBJECTIVES = [("val_accuracy", "max"), ("latency_ms", "min"), ("size_kb", "min")]
+
+
+def summarize(ctx: Context, plan: list[Trial], rows: dict, counts: dict, space: SearchSpace, elapsed_s: float) -> dict:
+    """``search.json``: every candidate, the Pareto flags, the choice and why (or the closest miss)."""
+    flat = [r for t in plan for r in rows[t.key]]
+    measured = [r for r in flat if r["status"] == "measured"]
+    objectives = OBJECTIVES if all(r["latency_ms"] is not None for r in measured) else [OBJECTIVES[0], OBJECTIVES[2]]
+    for r, flag in zip(measured, on_front(measured, objectives)):
+        r["pareto"] = flag
+    chosen = best_feasible(flat)
+    counts = {**counts, "pruned": len({r["student"] + str(r["temperature"]) + str(r["alpha"])
+                                       for r in flat if r["status"] == "pruned"})}
+    target = TARGETS[ctx.cfg.target]
+    latency_label = (f"host p50, batch 1, {ctx.cfg.threads} thread(s), measured on this machine in the target "
+                     f"runtime (not the device)" if measured and measured[0]["latency_ms"] is not None
+                     else f"not measured here ({target.name} does not run on this machine)")
+    return {"schema": "compress.search/1", "target": ctx.cfg.target,
+            "runtime": measured[0].get("runtime") if measured else None, "threads": ctx.cfg.threads,
+            "latency_label": latency_label, "device_factor": device_factor(ctx),
+            "reference": {"name": "teacher ensemble", "val_accuracy": ctx.reference_acc,
+                          "validation_samples": int(len(ctx.split.y_test)),
+                          "training_samples": int(len(ctx.split.y_train))},
+            "budgets": {k: float(v["limit"]) for k, v in ctx.budgets.items()},
+            "budget_sources": {k: v["source"] for k, v in ctx.budgets.items()},
+            "accuracy_floor": accuracy_floor(ctx), "candidates": flat,
+            "chosen": None if chosen is None else chosen["id"], "why": why(ctx, chosen, flat),
+            "closest": None if chosen is not None else closest(ctx, flat),
+            "elapsed_s": round(elapsed_s, 1), "time_budget_min": ctx.options.time_budget_min,
+            **counts, "space_notes": list(space.notes), "epochs": ctx.epochs}
+
+
+def why(ctx: Context, chosen: dict | None, rows: list[dict]) -> str:
+    feasible = [r for r in rows if r["status"] == "measured" and r["meets_budgets"]]
+    if chosen is None:
+        return "no measured candidate meets every budget"
+    basis = "the fastest" if chosen["latency_ms"] is not None else "the smallest (latency is not measured here)"
+    text = (f"{chosen['id']}: {basis} of the {len(feasible)} candidate(s) meeting every budget "
+            f"(validation accuracy {100 * chosen['val_accuracy']:.2f}%, {chosen['accuracy_drop']:.2f} points below "
+            f"the ensemble)")
+    slower = [r for r in rows if r["student"] == chosen["student"] and r["scheme"].startswith("int8")
+              and r["note"] and "slower than float" in r["note"]]
+    if slower and chosen["scheme"] == "none":
+        text += f"; int8 was measured and timed slower than float for this student on this host ({slower[0]['note']})"
+    return text

@@ -1,0 +1,208 @@
+"""How ``compress search`` measures one candidate, and what it records of it.
+
+``probe``: the untrained student exported in every scheme, timed and sized in the target runtime (latency
+and size depend on the graph, not the weights), so a scheme that cannot win is never trained.
+``measure``: a distilled student exported and measured as ``distill-and-export`` measures it
+(``compress.stages.evaluate.student_rows``), on the validation split. ``judge``: a measurement against the
+budgets of *this* run (stored measurements are judged again, so a rerun with other budgets re-chooses).
+``candidate_row`` is the one shape every candidate of ``search.json`` has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from compress import __version__
+from compress.core.cache import path_size
+from compress.core.errors import InputError
+from compress.export.common import ModelInfo
+from compress.export.registry import TARGETS
+from compress.pipeline import RunConfig, initial_student, safe_name
+from compress.search_space import SearchOptions, Trial
+from compress.stages.export import export_student, model_preprocessing
+
+
+PROBE_SLACK = 1.2  # a probe is skipped only when its latency is this far over a limit (timing noise)
+
+
+@dataclass
+class Context:
+    """What every trial shares: the run settings, the split data, the teachers' view of the validation
+    split, the budgets, and when this invocation started."""
+
+    cfg: RunConfig
+    data: object  # the full data set (test split only for the final run)
+    split: object  # training rows minus validation as x_train, validation rows as x_test
+    train_rows: np.ndarray
+    members: list
+    targets: dict  # temperature -> soft targets of the training rows
+    teacher_pred: np.ndarray  # the ensemble's class on each validation row
+    reference_acc: float
+    budgets: dict
+    profile: dict | None
+    schemes: list[str]
+    options: SearchOptions
+    started: float
+    progress: object = None
+    console: object = None
+    epochs: dict | None = None  # trial key -> epochs
+
+
+def worth_probing(ctx: Context, best: dict | None) -> bool:
+    """A probe can only skip work when a latency or size limit (or a better candidate) exists."""
+    return best is not None or any(k in ctx.budgets for k in ("latency_ms", "size_kb"))
+
+
+def probe(ctx: Context, trial: Trial) -> dict:
+    """Latency and size of the untrained student in every scheme (same export, runtime and threads)."""
+    from compress.core import metrics
+
+    cfg = replace(ctx.cfg, student=trial.student, warnings=[])
+    student = initial_student(cfg, ctx.split).eval()
+    out = {}
+    with scratch() as folder:
+        for scheme in ctx.schemes:
+            scfg = replace(cfg, quantize=scheme)
+            exported = export_student(scfg, ctx.split, student, None, model_info(ctx, trial), folder / scheme)
+            runner = TARGETS[ctx.cfg.target].open(exported.artifact, ctx.cfg.threads)
+            latency = (metrics.measure_latency(runner.predict, ctx.split.x_test, runs=ctx.cfg.latency_runs)["p50"]
+                       if runner.measured else None)
+            out[scheme] = {"latency_ms": latency, "size_kb": path_size(exported.artifact) / 1024}
+    return out
+
+
+def probe_verdict(ctx: Context, probe: dict | None, best: dict | None) -> str | None:
+    """Why a scheme is not worth training (None: it is): its untrained export breaks a budget, or cannot
+    be faster (smaller, where latency is not measured here) than the best candidate meeting every budget."""
+    if probe is None:
+        return None
+    latency, size = probe["latency_ms"], probe["size_kb"]
+    limit_ms, limit_kb = budget_limit(ctx, "latency_ms"), budget_limit(ctx, "size_kb")
+    if limit_kb is not None and size > limit_kb:
+        return f"untrained export is {size:.1f} kB, over the size budget of {limit_kb:g} kB"
+    if limit_ms is not None and latency is not None and latency > PROBE_SLACK * limit_ms:
+        return f"untrained export times {latency:.3f} ms, over the latency budget of {limit_ms:g} ms"
+    if best is not None:
+        if latency is not None and best["latency_ms"] is not None and latency > PROBE_SLACK * best["latency_ms"]:
+            return (f"untrained export times {latency:.3f} ms: cannot beat {best['id']} "
+                    f"({best['latency_ms']:.3f} ms), which meets every budget")
+        if latency is None and size > best["size_kb"]:
+            return f"untrained export is {size:.1f} kB: cannot beat {best['id']} ({best['size_kb']:.1f} kB)"
+    return None
+
+
+@contextlib.contextmanager
+def scratch():
+    folder = Path(tempfile.mkdtemp(prefix="compress-search-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def model_info(ctx: Context, trial: Trial) -> ModelInfo:
+    return ModelInfo(name=safe_name(trial.student), labels=ctx.data.labels, normalization=ctx.data.normalization,
+                     input_kind=ctx.data.input_kind, preprocessing=model_preprocessing(ctx.cfg, ctx.data),
+                     description=f"{trial.student} (compress search candidate)", version=__version__)
+
+
+def measure(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> dict:
+    """One candidate measured as ``distill-and-export`` measures (on the validation split)."""
+    from compress.stages.evaluate import student_rows
+
+    cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
+                  quantize=scheme, warnings=[])
+    with scratch() as folder:
+        try:
+            exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
+                                      folder)
+            _, row, runner, _, parity = student_rows(cfg, ctx.split, student, exported, ctx.teacher_pred)
+        except InputError as exc:
+            return candidate_row(ctx, trial, scheme, "failed", f"export or runtime: {exc}", epochs=epochs)
+        memory = None
+        if "peak_memory_mb" in ctx.budgets and runner.measured:
+            from compress.devices import peak_memory
+
+            memory = peak_memory.measure(exported.artifact, cfg.target, ctx.split.x_test[:20],
+                                         threads=cfg.threads).get("peak_memory_mb")
+    measured = {"val_accuracy": row["accuracy"], "accuracy_drop": 100 * (ctx.reference_acc - row["accuracy"]),
+                "size_kb": row["size_bytes"] / 1024, "latency_ms": None if row["latency_ms"] is None else
+                row["latency_ms"]["p50"], "peak_memory_mb": memory}
+    out = candidate_row(ctx, trial, scheme, "measured", None, epochs=epochs, **measured)
+    out.update(runtime=runner.engine, parity_passed=bool(parity["passed"]),
+               parity_max_abs_diff=parity.get("max_abs_diff"))
+    return out
+
+
+def judge(ctx: Context, row: dict) -> dict:
+    """A measured candidate against this run's budgets (and the device estimate): done for stored
+    measurements too, so a rerun with other budgets re-chooses without measuring again."""
+    from compress.devices.budgets import check_budgets
+
+    if row["status"] != "measured":
+        return row
+    measured = {k: row[k] for k in ("accuracy_drop", "latency_ms", "size_kb", "peak_memory_mb")}
+    checks = check_budgets(measured, ctx.budgets, notes={"latency_ms": f"{row.get('runtime')} does not run here",
+                                                          "peak_memory_mb": "not measured here"})
+    row["breaks"] = [c["detail"] for c in checks if not c["passed"]]
+    if not row.get("parity_passed", True):
+        row["breaks"].append(f"parity with the torch student failed (max |diff| {row.get('parity_max_abs_diff'):.3g})")
+    row["meets_budgets"] = not row["breaks"]
+    factor = device_factor(ctx)
+    row["device_latency_ms"] = (row["latency_ms"] * factor["factor"] if factor and row["latency_ms"] is not None
+                                else None)
+    return row
+
+
+def device_factor(ctx: Context) -> dict | None:
+    est = (ctx.profile or {}).get("estimate")
+    if not est:
+        return None
+    return {"factor": float(est["host_to_device_latency_factor"]), "basis": est["basis"],
+            "profile": ctx.profile["name"]}
+
+
+def candidate_row(ctx: Context, trial: Trial, scheme: str, status: str, note: str | None, *, epochs=None, probe=None,
+         **measured) -> dict:
+    """One candidate's entry of ``search.json`` (values not measured stay None)."""
+    row = {"id": trial.candidate_id(scheme), "student": trial.student, "scheme": scheme,
+           "temperature": trial.temperature, "alpha": trial.alpha, "macs": trial.macs, "params": trial.params,
+           "status": status, "note": note, "epochs_trained": epochs, "val_accuracy": None, "accuracy_drop": None,
+           "size_kb": None, "latency_ms": None, "device_latency_ms": None, "peak_memory_mb": None,
+           "meets_budgets": None, "breaks": [], "pareto": False}
+    if probe:
+        row["probe"] = probe  # the untrained export's latency and size (why it was skipped)
+    row.update(measured)
+    return row
+
+
+def placeholder_rows(ctx: Context, trial: Trial, status: str, note: str) -> list[dict]:
+    return [candidate_row(ctx, trial, s, status, note) for s in ctx.schemes]
+
+
+def note_int8_vs_float(rows: list[dict]) -> None:
+    """Say so where an int8 export timed slower than the float one here (tiny models: the quantize and
+    dequantize steps cost more than the int8 arithmetic saves)."""
+    by_scheme = {r["scheme"]: r for r in rows if r["status"] == "measured" and r["latency_ms"] is not None}
+    base = by_scheme.get("none")
+    for scheme in ("int8", "int8-weights"):
+        r = by_scheme.get(scheme)
+        if base and r and r["latency_ms"] > base["latency_ms"]:
+            r["note"] = (f"{scheme} timed {r['latency_ms']:.3f} ms, slower than float's {base['latency_ms']:.3f} ms on "
+                         "this host: for a model this small the quantize/dequantize steps cost more than int8 saves")
+
+
+def accuracy_floor(ctx: Context) -> float | None:
+    spec = ctx.budgets.get("max_accuracy_drop")
+    return None if spec is None else ctx.reference_acc - float(spec["limit"]) / 100
+
+
+def budget_limit(ctx: Context, key: str) -> float | None:
+    spec = ctx.budgets.get(key)
+    return None if spec is None else float(spec["limit"])

@@ -1,0 +1,132 @@
+"""What ``compress search`` may try: student families x width/depth multipliers x quantization schemes
+(x optional temperatures and alphas), as a list of candidates ordered cheapest first (by MACs).
+
+A *trial* is one student architecture with one (T, alpha): it is distilled once. Each trial is then
+exported in every scheme of the space; every (trial, scheme) pair is a *candidate* with its own
+measurements. Families are the registered ones (``compress.models.FAMILIES``); a family that does not fit
+the data (a CNN on raw audio) is left out and said so, never silently.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from dataclasses import dataclass, field
+
+from compress import models
+from compress.core.errors import InputError
+
+# Per family: the multipliers searched when the user gives none (wide enough to reach from "tiny" to the
+# registry's usual student; the search starts at the cheap end and stops when the time budget is spent).
+FAMILY_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {
+    "mlp": {"width": (0.125, 0.25, 0.5, 1.0), "depth": (0.5, 1.0)},
+    "cnn-small": {"width": (1.0, 2.0, 4.0)},
+    "mobilenet": {"width": (0.25, 0.35, 0.5), "depth": (0.5, 1.0)},
+    "ds-cnn": {"width": (0.25, 0.5, 1.0, 1.6), "depth": (0.5, 1.0)},
+}
+# Families tried when the user names none, by the data's input kind.
+KIND_DEFAULTS = {"image": ("mlp", "cnn-small", "mobilenet"), "audio": ("ds-cnn",), "features": ("mlp",)}
+# Schemes tried when the user names none (those the target supports, in this order).
+DEFAULT_SCHEMES = ("none", "int8-weights", "int8")
+
+
+@dataclass
+class SearchSpace:
+    """The user's choices (None: the defaults above). ``widths``/``depths`` apply to every family that
+    takes that multiplier."""
+
+    families: list[str] | None = None
+    widths: list[float] | None = None
+    depths: list[float] | None = None
+    schemes: list[str] | None = None
+    temperatures: list[float] | None = None
+    alphas: list[float] | None = None
+    notes: list[str] = field(default_factory=list)  # families left out, and why
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One student to distill: architecture name (e.g. ``ds-cnn:0.5:1``), T, alpha, and its size."""
+
+    student: str
+    temperature: float
+    alpha: float
+    macs: int
+    params: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.student} T={self.temperature:g} alpha={self.alpha:g}"
+
+    def candidate_id(self, scheme: str) -> str:
+        return f"{self.student} {scheme} T={self.temperature:g} alpha={self.alpha:g}"
+
+
+def _family_names(space: SearchSpace, input_kind: str) -> list[str]:
+    names = space.families or list(KIND_DEFAULTS.get(input_kind, ("mlp",)))
+    for name in names:
+        if name not in models.FAMILIES:
+            raise InputError(f"--family {name!r}: not a student family; expected one of {sorted(models.FAMILIES)}")
+    return names
+
+
+def _multipliers(family: str, space: SearchSpace) -> list[tuple[float, ...]]:
+    """Every multiplier tuple of one family, in the factory's parameter order (width, depth)."""
+    params = list(inspect.signature(models.FAMILIES[family]).parameters)[2:]  # the multipliers, in order
+    defaults = FAMILY_DEFAULTS.get(family, {})
+    given = {"width": space.widths, "depth": space.depths}
+    axes = [tuple(given.get(p) or defaults.get(p) or (1.0,)) for p in params]
+    for values in axes:
+        for v in values:
+            if not 0 < v <= models.MULTIPLIER_RANGE[1]:
+                raise InputError(f"--widths/--depths {v:g}: out of range; expected multipliers in "
+                                 f"(0, {models.MULTIPLIER_RANGE[1]:g}]")
+    return list(itertools.product(*axes))
+
+
+def _name(family: str, values: tuple[float, ...]) -> str:
+    return family + "".join(f":{v:g}" for v in values)
+
+
+def trials(space: SearchSpace, input_shape: tuple[int, ...], num_classes: int, input_kind: str,
+           temperature: float, alpha: float) -> list[Trial]:
+    """Every trial of the space, cheapest (fewest MACs) first; duplicates (two multipliers that round to
+    the same network) kept once. Families that do not fit the data are recorded in ``space.notes``."""
+    seen: dict[tuple, Trial] = {}
+    for family in _family_names(space, input_kind):
+        for values in _multipliers(family, space):
+            name = _name(family, values)
+            try:
+                model = models.build(name, input_shape, num_classes)
+            except InputError as exc:
+                space.notes.append(f"{family}: left out ({exc})")
+                break
+            macs, params = models.count_macs(model, input_shape), models.count_params(model)
+            shape_key = (family, params, macs)  # multipliers that round to the same network
+            for t, a in itertools.product(space.temperatures or [temperature], space.alphas or [alpha]):
+                seen.setdefault(shape_key + (t, a), Trial(name, float(t), float(a), macs, params))
+    if not seen:
+        raise InputError("search space: no family fits this data; " + "; ".join(space.notes))
+    return sorted(seen.values(), key=lambda tr: (tr.macs, tr.params, tr.student, tr.temperature, tr.alpha))
+
+
+def schemes(space: SearchSpace, supported: dict[str, str], target: str) -> list[str]:
+    """The schemes to measure: the user's (each must be one the target supports) or the defaults the
+    target supports."""
+    if space.schemes:
+        for s in space.schemes:
+            if s not in supported:
+                raise InputError(f"--schemes {s!r}: --target {target} does not support it; expected some of "
+                                 f"{', '.join(supported)}")
+        return list(dict.fromkeys(space.schemes))
+    return [s for s in DEFAULT_SCHEMES if s in supported]
+
+
+@dataclass
+class SearchOptions:
+    """How the search spends its time. ``time_budget_min``: minutes for this invocation (the first trial
+    always runs: a search that measured nothing helps nobody). ``prune_margin``: points below the accuracy
+    floor at which a half-trained candidate is stopped."""
+
+    time_budget_min: float = 20.0
+    prune_margin: float = 3.0
