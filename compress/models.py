@@ -7,8 +7,8 @@ class count, so one registry serves any data set a loader produces.
 Students that scale with the problem are parametrized families (``FAMILIES``: family -> factory(input_shape,
 num_classes, *multipliers)), named ``family[:arg[:arg]]``: ``mobilenet:0.35`` (width 0.35),
 ``mobilenet:0.5:0.5`` (width and depth 0.5), ``mobilenet`` (the defaults, 1.0). Besides MobileNetV2 there are
-``mlp``, ``cnn-small`` and (from ``compress.speech``) ``ds-cnn``, each scaled from the registered student of
-that name (``mlp`` from ``mlp-800``), which is what the family builds at 1.0: ``compress search`` can then
+``mlp``, ``cnn-small``, ``cnn`` and (from ``compress.speech``) ``ds-cnn``, each scaled from the registered
+model of that name (``mlp`` from ``mlp-800``), which is what the family builds at 1.0: ``compress search`` can then
 shrink or grow any of the small students. ``build``, ``is_known`` and ``why_unknown`` accept both kinds of
 name, so callers never look a name up in ``MODELS`` themselves.
 """
@@ -50,13 +50,16 @@ def mlp(input_shape, num_classes, hidden=(1200, 1200), dropout=0.0) -> nn.Module
     return nn.Sequential(*layers)
 
 
-def cnn(input_shape, num_classes, channels=None) -> nn.Module:
+CNN_CHANNELS = (32, 64, 128)  # the registered cnn (a teacher): the cnn family's base
+
+
+def cnn(input_shape, num_classes, channels=None, name: str = "cnn") -> nn.Module:
     """VGG-style conv/BN/ReLU stack with global average pooling: one 2x2 max-pool for small inputs (the
     digits' 8x8), a second one for 16 px and up, so a 60,000-image set trains in minutes on a CPU (28x28
     MNIST: 7.4 M MACs instead of 18 M; 32x32 colour: 10.3 M instead of 24.5 M)."""
-    c, h, w = _need_image(input_shape, "cnn")
+    c, h, w = _need_image(input_shape, name)
     pools = (0, 1) if min(h, w) >= 16 else (0,)
-    channels = channels or (32, 64, 128)
+    channels = channels or CNN_CHANNELS
     layers: list[nn.Module] = []
     for i, out in enumerate(channels):
         layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
@@ -229,6 +232,16 @@ def mlp_family(input_shape, num_classes, width: float = 1.0, depth: float = 1.0)
     return mlp(input_shape, num_classes, hidden=(units,) * layers)
 
 
+def cnn_family(input_shape, num_classes, width: float = 1.0) -> nn.Module:
+    """VGG-style CNN scaled from the cnn teacher; width multiplies its 32, 64 and 128 channels.
+
+    Rounded half up, at least 4 channels; at 1.0 it is the registered ``cnn``. A student between
+    ``cnn-small`` (two strided layers) and the teacher: three 3x3 layers keep the spatial detail that
+    handwriting needs."""
+    channels = tuple(scaled(c, width, minimum=4) for c in CNN_CHANNELS)
+    return cnn(input_shape, num_classes, channels=channels, name=member_name("cnn", width))
+
+
 def cnn_small_family(input_shape, num_classes, width: float = 1.0) -> nn.Module:
     """Strided conv/BN/ReLU CNN scaled from cnn-small; width multiplies its 8 and 16 channels.
 
@@ -256,11 +269,13 @@ FAMILIES = {
     "mobilenet": mobilenet_family,
     "mlp": mlp_family,
     "cnn-small": cnn_small_family,
+    "cnn": cnn_family,
 }
 FAMILY_EXAMPLES = {
     "mobilenet": ("mobilenet:0.35", "mobilenet:0.5:0.5"),
     "mlp": ("mlp:0.25", "mlp:0.5:0.5"),
     "cnn-small": ("cnn-small:0.5", "cnn-small:2"),
+    "cnn": ("cnn:0.25", "cnn:0.5"),
 }
 MULTIPLIER_RANGE = (0.0, 4.0)  # (exclusive, inclusive): 4x is already ~16x the compute; larger is a typo
 

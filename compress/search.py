@@ -50,7 +50,7 @@ from compress.search_measure import (Context, accuracy_floor, candidate_row, jud
 from compress.search_space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
 from compress.teacher_training import TeacherRecipe, validation_split
 
-SEARCH_VERSION = 3  # bump when what a stored measurement means changes (invalidates resumable state)
+SEARCH_VERSION = 4  # bump when what a stored measurement means changes (invalidates resumable state)
 
 
 clock = time.monotonic  # tests replace it to spend the time budget without waiting
@@ -155,15 +155,20 @@ def _reference(members: list, split) -> tuple[np.ndarray, float]:
 
 
 def _state_key(ctx: Context) -> str:
-    """Everything that changes a stored measurement: data, teachers, target options, training settings,
-    runtime threads and the budgets' reference (not the budgets themselves: a rerun with other budgets
-    reuses every measurement)."""
+    """Everything that changes a stored measurement: data, teachers, target options, training settings
+    and runtime threads -- not the budgets (a rerun with other budgets re-chooses from the same
+    measurements) nor the space (a wider rerun reuses the students it shares; each stored trial is named
+    with its architecture, T, alpha and epochs: ``_stored_name``)."""
     c = ctx.cfg
     return content_key("search", SEARCH_VERSION, __version__, ctx.data.fingerprint(),
                        [m.fingerprint for m in ctx.members], c.target, c.precision, c.deployment_target,
                        c.min_runtime, c.input_type, c.model_input, c.calibration_samples, c.loss, float(c.lr),
                        c.optimizer, float(c.weight_decay), c.batch_size, c.seed, c.threads, c.latency_runs,
-                       c.augment, sorted(ctx.epochs.items()))
+                       c.augment)
+
+
+def _stored_name(ctx: Context, trial: Trial) -> str:
+    return f"{trial.key} epochs={ctx.epochs[trial.key]}"
 
 
 def _study(ctx: Context, plan: list[Trial]):
@@ -195,8 +200,8 @@ def _run_trials(ctx: Context, plan: list[Trial], study) -> tuple[dict, dict]:
     counts = {"trained": 0, "resumed": 0, "pruned": 0, "skipped": 0, "not_reached": 0}
     task = ctx.progress.add_task("search", total=len(plan), unit="student")
     for i, trial in enumerate(plan):
-        if trial.key in done:
-            rows[trial.key] = [dict(r) for r in done[trial.key].user_attrs["rows"]]
+        if _stored_name(ctx, trial) in done:
+            rows[trial.key] = [dict(r) for r in done[_stored_name(ctx, trial)].user_attrs["rows"]]
             counts["resumed"] += 1
         elif rows and any(r["status"] == "measured" for rs in rows.values() for r in rs) and _spent(ctx):
             rows[trial.key] = placeholder_rows(ctx, trial, "not reached", "time budget spent before this student")
@@ -224,7 +229,7 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict) -> l
         return [candidate_row(ctx, trial, s, "skipped", probe_verdict(ctx, probes.get(s), best), probe=probes.get(s))
                 for s in ctx.schemes]
     handle = study.ask()  # the order is ours (cheapest first), so the trial samples nothing: it records
-    handle.set_user_attr("candidate", trial.key)  # what this student reached, for the pruner and for resuming
+    handle.set_user_attr("candidate", _stored_name(ctx, trial))  # what a rerun looks up
     try:
         may_stop = any(r["status"] == "measured" for rs in rows.values() for r in rs)
         student, epochs_run = _distill(ctx, trial, handle, may_stop)

@@ -21,11 +21,12 @@ from compress.core.errors import InputError
 FAMILY_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {
     "mlp": {"width": (0.125, 0.25, 0.5, 1.0), "depth": (0.5, 1.0)},
     "cnn-small": {"width": (1.0, 2.0, 4.0)},
+    "cnn": {"width": (0.25, 0.5)},
     "mobilenet": {"width": (0.25, 0.35, 0.5), "depth": (0.5, 1.0)},
     "ds-cnn": {"width": (0.25, 0.5, 1.0, 1.6), "depth": (0.5, 1.0)},
 }
 # Families tried when the user names none, by the data's input kind.
-KIND_DEFAULTS = {"image": ("mlp", "cnn-small", "mobilenet"), "audio": ("ds-cnn",), "features": ("mlp",)}
+KIND_DEFAULTS = {"image": ("mlp", "cnn-small", "cnn", "mobilenet"), "audio": ("ds-cnn",), "features": ("mlp",)}
 # Schemes tried when the user names none (those the target supports, in this order).
 DEFAULT_SCHEMES = ("none", "int8-weights", "int8")
 

@@ -1,4 +1,4 @@
-"""The mlp, cnn-small and ds-cnn families (``compress search`` scales them): each is its registered student at
+"""The mlp, cnn-small, cnn and ds-cnn families (``compress search`` scales them): each is its registered student at
 1.0, grows in MACs with every multiplier, rejects bad arguments with a one-line error naming the family and
 what was expected, and its members train and export to ONNX with parity against torch on real inputs
 (digits for mlp and cnn-small, FSDD clips for ds-cnn; skipped when ../shared is absent).
@@ -21,7 +21,7 @@ from tests.test_student_families import _check_parity, _prepare_for_parity
 DIGITS = (1, 8, 8)
 AUDIO = (8000,)
 # family name at 1.0 -> (registered model it must equal, an input shape it takes)
-BASES = {"mlp": ("mlp-800", DIGITS), "cnn-small": ("cnn-small", DIGITS), "ds-cnn": ("ds-cnn", AUDIO)}
+BASES = {"mlp": ("mlp-800", DIGITS), "cnn-small": ("cnn-small", DIGITS), "cnn": ("cnn", DIGITS), "ds-cnn": ("ds-cnn", AUDIO)}
 BAD_NAMES = {
     "mlp:abc": ("width 'abc' is not a number", "mlp[:width[:depth]]"),
     "mlp:1:0": ("depth 0 is out of range", "mlp[:width[:depth]]"),
@@ -50,7 +50,7 @@ def _macs(name: str, shape) -> int:
 def test_family_at_one_is_the_registered_student(family):
     registered, shape = BASES[family]
     expected = _architecture(registered, shape)
-    for name in (family, f"{family}:1", f"{family}:1.0", *([f"{family}:1:1"] if family != "cnn-small" else [])):
+    for name in (family, f"{family}:1", f"{family}:1.0", *([f"{family}:1:1"] if family not in ("cnn-small", "cnn") else [])):
         assert _architecture(name, shape) == expected, name
 
 
@@ -59,6 +59,7 @@ def test_macs_strictly_increase_with_width_and_depth():
         "mlp width": [_macs(f"mlp:{w}", DIGITS) for w in (0.25, 0.5, 1, 2)],
         "mlp depth": [_macs(f"mlp:0.5:{d}", DIGITS) for d in (0.5, 1, 1.5, 2)],  # 1, 2, 3, 4 hidden layers
         "cnn-small width": [_macs(f"cnn-small:{w}", DIGITS) for w in (0.5, 1, 1.5, 2)],
+        "cnn width": [_macs(f"cnn:{w}", DIGITS) for w in (0.25, 0.5, 1, 1.5)],
         "ds-cnn width": [_macs(f"ds-cnn:{w}", AUDIO) for w in (0.25, 0.5, 1, 2)],
         "ds-cnn depth": [_macs(f"ds-cnn:0.5:{d}", AUDIO) for d in (0.25, 0.5, 1, 2)],  # 1, 2, 3, 6 blocks
     }
@@ -80,6 +81,7 @@ def test_multipliers_round_half_up_and_keep_the_minimums():
     assert conv_channels("cnn-small:0.5", DIGITS) == [4, 8]
     assert conv_channels("cnn-small:0.01", DIGITS) == [4, 4]  # at least 4 channels
     assert conv_channels("cnn-small:1.5", DIGITS) == [12, 24]
+    assert conv_channels("cnn:0.25", DIGITS) == [8, 16, 32]
     small = conv_channels("ds-cnn:0.01:0.01", AUDIO)  # first conv, then depthwise + pointwise per block
     assert small == [4, 4, 4]
     wide = [m for m in models.build("ds-cnn:0.5:2", AUDIO, 10).body.modules() if isinstance(m, nn.Conv2d)]
@@ -159,7 +161,7 @@ def digits():
     return train, torch.as_tensor(ds.y_train[:64]).long(), np.ascontiguousarray(ds.x_test[:24]), ds.labels
 
 
-@pytest.mark.parametrize("name", ["mlp:0.25:0.5", "mlp:0.5:1.5", "cnn-small:0.5", "cnn-small:2"])
+@pytest.mark.parametrize("name", ["mlp:0.25:0.5", "mlp:0.5:1.5", "cnn-small:0.5", "cnn-small:2", "cnn:0.25"])
 def test_digit_families_train_and_export_to_onnx_with_parity(tmp_path, digits, name):
     train, labels_train, test, labels = digits
     torch.manual_seed(0)

@@ -199,6 +199,8 @@ def test_a_spent_time_budget_stops_starting_students_and_a_rerun_continues(tmp_p
     fresh = out["candidates"][1]
     assert fresh["device_latency_ms"] == pytest.approx(3.5 * fresh["latency_ms"])
     assert out["device_factor"]["factor"] == 3.5 and "host" in out["latency_label"]
+    narrower = json.loads(invoke([*args[:4], "0.5", *args[5:], "--time-budget", "1"], tmp_path).stdout)
+    assert (narrower["resumed"], narrower["trained"]) == (1, 0)  # another space reuses the students it shares
 
 
 def test_an_impossible_budget_exits_1_naming_the_closest_candidate_and_keeps_the_old_folder(tmp_path, monkeypatch):
