@@ -188,26 +188,41 @@ def _study(ctx: Context, plan: list[Trial]):
                                load_if_exists=True)
 
 
+def _stored_rows(study) -> dict[str, dict[str, dict]]:
+    """Stored name -> scheme -> row, over every finished trial: a later trial of the same student adds the
+    schemes a wider rerun asked for. Rows skipped by a probe are not kept (other budgets may want them)."""
+    import optuna
+
+    done: dict[str, dict[str, dict]] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        kept = {r["scheme"]: dict(r) for r in t.user_attrs.get("rows", []) if r["status"] != "skipped"}
+        done.setdefault(t.user_attrs.get("candidate"), {}).update(kept)
+    return done
+
+
 def _run_trials(ctx: Context, plan: list[Trial], study) -> tuple[dict, dict]:
     """Every trial in MAC order, until the time budget is spent: (trial key -> candidate rows, counts)."""
     import optuna
 
-    done = {t.user_attrs.get("candidate"): t for t in study.get_trials(deepcopy=False)
-            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and "rows" in t.user_attrs}
+    done = _stored_rows(study)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left running by a killed process
     rows: dict[str, list[dict]] = {}
     counts = {"trained": 0, "resumed": 0, "pruned": 0, "skipped": 0, "not_reached": 0}
     task = ctx.progress.add_task("search", total=len(plan), unit="student")
     for i, trial in enumerate(plan):
-        if _stored_name(ctx, trial) in done:
-            rows[trial.key] = [dict(r) for r in done[_stored_name(ctx, trial)].user_attrs["rows"]]
+        stored = done.get(_stored_name(ctx, trial), {})
+        pruned = next((r for r in stored.values() if r["status"] == "pruned"), None)
+        missing = [s for s in ctx.schemes if s not in stored]
+        if stored and (pruned or not missing):  # a pruned student is pruned in every scheme
+            rows[trial.key] = [stored.get(s) or {**pruned, "scheme": s, "id": trial.candidate_id(s)} for s in ctx.schemes]
             counts["resumed"] += 1
         elif rows and any(r["status"] == "measured" for rs in rows.values() for r in rs) and _spent(ctx):
             rows[trial.key] = placeholder_rows(ctx, trial, "not reached", "time budget spent before this student")
             counts["not_reached"] += 1
         else:
-            rows[trial.key] = _one_trial(ctx, trial, study, rows, counts)
+            new = {r["scheme"]: r for r in _one_trial(ctx, trial, study, rows, counts, missing)}
+            rows[trial.key] = [stored.get(s) or new[s] for s in ctx.schemes]
         rows[trial.key] = [judge(ctx, r) for r in rows[trial.key]]
         ctx.progress.update(task, completed=i + 1, description=f"search ({i + 1}/{len(plan)}: {trial.student})")
     return rows, counts
@@ -217,24 +232,25 @@ def _spent(ctx: Context) -> bool:
     return clock() - ctx.started >= 60 * ctx.options.time_budget_min
 
 
-def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict) -> list[dict]:
-    """Probe, distill and measure one trial inside an optuna trial; its rows are stored in the study."""
+def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, schemes: list[str]) -> list[dict]:
+    """Probe, distill and measure one trial in ``schemes`` inside an optuna trial; its rows are stored in the
+    study. A student whose checkpoint is complete is loaded, not trained (counted as resumed)."""
     import optuna
 
     best = best_feasible([r for rs in rows.values() for r in rs])
-    probes = probe(ctx, trial) if worth_probing(ctx, best) else {}
-    alive = [s for s in ctx.schemes if probe_verdict(ctx, probes.get(s), best) is None]
+    probes = probe(ctx, trial, schemes) if worth_probing(ctx, best) else {}
+    alive = [s for s in schemes if probe_verdict(ctx, probes.get(s), best) is None]
     if not alive:
         counts["skipped"] += 1
         return [candidate_row(ctx, trial, s, "skipped", probe_verdict(ctx, probes.get(s), best), probe=probes.get(s))
-                for s in ctx.schemes]
+                for s in schemes]
     handle = study.ask()  # the order is ours (cheapest first), so the trial samples nothing: it records
     handle.set_user_attr("candidate", _stored_name(ctx, trial))  # what a rerun looks up
     try:
         may_stop = any(r["status"] == "measured" for rs in rows.values() for r in rs)
-        student, epochs_run = _distill(ctx, trial, handle, may_stop)
+        student, epochs_run, trained = _distill(ctx, trial, handle, may_stop)
     except optuna.TrialPruned as pruned:
-        out = [candidate_row(ctx, trial, s, "pruned", str(pruned), epochs=handle.user_attrs.get("epochs")) for s in ctx.schemes]
+        out = [candidate_row(ctx, trial, s, "pruned", str(pruned), epochs=handle.user_attrs.get("epochs")) for s in schemes]
         handle.set_user_attr("rows", out)
         study.tell(handle, state=optuna.trial.TrialState.PRUNED)
         counts["pruned"] += 1
@@ -248,18 +264,19 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict) -> l
         raise
     out = [measure(ctx, trial, s, student, epochs_run) if s in alive else
            candidate_row(ctx, trial, s, "skipped", probe_verdict(ctx, probes.get(s), best), probe=probes.get(s))
-           for s in ctx.schemes]
+           for s in schemes]
     note_int8_vs_float(out)
     handle.set_user_attr("rows", out)
     accuracies = [r["val_accuracy"] for r in out if r["val_accuracy"] is not None]
     study.tell(handle, max(accuracies) if accuracies else 0.0)
-    counts["trained"] += 1
+    counts["trained" if trained else "resumed"] += 1
     return out
 
 
 def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
     """Distill one student (resuming its checkpoint), reporting validation accuracy to optuna each epoch.
-    With ``may_stop`` (something was measured already) a spent time budget stops it after an epoch."""
+    With ``may_stop`` (something was measured already) a spent time budget stops it after an epoch.
+    Returns (student, its epochs, whether any epoch was trained here)."""
     import optuna
 
     from compress.train import predict_logits
@@ -267,10 +284,11 @@ def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
     cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
                   epochs=ctx.epochs[trial.key], quantize="none", warnings=[])
     student = initial_student(cfg, ctx.split)
-
     best = [0.0]
+    ran = []
 
     def after_epoch(epoch: int) -> None:
+        ran.append(epoch)
         accuracy = float((predict_logits(student, ctx.split.x_test).argmax(1) == ctx.split.y_test).mean())
         student.train()
         best[0] = max(best[0], accuracy)  # the best so far: one noisy epoch at a high learning rate stops nothing
@@ -288,7 +306,7 @@ def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
     with torch_threads(threads.student):
         student, history, _ = distill_student(cfg, ctx.split, student, ctx.members, ctx.targets[trial.temperature],
                                               ctx.progress, ctx.console, 0, 1, after_epoch=after_epoch)
-    return student, len(history)
+    return student, len(history), bool(ran)
 
 
 def _chosen_trial(plan: list[Trial], result: dict) -> tuple[Trial, str]:

@@ -59,15 +59,15 @@ def worth_probing(ctx: Context, best: dict | None) -> bool:
     return best is not None or any(k in ctx.budgets for k in ("latency_ms", "size_kb"))
 
 
-def probe(ctx: Context, trial: Trial) -> dict:
-    """Latency and size of the untrained student in every scheme (same export, runtime and threads)."""
+def probe(ctx: Context, trial: Trial, schemes: list[str]) -> dict:
+    """Latency and size of the untrained student in each scheme (same export, runtime and threads)."""
     from compress.core import metrics
 
     cfg = replace(ctx.cfg, student=trial.student, warnings=[])
     student = initial_student(cfg, ctx.split).eval()
     out = {}
     with scratch() as folder:
-        for scheme in ctx.schemes:
+        for scheme in schemes:
             scfg = replace(cfg, quantize=scheme)
             exported = export_student(scfg, ctx.split, student, None, model_info(ctx, trial), folder / scheme)
             runner = TARGETS[ctx.cfg.target].open(exported.artifact, ctx.cfg.threads)

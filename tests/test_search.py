@@ -201,6 +201,14 @@ def test_a_spent_time_budget_stops_starting_students_and_a_rerun_continues(tmp_p
     assert out["device_factor"]["factor"] == 3.5 and "host" in out["latency_label"]
     narrower = json.loads(invoke([*args[:4], "0.5", *args[5:], "--time-budget", "1"], tmp_path).stdout)
     assert (narrower["resumed"], narrower["trained"]) == (1, 0)  # another space reuses the students it shares
+    counter = EpochCounter(monkeypatch)
+    more = json.loads(invoke([*args[:6], "0.5", "--schemes", "none,int8", *args[9:], "--time-budget", "1"],
+                             tmp_path).stdout)
+    split_rows = more["reference"]["training_samples"]
+    candidate_epochs = sum(n for key, n in counter.epochs.items() if f", {split_rows} samples" in key)
+    assert (more["resumed"], more["trained"], candidate_epochs) == (2, 0, 0)  # int8 added: measured, not retrained
+    assert {r["scheme"]: r["status"] for r in more["candidates"] if r["student"] == "mlp:0.5:0.5"} == {
+        "none": "measured", "int8": "measured"}
 
 
 def test_an_impossible_budget_exits_1_naming_the_closest_candidate_and_keeps_the_old_folder(tmp_path, monkeypatch):
