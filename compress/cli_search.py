@@ -57,7 +57,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
 def search_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present); its [search] section sets the space. Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target to search for: {TARGET_NAMES} (default onnx)."),
-    family: Optional[list[str]] = typer.Option(None, "--family", help="A student family to try (repeat): mlp, cnn-small, mobilenet, ds-cnn (default: chosen for the data's kind)."),
+    family: Optional[list[str]] = typer.Option(None, "--family", help="A student family to try (repeat): mlp, cnn-small, cnn, mobilenet, ds-cnn, or one with fixed multipliers, e.g. mlp:1.25 (default: chosen for the data's kind)."),
     widths: Optional[str] = typer.Option(None, help="Width multipliers, comma-separated (default: per family)."),
     depths: Optional[str] = typer.Option(None, help="Depth multipliers, comma-separated, for families that take one."),
     schemes: Optional[str] = typer.Option(None, help="Quantization schemes to measure, comma-separated (default: none,int8-weights,int8 where the target has them)."),

@@ -63,20 +63,30 @@ class Trial:
         return f"{self.student} {scheme} T={self.temperature:g} alpha={self.alpha:g}"
 
 
-def _family_names(space: SearchSpace, input_kind: str) -> list[str]:
-    names = space.families or list(KIND_DEFAULTS.get(input_kind, ("mlp",)))
-    for name in names:
-        if name not in models.FAMILIES:
-            raise InputError(f"--family {name!r}: not a student family; expected one of {sorted(models.FAMILIES)}")
-    return names
+def _families(space: SearchSpace, input_kind: str) -> list[tuple[str, tuple[float, ...]]]:
+    """(family, fixed leading multipliers) per entry: ``mlp`` searches its whole grid, ``mlp:1.25`` fixes the
+    width at 1.25 and searches the depths (a wider member than the defaults, without widening every family)."""
+    out = []
+    for entry in space.families or list(KIND_DEFAULTS.get(input_kind, ("mlp",))):
+        family = entry.partition(":")[0]
+        if family not in models.FAMILIES:
+            raise InputError(f"--family {entry!r}: not a student family; expected one of {sorted(models.FAMILIES)}, "
+                             "optionally with fixed multipliers (e.g. mlp:1.25)")
+        if not models.is_known(entry):
+            raise InputError(f"--family {entry!r}: {models.why_unknown(entry)}")
+        fixed = tuple(float(v) for v in entry.split(":")[1:])
+        out.append((family, fixed))
+    return out
 
 
-def _multipliers(family: str, space: SearchSpace) -> list[tuple[float, ...]]:
-    """Every multiplier tuple of one family, in the factory's parameter order (width, depth)."""
+def _multipliers(family: str, fixed: tuple[float, ...], space: SearchSpace) -> list[tuple[float, ...]]:
+    """Every multiplier tuple of one family entry, in the factory's parameter order (width, depth): the
+    fixed ones as given, the others from ``--widths``/``--depths`` or the family's defaults."""
     params = list(inspect.signature(models.FAMILIES[family]).parameters)[2:]  # the multipliers, in order
     defaults = FAMILY_DEFAULTS.get(family, {})
     given = {"width": space.widths, "depth": space.depths}
-    axes = [tuple(given.get(p) or defaults.get(p) or (1.0,)) for p in params]
+    axes = [(fixed[i],) if i < len(fixed) else tuple(given.get(p) or defaults.get(p) or (1.0,))
+            for i, p in enumerate(params)]
     for values in axes:
         for v in values:
             if not 0 < v <= models.MULTIPLIER_RANGE[1]:
@@ -94,8 +104,8 @@ def trials(space: SearchSpace, input_shape: tuple[int, ...], num_classes: int, i
     """Every trial of the space, cheapest (fewest MACs) first; duplicates (two multipliers that round to
     the same network) kept once. Families that do not fit the data are recorded in ``space.notes``."""
     seen: dict[tuple, Trial] = {}
-    for family in _family_names(space, input_kind):
-        for values in _multipliers(family, space):
+    for family, fixed in _families(space, input_kind):
+        for values in _multipliers(family, fixed, space):
             name = _name(family, values)
             try:
                 model = models.build(name, input_shape, num_classes)

@@ -240,6 +240,11 @@ def test_the_space_is_ordered_by_macs_and_refuses_what_the_data_or_target_cannot
     kept = trials(audio, (8000,), 10, "audio", 2.0, 0.1)
     assert {t.student.split(":")[0] for t in kept} == {"ds-cnn"}  # an image CNN does not take raw audio
     assert len(audio.notes) == 1 and audio.notes[0].startswith("cnn-small: left out")
+    fixed = trials(SearchSpace(families=["mlp:1.25", "mlp"], widths=[0.5], depths=[0.5, 1.0]), digits.input_shape,
+                   digits.num_classes, "image", 2.0, 0.1)  # a fixed width beside the grid
+    assert sorted(t.student for t in fixed) == ["mlp:0.5:0.5", "mlp:0.5:1", "mlp:1.25:0.5", "mlp:1.25:1"]
+    with pytest.raises(InputError, match="--family 'mlp:abc': width 'abc' is not a number"):
+        trials(SearchSpace(families=["mlp:abc"]), digits.input_shape, 10, "image", 2.0, 0.1)
     with pytest.raises(InputError, match="--family 'resnet': not a student family"):
         trials(SearchSpace(families=["resnet"]), digits.input_shape, 10, "image", 2.0, 0.1)
     with pytest.raises(InputError, match="--schemes 'palettize-4': --target onnx does not support it"):
