@@ -84,8 +84,13 @@ def why(ctx: Context, chosen: dict | None, rows: list[dict]) -> str:
     text = (f"{chosen['id']}: {basis} of the {len(feasible)} candidate(s) meeting every budget "
             f"(validation accuracy {100 * chosen['val_accuracy']:.2f}%, {chosen['accuracy_drop']:.2f} points below "
             f"the ensemble)")
-    slower = [r for r in rows if r["student"] == chosen["student"] and r["scheme"].startswith("int8")
-              and r["note"] and "slower than float" in r["note"]]
-    if slower and chosen["scheme"] == "none":
-        text += f"; int8 was measured and timed slower than float for this student on this host ({slower[0]['note']})"
+    if chosen["scheme"] == "none":  # why not the same student in int8: it was measured, so say what it showed
+        for r in rows:
+            if r["student"] != chosen["student"] or not r["scheme"].startswith("int8") or r["status"] != "measured":
+                continue
+            slower = r["latency_ms"] is not None and r["latency_ms"] > chosen["latency_ms"]
+            verdict = ("breaks " + "; ".join(r["breaks"]) if r["breaks"] else "meets the budgets") + (
+                f" and timed {r['latency_ms']:.3f} ms, slower than float's {chosen['latency_ms']:.3f} ms on this host "
+                "(for a model this small the quantize/dequantize steps cost more than int8 saves)" if slower else "")
+            text += f"; {r['scheme']} of this student was measured too: it {verdict}"
     return text

@@ -266,7 +266,7 @@ def test_the_recipe_search_section_sets_the_space_and_distill_and_export_ignores
 
 
 def test_int8_slower_than_float_is_said_and_the_choice_is_the_fastest_that_fits():
-    from compress.search_choice import best_feasible
+    from compress.search_choice import best_feasible, why
     from compress.search_measure import note_int8_vs_float
 
     rows = [{"id": f"m {s}", "scheme": s, "status": "measured", "latency_ms": lat, "size_kb": kb, "macs": 10,
@@ -277,3 +277,9 @@ def test_int8_slower_than_float_is_said_and_the_choice_is_the_fastest_that_fits(
     assert best_feasible(rows)["id"] == "m int8-weights"
     rows[2]["meets_budgets"] = False
     assert best_feasible(rows)["id"] == "m none"
+    for r in rows:
+        r.update(student="m", accuracy_drop=1.0, breaks=[])
+    rows[2]["breaks"] = ["accuracy drop 3 points > budget 2 points"]
+    text = why(None, rows[0], rows)  # the chosen float student: what its int8 forms showed is said
+    assert "int8 of this student was measured too: it meets the budgets and timed 0.014 ms, slower" in text
+    assert "int8-weights of this student was measured too: it breaks accuracy drop 3 points" in text
