@@ -106,9 +106,9 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
         output_folder(replace(cfg, name=name), data, 0)
     epochs = {t.key: user_epochs or _trial_epochs(t.student, data, cfg) for t in plan}
     progress.note(f"search: {len(plan)} students x {len(schemes)} schemes ({', '.join(schemes)}) on "
-                      f"{cfg.target}, cheapest first; teachers {', '.join(cfg.teachers)}"
-                      + ("" if "teachers" not in picked else " (default for this data)")
-                      + f"; time budget {options.time_budget_min:g} min" + "".join(f"; {n}" for n in space.notes))
+                  f"{cfg.target}, cheapest first; teachers {', '.join(cfg.teachers)}"
+                  + ("" if "teachers" not in picked else " (default for this data)")
+                  + f"; time budget {options.time_budget_min:g} min" + "".join(f"; {n}" for n in space.notes))
     threads = _train_threads(cfg, data)
     targets = {}
     with stage("teachers"), torch_threads(threads.teachers or threads.student):
@@ -135,9 +135,9 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
 
 def _trial_epochs(student: str, data, cfg: RunConfig) -> int:
     """Epochs for one student when the user set none: what ``distill-and-export`` would choose for it."""
-    probe = replace(cfg, student=student, epochs=None, teacher_epochs=cfg.teacher_epochs or 1)
-    defaults.choose(probe, data, "cpu" if cfg.device in (None, "cpu") else "cuda")
-    return probe.epochs
+    alone = replace(cfg, student=student, epochs=None, teacher_epochs=cfg.teacher_epochs or 1)
+    defaults.choose(alone, data, "cpu" if cfg.device in (None, "cpu") else "cuda")
+    return alone.epochs
 
 
 def _reference(members: list, split) -> tuple[np.ndarray, float]:
