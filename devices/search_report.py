@@ -181,7 +181,8 @@ def _summary(search: dict) -> str:
     """One paragraph: the outcome first, then what the numbers mean and what the search cost."""
     parts = []
     if search.get("chosen") is not None:
-        parts.append(f"Chosen: <b>{_e(search['chosen'])}</b>. {_e(search.get('why') or '')}")
+        why = str(search.get("why") or "").removeprefix(f"{search['chosen']}: ").rstrip(".")  # it starts with the id
+        parts.append(f"Chosen: <b>{_e(search['chosen'])}</b>: {_e(why)}.")
     else:
         closest = search.get("closest") or {}
         if closest.get("id") is not None:
@@ -204,8 +205,9 @@ def _summary(search: dict) -> str:
     budget_min = search.get("time_budget_min")
     of_budget = f" of a {float(budget_min):g} min time budget." if budget_min is not None else " (no time budget)."
     parts.append(f"Searched for {_e(_duration(search.get('elapsed_s')))}{_e(of_budget)}")
-    parts.append(f"{_e(search.get('trained', 0))} candidate(s) trained, {_e(search.get('resumed', 0))} resumed from an "
-                 f"earlier run, {_e(search.get('pruned', 0))} pruned.")
+    parts.append(f"Students: {_e(search.get('trained', 0))} trained here, {_e(search.get('resumed', 0))} from the cache "
+                 f"(an earlier run), {_e(search.get('pruned', 0))} pruned, {_e(search.get('skipped', 0))} skipped by "
+                 f"their untrained export, {_e(search.get('not_reached', 0))} not reached.")
     return f"<p>{' '.join(parts)}</p>"
 
 

@@ -225,11 +225,12 @@ def test_chosen_without_a_latency_is_not_marked_in_the_latency_plot(search):
 def test_summary_and_table(search):
     page = search_report.section(search)
     assert page.startswith("<section") and page.endswith("</section>")
-    assert "Chosen: <b>ds-cnn:0.5 int8</b>. The smallest and fastest candidate that meets every budget." in page
+    assert "Chosen: <b>ds-cnn:0.5 int8</b>: The smallest and fastest candidate that meets every budget." in page
     assert "host p50, batch 1, 1 thread(s), ONNX Runtime (this machine, not the device)" in page
     assert "host latency × 3.2 (pixel-class profile)" in page
     assert "Searched for 12.2 min of a 20 min time budget." in page
-    assert "7 candidate(s) trained, 1 resumed from an earlier run, 1 pruned." in page
+    assert (f"Students: 7 trained here, 1 from the cache (an earlier run), 1 pruned, {search.get('skipped', 0)} skipped "
+            f"by their untrained export, {search.get('not_reached', 0)} not reached.") in page
     table = page[page.index("<table>"):]
     rows = re.findall(r'<tr[^>]*><td class="num">(\d+)</td>', table)
     macs = [search["candidates"][int(i)]["macs"] for i in rows]
