@@ -87,7 +87,7 @@ def probe_verdict(ctx: Context, probe: dict | None, best: dict | None) -> str | 
     if limit_kb is not None and size > limit_kb:
         return f"untrained export is {size:.1f} kB, over the size budget of {limit_kb:g} kB"
     if limit_ms is not None and latency is not None and latency > PROBE_SLACK * limit_ms:
-        return f"untrained export times {latency:.3f} ms, over the latency budget of {limit_ms:g} ms"
+        return f"untrained export times {latency:.3f} ms, over the latency budget of {limit_ms:.3g} ms"
     if best is not None:
         if latency is not None and best["latency_ms"] is not None and latency > PROBE_SLACK * best["latency_ms"]:
             return (f"untrained export times {latency:.3f} ms: cannot beat {best['id']} "
