@@ -283,13 +283,13 @@ DEFAULT_TEACHERS = ("mlp-1200", "cnn", "resnet")
 DEFAULT_STUDENT = "mlp-small"
 
 
-def _family_params(family: str) -> list[str]:
+def family_params(family: str) -> list[str]:
     return list(inspect.signature(FAMILIES[family]).parameters)[2:]
 
 
 def _family_usage(family: str) -> str:
     """``mobilenet[:width[:depth]]``: the name pattern, built from the factory's own parameters."""
-    params = _family_params(family)
+    params = family_params(family)
     return family + "".join(f"[:{p}" for p in params) + "]" * len(params)
 
 
@@ -301,7 +301,7 @@ def _parse_family(name: str) -> tuple[str, tuple[float, ...]] | str | None:
     if family not in FAMILIES:
         return None
     raw = rest.split(":") if sep else []
-    params = _family_params(family)
+    params = family_params(family)
     low, high = MULTIPLIER_RANGE
     expected = (f"expected {_family_usage(family)} with multipliers in ({low:g}, {high:g}], "
                 f"e.g. {' or '.join(FAMILY_EXAMPLES.get(family, ()))}")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from compress import __version__, defaults
-from compress.core.atomic import atomic_path
+from compress.core.atomic import write_text
 from compress.core.cache import cache_dir, content_key
 from compress.core.errors import InputError
 from compress.core.threads import torch_threads
@@ -46,7 +46,7 @@ from compress.pipeline import (RunConfig, _resolve_profile, _train_threads, chec
 from compress.progress import is_interactive, make_progress
 from compress.search_choice import best_feasible, summarize
 from compress.search_measure import (Context, accuracy_floor, candidate_row, judge, measure, note_int8_vs_float,
-                                     placeholder_rows, probe, probe_verdict, worth_probing)
+                                     placeholder_rows, probe, probe_verdict, trial_config, worth_probing)
 from compress.search_space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
 from compress.teacher_training import TeacherRecipe, validation_split
 
@@ -217,7 +217,7 @@ def _run_trials(ctx: Context, plan: list[Trial], study) -> tuple[dict, dict]:
         if stored and (pruned or not missing):  # a pruned student is pruned in every scheme
             rows[trial.key] = [stored.get(s) or {**pruned, "scheme": s, "id": trial.candidate_id(s)} for s in ctx.schemes]
             counts["resumed"] += 1
-        elif rows and any(r["status"] == "measured" for rs in rows.values() for r in rs) and _spent(ctx):
+        elif _measured_any(rows) and _spent(ctx):
             rows[trial.key] = placeholder_rows(ctx, trial, "not reached", "time budget spent before this student")
             counts["not_reached"] += 1
         else:
@@ -226,6 +226,11 @@ def _run_trials(ctx: Context, plan: list[Trial], study) -> tuple[dict, dict]:
         rows[trial.key] = [judge(ctx, r) for r in rows[trial.key]]
         ctx.progress.update(task, completed=i + 1, description=f"search ({i + 1}/{len(plan)}: {trial.student})")
     return rows, counts
+
+
+def _measured_any(rows: dict) -> bool:
+    """Something was measured already (so a spent time budget may stop the search: the first never stops)."""
+    return any(r["status"] == "measured" for trial_rows in rows.values() for r in trial_rows)
 
 
 def _spent(ctx: Context) -> bool:
@@ -247,8 +252,7 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, sche
     handle = study.ask()  # the order is ours (cheapest first), so the trial samples nothing: it records
     handle.set_user_attr("candidate", _stored_name(ctx, trial))  # what a rerun looks up
     try:
-        may_stop = any(r["status"] == "measured" for rs in rows.values() for r in rs)
-        student, epochs_run, trained = _distill(ctx, trial, handle, may_stop)
+        student, epochs_run, trained = _distill(ctx, trial, handle, _measured_any(rows))
     except optuna.TrialPruned as pruned:
         out = [candidate_row(ctx, trial, s, "pruned", str(pruned), epochs=handle.user_attrs.get("epochs")) for s in schemes]
         handle.set_user_attr("rows", out)
@@ -281,8 +285,7 @@ def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
 
     from compress.train import predict_logits
 
-    cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
-                  epochs=ctx.epochs[trial.key], quantize="none", warnings=[])
+    cfg = trial_config(ctx, trial)
     student = initial_student(cfg, ctx.split)
     best = [0.0]
     ran = []
@@ -321,9 +324,7 @@ def _write_chosen(ctx: Context, plan: list[Trial], result: dict, name: str, cons
     refit after a hyper-parameter search), exported, and validated once on the test split against the
     ensemble in the same runtime. Its training is checkpointed like any run: a rerun trains nothing."""
     trial, scheme = _chosen_trial(plan, result)
-    cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
-                  epochs=ctx.epochs[trial.key], quantize=scheme, name=name, warnings=[])
-    return run(cfg, console=console, quiet=quiet, search=result)
+    return run(replace(trial_config(ctx, trial, scheme), name=name), console=console, quiet=quiet, search=result)
 
 
 def _write_failed(cfg: RunConfig, name: str, result: dict) -> None:
@@ -334,8 +335,6 @@ def _write_failed(cfg: RunConfig, name: str, result: dict) -> None:
     from compress.devices import search_report
 
     out = Path(cfg.out)
-    json_path, html_path = out / f"{name}.search.json", out / f"{name}.search.html"
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
-    search_report.write(result, html_path)
+    json_path = write_text(out / f"{name}.search.json", json.dumps(result, indent=2))
+    search_report.write(result, out / f"{name}.search.html")
     result["output"] = str(json_path)

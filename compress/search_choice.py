@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from compress.core.pareto import on_front
 from compress.export.registry import TARGETS
-from compress.search_measure import Context, accuracy_floor, budget_limit, device_factor
+from compress.search_measure import INT8_SLOWER, Context, accuracy_floor, budget_limit, device_factor
 from compress.search_space import SearchSpace, Trial
 
 
@@ -91,6 +91,6 @@ def why(ctx: Context, chosen: dict | None, rows: list[dict]) -> str:
             slower = r["latency_ms"] is not None and r["latency_ms"] > chosen["latency_ms"]
             verdict = ("breaks " + "; ".join(r["breaks"]) if r["breaks"] else "meets the budgets") + (
                 f" and timed {r['latency_ms']:.3f} ms, slower than float's {chosen['latency_ms']:.3f} ms on this host "
-                "(for a model this small the quantize/dequantize steps cost more than int8 saves)" if slower else "")
+                f"({INT8_SLOWER})" if slower else "")
             text += f"; {r['scheme']} of this student was measured too: it {verdict}"
     return text

@@ -10,8 +10,6 @@ budgets of *this* run (stored measurements are judged again, so a rerun with oth
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +26,7 @@ from compress.search_space import SearchOptions, Trial
 from compress.stages.export import export_student, model_preprocessing
 
 
+INT8_SLOWER = "for a model this small the quantize/dequantize steps cost more than int8 saves"
 PROBE_SLACK = 1.2  # a probe is skipped only when its latency is this far over a limit (timing noise)
 
 
@@ -63,13 +62,12 @@ def probe(ctx: Context, trial: Trial, schemes: list[str]) -> dict:
     """Latency and size of the untrained student in each scheme (same export, runtime and threads)."""
     from compress.core import metrics
 
-    cfg = replace(ctx.cfg, student=trial.student, warnings=[])
-    student = initial_student(cfg, ctx.split).eval()
+    student = initial_student(trial_config(ctx, trial), ctx.split).eval()
     out = {}
-    with scratch() as folder:
+    with tempfile.TemporaryDirectory(prefix="compress-search-") as folder:
         for scheme in schemes:
-            scfg = replace(cfg, quantize=scheme)
-            exported = export_student(scfg, ctx.split, student, None, model_info(ctx, trial), folder / scheme)
+            exported = export_student(trial_config(ctx, trial, scheme), ctx.split, student, None,
+                                      model_info(ctx, trial), Path(folder) / scheme)
             runner = TARGETS[ctx.cfg.target].open(exported.artifact, ctx.cfg.threads)
             latency = (metrics.measure_latency(runner.predict, ctx.split.x_test, runs=ctx.cfg.latency_runs)["p50"]
                        if runner.measured else None)
@@ -97,13 +95,11 @@ def probe_verdict(ctx: Context, probe: dict | None, best: dict | None) -> str | 
     return None
 
 
-@contextlib.contextmanager
-def scratch():
-    folder = Path(tempfile.mkdtemp(prefix="compress-search-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def trial_config(ctx: Context, trial: Trial, scheme: str = "none") -> RunConfig:
+    """The run settings of one candidate: the search's, with this trial's student, T, alpha and epochs and
+    ``scheme`` (what ``distill-and-export`` would be given for it)."""
+    return replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
+                   epochs=ctx.epochs[trial.key], quantize=scheme, warnings=[])
 
 
 def model_info(ctx: Context, trial: Trial) -> ModelInfo:
@@ -116,12 +112,11 @@ def measure(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> di
     """One candidate measured as ``distill-and-export`` measures (on the validation split)."""
     from compress.stages.evaluate import student_rows
 
-    cfg = replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
-                  quantize=scheme, warnings=[])
-    with scratch() as folder:
+    cfg = trial_config(ctx, trial, scheme)
+    with tempfile.TemporaryDirectory(prefix="compress-search-") as folder:
         try:
             exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
-                                      folder)
+                                      Path(folder))
             _, row, runner, _, parity = student_rows(cfg, ctx.split, student, exported, ctx.teacher_pred)
         except InputError as exc:
             return candidate_row(ctx, trial, scheme, "failed", f"export or runtime: {exc}", epochs=epochs)
@@ -168,8 +163,8 @@ def device_factor(ctx: Context) -> dict | None:
             "profile": ctx.profile["name"]}
 
 
-def candidate_row(ctx: Context, trial: Trial, scheme: str, status: str, note: str | None, *, epochs=None, probe=None,
-         **measured) -> dict:
+def candidate_row(ctx: Context, trial: Trial, scheme: str, status: str, note: str | None, *, epochs=None,
+                  probe=None, **measured) -> dict:
     """One candidate's entry of ``search.json`` (values not measured stay None)."""
     row = {"id": trial.candidate_id(scheme), "student": trial.student, "scheme": scheme,
            "temperature": trial.temperature, "alpha": trial.alpha, "macs": trial.macs, "params": trial.params,
@@ -195,7 +190,7 @@ def note_int8_vs_float(rows: list[dict]) -> None:
         r = by_scheme.get(scheme)
         if base and r and r["latency_ms"] > base["latency_ms"]:
             r["note"] = (f"{scheme} timed {r['latency_ms']:.3f} ms, slower than float's {base['latency_ms']:.3f} ms on "
-                         "this host: for a model this small the quantize/dequantize steps cost more than int8 saves")
+                         f"this host: {INT8_SLOWER}")
 
 
 def accuracy_floor(ctx: Context) -> float | None:

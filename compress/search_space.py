@@ -9,7 +9,6 @@ the data (a CNN on raw audio) is left out and said so, never silently.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from dataclasses import dataclass, field
 
@@ -82,7 +81,7 @@ def _families(space: SearchSpace, input_kind: str) -> list[tuple[str, tuple[floa
 def _multipliers(family: str, fixed: tuple[float, ...], space: SearchSpace) -> list[tuple[float, ...]]:
     """Every multiplier tuple of one family entry, in the factory's parameter order (width, depth): the
     fixed ones as given, the others from ``--widths``/``--depths`` or the family's defaults."""
-    params = list(inspect.signature(models.FAMILIES[family]).parameters)[2:]  # the multipliers, in order
+    params = models.family_params(family)  # the multipliers, in order
     defaults = FAMILY_DEFAULTS.get(family, {})
     given = {"width": space.widths, "depth": space.depths}
     axes = [(fixed[i],) if i < len(fixed) else tuple(given.get(p) or defaults.get(p) or (1.0,))
