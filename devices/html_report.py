@@ -390,7 +390,7 @@ def _comparison(report: dict) -> str:
 def _table(report: dict) -> str:
     head = [("#", "num"), ("model", ""), ("role", ""), ("runtime", ""), ("accuracy", "num"), ("agree w/ teacher", "num"),
             ("params", "num"), ("MACs", "num"), ("size", "num"), ("p50 ms", "num"), ("p90 ms", "num"), ("parity max|Δ|", "num")]
-    out = ["<div class=\"scroll\"><table><tr>" + "".join(f'<th class="{c}">{_e(h)}</th>' for h, c in head) + "</tr>"]
+    out = [table_open(head)]
     for i, r in enumerate(report.get("rows") or []):
         key = _style_key(r)
         lat = r.get("latency_ms")
@@ -415,11 +415,22 @@ def _table(report: dict) -> str:
     return "".join(out)
 
 
-def _skipped_list(skipped: list[dict]) -> str:
-    if not skipped:
+def table_open(head: list[tuple[str, str]]) -> str:
+    """A scrolling table's opening and header row: (heading, cell class) per column (the run's rows table and
+    the search's candidates table)."""
+    return '<div class="scroll"><table><tr>' + "".join(f'<th class="{c}">{_e(h)}</th>' for h, c in head) + "</tr>"
+
+
+def skipped_list(labels_and_reasons: list[tuple[str, str]]) -> str:
+    """What a plot leaves out and why, one line each (never drawn at a made-up value)."""
+    if not labels_and_reasons:
         return ""
-    return ('<ul class="skipped">' + "".join(f"<li>{_e(s['model'])}: {_e(s['reason'])}, not plotted</li>" for s in skipped)
-            + "</ul>")
+    return ('<ul class="skipped">' + "".join(f"<li>{_e(label)}: {_e(reason)}, not plotted</li>"
+                                             for label, reason in labels_and_reasons) + "</ul>")
+
+
+def _skipped_list(skipped: list[dict]) -> str:
+    return skipped_list([(s["model"], s["reason"]) for s in skipped])
 
 
 def _plots(report: dict) -> str:

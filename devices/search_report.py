@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compress.core.atomic import write_text
 from compress.core.pareto import on_front
-from compress.devices.html_report import CSS, _e, _figure, _mpl_text, _pill, _svg
+from compress.devices.html_report import CSS, _e, _figure, _mpl_text, _pill, _svg, skipped_list, table_open
 from compress.devices.report import _pct, format_count, format_size
 
 # plot name -> (candidate key, x-axis label, what the budget line is called, SVG id prefix)
@@ -222,7 +222,7 @@ def _table(search: dict) -> str:
             ("peak memory MB", "num"), ("budgets", ""), ("on front", ""), ("note", "")]
     cands = list(enumerate(search.get("candidates") or []))
     cands.sort(key=lambda ic: (ic[1].get("macs") is None, ic[1].get("macs") or 0, ic[0]))
-    out = ['<div class="scroll"><table><tr>' + "".join(f'<th class="{c}">{_e(h)}</th>' for h, c in head) + "</tr>"]
+    out = [table_open(head)]
     for index, c in cands:
         chosen = c.get("id") == search.get("chosen") and c.get("id") is not None
         breaks = "; ".join(map(str, c.get("breaks") or []))
@@ -250,10 +250,7 @@ def _table(search: dict) -> str:
 
 
 def _skipped_list(skipped: list[dict]) -> str:
-    if not skipped:
-        return ""
-    return ('<ul class="skipped">' + "".join(f"<li>{s['index']}. {_e(s['id'])}: {_e(s['reason'])}, not plotted</li>"
-                                             for s in skipped) + "</ul>")
+    return skipped_list([(f"{s['index']}. {s['id']}", s["reason"]) for s in skipped])
 
 
 def section(search: dict) -> str:
