@@ -53,6 +53,15 @@ def fsdd_dataset():
     return load_data(str(FSDD))
 
 
+def fsdd_test_clips(ds, count: int = 10):
+    """``count`` real FSDD test clips spread across the digits (the test split is sorted by label)."""
+    import numpy as np
+
+    step = len(ds.x_test) // count
+    assert len(set(ds.y_test[::step][:count])) >= count // 2
+    return np.ascontiguousarray(ds.x_test[::step][:count])
+
+
 @pytest.fixture(scope="session")
 def digits():
     from compress.data import load_digits

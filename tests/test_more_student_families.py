@@ -16,6 +16,7 @@ from torch import nn
 
 from compress import models
 from compress.core.errors import InputError
+from tests.conftest import fsdd_test_clips
 from tests.test_student_families import _check_parity, _prepare_for_parity
 
 DIGITS = (1, 8, 8)
@@ -174,9 +175,7 @@ def test_digit_families_train_and_export_to_onnx_with_parity(tmp_path, digits, n
 @pytest.fixture(scope="module")
 def fsdd_clips(fsdd_dataset):
     ds = fsdd_dataset
-    step = len(ds.x_test) // 10
-    test = np.ascontiguousarray(ds.x_test[::step][:10])  # 10 real test clips across the digits (sorted by label)
-    assert len(set(ds.y_test[::step][:10])) >= 5
+    test = fsdd_test_clips(ds)
     pick = slice(None, None, len(ds.x_train) // 32)
     train = torch.as_tensor(np.ascontiguousarray(ds.x_train[pick][:32]))
     return train, torch.as_tensor(ds.y_train[pick][:32]).long(), test, ds.labels, ds.input_shape

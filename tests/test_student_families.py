@@ -23,6 +23,7 @@ from compress import models
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS, accepting, export_options, tolerance_for, variant_name
+from tests.conftest import fsdd_test_clips
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 96, 96), (3, 224, 224), (4, 17, 23)]
 BAD_NAMES = {
@@ -278,9 +279,7 @@ def test_mobilenet_export_parity_on_digits(tmp_path, digit_images, colour, targe
 @pytest.fixture(scope="module")
 def fsdd_clips(fsdd_dataset):
     ds = fsdd_dataset
-    step = len(ds.x_test) // 10
-    test = np.ascontiguousarray(ds.x_test[::step][:10])  # 10 real test clips across the digits (sorted by label)
-    assert len(set(ds.y_test[::step][:10])) >= 5
+    test = fsdd_test_clips(ds)
     train = torch.as_tensor(np.ascontiguousarray(ds.x_train[:: len(ds.x_train) // 48][:48]))
     return train, test, ds.labels, ds.input_shape
 
