@@ -28,6 +28,7 @@ from compress import models
 from compress.contracts import Contract, make_contract, member_view, split_spec
 from compress.core.cache import content_key, file_sha256, state_dict_sha256
 from compress.core.errors import InputError
+from compress.core.pt2_check import check_pt2_archive
 from compress.train import fit, pick_device, predict_logits
 from compress.soft_targets import ensemble_probs, soft_targets, softmax  # noqa: E402,F401  (re-exported)
 
@@ -113,6 +114,7 @@ def load_torchscript(spec: str, **_) -> Teacher:
 
 def load_pt2(spec: str, **_) -> Teacher:
     path = _require_file(Path(spec), "a torch.export .pt2 archive")
+    check_pt2_archive(spec, path)  # torch.export.load unpickles some payloads with a full unpickler: refuse those
     try:
         module = torch.export.load(str(path)).module()
     except Exception as exc:

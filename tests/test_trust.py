@@ -1,0 +1,137 @@
+"""Trust, second round (issue 23): no code runs from a model file, no folder is deleted by a file output, no
+budget passes on a wrong number. Each test failed on the code before the fix."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.core.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "compress.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# -- 1. a .pt2 teacher runs no code while loading ------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plain_pt2(path: Path) -> Path:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), str(path))
+    return path
+
+
+def _rewrite(src: Path, dest: Path, change) -> Path:
+    """A copy of the archive ``src`` with ``change(relative name, bytes) -> bytes | None`` applied (None drops)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for info in zin.infolist():
+            rel = info.filename.partition("/")[2]
+            data = change(rel, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)
+        for rel, data in getattr(change, "extra", {}).items():
+            zout.writestr(f"{zin.namelist()[0].partition('/')[0]}/{rel}", data)
+    return dest
+
+
+def _evil_weight(marker: Path):
+    def change(rel: str, data: bytes) -> bytes:
+        if rel.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"]))
+            config["config"][first]["use_pickle"] = True
+            return json.dumps(config).encode()
+        if rel == "data/weights/weight_0":
+            return pickle.dumps(_Payload(str(marker)))
+        return data
+    return change
+
+
+def _evil_constant(marker: Path):
+    def change(rel: str, data: bytes) -> bytes:
+        if rel.endswith("_constants_config.json"):
+            return json.dumps({"config": {"c": {"path_name": "opaque_obj_0", "is_param": False,
+                                                "use_pickle": True, "tensor_meta": None}}}).encode()
+        return data
+    change.extra = {"data/constants/opaque_obj_0": pickle.dumps(_Payload(str(marker)))}
+    return change
+
+
+def _evil_sample_inputs(marker: Path):
+    def change(rel: str, data: bytes) -> bytes:
+        if rel.startswith("data/sample_inputs/"):
+            buffer = io.BytesIO()
+            torch.save(_Payload(str(marker)), buffer)
+            return buffer.getvalue()
+        return data
+    return change
+
+
+@pytest.mark.parametrize("craft, what", [(_evil_weight, "pickled"), (_evil_constant, "pickled object"),
+                                         (_evil_sample_inputs, "sample inputs")])
+def test_a_pt2_with_pickled_payloads_is_refused_before_any_code_runs(tmp_path, craft, what):
+    from compress.teachers import load_pt2 as load_teacher
+
+    marker = tmp_path / "payload-ran"
+    evil = _rewrite(_plain_pt2(tmp_path / "plain.pt2"), tmp_path / "evil.pt2", craft(marker))
+    with pytest.raises(InputError, match=what) as info:
+        load_teacher(str(evil))
+    assert "evil.pt2" in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists(), "code from the .pt2 ran while loading it"
+
+
+def test_a_pt2_with_compiled_code_is_refused(tmp_path):
+    from compress.teachers import load_pt2 as load_teacher
+
+    change = lambda rel, data: data  # noqa: E731
+    change.extra = {"data/aotinductor/model/model.so": b"\x7fELF"}
+    evil = _rewrite(_plain_pt2(tmp_path / "plain.pt2"), tmp_path / "aoti.pt2", change)
+    with pytest.raises(InputError, match="compiled code"):
+        load_teacher(str(evil))
+
+
+def test_a_plain_pt2_still_loads_and_predicts(tmp_path, digits):
+    from compress.teachers import load_pt2 as load_teacher
+
+    member = load_teacher(str(_plain_pt2(tmp_path / "plain.pt2")))
+    assert member.logits(digits.x_test[:4]).shape == (4, 10)
+
+
+def test_the_cli_refuses_a_pickled_pt2_with_exit_2_and_runs_nothing(tmp_path):
+    marker = tmp_path / "payload-ran"
+    evil = _rewrite(_plain_pt2(tmp_path / "plain.pt2"), tmp_path / "evil.pt2", _evil_weight(marker))
+    proc = _cli("soft-targets", "--teacher", str(evil), "-o", "out.npz", "--limit-train", "100", cwd=tmp_path,
+                cache=tmp_path / "c")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert "evil.pt2" in line and "pickled" in line
+    assert not marker.exists() and not (tmp_path / "out.npz").exists()
