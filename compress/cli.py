@@ -182,6 +182,8 @@ def init(
     from compress.pipeline import RunConfig
 
     dest = Path(path)
+    if dest.is_dir():  # --force overwrites a recipe file, never a folder (a project) with its files
+        fail(f"{dest}: is a folder; expected a file path for the recipe (e.g. {dest / 'compress.toml'})", 2)
     if dest.exists() and not force:
         fail(f"{dest}: already exists; expected a new path (or pass --force to overwrite)", 2)
     text = recipe.render({**asdict(RunConfig()), "targets": [RunConfig.target]})
@@ -189,8 +191,8 @@ def init(
     try:
         with atomic_path(dest) as tmp:
             tmp.write_text(text)
-    except OSError as exc:
-        fail(f"{dest}: cannot write there ({exc.strerror or exc})", 2)
+    except (OSError, InputError) as exc:
+        fail(f"{dest}: cannot write there ({getattr(exc, 'strerror', None) or exc})", 2)
     typer.echo(f"wrote {dest}: edit it, then run `compress distill-and-export` in this folder")
 
 

@@ -77,6 +77,7 @@ def soft_targets_command(
     """Run one teacher member on the data's transfer set and test split and write its outputs to an .npz,
     with the hashes of the inputs they were computed from (use it with --teacher FILE.npz)."""
     from compress import precomputed
+    from compress.core.atomic import clean_stale, require_file_output
     from compress.pipeline import load_run_data, resolve_defaults
 
     flags = {"data": data, "data_format": data_format, "limit_train": limit_train, "limit_test": limit_test,
@@ -86,6 +87,8 @@ def soft_targets_command(
         dest = Path(out_file)
         if dest.suffix.lower() != ".npz":
             raise InputError(f"-o {out_file!r}: expected a path ending in .npz (--teacher recognizes the file by it)")
+        require_file_output(dest, "-o")
+        clean_stale(dest.parent)  # temporaries of writers killed here earlier (kill -9 leaves no chance to clean)
         if inputs_only and (teacher or output):
             raise InputError("--inputs-only: writes the inputs for a model run elsewhere; expected no --teacher or "
                              "--output with it")

@@ -135,3 +135,41 @@ def test_the_cli_refuses_a_pickled_pt2_with_exit_2_and_runs_nothing(tmp_path):
     (line,) = _error_lines(proc.stderr)
     assert "evil.pt2" in line and "pickled" in line
     assert not marker.exists() and not (tmp_path / "out.npz").exists()
+
+
+# -- 2. a file output never replaces a folder ----------------------------------------------------------------
+
+def _project(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    return folder
+
+
+def test_init_force_does_not_replace_a_folder(tmp_path):
+    project = _project(tmp_path / "myproject")
+    proc = _cli("init", "myproject/", "--force", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert "myproject" in line and "folder" in line
+    assert (project / "keep.txt").read_text() == "precious"
+
+
+def test_soft_targets_does_not_replace_a_folder_named_like_its_output(tmp_path):
+    folder = _project(tmp_path / "X.npz")
+    proc = _cli("soft-targets", "--teacher", "mlp-small", "--teacher-epochs", "1", "--limit-train", "100",
+                "-o", "X.npz", "--quiet", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert "X.npz" in line and "folder" in line
+    assert (folder / "keep.txt").read_text() == "precious"
+    assert not (tmp_path / "c" / "teachers").exists(), "refused before any work"
+
+
+def test_the_atomic_move_itself_refuses_a_file_over_a_folder(tmp_path):
+    from compress.core.atomic import write_text
+
+    folder = _project(tmp_path / "out.json")
+    with pytest.raises(InputError, match="is a folder"):
+        write_text(folder, "{}")
+    assert (folder / "keep.txt").read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"], "no temporary left behind"

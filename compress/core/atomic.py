@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from compress.core.errors import InputError
+
 # Temporary siblings carry the writer's pid (".<name>.<pid>.<random>.tmp"), so a later run can tell the
 # leftovers of a killed process (SIGKILL leaves no chance to clean up) from a live writer's work.
 STALE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
@@ -89,11 +91,23 @@ def locked(final: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def require_file_output(final: Path | str, what: str) -> Path:
+    """A path a *file* is about to be written to: an existing folder there is an ``InputError`` (writing the
+    file would replace the folder and everything in it). Called before any work, and again on the move."""
+    final = Path(final)
+    if final.is_dir():
+        raise InputError(f"{what} {str(final)!r}: is a folder; expected a file path (a file never replaces a folder)")
+    return final
+
+
 def replace_path(src: Path, final: Path) -> None:
     """Move ``src`` over ``final``; a folder replaces a folder via a rename of the old one aside. Safe
-    when several processes replace the same ``final``: the last one wins, nothing is left behind."""
+    when several processes replace the same ``final``: the last one wins, nothing is left behind.
+    A file never replaces a folder: only a run's own output folder is replaced as a folder."""
     final = Path(final)
     with locked(final):
+        if final.is_dir() and not src.is_dir():
+            raise InputError(f"{str(final)!r}: is a folder; expected a file path (a file never replaces a folder)")
         if final.is_dir() and not final.is_symlink():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             _remove(old)
