@@ -56,6 +56,13 @@ def output_probs(kind: str, out: np.ndarray, temperature: float = 1.0) -> np.nda
     return softmax(out, temperature)
 
 
+def scores_from_probs(probs: np.ndarray) -> np.ndarray:
+    """Log-probabilities to rank classes by, with zeros clipped to the smallest positive float64 instead of
+    ``log(0) = -inf``: a label-only member's other classes and an underflowed softmax are zeros, and a row
+    holding -inf would count as wrong in every accuracy and agreement (``compress.core.metrics``)."""
+    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny))
+
+
 def ensemble_probs(members: list[Teacher], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.).
 

@@ -127,6 +127,10 @@ BAD = {
     "classes": (lambda f: _edited(f, "nine.npz", train=np.load(f / "mlp.npz")["train"][:, :9]), "has 9 classes"),
     "no hash": (lambda f: _edited(f, "nohash.npz", train_sha256=None), "no 'train_sha256'"),
     "inputs only": (lambda f: _edited(f, "inputs.npz", train=None, output=None), "no 'train' array"),
+    "train rows reversed": (lambda f: _edited(f, "reversed.npz", train=np.load(f / "mlp.npz")["train"][::-1]),
+                            "'train' rows agree with the data's"),
+    "test rows reversed": (lambda f: _edited(f, "test-reversed.npz", test=np.load(f / "mlp.npz")["test"][::-1]),
+                           "'test' rows agree with the data's"),
     "bare npy": (lambda f: (np.save(f / "bare.npy", np.load(f / "mlp.npz")["train"]), f / "bare.npy")[1],
                  "one bare array"),
 }

@@ -173,3 +173,53 @@ def test_the_atomic_move_itself_refuses_a_file_over_a_folder(tmp_path):
         write_text(folder, "{}")
     assert (folder / "keep.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"], "no temporary left behind"
+
+
+# -- 3. the teacher-ensemble row from probabilities, not log(0) ----------------------------------------------
+
+K, N = 4, 40
+Y = np.arange(N) % K
+
+
+def _member(output: str, wrong_rows: list[int], margin: float = 1.0):
+    """A fake member answering ``Y`` except on ``wrong_rows`` (class + 1 there): one-hot labels, or logits
+    with ``margin`` between the answer and the rest (2000: float64 softmax underflows to exact 0 and 1)."""
+    from types import SimpleNamespace
+
+    answer = Y.copy()
+    answer[wrong_rows] = (answer[wrong_rows] + 1) % K
+    table = np.eye(K, dtype=np.float64)[answer] * (1.0 if output == "label" else margin)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return table[x[:, 0].astype(int)]
+
+    return SimpleNamespace(output=output, predict=predict, own_input=lambda b: b, logits=predict, name=output), answer
+
+
+def _ensemble_accuracy(members, timed: bool) -> float:
+    from types import SimpleNamespace
+
+    from compress.soft_targets import output_probs
+    from compress.stages.evaluate import ensemble_row
+
+    x = np.arange(N, dtype=np.float32).reshape(N, 1)
+    data = SimpleNamespace(x_test=x, y_test=Y)
+    cfg = SimpleNamespace(latency_runs=2, threads=1)
+    probs = np.mean([output_probs(m.output, m.predict(x)) for m in members], axis=0).astype(np.float32)
+    m_rows = [{"params": 1, "macs": None, "size_bytes": None} for _ in members]
+    runners = [(SimpleNamespace(predict=m.predict, engine="fake"), m) for m in members] if timed else []
+    row, _ = ensemble_row(cfg, data, probs, np.argmax(probs, axis=1), m_rows, runners)
+    return row["accuracy"]
+
+
+@pytest.mark.parametrize("timed", [True, False], ids=["same-runtime", "mixed-runtimes"])
+def test_the_ensemble_row_of_label_only_confident_and_mixed_members_matches_hand_counts(timed):
+    label, label_answer = _member("label", wrong_rows=[0, 5, 10, 15])  # 36 of 40 right: 90%
+    confident, confident_answer = _member("logits", wrong_rows=[1, 2], margin=2000.0)  # 38 of 40: 95%
+    assert _ensemble_accuracy([label], timed) == pytest.approx(36 / 40)
+    assert _ensemble_accuracy([confident], timed) == pytest.approx(38 / 40)
+    # mixed: the mean of two one-hots; where they disagree the tie goes to the lower class index (argmax)
+    votes = np.eye(K)[label_answer] + np.eye(K)[confident_answer]
+    by_hand = float(np.mean(np.argmax(votes, axis=1) == Y))
+    assert 0.5 < by_hand < 1.0
+    assert _ensemble_accuracy([label, confident], timed) == pytest.approx(by_hand)

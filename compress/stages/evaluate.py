@@ -23,7 +23,7 @@ from compress.core.versions import versions
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS, export_options, tolerance_for
 from compress.precomputed import lacks_test_outputs
-from compress.soft_targets import output_probs
+from compress.soft_targets import output_probs, scores_from_probs
 from compress.stages.export import model_preprocessing
 from compress.teachers import Teacher, ensemble_probs
 from compress.train import predict_logits
@@ -138,14 +138,14 @@ def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], run
     total = lambda vals: None if any(v is None for v in vals) else int(sum(vals))  # noqa: E731
     if len(runners) == len(m_rows):
         def ensemble_predict(b: np.ndarray) -> np.ndarray:  # each member fed its own input contract
-            return np.log(np.mean([output_probs(m.output, r.predict(m.own_input(b))) for r, m in runners], axis=0))
+            return scores_from_probs(np.mean([output_probs(m.output, r.predict(m.own_input(b))) for r, m in runners], axis=0))
 
         logits = metrics.batched(ensemble_predict, x)
         latency = metrics.measure_latency(ensemble_predict, x, runs=cfg.latency_runs)
         engines = {r.engine for r, _ in runners}
         runtime = engines.pop() if len(engines) == 1 else "mixed runtimes"
     else:
-        logits, latency, runtime = np.log(teacher_probs), None, "mixed (not timed)"
+        logits, latency, runtime = scores_from_probs(teacher_probs), None, "mixed (not timed)"
     r = row("teacher ensemble", "teacher", runtime, logits, data.y_test, teacher_pred,
             total([m["params"] for m in m_rows]), total([m["macs"] for m in m_rows]),
             total([m["size_bytes"] for m in m_rows]), latency, cfg.threads)
