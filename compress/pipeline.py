@@ -25,7 +25,7 @@ from rich.progress import Progress
 
 from compress import __version__, models
 from compress.bias_correction import parse_correction, shift_class_bias
-from compress.core.atomic import clean_stale, replace_path, temp_prefix
+from compress.core.atomic import clean_stale, replace_path, temp_prefix, write_text
 from compress.core.cache import cache_dir, content_key, file_sha256, path_size
 from compress.core.errors import InputError, InternalError, ValidationFailed
 from compress.core.threads import torch_threads
@@ -529,7 +529,7 @@ def save_traceback(stage_name: str) -> str | None:
     for folder in (lambda: cache_dir("errors"), lambda: Path(tempfile.gettempdir())):
         try:
             path = folder() / f"compress-{stamp}-{os.getpid()}-{re.sub(r'[^a-z]+', '-', stage_name)}.txt"
-            path.write_text(text)
+            write_text(path, text)  # atomic: a full disk leaves no empty traceback file behind
             return str(path)
         except OSError:
             continue

@@ -223,3 +223,40 @@ def test_the_ensemble_row_of_label_only_confident_and_mixed_members_matches_hand
     by_hand = float(np.mean(np.argmax(votes, axis=1) == Y))
     assert 0.5 < by_hand < 1.0
     assert _ensemble_accuracy([label, confident], timed) == pytest.approx(by_hand)
+
+
+# -- 5. a full cache disk: one warning, the run goes on without caching --------------------------------------
+
+_FULL_DISK = """
+import logging, resource, signal, sys, torch
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from compress.core.cache import write_entry
+from compress.pipeline import save_traceback
+ok = write_entry(Path(sys.argv[1]) / "teacher.pt", lambda tmp: torch.save({"w": torch.zeros(100_000)}, str(tmp)))
+print("written" if ok else "not written")
+try:
+    raise ValueError("x" * 10_000)
+except ValueError:
+    print("traceback:", save_traceback("distill"))
+"""
+
+
+def test_a_full_cache_disk_is_one_warning_and_leaves_nothing_behind(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(cache), "TMPDIR": str(tmp_path / "tmp"),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(cache)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "not written" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if "cannot write" in line]
+    assert len(warnings) == 1 and "teacher.pt" in warnings[0] and "continuing without caching" in warnings[0]
+    assert sorted(p.name for p in cache.iterdir()) == ["errors"] or sorted(p.name for p in cache.iterdir()) == []
+    left = [p for p in cache.rglob("*") if p.is_file()] + [p for p in (tmp_path / "tmp").rglob("*") if p.is_file()]
+    assert left == [], f"half-written files left behind: {left}"
+    assert "traceback: None" in proc.stdout

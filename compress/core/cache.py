@@ -128,10 +128,22 @@ def write_entry(entry: Path | str, write: Callable[[Path], None]) -> bool:
             new = file_sha256(tmp)
             write_text(checksum_path(entry), "\n".join([new] + ([old] if old and old != new else [])) + "\n")
         write_text(checksum_path(entry), new + "\n")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not is_write_failure(exc):
+            raise
         log.warning("cache: cannot write %s (%s); continuing without caching it", entry, one_line(exc))
         return False
     return True
+
+
+# torch.save reports a failed write (a full disk, a file size limit) as a RuntimeError from its zip writer
+_TORCH_WRITE_FAILURE = ("inline_container.cc", "PytorchStreamWriter", "file write failed", "iostream error")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """True when ``exc`` says a file could not be written: an ``OSError``, or torch's writer failing."""
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError)
+                                         and any(s in str(exc) for s in _TORCH_WRITE_FAILURE))
 
 
 def read_verified(entry: Path | str, load: Callable[[Path], T]) -> T | None:
