@@ -28,6 +28,9 @@ measures and judges a candidate, ``compress.search_choice`` chooses and writes `
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +39,7 @@ import numpy as np
 
 from compress import __version__, defaults
 from compress.core.atomic import write_text
-from compress.core.cache import cache_dir, content_key
+from compress.core.cache import cache_dir, content_key, discard, one_line
 from compress.core.errors import InputError
 from compress.core.threads import torch_threads
 from compress.export.registry import TARGETS
@@ -72,8 +75,8 @@ def search(cfg: RunConfig, space: SearchSpace, options: SearchOptions, console=N
         raise InputError(f"--time-budget {options.time_budget_min:g}: expected minutes > 0")
     with make_progress(console, quiet=quiet, interactive=is_interactive(console)) as progress:
         ctx, plan, name = _prepare(cfg, space, options, progress, console, started)
-        study = _study(ctx, plan)
-        rows, counts = _run_trials(ctx, plan, study)
+        with _study(ctx) as study:
+            rows, counts = _run_trials(ctx, plan, study)
     result = summarize(ctx, plan, rows, counts, space, clock() - started)
     if result["chosen"] is None:
         _write_failed(cfg, name, result)
@@ -171,21 +174,58 @@ def _stored_name(ctx: Context, trial: Trial) -> str:
     return f"{trial.key} epochs={ctx.epochs[trial.key]}"
 
 
-def _study(ctx: Context, plan: list[Trial]):
-    """The resumable optuna study in the cache (a journal file: no database server, survives Ctrl-C)."""
+@contextlib.contextmanager
+def _study(ctx: Context):
+    """The resumable optuna study in the cache (a journal file: no database server, survives Ctrl-C), held by
+    this search alone: two searches with the same settings on one cache (two CI jobs) take turns on a lock
+    beside the journal, and the second reuses every measurement the first stored. The lock is the
+    kernel's (``flock``): a killed search releases it, and the trials it left RUNNING are marked failed by
+    the next one (no live search can own them while the lock is held)."""
+    key = _state_key(ctx)
+    journal = cache_dir("search") / f"{key[:32]}.journal"
+    with _exclusive(journal.with_name(journal.name + ".search-lock"), ctx.console):  # ".lock" is optuna's own
+        yield _open_study(ctx, journal, key)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, console):
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"search: waiting for another compress search with the same settings on this cache "
+                          f"(lock {lock}); its measurements will be reused", highlight=False, soft_wrap=True,
+                          markup=False)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _open_study(ctx: Context, journal: Path, key: str):
+    """The study from ``journal``; a journal that does not replay (a damaged line, a non-UTF-8 byte) is
+    discarded with one warning naming it and the search starts a new one, as any damaged cache entry."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    key = _state_key(ctx)
-    storage = JournalStorage(JournalFileBackend(str(cache_dir("search") / f"{key[:32]}.journal")))
     floor = accuracy_floor(ctx)
     half = -(-min(ctx.epochs.values()) // 2)  # no stop before half of the shortest training is done
     pruner = (optuna.pruners.NopPruner() if floor is None else
               optuna.pruners.ThresholdPruner(lower=floor - ctx.options.prune_margin / 100, n_warmup_steps=half - 1))
-    return optuna.create_study(study_name=key[:32], storage=storage, direction="maximize", pruner=pruner,
-                               load_if_exists=True)
+    for attempt in (1, 2):
+        try:
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+            study = optuna.create_study(study_name=key[:32], storage=storage, direction="maximize", pruner=pruner,
+                                        load_if_exists=True)
+            _stored_rows(study)  # replays every stored trial: a damaged one fails here, not half-way
+            return study
+        except Exception as exc:  # noqa: BLE001 - whatever the damage, the journal is only a cache
+            if attempt == 2:
+                raise
+            discard(journal, f"the search journal does not load: {one_line(exc)}")
 
 
 def _stored_rows(study) -> dict[str, dict[str, dict]]:
@@ -251,6 +291,7 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, sche
                 for s in schemes]
     handle = study.ask()  # the order is ours (cheapest first), so the trial samples nothing: it records
     handle.set_user_attr("candidate", _stored_name(ctx, trial))  # what a rerun looks up
+    _pause_hook(ctx, handle.number)
     try:
         student, epochs_run, trained = _distill(ctx, trial, handle, _measured_any(rows))
     except optuna.TrialPruned as pruned:
@@ -275,6 +316,20 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, sche
     study.tell(handle, max(accuracies) if accuracies else 0.0)
     counts["trained" if trained else "resumed"] += 1
     return out
+
+
+PAUSE_HOOK = "COMPRESS_TEST_SEARCH_PAUSE_AFTER_ASK"  # tests: a FIFO path; a trial in RUNNING waits on it
+
+
+def _pause_hook(ctx: Context, number: int) -> None:
+    """Test-only: with ``COMPRESS_TEST_SEARCH_PAUSE_AFTER_ASK=FIFO`` the search says that trial ``number`` is
+    running, then blocks reading the FIFO until the test writes to it: another process can be started
+    exactly while this one holds a running trial, without any timing."""
+    fifo = os.environ.get(PAUSE_HOOK)
+    if fifo:
+        ctx.console.print(f"search: test hook: trial {number} running", highlight=False, markup=False)
+        with open(fifo) as fh:
+            fh.read()
 
 
 def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from compress import __version__
-from compress.core.cache import path_size
+from compress.core.atomic import temp_prefix
+from compress.core.cache import cache_dir, path_size
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS
@@ -53,6 +54,13 @@ class Context:
     epochs: dict | None = None  # trial key -> epochs
 
 
+def scratch_folder() -> tempfile.TemporaryDirectory:
+    """A scratch folder for one candidate's exports, under the cache (not the system temp folder), named as
+    ``compress.core.atomic`` names temporaries: a killed search's leftovers are removed by the next command
+    that writes there (``clean_stale``), never by a live search."""
+    return tempfile.TemporaryDirectory(prefix=temp_prefix("scratch"), suffix=".tmp", dir=cache_dir("search"))
+
+
 def worth_probing(ctx: Context, best: dict | None) -> bool:
     """A probe can only skip work when a latency or size limit (or a better candidate) exists."""
     return best is not None or any(k in ctx.budgets for k in ("latency_ms", "size_kb"))
@@ -64,7 +72,7 @@ def probe(ctx: Context, trial: Trial, schemes: list[str]) -> dict:
 
     student = initial_student(trial_config(ctx, trial), ctx.split).eval()
     out = {}
-    with tempfile.TemporaryDirectory(prefix="compress-search-") as folder:
+    with scratch_folder() as folder:
         for scheme in schemes:
             exported = export_student(trial_config(ctx, trial, scheme), ctx.split, student, None,
                                       model_info(ctx, trial), Path(folder) / scheme)
@@ -113,7 +121,7 @@ def measure(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> di
     from compress.stages.evaluate import student_rows
 
     cfg = trial_config(ctx, trial, scheme)
-    with tempfile.TemporaryDirectory(prefix="compress-search-") as folder:
+    with scratch_folder() as folder:
         try:
             exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder))

@@ -260,3 +260,105 @@ def test_a_full_cache_disk_is_one_warning_and_leaves_nothing_behind(tmp_path):
     left = [p for p in cache.rglob("*") if p.is_file()] + [p for p in (tmp_path / "tmp").rglob("*") if p.is_file()]
     assert left == [], f"half-written files left behind: {left}"
     assert "traceback: None" in proc.stdout
+
+
+# -- 6-8. compress search: shared caches, damaged journals, killed writers' leftovers -------------------------
+
+SEARCH = ["search", "--family", "mlp", "--widths", "0.5", "--depths", "0.5", "--schemes", "none", "--epochs", "1",
+          "--teacher", "mlp-small", "--teacher-epochs", "1", "--time-budget", "5", "--latency-runs", "3",
+          "--limit-train", "300", "--quiet", "--json", "--out", "dist"]
+
+
+def _search_env(cache: Path, **extra) -> dict:
+    return {**os.environ, "COMPRESS_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+
+
+def _start_search(cwd: Path, cache: Path, **extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "compress.cli", *SEARCH], cwd=cwd, env=_search_env(cache, **extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _read_until(stream, *needles: str) -> str:
+    """Lines of ``stream`` up to the first holding one of ``needles`` (blocking reads: no timing)."""
+    for line in stream:
+        if any(n in line for n in needles):
+            return line
+    return ""
+
+
+def test_two_searches_on_one_cache_take_turns_and_the_second_reuses_the_first(tmp_path):
+    cache, fifo = tmp_path / "cache", tmp_path / "pause"
+    os.mkfifo(fifo)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _start_search(tmp_path / "a", cache, COMPRESS_TEST_SEARCH_PAUSE_AFTER_ASK=str(fifo))
+    second = None
+    try:
+        assert "trial 0 running" in _read_until(first.stderr, "test hook"), first.stderr.read()
+        second = _start_search(tmp_path / "b", cache)  # starts while the first holds a running trial
+        line = _read_until(second.stderr, "waiting for another compress search", "test hook")
+        assert "waiting for another compress search" in line, "the second search did not wait for the first"
+        fifo.write_text("go\n")  # lets the first one finish its trial
+        out_first, err_first = first.communicate(timeout=600)
+        out_second, err_second = second.communicate(timeout=600)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert first.returncode == 0, err_first
+    assert second.returncode == 0, err_second
+    summary = json.loads(out_second)
+    assert (summary["trained"], summary["resumed"]) == (0, 1), summary
+    assert summary["chosen"] == json.loads(out_first)["chosen"]
+
+
+@pytest.mark.parametrize("damage", [b"{not json\n", b"\xff\xfe\x00garbage\n"], ids=["bad-line", "non-utf8"])
+def test_a_damaged_search_journal_is_discarded_with_a_warning_and_recomputed(tmp_path, damage):
+    cache = tmp_path / "cache"
+    first = subprocess.run([sys.executable, "-m", "compress.cli", *SEARCH], cwd=tmp_path, env=_search_env(cache),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    (journal,) = (cache / "search").glob("*.journal")
+    with open(journal, "ab") as fh:
+        fh.write(damage)
+    again = subprocess.run([sys.executable, "-m", "compress.cli", *SEARCH], cwd=tmp_path, env=_search_env(cache),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if "discarding" in line]
+    assert len(warnings) == 1 and journal.name in warnings[0] and "journal" in warnings[0], again.stderr
+    result = json.loads(again.stdout)  # measured again (the student loaded from its verified checkpoint)
+    assert result["chosen"] is not None and [c["status"] for c in result["candidates"]] == ["measured"]
+
+
+def test_a_killed_searchs_scratch_is_under_the_cache_and_cleaned_by_the_next_command(tmp_path):
+    cache = tmp_path / "cache"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited: its temporaries are leftovers
+    scratch = cache / "search" / f".scratch.{dead_pid}.abc123.tmp"
+    (scratch / "none").mkdir(parents=True)
+    (scratch / "none" / "model.onnx").write_bytes(b"\0" * 1024)
+    seen = []
+    env = _search_env(cache)
+    proc = subprocess.run([sys.executable, "-c", "import tempfile, compress.search_measure as m; "
+                           "d = m.scratch_folder(); print(d.name); print(tempfile.gettempdir())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    seen = proc.stdout.split()
+    assert Path(seen[0]).parent == cache / "search" and not seen[0].startswith(seen[1] + "/compress-search-")
+    result = subprocess.run([sys.executable, "-m", "compress.cli", *SEARCH], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert not scratch.exists(), "a dead search's scratch folder was left behind"
+    assert not [p for p in (cache / "search").iterdir() if p.name.startswith(".scratch.")]
+
+
+def test_soft_targets_cleans_a_killed_writers_temporary_beside_its_output(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".big.npz.{int(dead.stdout)}.x1y2.tmp"
+    leftover.mkdir()
+    (leftover / "big.npz").write_bytes(b"\0" * 4096)
+    proc = _cli("soft-targets", "--teacher", "mlp-small", "--teacher-epochs", "1", "--limit-train", "100",
+                "-o", "big.npz", "--quiet", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "big.npz").is_file() and not leftover.exists()
