@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data import AUDIO_SUFFIXES, Dataset, check_inside
+from compress.data import AUDIO_SUFFIXES, Dataset, check_distinct_classes, check_inside
 from compress.core.errors import InputError
 
 AUTO_PATTERN = "{label}_{speaker}_{index}"
@@ -171,6 +171,7 @@ def _find_labelled_files(root: Path, label_pattern: str | None):
         groups = [("train", root / "train"), ("test", root / "test")] if presplit else [("", base)]
         empty: list[Path] = []
         for part, folder in groups:
+            check_distinct_classes(folder, [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")])
             for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 check_inside(root, cls)
                 found = _audio_files(cls)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
@@ -75,11 +76,20 @@ class Contract:
                           sort_keys=True)
 
 
+MAX_SIDE = 8192  # the largest image side a member's contract may resize to (a typo must not allocate 10+ GB)
+ACCURACY = (0.0, 100.0)
+
+
 def _number(member: str, key: str, text) -> float:
+    if isinstance(text, bool):  # TOML ``scale = true`` is not a number
+        raise InputError(f"teacher {member!r}: contract {key} {text!r}; expected a number (e.g. 0.0625 or 1/16)")
     try:
-        return float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
-    except (ValueError, ZeroDivisionError):
+        value = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
+    except (ValueError, ZeroDivisionError, TypeError):
         raise InputError(f"teacher {member!r}: contract {key} {text!r}; expected a number (e.g. 0.0625 or 1/16)") from None
+    if not np.isfinite(value):
+        raise InputError(f"teacher {member!r}: contract {key} {text!r}; expected a finite number")
+    return value
 
 
 def _numbers(member: str, key: str, value) -> tuple[float, ...]:
@@ -89,18 +99,45 @@ def _numbers(member: str, key: str, value) -> tuple[float, ...]:
 
 def _ints(member: str, key: str, value, sep: str = ",") -> tuple[int, ...]:
     items = value if isinstance(value, (list, tuple)) else str(value).replace("x", sep).split(sep)
-    try:
+    try:  # 1.5 or true is not an integer, even where int() would take it
+        if any(isinstance(v, (bool, float)) for v in items):
+            raise ValueError
         out = tuple(int(v) for v in items)
-    except ValueError:
+    except (ValueError, TypeError):
         raise InputError(f"teacher {member!r}: contract {key} {value!r}; expected integers (e.g. 1,8,8)") from None
     if not out or any(v < 1 for v in out):
         raise InputError(f"teacher {member!r}: contract {key} {value!r}; expected positive integers")
     return out
 
 
+def _rate(member: str, value) -> int:
+    rate = _number(member, "sample_rate", value)
+    if not rate.is_integer() or rate < 1:
+        raise InputError(f"teacher {member!r}: contract sample_rate {value!r}; expected a rate in Hz, an integer >= 1")
+    return int(rate)
+
+
+def _checked(member: str, contract: "Contract") -> "Contract":
+    """Ranges that would otherwise surface late or as a huge allocation: sizes, rates, stds, accuracy."""
+    if contract.size is not None and max(contract.size) > MAX_SIDE:
+        raise InputError(f"teacher {member!r}: contract size {'x'.join(map(str, contract.size))}; expected at most "
+                         f"{MAX_SIDE} pixels a side")
+    if contract.sample_rate is not None and contract.sample_rate < 1:
+        raise InputError(f"teacher {member!r}: contract sample_rate {contract.sample_rate}; expected a rate in Hz >= 1")
+    if contract.std is not None and any(v == 0 for v in contract.std):
+        raise InputError(f"teacher {member!r}: contract std {','.join(map(str, contract.std))}; expected non-zero values")
+    if contract.accuracy is not None and not ACCURACY[0] <= contract.accuracy <= ACCURACY[1]:
+        raise InputError(f"teacher {member!r}: contract accuracy {contract.accuracy:g}; expected a test accuracy "
+                         "in percent, in [0, 100]")
+    return contract
+
+
 def make_contract(member: str, table: dict | None, source: str) -> Contract:
     """A ``Contract`` from a table of key -> value (strings from the CLI, TOML values from a recipe).
     An unknown key or a bad value is an InputError naming the member and the nearest key."""
+    if table is not None and not isinstance(table, dict):
+        raise InputError(f"teacher {member!r}: contract {table!r}; expected a table of key = value "
+                         "(e.g. [teachers.contract.\"m.onnx\"] scale = \"1/16\")")
     table = dict(table or {})
     for key in table:
         if key not in KEYS:
@@ -114,21 +151,25 @@ def make_contract(member: str, table: dict | None, source: str) -> Contract:
     size = _ints(member, "size", table["size"], "x") if "size" in table else None
     if size is not None and len(size) == 1:
         size = (size[0], size[0])
-    return Contract(
+    return _checked(member, Contract(
         scale=_number(member, "scale", table["scale"]) if "scale" in table else (1.0 if value_keys else None),
         mean=_numbers(member, "mean", table["mean"]) if "mean" in table else ((0.0,) if value_keys else None),
         std=_numbers(member, "std", table["std"]) if "std" in table else ((1.0,) if value_keys else None),
         layout=str(table.get("layout", "nchw")).lower(), channels=str(table.get("channels", "rgb")).lower(),
         size=size, shape=_ints(member, "shape", table["shape"]) if "shape" in table else None,
         dtype=str(table.get("dtype", "float32")).lower(),
-        sample_rate=int(_number(member, "sample_rate", table["sample_rate"])) if "sample_rate" in table else None,
+        sample_rate=_rate(member, table["sample_rate"]) if "sample_rate" in table else None,
         input=str(table.get("input", "pcm")).lower(), output=str(table.get("output", "logits")).lower(),
         accuracy=_number(member, "accuracy", table["accuracy"]) if "accuracy" in table else None,
-        source=source)
+        source=source))
 
 
 def split_spec(spec: str) -> tuple[str, dict]:
-    """``'model.onnx?scale=1/16&shape=64'`` -> (``'model.onnx'``, {"scale": "1/16", "shape": "64"})."""
+    """``'model.onnx?scale=1/16&shape=64'`` -> (``'model.onnx'``, {"scale": "1/16", "shape": "64"}).
+    A spec naming an existing file or folder is that file, even with ``?`` in its name (``a?b.onnx``); a
+    contract is appended after it as usual (``a?b.onnx?scale=1/16``)."""
+    if os.path.exists(spec):
+        return spec, {}
     base, sep, query = spec.rpartition("?")
     if not sep:
         return spec, {}
@@ -191,6 +232,14 @@ def _audio(x: np.ndarray, contract: Contract, normalization: dict, member: str) 
     return x
 
 
+def _check_elements(member: str, contract: Contract, resized: tuple[int, ...]) -> None:
+    """The contract's shape against the resized samples' element count, before the resize allocates them."""
+    if contract.shape is not None and int(np.prod(resized)) != int(np.prod(contract.shape)):
+        raise InputError(f"teacher {member!r}: contract shape {','.join(map(str, contract.shape))} has "
+                         f"{int(np.prod(contract.shape))} elements but size {'x'.join(map(str, contract.size))} gives "
+                         f"{int(np.prod(resized))} {resized}; expected a shape with the same number of elements")
+
+
 def member_view(contract: Contract, x: np.ndarray, normalization: dict, input_kind: str, member: str) -> np.ndarray:
     """The member's own view of the data's samples ``x`` (normalized as the student sees them)."""
     if contract.key() == Contract().key():
@@ -203,6 +252,7 @@ def member_view(contract: Contract, x: np.ndarray, normalization: dict, input_ki
     if input_kind == "audio":
         v = _audio(v, contract, normalization, member)
     if contract.size is not None:
+        _check_elements(member, contract, (v.shape[1] if v.ndim == 4 else 1, *contract.size))
         v = _resize(np.asarray(v, dtype=np.float32), contract.size, member)
     if contract.channels == "bgr":
         if v.ndim != 4:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import InputError
+from compress.core.npz import check_npz_sizes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -373,6 +374,19 @@ def check_inside(root: Path, path: Path) -> None:
                                  "or link only within it)")
 
 
+def check_distinct_classes(base: Path, classes: list[str]) -> None:
+    """Two class folders that are one folder (a symbolic link to a sibling) would make the same samples two
+    classes: an ``InputError`` naming the link."""
+    seen: dict[str, str] = {}
+    for name in classes:
+        real = os.path.realpath(base / name)
+        if real in seen:
+            link, other = (name, seen[real]) if (base / name).is_symlink() else (seen[real], name)
+            raise InputError(f"{base / link}: links to the class folder {other!r}; the same samples would be two "
+                             "classes; expected one folder per class (copy the samples if both classes are meant)")
+        seen[real] = name
+
+
 def parse_image_size(value) -> tuple[int, int] | None:
     """``--image-size``: ``32``, ``"32"``, ``"48x64"`` (height x width) or ``[48, 64]`` -> (height, width)."""
     if value is None or value == "":
@@ -490,6 +504,7 @@ def load_image_folder(path: str | Path, *, test_fraction: float = 0.2, seed: int
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{base}: no class subfolders found; expected {base}/<class>/<image files>")
+    check_distinct_classes(base, classes)
     files = _list_tree(base, classes, root)
     if not files:
         raise InputError(f"{base}: no image files in the class folders; expected {base}/<class>/<image> files "
@@ -529,6 +544,7 @@ def load_npz(path: str | Path, *, image_size=None, **_) -> Dataset:
     """
     path = Path(path)
     try:
+        check_npz_sizes(path, str(path))  # before np.load allocates what the headers declare
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:

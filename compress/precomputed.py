@@ -43,6 +43,7 @@ import numpy as np
 
 from compress.core.cache import file_sha256
 from compress.core.errors import InputError
+from compress.core.npz import check_npz_sizes
 from compress.teachers import Teacher
 
 FORMAT = "compress.precomputed/1"
@@ -79,6 +80,7 @@ def _read(spec: str, path: Path) -> dict[str, np.ndarray]:
     """The file's arrays (the inputs ``x_train``/``x_test`` are not read)."""
     if not path.is_file():
         raise InputError(f"teacher {spec!r}: file not found; expected an .npz of outputs (compress soft-targets)")
+    check_npz_sizes(path, f"teacher {spec!r}")  # before np.load allocates what the headers declare
     try:
         loaded = np.load(str(path), allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

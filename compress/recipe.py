@@ -9,6 +9,7 @@ configuration, as torchdistill's YAML maps to objects.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,13 +27,53 @@ RECIPE_FILE = "compress.toml"
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: finite, and within [low, high] (ends excluded where open)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        what, num = ("an integer" if integer else "a number"), lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"
+        if self.low is not None and self.high is not None:
+            return (f"{what} in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {num(self.low)}"
+        if self.high is not None:
+            return f"{what} {'<' if self.high_open else '<='} {num(self.high)}"
+        return f"a finite {what.split()[1]}"
+
+
+POSITIVE, AT_LEAST_1, NON_NEGATIVE, FRACTION = Range(0, low_open=True), Range(1), Range(0), Range(0, 1)
+FINITE = Range()
+
+
+@dataclass(frozen=True)
 class Key:
-    """One recipe key: the RunConfig field it sets, the TOML type(s) it accepts, and what it means."""
+    """One recipe key: the RunConfig field it sets, the TOML type(s) it accepts, and what it means; for a
+    numeric key, the values it accepts (``bounds``: checked once, in ``check_ranges``, for the recipe and
+    every command's flags alike)."""
 
     field: str
     types: tuple[type, ...]
     help: str
     example: Any = None  # shown (commented out) by ``compress init`` when the default is "unset"
+    bounds: Range | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag that sets this key (``[search]`` keys drop their ``search_`` prefix)."""
+        return "--" + self.field.removeprefix("search_").replace("_", "-")
 
 
 _STR, _INT, _NUM, _BOOL, _LIST, _TABLE = (str,), (int,), (int, float), (bool,), (list,), (dict,)
@@ -47,8 +88,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
         "path": Key("data", _STR, "IDX folder, class-per-folder images, labelled audio folder or .npz; unset = scikit-learn's digits.", "../shared/datasets/mnist"),
         "format": Key("data_format", _STR, "Force a loader: digits, idx, image-folder, npz, audio-folder (default: detected).", "idx"),
-        "limit_train": Key("limit_train", _INT, "Use only the first N training samples.", 10000),
-        "limit_test": Key("limit_test", _INT, "Use only the first N test samples.", 1000),
+        "limit_train": Key("limit_train", _INT, "Use only the first N training samples.", 10000, bounds=AT_LEAST_1),
+        "limit_test": Key("limit_test", _INT, "Use only the first N test samples.", 1000, bounds=AT_LEAST_1),
         "unlabelled": Key("unlabelled", _BOOL, "Ignore training labels: distill from soft targets only."),
         "image_size": Key("image_size", _SIZE, "Images: resize to cover HEIGHTxWIDTH and centre-crop (default: the most common size).", "32x32"),
         "options": Key("data_options", _TABLE, "Loader options, e.g. split = \"index<5\", sample_rate = 8000, "
@@ -61,11 +102,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         {"teacher.onnx": {"scale": "1/16", "mean": 0, "std": 1, "shape": "64"}}),
         "strict": Key("strict_teachers", _BOOL, "Fail (exit 2) instead of warning when a member scores far below the others or near chance."),
         "epochs": Key("teacher_epochs", _INT, "Most training epochs for built-in members; early stopping on a validation split "
-                      "usually ends sooner (default: chosen for the data size; cached).", 10),
-        "patience": Key("teacher_patience", _INT, "Early stopping: epochs without a better validation accuracy before a built-in member stops."),
+                      "usually ends sooner (default: chosen for the data size; cached).", 10, bounds=AT_LEAST_1),
+        "patience": Key("teacher_patience", _INT, "Early stopping: epochs without a better validation accuracy before a built-in member stops.", bounds=AT_LEAST_1),
         "augment": Key("augment", _STR, "Image augmentation when training (teachers and student): auto (crop for 8-bit "
                        "images of 16px and up, none for others), none, or crop[=PIXELS],flip (flip only where mirrored images keep their class)."),
-        "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members."),
+        "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members.", bounds=NON_NEGATIVE),
     },
     "student": {
         "arch": Key("student", _STR, "Student architecture: a registry name (compress.models.MODELS) or a family with multipliers "
@@ -73,25 +114,25 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "distill": {
         "loss": Key("loss", _STR, "Distillation loss from compress.losses.LOSSES."),
-        "temperature": Key("temperature", _NUM, "Softmax temperature T (the soft loss is scaled by T^2)."),
-        "alpha": Key("alpha", _NUM, "Weight of the hard-label loss; the soft loss gets 1 - alpha."),
-        "epochs": Key("epochs", _INT, "Student epochs (default: chosen for the data size; a checkpoint is kept after every epoch: an interrupted run resumes).", 100),
+        "temperature": Key("temperature", _NUM, "Softmax temperature T (the soft loss is scaled by T^2).", bounds=POSITIVE),
+        "alpha": Key("alpha", _NUM, "Weight of the hard-label loss; the soft loss gets 1 - alpha.", bounds=FRACTION),
+        "epochs": Key("epochs", _INT, "Student epochs (default: chosen for the data size; a checkpoint is kept after every epoch: an interrupted run resumes).", 100, bounds=AT_LEAST_1),
         "optimizer": Key("optimizer", _STR, "adam, adamw or sgd (compress.train.OPTIMIZERS)."),
-        "lr": Key("lr", _NUM, "Peak learning rate (cosine schedule)."),
-        "weight_decay": Key("weight_decay", _NUM, "Weight decay."),
-        "batch_size": Key("batch_size", _INT, "Batch size (global: split across processes under torchrun)."),
-        "seed": Key("seed", _INT, "Same recipe + seed -> same result."),
+        "lr": Key("lr", _NUM, "Peak learning rate (cosine schedule).", bounds=POSITIVE),
+        "weight_decay": Key("weight_decay", _NUM, "Weight decay.", bounds=NON_NEGATIVE),
+        "batch_size": Key("batch_size", _INT, "Batch size (global: split across processes under torchrun).", bounds=AT_LEAST_1),
+        "seed": Key("seed", _INT, "Same recipe + seed -> same result.", bounds=Range(0, 2**32 - 1)),
         "train_device": Key("device", _STR, "Torch device for training (default: cuda when present, else cpu).", "cuda"),
         "train_threads": Key("train_threads", _INT, "Torch threads for training teachers and student (default: 1 for small "
-                             "models, else the CPUs this process may use; the report says which and why).", 2),
+                             "models, else the CPUs this process may use; the report says which and why).", 2, bounds=AT_LEAST_1),
         "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
     },
     "quantize": {
         "scheme": Key("quantize", _STR, "none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: README)."),
-        "calibration_samples": Key("calibration_samples", _INT, "Transfer-set samples used to calibrate static int8."),
+        "calibration_samples": Key("calibration_samples", _INT, "Transfer-set samples used to calibrate static int8.", bounds=AT_LEAST_1),
         "qat": Key("qat", _BOOL, "Quantization-aware distillation before int8 conversion."),
-        "qat_epochs": Key("qat_epochs", _INT, "Epochs of quantization-aware distillation."),
-        "int8_budget": Key("int8_budget", _NUM, "Largest accepted int8 accuracy drop in points; the worst layers stay in float until it fits.", 0.5),
+        "qat_epochs": Key("qat_epochs", _INT, "Epochs of quantization-aware distillation.", bounds=AT_LEAST_1),
+        "int8_budget": Key("int8_budget", _NUM, "Largest accepted int8 accuracy drop in points; the worst layers stay in float until it fits.", 0.5, bounds=Range(0, 100)),
     },
     "export": {
         "targets": Key("targets", _LIST, f"Export targets, one output folder each: {', '.join(TARGETS)}."),
@@ -104,29 +145,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "device": {
         "profile": Key("profile", _STR, "Device profile (compress devices list) or a profile .toml path.", "pixel-class"),
-        "threads": Key("threads", _INT, "Runtime threads for validation and latency (default: the profile's, else 1)."),
-        "latency_runs": Key("latency_runs", _INT, "Timed batch-1 runs per model after warm-up."),
+        "threads": Key("threads", _INT, "Runtime threads for validation and latency (default: the profile's, else 1).", bounds=AT_LEAST_1),
+        "latency_runs": Key("latency_runs", _INT, "Timed batch-1 runs per model after warm-up.", bounds=AT_LEAST_1),
     },
     "budgets": {
-        "max_accuracy_drop": Key("max_accuracy_drop", _NUM, "Largest accepted accuracy drop vs the teacher ensemble, in points.", 2.0),
-        "max_latency_ms": Key("max_latency_ms", _NUM, "Largest accepted p50 batch-1 latency of the student, ms (measured on this host).", 5.0),
-        "max_size_kb": Key("max_size_kb", _NUM, "Largest accepted artifact size, kB.", 500),
-        "max_peak_memory_mb": Key("max_peak_memory_mb", _NUM, "Largest accepted peak memory of loading and running the model, MB.", 200),
+        "max_accuracy_drop": Key("max_accuracy_drop", _NUM, "Largest accepted accuracy drop vs the teacher ensemble, in points.", 2.0, bounds=Range(-100, 100)),
+        "max_latency_ms": Key("max_latency_ms", _NUM, "Largest accepted p50 batch-1 latency of the student, ms (measured on this host).", 5.0, bounds=POSITIVE),
+        "max_size_kb": Key("max_size_kb", _NUM, "Largest accepted artifact size, kB.", 500, bounds=POSITIVE),
+        "max_peak_memory_mb": Key("max_peak_memory_mb", _NUM, "Largest accepted peak memory of loading and running the model, MB.", 200, bounds=POSITIVE),
     },
     "search": {  # compress search only; distill-and-export ignores this section
         "families": Key("search_families", _LIST, "compress search: student families to try (compress.models.FAMILIES; "
                         "default: chosen for the data's kind).", ["mlp", "cnn-small", "mobilenet"]),
         "widths": Key("search_widths", _NUMS, "compress search: width multipliers (default: per family, "
-                      "compress.search_space.FAMILY_DEFAULTS).", [0.25, 0.5, 1.0]),
-        "depths": Key("search_depths", _NUMS, "compress search: depth multipliers for families that take one.", [0.5, 1.0]),
+                      "compress.search_space.FAMILY_DEFAULTS).", [0.25, 0.5, 1.0], bounds=POSITIVE),
+        "depths": Key("search_depths", _NUMS, "compress search: depth multipliers for families that take one.", [0.5, 1.0], bounds=POSITIVE),
         "schemes": Key("search_schemes", _LIST, "compress search: quantization schemes to measure each student in "
                        "(default: none, int8-weights, int8 where the target has them).", ["none", "int8"]),
-        "temperatures": Key("search_temperatures", _NUMS, "compress search: temperatures to try (default: [distill] temperature).", [2.0, 4.0]),
-        "alphas": Key("search_alphas", _NUMS, "compress search: alphas to try (default: [distill] alpha).", [0.1, 0.5]),
+        "temperatures": Key("search_temperatures", _NUMS, "compress search: temperatures to try (default: [distill] temperature).", [2.0, 4.0], bounds=POSITIVE),
+        "alphas": Key("search_alphas", _NUMS, "compress search: alphas to try (default: [distill] alpha).", [0.1, 0.5], bounds=FRACTION),
         "time_budget": Key("search_time_budget", _NUM, "compress search: minutes to spend (the first student always "
-                           "finishes; a rerun continues where this one stopped).", 20),
+                           "finishes; a rerun continues where this one stopped).", 20, bounds=POSITIVE),
         "prune_margin": Key("search_prune_margin", _NUM, "compress search: a half-trained student more than this many "
-                            "points below the accuracy budget is stopped.", 3.0),
+                            "points below the accuracy budget is stopped.", 3.0, bounds=Range(0, 100)),
     },
 }
 SEARCH_FIELDS = {k.field for k in SCHEMA["search"].values()}
@@ -229,6 +270,24 @@ def render(defaults: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_ranges(values: dict[str, Any]) -> None:
+    """Every numeric option within its declared ``bounds`` (NaN and infinity never are): one ``InputError``
+    naming the flag and the recipe key, before any work. Lists of numbers are checked item by item."""
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            value = values.get(key.field)
+            if key.bounds is None or value is None:
+                continue
+            integer = key.types == _INT
+            for item in (value if isinstance(value, (list, tuple)) else [value]):
+                ok = isinstance(item, (int, float)) and not isinstance(item, bool)
+                ok = ok and (not integer or float(item).is_integer()) and key.bounds.accepts(float(item))
+                if not ok:
+                    where = f"[{section}] {name}" if section else name
+                    raise InputError(f"{key.flag} {item!r}: expected {key.bounds.describe(integer)} "
+                                     f"(recipe key {where})")
+
+
 def merge(defaults: dict[str, Any], recipe: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     """defaults <- recipe <- CLI flags that were given (None means 'not given')."""
     out = dict(defaults)
@@ -245,5 +304,7 @@ def resolve(recipe_path: str | None, flags: dict, defaults: dict) -> tuple[str |
     """(the recipe file used, defaults <- that recipe <- flags): the recipe given, or ./compress.toml when
     present. Every command that reads a recipe resolves it here, so they cannot disagree."""
     path = recipe_path or (RECIPE_FILE if Path(RECIPE_FILE).is_file() else None)
-    return path, merge(defaults, load(path) if path else {}, flags)
+    merged = merge(defaults, load(path) if path else {}, flags)
+    check_ranges(merged)
+    return path, merged
 

@@ -71,8 +71,6 @@ def search(cfg: RunConfig, space: SearchSpace, options: SearchOptions, console=N
     console = console or Console(stderr=True)
     started = clock()
     cfg.validate()
-    if options.time_budget_min <= 0:
-        raise InputError(f"--time-budget {options.time_budget_min:g}: expected minutes > 0")
     with make_progress(console, quiet=quiet, interactive=is_interactive(console)) as progress:
         ctx, plan, name = _prepare(cfg, space, options, progress, console, started)
         with _study(ctx) as study:

@@ -26,7 +26,7 @@ from compress.core.cache import cache_dir, content_key, read_verified, torch_loa
 from compress.core.errors import InputError
 from compress.train import Augment, fit, pick_device, predict_logits
 
-TEACHER_TRAINING_VERSION = 2  # bump when the built-in training recipe changes (invalidates caches)
+TEACHER_TRAINING_VERSION = 3  # bump when the built-in training recipe changes (invalidates caches)
 CACHE_FORMAT = 2  # {"format", "weights", "curve"}
 
 
@@ -124,7 +124,9 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
     (module on the CPU in eval mode, training curve, whether it came from the cache)."""
     if data.y_train is None:
         raise InputError(f"teacher {name!r}: built-in teachers are trained on labels, but the transfer set is unlabelled")
-    module = models.build(name, data.input_shape, data.num_classes)
+    with torch.random.fork_rng(devices=[]):  # initial weights from (name, seed) alone, not from the global RNG,
+        torch.manual_seed(seed)              # whose state depends on which members came from the cache
+        module = models.build(name, data.input_shape, data.num_classes)
     key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), recipe.key(), seed)
     path = cache_dir("teachers") / f"{name.replace(':', '-')}-{key[:20]}.pt"  # no ':' in file names (Windows)
     entry = _load_cached(path, module)

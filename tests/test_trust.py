@@ -362,3 +362,180 @@ def test_soft_targets_cleans_a_killed_writers_temporary_beside_its_output(tmp_pa
                 "-o", "big.npz", "--quiet", cwd=tmp_path, cache=tmp_path / "c")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "big.npz").is_file() and not leftover.exists()
+
+
+# -- 9. every numeric option range-checked where it is declared, before any work ----------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from compress import recipe  # noqa: E402
+
+NUMERIC_KEYS = [(section, name, key) for section, keys in recipe.SCHEMA.items() for name, key in keys.items()
+                if key.types in ((int,), (int, float), (list, float))]
+
+
+def test_every_numeric_option_declares_its_range():
+    assert NUMERIC_KEYS and all(key.bounds is not None for _, _, key in NUMERIC_KEYS), \
+        [f"[{s}] {n}" for s, n, k in NUMERIC_KEYS if k.bounds is None]
+
+
+@settings(max_examples=400, deadline=None)
+@given(option=st.sampled_from(NUMERIC_KEYS),
+       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**40, 2**40),
+                       st.sampled_from([0, -1, 1, 0.5, 1.5, float("nan"), float("inf"), -float("inf")])))
+def test_a_value_passes_the_range_check_exactly_when_its_declaration_accepts_it(option, value):
+    import math
+
+    section, name, key = option
+    integer = key.types == (int,)
+    if integer and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    given_value = [value] if key.types == (list, float) else value
+    accepted = (math.isfinite(value) and (not integer or isinstance(value, int))
+                and (key.bounds.low is None or (value > key.bounds.low if key.bounds.low_open else value >= key.bounds.low))
+                and (key.bounds.high is None or (value < key.bounds.high if key.bounds.high_open else value <= key.bounds.high)))
+    if accepted:
+        recipe.check_ranges({key.field: given_value})
+    else:
+        with pytest.raises(InputError) as info:
+            recipe.check_ranges({key.field: given_value})
+        message = str(info.value)
+        assert message.startswith(f"{key.flag} ") and name in message and "\n" not in message
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["distill-and-export", "--lr", "nan"], "--lr"), (["distill-and-export", "--lr", "-1"], "--lr"),
+    (["distill-and-export", "--calibration-samples", "-5"], "--calibration-samples"),
+    (["distill-and-export", "--seed", "-1"], "--seed"),
+    (["distill-and-export", "--max-latency-ms", "nan"], "--max-latency-ms"),
+    (["search", "--time-budget", "nan"], "--time-budget"), (["search", "--prune-margin", "nan"], "--prune-margin"),
+    (["search", "--alphas", "nan"], "--alphas"), (["search", "--temperatures", "0"], "--temperatures"),
+])
+def test_bad_numbers_are_exit_2_before_any_work(tmp_path, args, flag):
+    proc = _cli(*args, "--teacher", "mlp-small", "--teacher-epochs", "1", "--quiet", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith(f"error: {flag} ") and "expected" in line, line
+    assert not (tmp_path / "c" / "teachers").exists(), "refused before any work"
+
+
+def test_a_recipe_value_out_of_range_names_the_recipe_key(tmp_path):
+    (tmp_path / "compress.toml").write_text("[distill]\nlr = nan\n")
+    proc = _cli("distill-and-export", "--quiet", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2 and "[distill] lr" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("table, expected", [
+    ({"accuracy": "nan"}, "expected a finite number"), ({"accuracy": -5}, "in [0, 100]"),
+    ({"scale": True}, "expected a number"), ({"shape": [1.5]}, "expected integers"),
+    ({"sample_rate": 0}, "expected a rate in Hz"), ({"sample_rate": -8000}, "expected a rate in Hz"),
+    ({"size": 20000}, "at most 8192"), (5, "expected a table"),
+])
+def test_bad_contract_values_are_one_line_errors(table, expected):
+    from compress.contracts import make_contract
+
+    with pytest.raises(InputError, match="teacher 'm.onnx'") as info:
+        make_contract("m.onnx", table, "recipe")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_size_whose_elements_do_not_match_the_shape_fails_before_resizing(monkeypatch):
+    import compress.contracts as contracts
+
+    monkeypatch.setattr(contracts, "_resize", lambda *a: pytest.fail("resized before the element check"))
+    c = contracts.make_contract("m.onnx", {"size": "8000", "shape": "64"}, "recipe")
+    with pytest.raises(InputError, match="has 64 elements"):
+        contracts.member_view(c, np.zeros((2, 1, 8, 8), np.float32), {}, "image", "m.onnx")
+
+
+def test_an_npz_declaring_a_huge_shape_is_refused_before_loading(tmp_path):
+    from compress.data import load_data
+
+    path = tmp_path / "huge.npz"
+    np.savez(path, x_train=np.zeros((4, 3), np.float32), y_train=np.zeros(4, int), x_test=np.zeros((2, 3), np.float32),
+             y_test=np.zeros(2, int))
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["x_train.npy"] = members["x_train.npy"].replace(b"(4, 3)", b"(4000000, 300000)".ljust(6))
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(InputError, match="'x_train' declares shape"):
+        load_data(str(path))
+
+
+def test_a_run_name_that_is_a_symlink_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("precious")
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "run").symlink_to(elsewhere)
+    proc = _cli("distill-and-export", "--name", "run", "--teacher", "mlp-small", "--quiet", cwd=tmp_path,
+                cache=tmp_path / "c")
+    assert proc.returncode == 2 and "symbolic link" in proc.stderr, proc.stderr
+    assert (elsewhere / "keep.txt").read_text() == "precious" and (tmp_path / "dist" / "run").is_symlink()
+
+
+# -- 10. smaller ones ---------------------------------------------------------------------------------------
+
+def test_float_raw_pixels_are_refused_not_clipped():
+    from compress.export.common.preprocess import to_raw
+
+    pre = {"input": "uint8", "layout": "NCHW", "channels": "L", "scale": 1 / 255, "mean": [0.5], "std": [0.25]}
+    normalized = (np.arange(256, dtype=np.float64).reshape(1, 1, 16, 16) / 255 - 0.5) / 0.25
+    assert to_raw(normalized, pre).reshape(-1).tolist() == list(range(256))
+    with pytest.raises(InputError, match="outside 0..255"):
+        to_raw(np.full((1, 1, 4, 4), 200.0), pre)
+
+
+def test_validate_refuses_a_manifest_pointing_outside_its_folder(tmp_path):
+    from compress.stages.validate import _resolve
+
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"x")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"artifact": "../outside.onnx", "target": "onnx"}))
+    with pytest.raises(InputError, match="outside the folder"):
+        _resolve(folder)
+
+
+def test_a_builtin_member_recomputed_after_a_discarded_cache_entry_matches_a_cold_run(tmp_path, monkeypatch, digits):
+    from compress.teachers import load_teachers
+
+    def members(cache: Path) -> list[str]:
+        monkeypatch.setenv("COMPRESS_CACHE_DIR", str(cache))
+        loaded = load_teachers(["mlp-small", "mlp-small"], digits, epochs=1, seed=0)
+        return [m.fingerprint for m in loaded]
+
+    cold = members(tmp_path / "cold")
+    warm_cache = tmp_path / "warm"
+    members(warm_cache)
+    second = sorted((warm_cache / "teachers").glob("*.pt"))
+    for entry in second:  # discard one member's entry: it is recomputed, the other comes from the cache
+        entry.unlink()
+        break
+    assert members(warm_cache) == cold
+
+
+def test_a_class_folder_linking_to_a_sibling_is_refused(tmp_path):
+    from PIL import Image
+
+    from compress.data import load_data
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "c").symlink_to(tmp_path / "imgs" / "a")
+    with pytest.raises(InputError, match="links to the class folder 'a'"):
+        load_data(str(tmp_path / "imgs"))
+
+
+def test_a_teacher_file_with_a_question_mark_in_its_name_loads_as_is(tmp_path):
+    from compress.contracts import split_spec
+
+    odd = tmp_path / "what?.onnx"
+    odd.write_bytes(b"x")
+    assert split_spec(str(odd)) == (str(odd), {})
+    assert split_spec(f"{odd}?scale=1/16") == (str(odd), {"scale": "1/16"})

@@ -38,7 +38,7 @@ def _entries(spec: str, path: Path) -> tuple[zipfile.ZipFile, dict[str, str]]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"teacher {spec!r}: not a torch.export archive ({exc}); expected a file written by "
+        raise InputError(f"teacher {spec!r}: not a loadable torch.export archive ({exc}); expected a file written by "
                          "torch.export.save") from None
     names = {}
     for name in archive.namelist():

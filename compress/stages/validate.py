@@ -76,6 +76,9 @@ def _resolve(path: Path) -> tuple[str, Path, str, dict | None]:
             raise InputError(f"{mpath}: not a compress manifest ({exc})") from None
         if target not in TARGETS:
             raise InputError(f"{mpath}: target {target!r} is not one of {sorted(TARGETS)}")
+        if not artifact.resolve().is_relative_to(path.resolve()) or artifact.resolve() == path.resolve():
+            raise InputError(f"{mpath}: artifact {manifest['artifact']!r} lies outside the folder; expected the "
+                             "folder's own model file (a manifest names a file inside its folder)")
         if not artifact.exists():
             raise InputError(f"{artifact}: the manifest's artifact is missing")
         return "folder", artifact, target, manifest

@@ -83,11 +83,16 @@ def normalize(raw: np.ndarray, preprocessing: dict) -> np.ndarray:
     return ((np.asarray(raw).astype(np.float32) * np.float32(p["scale"]) - mean) / std).astype(np.float32)
 
 
+RAW_SLACK = 1.0  # pixels: normalized real 8-bit images map back inside 0..255 up to float rounding
+
+
 def to_raw(x, preprocessing: dict) -> np.ndarray:
     """Normalized inputs (N, C, H, W; numpy or torch) -> the uint8 pixels they came from.
 
     The exact inverse of ``normalize`` on real 8-bit images: computed in float64, rounded to the nearest
-    integer and clipped to 0..255 (a normalized value between two pixel levels goes to the nearest)."""
+    integer and clipped to 0..255 (a normalized value between two pixel levels goes to the nearest). Values
+    that map further than a pixel outside 0..255 are not normalized inputs (float raw pixels 0..255 would
+    be clipped to white silently): an ``InputError``."""
     p = check(preprocessing)
     if hasattr(x, "detach"):  # a torch tensor (torch itself is not imported here)
         x = x.detach().cpu().numpy()
@@ -96,7 +101,12 @@ def to_raw(x, preprocessing: dict) -> np.ndarray:
         raise InputError(f"input: shape {x.shape}; expected (N, {len(p['mean'])}, H, W) for raw-pixel preprocessing")
     mean = np.asarray(p["mean"]).reshape(1, -1, 1, 1)
     std = np.asarray(p["std"]).reshape(1, -1, 1, 1)
-    return np.clip(np.rint((x * std + mean) / p["scale"]), 0, 255).astype(np.uint8)
+    raw = (x * std + mean) / p["scale"]
+    if raw.size and not (np.isfinite(raw).all() and raw.min() >= -RAW_SLACK and raw.max() <= 255 + RAW_SLACK):
+        lo, hi = float(np.nanmin(raw)), float(np.nanmax(raw))
+        raise InputError(f"input: float values map to pixels {lo:.4g}..{hi:.4g}, outside 0..255; expected the data's "
+                         "normalized values (or uint8 raw pixels as they are; float raw pixels are not taken)")
+    return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
 
 
 def runner_input(x, preprocessing: dict) -> np.ndarray:
