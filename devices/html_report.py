@@ -294,16 +294,20 @@ def _pill(passed) -> str:
     return f'<span class="pill {"ok" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'
 
 
-def _value(v) -> str:
-    """Any JSON value as escaped HTML: used for optional sections whose shape may grow."""
+VERDICT_KEYS = {"passed", "within_budget", "meets_budgets", "parity_passed"}  # booleans that are a check's result
+
+
+def _value(v, key: str | None = None) -> str:
+    """Any JSON value as escaped HTML: used for optional sections whose shape may grow. A boolean is a
+    PASS/FAIL pill only where it is a verdict (``VERDICT_KEYS``); a setting's true/false is plain text."""
     if isinstance(v, bool):
-        return _pill(v)
+        return _pill(v) if key in VERDICT_KEYS else _e("true" if v else "false")
     if isinstance(v, float):
         return _e(f"{v:.4g}")
     if isinstance(v, dict):
         if not v:
             return "—"
-        return ('<table class="kv">' + "".join(f"<tr><td>{_e(k)}</td><td>{_value(x)}</td></tr>" for k, x in v.items())
+        return ('<table class="kv">' + "".join(f"<tr><td>{_e(k)}</td><td>{_value(x, k)}</td></tr>" for k, x in v.items())
                 + "</table>")
     if isinstance(v, list):
         if not v:
@@ -311,7 +315,7 @@ def _value(v) -> str:
         if all(isinstance(x, dict) for x in v):
             cols = list(dict.fromkeys(k for x in v for k in x))
             head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-            body = "".join("<tr>" + "".join(f"<td>{_value(x.get(c))}</td>" for c in cols) + "</tr>" for x in v)
+            body = "".join("<tr>" + "".join(f"<td>{_value(x.get(c), c)}</td>" for c in cols) + "</tr>" for x in v)
             return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
         return _e(", ".join(str(x) if not isinstance(x, (list, dict)) else str(x) for x in v))
     if v is None:
@@ -338,7 +342,7 @@ def _header(report: dict) -> str:
     ]
     if run.get("threads") is not None:
         lines.append(f"{_e(run.get('threads'))} thread(s), batch 1"
-                     + (f" · wall time {_e(run.get('wall_time_s'))} s" if run.get("wall_time_s") is not None else ""))
+                     + (f" · wall time {_e(run.get('wall_time_s'))} s (from the command's start)" if run.get("wall_time_s") is not None else ""))
     check_items = "".join(
         f'<li>{_pill(c.get("passed"))} <b>{_e(c.get("name"))}</b> <span class="detail">— {_e(c.get("detail"))}</span></li>'
         for c in checks) or '<li class="detail">no checks recorded</li>'

@@ -68,10 +68,26 @@ def budgets_table(report: dict) -> Table:
                       ("result", "left")):
         t.add_column(col, justify=just)
     for b in report["budgets"]:
-        value = "not measured" if b["value"] is None else f"{b['value']:.3g} {b['unit']}"
-        result = ("[green]pass[/green]" if b["checked"] else "[dim]skipped[/dim]") if b["passed"] else "[red]BREACH[/red]"
-        t.add_row(b["name"], value, f"{b['limit']:g} {b['unit']}", b["source"], result)
+        unit = b.get("unit") or ""
+        value = "not measured" if b.get("value") is None else f"{b['value']:.3g} {unit}"
+        limit = "—" if b.get("limit") is None else f"{b['limit']:g} {unit}"
+        result = ("[green]pass[/green]" if b.get("checked", True) else "[dim]skipped[/dim]") if b["passed"] else "[red]BREACH[/red]"
+        t.add_row(b["name"], value, limit, b.get("source") or "—", result)
     return t
+
+
+def _ratio(value, what: str, missing: str) -> str:
+    return f"{value:.1f}x {what}" if isinstance(value, (int, float)) else missing
+
+
+def comparison_line(cmp_: dict) -> str:
+    """Student vs ensemble in one line; every ratio may be missing (a member given as an .onnx file, a
+    folder or precomputed outputs has no MAC count; latency is compared only in one runtime)."""
+    parts = [_ratio(cmp_.get("param_ratio"), "fewer params", "params not compared (a member's count is unknown)"),
+             _ratio(cmp_.get("mac_ratio"), "fewer MACs", "MACs not compared (a member's count is unknown)"),
+             _ratio(cmp_.get("latency_ratio_p50"), "lower p50 latency", "latency not compared")]
+    note = cmp_.get("timing_note")
+    return "student vs teacher ensemble: " + ", ".join(parts) + (f" ({note})" if note else "")
 
 
 def print_report(report: dict, console: Console | None = None) -> None:
@@ -79,11 +95,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
     console.print(table(report))
     cmp_ = report.get("comparison") or {}
     if cmp_:
-        console.print(
-            f"student vs teacher ensemble: {cmp_['param_ratio']:.1f}x fewer params, {cmp_['mac_ratio']:.1f}x fewer MACs, "
-            + (f"{cmp_['latency_ratio_p50']:.1f}x lower p50 latency" if cmp_.get("latency_ratio_p50") else "latency not compared")
-            + f" ({cmp_['timing_note']})"
-        )
+        console.print(comparison_line(cmp_), highlight=False, soft_wrap=True, markup=False)
     fb = report.get("quantization_fallback")
     if fb:
         int8 = "did not convert" if fb["int8_accuracy"] is None else f"{100 * fb['int8_accuracy']:.2f}%"
@@ -91,7 +103,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
                       f"shipped {100 * fb['accuracy']:.2f}% on {fb['eval_samples']} held-out training samples; "
                       f"kept in float: {', '.join(fb['kept_in_float']) or 'nothing'}")
     compat = report.get("compatibility")
-    if compat:
+    if compat and compat.get("operators") is not None:  # TFLite's operator table (another target's differs)
         ops = ", ".join(f"{o['op']} v{o['version']}" for o in compat["operators"])
         console.print(f"TFLite operators: {ops}; oldest runtime that loads the model: {compat['min_runtime']}")
     for c in report["checks"]:

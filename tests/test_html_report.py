@@ -169,3 +169,65 @@ def test_screenshot_is_a_real_nonblank_page(hostile, tmp_path):
     for hex_ in ("#1f4e79", "#d62728"):
         target = np.array([int(hex_[i:i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(band - target).sum(axis=2) < 30).sum() > 20, f"no {hex_} markers in the plot region"
+
+
+# Every optional field a report may lack (a member without MACs: an .onnx file, a dist/<name> folder, a .npz;
+# no latency where the runtime does not run here; no parity for a member given as a file; ...)
+OPTIONAL = [("comparison", "param_ratio"), ("comparison", "mac_ratio"), ("comparison", "latency_ratio_p50"),
+            ("comparison", "timing_note"), ("rows", "accuracy"), ("rows", "agreement_with_teacher"),
+            ("rows", "params"), ("rows", "macs"), ("rows", "size_bytes"), ("rows", "latency_ms"), ("rows", "parity"),
+            ("run", "profile"), ("", "comparison"), ("", "confusion"), ("", "budgets"), ("", "compatibility"),
+            ("", "quantization_fallback")]
+
+
+def _without(report: dict, section: str, key: str) -> dict:
+    rep = copy.deepcopy(report)
+    if section == "":
+        rep[key] = None
+    elif section == "rows":
+        for r in rep["rows"]:
+            r[key] = None
+    elif isinstance(rep.get(section), dict):
+        rep[section][key] = None
+    return rep
+
+
+def _step_summary(report: dict, tmp_path: Path) -> str:
+    """The CI sample's job-summary script (samples/ci/github-actions.yml), run on ``report``."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    workflow = (Path(__file__).resolve().parents[1] / "samples/ci/github-actions.yml").read_text()
+    script = textwrap.dedent(workflow.split("python - <<'EOF' >> \"$GITHUB_STEP_SUMMARY\"\n", 1)[1].split("EOF\n", 1)[0])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("missing", [*OPTIONAL, ("all", "all")], ids=lambda m: ".".join(m))
+def test_every_printed_report_path_survives_every_missing_optional_field(report, hostile, tmp_path, missing):
+    import io
+
+    from rich.console import Console
+
+    from compress.devices.report import print_report
+
+    rep = hostile
+    for section, key in (OPTIONAL if missing == ("all", "all") else [missing]):
+        rep = _without(rep, section, key)
+    out = io.StringIO()
+    print_report(rep, Console(file=out, width=160))
+    assert "artifacts:" in out.getvalue()
+    assert "<html" in html_report.render(rep)
+    assert rep["run"]["name"] in _step_summary(rep, tmp_path)
+
+
+def test_the_console_line_says_what_was_not_compared(report):
+    from compress.devices.report import comparison_line
+
+    line = comparison_line({"param_ratio": None, "mac_ratio": None, "latency_ratio_p50": None,
+                            "timing_note": "NOT compared"})
+    assert "params not compared" in line and "MACs not compared" in line and "latency not compared" in line

@@ -176,7 +176,7 @@ def student_rows(cfg, data, student, exported, teacher_pred) -> tuple[dict, dict
 
 
 def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list,
-               member_targets: list[str], n_members: int) -> dict:
+               member_targets: list[str], n_members: int, member_runtimes: list[str] | None = None) -> dict:
     """Student vs ensemble: ratios, and whether latency was compared in the same runtime (and why not)."""
     comparable = len(runners) == n_members and set(member_targets) == {cfg.target} and runner.measured
     r_lat = student_row["latency_ms"]
@@ -191,8 +191,15 @@ def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runne
                         f"{cfg.latency_runs} runs after warm-up" if comparable else
                         f"NOT compared: the student runs in {runner.engine}"
                         + ("" if runner.measured else " (no latency measured here)")
-                        + f", the teachers in {runners[0][0].engine if runners else 'torch'}"),
+                        + f", the teachers in {_teacher_runtimes(member_runtimes or [])}"),
     }
+
+
+def _teacher_runtimes(member_runtimes: list[str]) -> str:
+    """Where the members ran, each runtime once with its count (a member that does not convert to the
+    student's runtime is timed in torch; a file of outputs computed elsewhere runs nowhere here)."""
+    n = len(member_runtimes)
+    return " and ".join(f"{rt} ({member_runtimes.count(rt)} of {n})" for rt in dict.fromkeys(member_runtimes)) or "torch"
 
 
 def confusion(data, teacher_pred, candidate: str, logits) -> dict:
@@ -229,7 +236,8 @@ def evaluate(cfg, data, members: list[Teacher], student, exported, advance=lambd
     backend = TARGETS[cfg.target]
     compatibility = None if backend.check_artifact is None else backend.check_artifact(exported.artifact, exported.options, checks)
     return report_skeleton([ens, *m_rows, torch_row, s_row],
-                           comparison(cfg, ens, ens_lat, s_row, runner, runners, m_targets, len(members)),
+                           comparison(cfg, ens, ens_lat, s_row, runner, runners, m_targets, len(members),
+                                      [r["runtime"] for r in m_rows]),
                            compatibility, checks, confusion=confusion(data, teacher_pred, s_row["model"], r_logits))
 
 
