@@ -1,6 +1,6 @@
 """What ``compress search`` chooses, and ``search.json``: the fastest candidate meeting every budget (the
-smallest where latency is not measured here), the Pareto flags, the closest miss when nothing fits, and a
-sentence saying why."""
+smallest where latency is not measured here), latencies within the timing noise counting as a tie broken
+by accuracy then size; the Pareto flags, the closest miss when nothing fits, and a sentence saying why."""
 
 from __future__ import annotations
 
@@ -10,14 +10,34 @@ from compress.search_measure import INT8_SLOWER, Context, accuracy_floor, budget
 from compress.search_space import SearchSpace, Trial
 
 
+TIE_TOLERANCE = 0.05  # two p50s closer than 5% are one speed on a shared machine (measured noise is larger)
+
+
+def latency_ties(a: dict, b: dict) -> bool:
+    """Whether two candidates' latencies are one speed: their re-timed intervals (round p50s, fastest to
+    slowest) overlap, or their p50s lie within ``TIE_TOLERANCE`` of each other."""
+    la, lb = a["latency_ms"], b["latency_ms"]
+    if la is None or lb is None:
+        return la is None and lb is None
+    ia, ib = a.get("latency_interval_ms"), b.get("latency_interval_ms")
+    if ia and ib and ia[0] <= ib[1] and ib[0] <= ia[1]:
+        return True
+    return abs(la - lb) <= TIE_TOLERANCE * min(la, lb)
+
+
 def best_feasible(rows: list[dict]) -> dict | None:
-    """The candidate the search would choose now: meets every budget; fastest, then smallest, then most
-    accurate (where latency is not measured here: smallest, then fewest MACs)."""
+    """The candidate the search would choose now: meets every budget; the fastest, where candidates whose
+    latency ties the fastest's (``latency_ties``: a difference within the timing noise is no difference)
+    are ranked by validation accuracy, then size, then MACs (where latency is not measured here: smallest,
+    then fewest MACs, then most accurate)."""
     ok = [r for r in rows if r["status"] == "measured" and r["meets_budgets"]]
     if not ok:
         return None
-    return min(ok, key=lambda r: (r["latency_ms"] if r["latency_ms"] is not None else float("inf"), r["size_kb"],
-                                  r["macs"], -r["val_accuracy"]))
+    fastest = min(ok, key=lambda r: (r["latency_ms"] if r["latency_ms"] is not None else float("inf"), r["size_kb"]))
+    if fastest["latency_ms"] is None:
+        return min(ok, key=lambda r: (r["size_kb"], r["macs"], -r["val_accuracy"]))
+    tied = [r for r in ok if latency_ties(r, fastest)]
+    return min(tied, key=lambda r: (-r["val_accuracy"], r["size_kb"], r["macs"], r["latency_ms"]))
 
 
 def closest(ctx: Context, rows: list[dict]) -> dict | None:
@@ -80,10 +100,18 @@ def why(ctx: Context, chosen: dict | None, rows: list[dict]) -> str:
     feasible = [r for r in rows if r["status"] == "measured" and r["meets_budgets"]]
     if chosen is None:
         return "no measured candidate meets every budget"
-    basis = "the fastest" if chosen["latency_ms"] is not None else "the smallest (latency is not measured here)"
-    text = (f"{chosen['id']}: {basis} of the {len(feasible)} candidate(s) meeting every budget "
-            f"(validation accuracy {100 * chosen['val_accuracy']:.2f}%, {chosen['accuracy_drop']:.2f} points below "
-            f"the ensemble)")
+    if chosen["latency_ms"] is not None:
+        tied = [r for r in feasible if r is not chosen and latency_ties(r, chosen)]
+        basis = "the fastest" + (f" (tied on latency with {len(tied)} other(s): the most accurate, then smallest, of "
+                                 "them)" if tied else "")
+    else:
+        basis = "the smallest (latency is not measured here)"
+    scope = (f"of the {len(feasible)} candidate(s) meeting every budget" if ctx.budgets else
+             f"of the {len(feasible)} candidate(s): NO budget is in force (no --max-* flag, no profile budget), so "
+             "the choice optimizes latency alone, with accuracy only breaking ties; give --max-accuracy-drop to "
+             "bound the accuracy")
+    text = (f"{chosen['id']}: {basis} {scope} (validation accuracy {100 * chosen['val_accuracy']:.2f}%, "
+            f"{chosen['accuracy_drop']:.2f} points below the ensemble)")
     if chosen["scheme"] == "none":  # why not the same student in int8: it was measured, so say what it showed
         for r in rows:
             if r["student"] != chosen["student"] or not r["scheme"].startswith("int8") or r["status"] != "measured":

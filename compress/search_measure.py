@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -141,6 +142,39 @@ def measure(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> di
     out.update(runtime=runner.engine, parity_passed=bool(parity["passed"]),
                parity_max_abs_diff=parity.get("max_abs_diff"))
     return out
+
+
+FINALIST_ROUNDS = 5  # rounds in which every finalist is timed in turn (a load spike then hits them alike)
+FINALIST_SPAN = 1.5  # feasible candidates within this factor of the fastest p50 are re-timed together
+MAX_FINALISTS = 4
+
+
+def finalists(rows: list[dict]) -> list[dict]:
+    """The candidates worth timing again side by side: those meeting every budget whose p50 is within
+    ``FINALIST_SPAN`` of the fastest (at most ``MAX_FINALISTS``, fastest first). One alone needs no
+    comparison; where latency is not measured here there is nothing to re-time."""
+    ok = sorted((r for r in rows if r["status"] == "measured" and r["meets_budgets"] and r["latency_ms"] is not None),
+                key=lambda r: r["latency_ms"])
+    if not ok:
+        return []
+    near = [r for r in ok if r["latency_ms"] <= FINALIST_SPAN * ok[0]["latency_ms"]][:MAX_FINALISTS]
+    return near if len(near) > 1 else []
+
+
+def time_interleaved(predicts: dict[str, Callable], x: np.ndarray, runs: int, rounds: int = FINALIST_ROUNDS,
+                     time_one: Callable | None = None) -> dict[str, dict]:
+    """Each model timed ``rounds`` times, the models in turn within a round (alternating direction), so that
+    whatever else the machine does lands on all of them alike; id -> {p50: the median of the rounds' p50s,
+    low/high: the fastest and slowest round}. ``time_one(predict) -> p50 ms`` defaults to
+    ``metrics.measure_latency`` with ``runs / rounds`` timed runs (tests pass a fake timer)."""
+    from compress.core import metrics
+
+    time_one = time_one or (lambda predict: metrics.measure_latency(predict, x, runs=max(runs // rounds, 10))["p50"])
+    seen: dict[str, list[float]] = {key: [] for key in predicts}
+    for r in range(rounds):
+        for key in (list(predicts) if r % 2 == 0 else list(reversed(predicts))):
+            seen[key].append(float(time_one(predicts[key])))
+    return {key: {"p50": float(np.median(v)), "low": min(v), "high": max(v), "rounds": rounds} for key, v in seen.items()}
 
 
 def judge(ctx: Context, row: dict) -> dict:
