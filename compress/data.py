@@ -24,7 +24,8 @@ What every data set must be (an ``InputError`` naming the input otherwise; the C
 * symbolic links: followed while they stay inside the data root; a class folder or sample file (or a
   folder on the way to it) that resolves outside the root is refused, naming the link, so a data set is
   exactly what its folder holds (``check_inside``);
-* ``limit_train`` / ``limit_test`` (``--limit-train`` / ``--limit-test``): integers >= 1 when given.
+* ``limit_train`` / ``limit_test`` (``--limit-train`` / ``--limit-test``): integers >= 1 when given; that many
+  rows of the split, stratified by class and seeded (``limited_rows``), in the data's order.
 """
 
 from __future__ import annotations
@@ -664,10 +665,53 @@ def _check_limit(flag: str, value) -> None:
         raise InputError(f"{flag} {value}: expected an integer >= 1 (a number of samples), or none for all")
 
 
+def limited_rows(y: np.ndarray | None, n_rows: int, limit: int, seed: int) -> np.ndarray:
+    """``limit`` rows of a split, stratified by class and seeded, in the data's order. Loaders often return
+    samples sorted by class (a folder per class, FSDD's file names): the first N rows would keep one or two
+    classes and every model would then predict one class and pass every check. Each class keeps its share
+    (largest remainders), and at least one sample while ``limit`` allows; an unlabelled split gets a seeded
+    random subset."""
+    if limit >= n_rows:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(seed)
+    if y is None:
+        return np.sort(rng.permutation(n_rows)[:limit])
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * limit / n_rows
+    take = np.floor(quota).astype(np.int64)
+    if limit >= len(classes):
+        take = np.maximum(take, 1)
+    while take.sum() > limit:  # the minimum of one took rows from the largest classes
+        take[np.argmax(take - quota)] -= 1
+    order = np.argsort(-(quota - take), kind="stable")  # largest remainders first
+    for i in order[: limit - int(take.sum())]:
+        take[i] += 1
+    # each class's rows in one seeded order, whatever the limit: a smaller limit keeps a subset of a larger one's
+    # rows (a file of outputs for one --limit-test still answers a shorter one)
+    orders = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    return np.sort(np.concatenate([order[:int(k)] for order, k in zip(orders, take)]))
+
+
+def class_coverage_warnings(ds: Dataset) -> list[str]:
+    """What a split lacks that the other has: a class never trained on is never predicted, and a class never
+    tested is never measured (both silent in an accuracy). One sentence each, for the console and the report."""
+    if ds.y_train is None:
+        return []
+    train, test = set(np.unique(ds.y_train).tolist()), set(np.unique(ds.y_test).tolist())
+    out = []
+    for missing, split, other in ((test - train, "training", "test"), (train - test, "test", "training")):
+        if missing:
+            names = ", ".join(repr(ds.labels[i]) for i in sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+            out.append(f"data {ds.name}: the {split} split has no sample of {len(missing)} class(es) the {other} split "
+                       f"has ({names}); accuracy is not measured for them as it is for the others "
+                       f"(raise --limit-train/--limit-test, or check the data's split)")
+    return out
+
+
 def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: int | None = None,
               limit_test: int | None = None, unlabelled: bool = False, seed: int = 0, **options) -> Dataset:
     """Load ``spec`` ("digits" / None for the default, or a path) with ``fmt`` or an auto-detected loader,
-    check it (``check_dataset``), then keep the first ``limit_train`` / ``limit_test`` samples (>= 1)."""
+    check it (``check_dataset``), then keep ``limit_train`` / ``limit_test`` samples (>= 1), stratified by class."""
     _check_limit("--limit-train", limit_train)
     _check_limit("--limit-test", limit_test)
     if spec in (None, "", "digits") and fmt in (None, "digits"):
@@ -684,10 +728,12 @@ def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: i
         ds = loader(path, seed=seed, **options)
     check_dataset(ds)
     if limit_train:
-        ds.x_train = ds.x_train[:limit_train]
-        ds.y_train = None if ds.y_train is None else ds.y_train[:limit_train]
+        rows = limited_rows(ds.y_train, len(ds.x_train), limit_train, seed)
+        ds.x_train = ds.x_train[rows]
+        ds.y_train = None if ds.y_train is None else ds.y_train[rows]
     if limit_test:
-        ds.x_test, ds.y_test = ds.x_test[:limit_test], ds.y_test[:limit_test]
+        rows = limited_rows(ds.y_test, len(ds.x_test), limit_test, seed)
+        ds.x_test, ds.y_test = ds.x_test[rows], ds.y_test[rows]
     if unlabelled:
         ds.y_train = None
     return ds

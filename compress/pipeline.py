@@ -25,12 +25,12 @@ from rich.progress import Progress
 
 from compress import __version__, models
 from compress.bias_correction import parse_correction, shift_class_bias
-from compress.core.atomic import clean_stale, replace_path, temp_prefix, write_text
+from compress.core.atomic import clean_stale, public_mkdtemp, replace_path, temp_prefix, write_text
 from compress.core.cache import cache_dir, content_key, file_sha256, path_size
 from compress.core.errors import InputError, InternalError, ValidationFailed
 from compress.core.threads import torch_threads
 from compress.core.versions import versions
-from compress.data import Dataset, load_data
+from compress.data import Dataset, class_coverage_warnings, load_data
 from compress.export import registry
 from compress.export.common import ModelInfo
 from compress.estimate import estimate_fit_seconds, format_duration, plan_threads, rng_preserved
@@ -142,16 +142,23 @@ def _train_threads(cfg: RunConfig, data: Dataset):
                         student_batch=cfg.batch_size, teacher_batch=teacher_recipe(cfg, data).batch_size)
 
 
-def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str:
+def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
     """One line before any training: how long the built-in members' and the student's training will take
     here, from a few timed steps of each (``compress.estimate``; RNG states untouched). Members stop early
-    on their validation split, and cached ones are not retrained, so the teachers' part is an upper bound."""
+    on their validation split, so the teachers' part is an upper bound. None when every built-in member is
+    cached (a warm run): the distillation stage estimates the student itself when it has epochs to train."""
     def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
         with rng_preserved(), torch_threads(threads_):
             model = models.build(spec, data.input_shape, data.num_classes)
             return estimate_fit_seconds(model, data.x_train[:batch], n, epochs, batch)
 
-    built_in = [t for t in cfg.teachers if models.is_known(t)]
+    from compress.teacher_training import cached_weights_path
+
+    recipe = teacher_recipe(cfg, data)
+    built_in = [t for i, t in enumerate(cfg.teachers)
+                if models.is_known(t) and not cached_weights_path(t, data, recipe, cfg.seed + i).is_file()]
+    if not built_in:
+        return None  # nothing to train before the student, whose own estimate comes when (if) it trains
     n_members = int(round(len(data.x_train) * 0.9))
     teachers = sum(seconds(t, cfg.teacher_epochs, 64, n_members, threads.teachers or 1) for t in built_in)
     student = seconds(cfg.student, cfg.epochs, cfg.batch_size, len(data.x_train), threads.student)
@@ -440,7 +447,8 @@ def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], s
     return report, exported
 
 
-def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, search: dict | None = None) -> dict | None:
+def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, search: dict | None = None,
+        started: float | None = None) -> dict | None:
     """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``).
 
     ``search`` (``compress search``'s ``search.json``, when the search chose this run's settings) is written
@@ -452,20 +460,25 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
     """
     cfg.validate()
     console = console or Console(stderr=True)
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started  # the CLI passes its command's start
     with stage("setup"):
         profile = _resolve_profile(cfg)
         rank, world = _init_distributed()
     with stage("data"):
         data = load_run_data(cfg)
+        for message in class_coverage_warnings(data):  # said, and carried by the report
+            if rank == 0:
+                console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
+            cfg.warnings.append(message)
         picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
         name, out_root = output_folder(cfg, data, rank)
         student = initial_student(cfg, data)
     with stage("setup"):
         threads = _train_threads(cfg, data)
     with make_progress(console, quiet=quiet or rank != 0, interactive=is_interactive(console)) as progress:
-        if rank == 0 and not quiet:
-            progress.note(estimate_run(cfg, data, threads))
+        estimate = estimate_run(cfg, data, threads) if rank == 0 and not quiet else None
+        if estimate:
+            progress.note(estimate)
         with stage("teachers"), torch_threads(threads.teachers or threads.student):
             members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world)
         with stage("distillation"), torch_threads(threads.student):
@@ -473,7 +486,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
                                                        rank, world)
         if student is None:
             return None
-        tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=".tmp", dir=out_root))
+        tmp_dir = public_mkdtemp(temp_prefix(name), out_root)
         try:
             with stage("export and validation"):
                 report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,

@@ -16,6 +16,7 @@ with the cached weights and shown in the report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +119,12 @@ def _load_cached(path, module: nn.Module) -> dict | None:
     return read_verified(path, load)
 
 
+def cached_weights_path(name: str, data, recipe: TeacherRecipe, seed: int) -> Path:
+    """Where a built-in member's trained weights are cached: keyed by everything that changes them."""
+    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), recipe.key(), seed)
+    return cache_dir("teachers") / f"{name.replace(':', '-')}-{key[:20]}.pt"  # no ':' in file names (Windows)
+
+
 def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, device: str | None = None,
                          on_epoch=None) -> tuple[nn.Module, dict, bool]:
     """Registry model ``name`` trained on the labelled training split (or its cached weights):
@@ -127,8 +134,7 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
     with torch.random.fork_rng(devices=[]):  # initial weights from (name, seed) alone, not from the global RNG,
         torch.manual_seed(seed)              # whose state depends on which members came from the cache
         module = models.build(name, data.input_shape, data.num_classes)
-    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), recipe.key(), seed)
-    path = cache_dir("teachers") / f"{name.replace(':', '-')}-{key[:20]}.pt"  # no ':' in file names (Windows)
+    path = cached_weights_path(name, data, recipe, seed)
     entry = _load_cached(path, module)
     if entry is not None:
         module.load_state_dict(entry["weights"])
