@@ -10,20 +10,35 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from compress.cli_output import err, fail, guarded, print_failures
+from compress.cli_output import err, fail, guarded, help_markup_mode, print_failures
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS, suffixes
 
 TARGET_NAMES = ", ".join(TARGETS)
 MODEL_FILES = ", ".join(suffixes())
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=help_markup_mode(),
                   help="Distill a teacher ensemble into a compact student, export it, and check it in its runtime.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from compress import __version__
+
+        typer.echo(f"compress {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def main() -> None:
+def main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print the version and exit."),
+         verbose: bool = typer.Option(False, "--verbose", help="Keep the libraries' own stderr lines (absl, "
+                                      "TFLite's delegate notice, ONNX Runtime's hints), which are dropped by default.")) -> None:
     """compress: distillation, quantization and export for on-device models."""
+    if verbose:
+        from compress.core.noise import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     quiet_libraries()
 
 
@@ -42,6 +57,9 @@ def quiet_libraries() -> None:
         os.environ.setdefault(key, value)
     for noisy in ("coremltools", "torch.utils._pytree", "torch._export", "torch.onnx", "torchao"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from compress.core.noise import quiet_python
+
+    quiet_python(p for backend in TARGETS.values() for p in backend.stderr_noise)  # what each target declares
 
 
 def _given(**flags) -> dict:
@@ -151,17 +169,20 @@ def distill_and_export(
         configs = _run_configs(recipe, flags)
         for cfg in configs:
             cfg.validate()  # every target's settings are checked before the first one trains
-        for cfg in configs:
-            report = run(cfg, console=err, quiet=quiet)  # bars on a terminal, else lines; always on stderr
+        from compress import STARTED
+
+        for i, cfg in enumerate(configs):  # the first target's wall time counts from the command's start
+            report = run(cfg, console=err, quiet=quiet, started=STARTED if i == 0 else None)  # progress on stderr
             if report is not None:  # None: a non-zero torchrun rank, which only trains
                 reports.append(report)
     if not reports:
         return
-    if json_output:
-        typer.echo(to_json(reports[0]) if len(reports) == 1 else json_lib.dumps(reports, indent=2))
-    else:
-        for report in reports:
-            print_report(report, Console() if sys.stdout.isatty() else Console(width=160))
+    with guarded("the artifacts and report.json are written", "report"):  # a failure here is exit 3, not 1
+        if json_output:
+            typer.echo(to_json(reports[0]) if len(reports) == 1 else json_lib.dumps(reports, indent=2))
+        else:
+            for report in reports:
+                print_report(report, Console() if sys.stdout.isatty() else Console(width=160))
     failed = [r for r in reports if not r["passed"]]
     if failed:
         count = print_failures(failed)

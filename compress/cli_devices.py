@@ -18,11 +18,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compress.cli_output import err, fail, guarded, print_failures
+from compress.cli_output import err, fail, guarded, help_markup_mode, print_failures
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS, accepting, suffixes
 
-devices_app = typer.Typer(add_completion=False, no_args_is_help=True,
+devices_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=help_markup_mode(),
                           help="Device profiles (runtime, threads, budgets) and device tooling setup.")
 
 # name -> setup(progress) -> dict (with "seconds"); the modules are imported only when their setup runs.
@@ -142,7 +142,7 @@ def validate_command(
     max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest model size, kB (1024 bytes)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory of load + run, MiB."),
     min_runtime: Optional[str] = typer.Option(None, help=" and ".join(accepting("min_runtime")) + ": fail unless every operator version loads in this runtime (e.g. 2.14)."),
-    data: Optional[str] = typer.Option(None, help="Data to evaluate on (needed for a bare model file; default for a folder: the recipe's)."),
+    data: Optional[str] = typer.Option(None, help="Data to evaluate on: a path, or digits for scikit-learn's digits (needed for a bare model file; default for a folder: the data it was made from)."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
     reference: Optional[list[str]] = typer.Option(None, "--reference", help="Reference model (repeat for a teacher ensemble): .onnx, TorchScript, .pt2, built-in name, a model file of the artifact's target or a folder compress wrote (its float export). Default for a folder: its teachers."),
     max_logit_diff: Optional[float] = typer.Option(None, "--max-logit-diff", help="Fail unless the max abs logit difference from the one --reference is at most this, on the same real test inputs. Default: the variant's parity tolerance when the reference is the artifact's float twin (or the same file); agreement only for a different model."),

@@ -20,6 +20,19 @@ from compress.core.errors import InputError, InternalError, Terminated, Validati
 
 err = Console(stderr=True)
 
+WIDE_HELP_COLUMNS = 100
+
+
+def help_markup_mode() -> str | None:
+    """How ``--help`` is drawn: rich panels on a terminal at least ``WIDE_HELP_COLUMNS`` wide, else click's
+    plain text. Rich's option table crops a word longer than its help column with an ellipsis (the
+    ``--teacher`` contract syntax, ``module:function=weights.pt``), which in a CI log (80 columns, no terminal)
+    or a narrow terminal loses the very text the help is for; plain help wraps at spaces and never crops."""
+    import shutil
+    import sys
+
+    return "rich" if sys.stdout.isatty() and shutil.get_terminal_size().columns >= WIDE_HELP_COLUMNS else None
+
 
 def fail(message: str, code: int) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)

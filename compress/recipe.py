@@ -251,6 +251,20 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
+_PLACEHOLDERS = {_STR: "", _INT: 1, _NUM: 1.0, _BOOL: True, _LIST: [], _TABLE: {}, _SIZE: 32, _NUMS: [1.0]}
+
+
+def example_value(key: Key) -> Any:
+    """What ``compress init`` shows, commented out, for an unset key: its example, else a value of its type
+    within its bounds (so that uncommenting any line gives a recipe that loads)."""
+    if key.example is not None:
+        return key.example
+    if key.bounds is not None and key.bounds.low is not None:
+        low = key.bounds.low + (1 if key.bounds.low_open else 0)
+        return int(low) if key.types == _INT else float(low)
+    return _PLACEHOLDERS[key.types]
+
+
 def render(defaults: dict[str, Any]) -> str:
     """A commented recipe: every key with its help; unset keys commented out with an example value."""
     lines = ["# compress.toml: a recipe for `compress distill-and-export` (written by `compress init`).",
@@ -263,8 +277,7 @@ def render(defaults: dict[str, Any]) -> str:
             lines.append(f"# {key.help}")
             value = defaults.get(key.field)
             if value is None or value == {}:
-                example = key.example if key.example is not None else ""
-                lines.append(f"# {key_name} = {_toml_value(example)}")
+                lines.append(f"# {key_name} = {_toml_value(example_value(key))}")
             else:
                 lines.append(f"{key_name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -9,10 +9,11 @@ the numbers are for correctness, never for timing (``open_arm64`` returns ``meas
 ``setup()`` builds the emulator once, without root and without touching the host system: ``apt-get`` with a
 private configuration (its own state folder, Debian bookworm sources, architectures amd64 + arm64) downloads
 ``qemu-user-static`` (amd64) and the arm64 Python 3.11 runtime packages, which ``dpkg -x`` unpacks into a
-sysroot; ``pip download`` fetches the aarch64 wheels. The result lives under ``$COMPRESS_EMU_DIR`` or the
-user cache dir (deliberately not ``compress.core.cache.cache_dir``, which tests isolate per session: a build
-takes a minute and must be reused), in a folder keyed by the package versions, built in a temporary sibling
-and renamed into place only when its marker file is written.
+sysroot; ``pip download`` fetches the aarch64 wheels. The result lives under ``$COMPRESS_EMU_DIR``, else
+``arm64-emu`` under the cache root (``$COMPRESS_CACHE_DIR``, else the user cache dir; ``emu_root``; the test
+suite, which isolates the cache per session, points ``COMPRESS_EMU_DIR`` at the user's so that a build is
+reused), in a folder keyed by the package versions, built in a temporary sibling and renamed into place
+only when its marker file is written.
 """
 
 from __future__ import annotations
@@ -71,12 +72,17 @@ class EmulatorUnavailable(RuntimeError):
 
 
 def emu_root() -> Path:
+    """``$COMPRESS_EMU_DIR``, else ``arm64-emu`` under the cache root (``$COMPRESS_CACHE_DIR`` when set, so a
+    user who moves the cache moves the emulator with it; else the user cache dir)."""
     root = os.environ.get("COMPRESS_EMU_DIR")
-    if not root:
-        from platformdirs import user_cache_dir
+    if root:
+        return Path(root)
+    cache = os.environ.get("COMPRESS_CACHE_DIR")
+    if cache:
+        return Path(cache) / "arm64-emu"
+    from platformdirs import user_cache_dir
 
-        root = Path(user_cache_dir("compress")) / "arm64-emu"
-    return Path(root)
+    return Path(user_cache_dir("compress")) / "arm64-emu"
 
 
 def _wheels() -> list[str]:

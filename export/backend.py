@@ -124,6 +124,7 @@ class Backend:
     emulator_wheel: str | None = None
     runs_here: bool = True
     op_list: Callable[[], dict] | None = None
+    stderr_noise: tuple[str, ...] = ()  # regexes of runtime/converter lines that say nothing to a user (core.noise)
 
     @property
     def file_name(self) -> str:

@@ -15,6 +15,9 @@ FSDD = SHARED / "fsdd"
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Never touch the user's cache: every test session gets its own."""
+    from compress.devices.arm64_emu import emu_root
+
+    os.environ.setdefault("COMPRESS_EMU_DIR", str(emu_root()))  # the emulator built before the session is reused
     path = tmp_path_factory.mktemp("compress-cache")
     old = os.environ.get("COMPRESS_CACHE_DIR")
     os.environ["COMPRESS_CACHE_DIR"] = str(path)

@@ -59,6 +59,21 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mkdtemp(prefix: str, dir: Path) -> Path:
+    """A temporary folder beside an output, with the mode an ordinary ``mkdir`` gives (``0o777 & ~umask``):
+    ``mkdtemp`` makes it 0700, and a run folder moved into place from it would stay unreadable to the
+    other users of a build machine (an app build running as another user)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dir))
+    folder.chmod(0o777 & ~_umask())
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success move it over ``final`` (file or folder).
@@ -67,7 +82,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent))
+    tmp_dir = public_mkdtemp(temp_prefix(final.name), final.parent)
     tmp = tmp_dir / final.name
     try:
         yield tmp

@@ -33,4 +33,6 @@ BACKEND = Backend(
     runtime_module="onnxruntime",
     emulated_runner=Path(__file__).with_name("emulated.py"),
     emulator_wheel="onnxruntime",
+    # onnxruntime.quantization logs this through logging.warning (the root logger) on every quantize call
+    stderr_noise=(r"Please consider to run pre-processing before quantization",),
 )

@@ -13,6 +13,12 @@ from pathlib import Path
 from compress.export.backend import Backend, Int8Fallback, Qat, lazy
 from compress.export.tflite.tolerances import TOLERANCES
 
+# what the converter's and interpreter's native code (absl, TensorFlow's oneDNN notice, the XNNPACK delegate)
+# and litert-torch's pytree use write to stderr on every run: said nothing the user can act on
+STDERR_NOISE = (r"All log messages before absl::InitializeLog\(\) is called", r"port\.cc:\d+\] oneDNN custom operations",
+                r"Created TensorFlow Lite XNNPACK delegate for CPU", r"isinstance\(treespec, LeafSpec\)` is deprecated",
+                r"^\s*return cls\.__new__\(cls, \*args\)\s*$")
+
 # --quantize scheme -> the converter's variant (the numeric form written, and the tolerance key)
 VARIANTS = {"none": "fp32", "fp16": "fp16", "int8-weights": "int8-dynamic", "int8": "int8"}
 
@@ -65,4 +71,5 @@ BACKEND = Backend(
     runtime_module="ai_edge_litert.interpreter",
     emulated_runner=Path(__file__).with_name("emulated.py"),
     emulator_wheel="ai-edge-litert",
+    stderr_noise=STDERR_NOISE,
 )

@@ -37,6 +37,8 @@ from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
 # The metadata entry names and ``read_metadata`` live in ``io`` (runners read them there without torch).
+from compress.core.noise import native_stderr_filtered
+from compress.export.tflite import STDERR_NOISE
 from compress.export.tflite.io import INFO_KEY, LABELS_KEY, metadata_name, read_metadata  # noqa: F401
 
 VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8")
@@ -97,7 +99,7 @@ def export(
     was_training = model.training
     model.eval()
     try:
-        with quiet_progress():
+        with quiet_progress(), native_stderr_filtered(STDERR_NOISE):
             data = _convert(model, sample, variant, calib, float_layers)
     finally:
         model.train(was_training)

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import InputError
+from compress.core.noise import native_stderr_filtered
 from compress.core.runner import Runner
+from compress.export.tflite import STDERR_NOISE
 from compress.export.common.preprocess import runner_input
 from compress.export.tflite.io import read_preprocessing
 
@@ -35,10 +37,11 @@ def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Run
     # BUILTIN applies the default delegate (XNNPACK) to the graph; BUILTIN_WITHOUT_DEFAULT_DELEGATES does not.
     resolver = OpResolverType.BUILTIN if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = Interpreter(
-            model_path=str(path), num_threads=int(threads), experimental_op_resolver_type=resolver
-        )
-        interpreter.allocate_tensors()
+        with native_stderr_filtered(STDERR_NOISE):  # the delegate announces itself on every load
+            interpreter = Interpreter(
+                model_path=str(path), num_threads=int(threads), experimental_op_resolver_type=resolver
+            )
+            interpreter.allocate_tensors()
     except Exception as exc:  # the wrapper raises ValueError/RuntimeError with the runtime's message
         raise InputError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0]})") from None
 
