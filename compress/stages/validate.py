@@ -182,8 +182,9 @@ def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, ref
                        unlabelled=bool(recipe.get("unlabelled")), seed=int(recipe.get("seed", 0)))
     else:
         if data is None:
-            raise InputError(f"{path}: a model file needs --data (the labelled data to evaluate it on); "
-                             f"or give a folder written by compress distill-and-export")
+            raise InputError(f"{path}: a model file needs --data (the labelled data to evaluate it on: a path, "
+                             "or --data digits for scikit-learn's digits); or give a folder written by compress "
+                             "distill-and-export (it records its data)")
         if max_accuracy_drop is not None and not reference:
             raise InputError("--max-accuracy-drop: an accuracy drop needs a reference; give --reference "
                              "(a teacher: .onnx, TorchScript, .pt2 or a built-in name) or validate the folder "
