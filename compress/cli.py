@@ -158,9 +158,6 @@ def distill_and_export(
     Exit codes: 0 passed, 1 a check or budget failed, 2 bad input, 130 interrupted (run again to resume).
     """
     flags = _flags(locals())  # first: locals() holds exactly the command's parameters here
-    import json as json_lib
-
-    from compress.devices.report import print_report, to_json
     from compress.pipeline import run
 
     reports = []
@@ -177,16 +174,26 @@ def distill_and_export(
                 reports.append(report)
     if not reports:
         return
-    with guarded("the artifacts and report.json are written", "report"):  # a failure here is exit 3, not 1
+    _print_reports(reports, json_output)
+    failed = [r for r in reports if not r["passed"]]
+    if failed:
+        count = print_failures(failed)
+        fail(f"{count} check(s) failed (see {failed[0]['run']['out_dir']}/report.json)", 1)
+
+
+def _print_reports(reports: list[dict], json_output: bool) -> None:
+    """The reports on stdout (JSON or tables), under the exit-code contract: the artifacts and report.json
+    are written by now, so a failure here is an internal error (exit 3, one line), never a traceback."""
+    import json as json_lib
+
+    from compress.devices.report import print_report, to_json
+
+    with guarded("the artifacts and report.json are written", "report"):
         if json_output:
             typer.echo(to_json(reports[0]) if len(reports) == 1 else json_lib.dumps(reports, indent=2))
         else:
             for report in reports:
                 print_report(report, Console() if sys.stdout.isatty() else Console(width=160))
-    failed = [r for r in reports if not r["passed"]]
-    if failed:
-        count = print_failures(failed)
-        fail(f"{count} check(s) failed (see {failed[0]['run']['out_dir']}/report.json)", 1)
 
 
 @app.command("init")

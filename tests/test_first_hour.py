@@ -251,3 +251,23 @@ def test_a_split_missing_a_class_is_said_and_reported(tmp_path):
     assert "the test split has no sample of 1 class(es)" in result.stderr
     report = json.loads((tmp_path / "dist" / "gap" / "report.json").read_text())
     assert any("the test split has no sample" in w for w in report["run"]["warnings"])
+
+
+def test_a_failure_while_printing_the_report_is_exit_3_with_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import compress.devices.report as report_module
+    from compress.cli import app
+
+    def broken(report, console=None):
+        raise TypeError("unsupported format string passed to NoneType.__format__")
+
+    monkeypatch.setattr(report_module, "print_report", broken)
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["distill-and-export", "--teacher", "mlp-small", "--teacher-epochs", "1",
+                                      "--epochs", "1", "--limit-train", "200", "--latency-runs", "3",
+                                      "--out", str(tmp_path / "dist"), "--quiet"])
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "internal error in report" in lines[0] and "TypeError" in lines[0]
+    assert (tmp_path / "dist" / "digits-mlp-small-onnx" / "report.json").is_file(), "the artifacts stay"
