@@ -383,9 +383,9 @@ def _retime_finalists(ctx: Context, plan: list[Trial], rows: dict, time_one=None
         predicts = {}
         for row in chosen:
             trial, scheme = by_id[row["id"]]
-            cfg = trial_config(ctx, trial, scheme)
-            with torch_threads(_train_threads(cfg, ctx.split).student):  # loads the finished checkpoint
-                student, _, _ = distill_student(cfg, ctx.split, initial_student(cfg, ctx.split), ctx.members,
+            trained, cfg = trial_config(ctx, trial), trial_config(ctx, trial, scheme)
+            with torch_threads(_train_threads(trained, ctx.split).student):  # loads the finished checkpoint
+                student, _, _ = distill_student(trained, ctx.split, initial_student(trained, ctx.split), ctx.members,
                                                 ctx.targets[trial.temperature], ctx.progress, ctx.console, 0, 1)
             exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder) / row["id"].replace("/", "-"))

@@ -13,6 +13,9 @@ from compress.search_space import SearchSpace, Trial
 TIE_TOLERANCE = 0.05  # two p50s closer than 5% are one speed on a shared machine (measured noise is larger)
 
 
+CLOSEST_TIE = 0.2  # misses of a budget within 20% of the smallest miss: the cheapest of them is named closest
+
+
 def latency_ties(a: dict, b: dict) -> bool:
     """Whether two candidates' latencies are one speed: their re-timed intervals (round p50s, fastest to
     slowest) overlap, or their p50s lie within ``TIE_TOLERANCE`` of each other."""
@@ -60,7 +63,8 @@ def closest(ctx: Context, rows: list[dict]) -> dict | None:
     pool = [r for r in rows if r["status"] == "measured"] or [r for r in rows if r.get("probe")]
     if not pool:
         return None
-    best = min(pool, key=lambda r: (excess(r), r["macs"]))
+    least = min(excess(r) for r in pool)  # misses within CLOSEST_TIE of the least are one miss (timing noise):
+    best = min((r for r in pool if excess(r) <= least * (1 + CLOSEST_TIE)), key=lambda r: (r["macs"], excess(r)))
     return {"id": best["id"], "status": best["status"], "breaks": best["breaks"] or [best["note"]]}
 
 
@@ -106,7 +110,7 @@ def why(ctx: Context, chosen: dict | None, rows: list[dict]) -> str:
                                  "them)" if tied else "")
     else:
         basis = "the smallest (latency is not measured here)"
-    scope = (f"of the {len(feasible)} candidate(s) meeting every budget" if ctx.budgets else
+    scope = (f"of the {len(feasible)} candidate(s) meeting every budget" if ctx is None or ctx.budgets else
              f"of the {len(feasible)} candidate(s): NO budget is in force (no --max-* flag, no profile budget), so "
              "the choice optimizes latency alone, with accuracy only breaking ties; give --max-accuracy-drop to "
              "bound the accuracy")

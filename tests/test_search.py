@@ -11,6 +11,7 @@ and leaves an earlier good folder alone.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,9 @@ def no_timing_skips(monkeypatch) -> None:
 
     monkeypatch.setattr(compress.search_measure, "PROBE_SLACK", 1e9)
     monkeypatch.setattr(compress.search, "clock", lambda: 0.0)
+    # the stored latencies stand: the finalists' re-timing (tested with a fake timer in test_first_hour) would
+    # make a rerun's choice among near-equal candidates depend on the machine's load
+    monkeypatch.setattr(compress.search, "_retime_finalists", lambda *args, **kwargs: None)
 
 
 def invoke(args: list[str], tmp: Path):
@@ -113,8 +117,11 @@ def test_tiny_search_writes_a_chosen_folder_that_meets_the_budgets_on_the_pareto
     front = brute_front(measured, keys)
     assert chosen["id"] in front
     assert {r["id"] for r in measured if r["pareto"]} == front
-    # fastest among those meeting every budget
-    assert chosen["latency_ms"] == min(r["latency_ms"] for r in measured if r["meets_budgets"])
+    # fastest among those meeting every budget, or tied with the fastest (timing noise) and more accurate
+    from compress.search_choice import latency_ties
+
+    fastest = min((r for r in measured if r["meets_budgets"]), key=lambda r: r["latency_ms"])
+    assert chosen is fastest or (latency_ties(chosen, fastest) and chosen["val_accuracy"] >= fastest["val_accuracy"])
     # two families, two widths: every student appears, cheapest first
     students = list(dict.fromkeys(r["student"] for r in saved["candidates"]))
     assert sorted(students) == sorted(["mlp:0.5:0.5", "mlp:1:0.5", "cnn-small:0.5", "cnn-small:1"])
@@ -236,7 +243,9 @@ def test_an_impossible_budget_exits_1_naming_the_closest_candidate_and_keeps_the
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     line = result.output.strip().splitlines()[-1]
-    assert "no candidate meets the budgets" in line and "closest: mlp:0.25:0.5 none" in line and "latency" in line
+    # which of the two is closer to a 10 ns budget is timing noise; the line names one of them and the budget
+    assert "no candidate meets the budgets" in line and re.search(r"closest: mlp:0\.(25|5):0\.5 none", line)
+    assert "latency" in line
     assert (old / "model.onnx").read_bytes() == b"a good earlier model"
     saved = json.loads((tmp_path / "dist" / "strict.search.json").read_text())
     assert saved["chosen"] is None and saved["closest"]["id"].startswith("mlp:0.25:0.5")
