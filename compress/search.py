@@ -17,8 +17,10 @@ every trial of the space (``compress.search_space``: architecture x T x alpha, c
    peak memory when a budget asks for it) -- on the validation split, never the test split.
 
 The optuna study lives in the cache (a journal file keyed by everything that changes the numbers): a rerun
-after Ctrl-C or a spent budget re-trains nothing already measured and continues with the rest. The chosen
-candidate is the fastest (then smallest) one meeting every budget; it is written as a normal
+after Ctrl-C or a spent budget re-trains nothing already measured and continues with the rest. The
+candidates near the fastest are timed again, interleaved (``_retime_finalists``), and the chosen one is the
+fastest meeting every budget, latencies within the timing noise counting as a tie broken by accuracy, then
+size (``compress.search_choice``); it is written as a normal
 ``<out>/<name>/`` folder by ``compress.pipeline.run`` (distilled on the whole training split, as
 ``distill-and-export`` would), validated once on the test split, with ``search.json`` beside it.
 
@@ -51,8 +53,8 @@ from compress.search_choice import best_feasible, summarize
 from compress.search_measure import (FINALIST_ROUNDS, Context, accuracy_floor, candidate_row, finalists, judge,
                                      measure, model_info, note_int8_vs_float, placeholder_rows, probe, probe_verdict,
                                      scratch_folder, time_interleaved, trial_config, worth_probing)
-from compress.stages.export import export_student
 from compress.search_space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
+from compress.stages.export import export_student
 from compress.teacher_training import TeacherRecipe, validation_split
 
 SEARCH_VERSION = 4  # bump when what a stored measurement means changes (invalidates resumable state)
