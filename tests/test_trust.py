@@ -339,7 +339,6 @@ def test_a_killed_searchs_scratch_is_under_the_cache_and_cleaned_by_the_next_com
     scratch = cache / "search" / f".scratch.{dead_pid}.abc123.tmp"
     (scratch / "none").mkdir(parents=True)
     (scratch / "none" / "model.onnx").write_bytes(b"\0" * 1024)
-    seen = []
     env = _search_env(cache)
     proc = subprocess.run([sys.executable, "-c", "import tempfile, compress.search_measure as m; "
                            "d = m.scratch_folder(); print(d.name); print(tempfile.gettempdir())"],
