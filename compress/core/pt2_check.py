@@ -1,7 +1,7 @@
 """Look inside a ``torch.export`` ``.pt2`` archive before ``torch.export.load`` touches it.
 
 ``torch.export.load`` is not a data-only loader: a weight or constant whose config entry says
-``"use_pickle": true`` is read with ``torch.load(weights_only=False)``, constants named ``opaque_obj_*`` go
+``"use_pickle": true`` is read with torch's full (code-running) unpickler, constants named ``opaque_obj_*`` go
 through ``pickle.loads`` and ``custom_obj_*`` through TorchScript's object unpickler, sample inputs and the
 older archive layouts fall back to a full unpickler when the safe one refuses them, and an
 ``data/aotinductor/`` folder holds a compiled shared library that is loaded and run. Any of these runs code
@@ -20,6 +20,7 @@ import json
 import zipfile
 from pathlib import Path
 
+from compress.core.cache import one_line
 from compress.core.errors import InputError
 
 WEIGHTS_DIR, CONSTANTS_DIR = "data/weights/", "data/constants/"
@@ -86,8 +87,7 @@ def _check_sample_inputs(spec: str, archive: zipfile.ZipFile, names: dict[str, s
             try:
                 torch.load(io.BytesIO(archive.read(name)), weights_only=True, map_location="cpu")
             except Exception as exc:  # noqa: BLE001 - any refusal by the safe unpickler means "not plain data"
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-                raise _refuse(spec, f"its sample inputs ({entry}) are not plain tensors ({reason})") from None
+                raise _refuse(spec, f"its sample inputs ({entry}) are not plain tensors ({one_line(exc)})") from None
 
 
 def check_pt2_archive(spec: str, path: Path) -> None:
