@@ -206,12 +206,14 @@ def init(
     from pathlib import Path
 
     from compress import recipe
-    from compress.core.atomic import atomic_path
+    from compress.core.atomic import atomic_path, require_file_output
     from compress.pipeline import RunConfig
 
     dest = Path(path)
-    if dest.is_dir():  # --force overwrites a recipe file, never a folder (a project) with its files
-        fail(f"{dest}: is a folder; expected a file path for the recipe (e.g. {dest / 'compress.toml'})", 2)
+    try:  # --force overwrites a recipe file, never a folder (a project) with its files
+        require_file_output(dest, "compress init")
+    except InputError as exc:
+        fail(f"{exc} (e.g. {dest / 'compress.toml'})", 2)
     if dest.exists() and not force:
         fail(f"{dest}: already exists; expected a new path (or pass --force to overwrite)", 2)
     text = recipe.render({**asdict(RunConfig()), "targets": [RunConfig.target]})

@@ -121,8 +121,8 @@ def replace_path(src: Path, final: Path) -> None:
     A file never replaces a folder: only a run's own output folder is replaced as a folder."""
     final = Path(final)
     with locked(final):
-        if final.is_dir() and not src.is_dir():
-            raise InputError(f"{str(final)!r}: is a folder; expected a file path (a file never replaces a folder)")
+        if not src.is_dir():
+            require_file_output(final, "output")
         if final.is_dir() and not final.is_symlink():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             _remove(old)
