@@ -10,8 +10,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from compress.cli_options import typed_flags, with_target_options
 from compress.cli_output import err, fail, guarded, help_markup_mode, print_failures
 from compress.core.errors import InputError
+from compress.export import registry
 from compress.export.registry import TARGETS, suffixes
 
 TARGET_NAMES = ", ".join(TARGETS)
@@ -62,23 +64,6 @@ def quiet_libraries() -> None:
     quiet_python(p for backend in TARGETS.values() for p in backend.stderr_noise)  # what each target declares
 
 
-def _given(**flags) -> dict:
-    """The flags the user actually typed (typer leaves the others None), keyed by RunConfig field."""
-    return {k: v for k, v in flags.items() if v is not None}
-
-
-RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # CLI flag -> RunConfig field
-
-
-def _flags(params: dict) -> dict:
-    """The RunConfig fields the user typed on the command line (typer leaves the others None)."""
-    skip = {"recipe", "json_output", "quiet"}
-    flags = {RENAMED.get(k, k): v for k, v in params.items() if k not in skip and v is not None}
-    if "teachers" in flags:
-        flags["teachers"] = list(flags["teachers"]) or None
-    return _given(**flags)
-
-
 def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     """defaults <- recipe (given, or ./compress.toml when present) <- CLI flags; one RunConfig per target."""
     from dataclasses import asdict
@@ -94,9 +79,15 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     targets = merged.pop("targets")
     if not targets:
         raise InputError(f"{path}: [export] targets is empty; expected at least one of {TARGET_NAMES}")
+    options = merged.pop("target_options")
+    if len(targets) > 1:  # each target takes its own options; one that no listed target takes is refused
+        for name, value in options.items():
+            if not any(registry.options_for(t, {name: value}) for t in targets if t in TARGETS):
+                registry.check_option(targets[0], name, value)
     configs = []
     for t in targets:
-        cfg = RunConfig(**{**merged, "target": t, "recipe_path": path})
+        own = registry.options_for(t, options) if len(targets) > 1 and t in TARGETS else options
+        cfg = RunConfig(**{**merged, "target": t, "target_options": own, "recipe_path": path})
         if cfg.name and len(targets) > 1:
             cfg.name = f"{cfg.name}-{t}"
         configs.append(cfg)
@@ -104,14 +95,11 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
 
 
 @app.command("distill-and-export")
+@with_target_options
 def distill_and_export(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present). Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target: {TARGET_NAMES} (default onnx; a recipe may list several)."),
-    quantize: Optional[str] = typer.Option(None, help="none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: see README)."),
-    precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
-    deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target (default iOS16; int8 activations need iOS17+)."),
-    input_type: Optional[str] = typer.Option(None, help="Core ML, 8-bit images: image (default; iOS passes a CVPixelBuffer) or tensor (raw pixel values as a float tensor)."),
-    min_runtime: Optional[str] = typer.Option(None, help="TFLite: fail validation unless the model loads in this runtime version (e.g. 2.14)."),
+    quantize: Optional[str] = typer.Option(None, help="generated from each target's schemes (cli_options)"),
     calibration_samples: Optional[int] = typer.Option(None, help="Transfer-set samples used to calibrate static int8 (default 300)."),
     data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, a labelled audio folder, or an .npz. Default: scikit-learn's bundled digits."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
@@ -152,12 +140,13 @@ def distill_and_export(
     bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     quiet: bool = typer.Option(False, help="No progress: no bars on a terminal, no progress lines in a log."),
+    target_options: Optional[dict] = None,  # the target's own flags (generated from export/<target>/: with_target_options)
 ) -> None:
     """Train/load the teacher ensemble, distill the student, export it and validate it in its runtime.
 
     Exit codes: 0 passed, 1 a check or budget failed, 2 bad input, 130 interrupted (run again to resume).
     """
-    flags = _flags(locals())  # first: locals() holds exactly the command's parameters here
+    flags = typed_flags(locals())  # first: locals() holds exactly the command's parameters here
     from compress.pipeline import run
 
     reports = []

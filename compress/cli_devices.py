@@ -18,9 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from compress.cli_options import with_check_options
 from compress.cli_output import err, fail, guarded, help_markup_mode, print_failures
 from compress.core.errors import InputError
-from compress.export.registry import TARGETS, accepting, suffixes
+from compress.export.registry import TARGETS, suffixes
 
 devices_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=help_markup_mode(),
                           help="Device profiles (runtime, threads, budgets) and device tooling setup.")
@@ -134,6 +135,7 @@ for _backend in TARGETS.values():
         devices_app.command(f"{_backend.name}-ops")(_op_list_command(_backend))
 
 
+@with_check_options
 def validate_command(
     path: str = typer.Argument(..., help="A folder written by distill-and-export, or a model file (" + ", ".join(suffixes()) + ")."),
     device: Optional[str] = typer.Option(None, "--device", help="Device profile: a name from `compress devices list`, or a .toml path."),
@@ -141,7 +143,6 @@ def validate_command(
     max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest host p50 latency (batch 1), ms."),
     max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest model size, kB (1024 bytes)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory of load + run, MiB."),
-    min_runtime: Optional[str] = typer.Option(None, help=" and ".join(accepting("min_runtime")) + ": fail unless every operator version loads in this runtime (e.g. 2.14)."),
     data: Optional[str] = typer.Option(None, help="Data to evaluate on: a path, or digits for scikit-learn's digits (needed for a bare model file; default for a folder: the data it was made from)."),
     data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
     reference: Optional[list[str]] = typer.Option(None, "--reference", help="Reference model (repeat for a teacher ensemble): .onnx, TorchScript, .pt2, built-in name, a model file of the artifact's target or a folder compress wrote (its float export). Default for a folder: its teachers."),
@@ -153,6 +154,7 @@ def validate_command(
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     report_dir: Optional[str] = typer.Option(None, help="Also write the report to DIR/validate-<device or host>.json."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress: no bar on a terminal, no progress lines in a log."),
+    target_options: Optional[dict] = None,  # the target's check flags (generated from export/<target>/: with_check_options)
 ) -> None:
     """Validate a model in its runtime against a device profile's budgets (CI gate: exit 1 on a breach)."""
     from compress.devices.report import print_report, to_json
@@ -167,7 +169,7 @@ def validate_command(
             report = validate(path, profile=device, data=data, data_format=data_format, reference=reference,
                               threads=threads, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
                               max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb,
-                              min_runtime=min_runtime, latency_runs=latency_runs, limit_test=limit_test,
+                              target_options=target_options, latency_runs=latency_runs, limit_test=limit_test,
                               arm64_samples=arm64_emulator, max_logit_diff=max_logit_diff)
         if report_dir:
             out = Path(report_dir)

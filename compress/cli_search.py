@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from compress.cli_options import typed_flags, with_target_options
 from compress.cli_output import err, fail, guarded
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS
@@ -54,6 +55,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
     return RunConfig(**{**merged, "target": targets[0], "recipe_path": path}), space, options
 
 
+@with_target_options
 def search_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present); its [search] section sets the space. Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target to search for: {TARGET_NAMES} (default onnx)."),
@@ -86,8 +88,6 @@ def search_command(
     model_input: Optional[str] = typer.Option(None, help="raw (default): 8-bit images go into the model as is; normalized: float32 input."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
-    precision: Optional[str] = typer.Option(None, help="Core ML compute precision: fp16 (default) or fp32."),
-    deployment_target: Optional[str] = typer.Option(None, help="Core ML minimum deployment target."),
     limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     out: Optional[str] = typer.Option(None, help="Output root (default dist)."),
@@ -95,6 +95,7 @@ def search_command(
     train_device: Optional[str] = typer.Option(None, help="Torch device for training (default: cuda if available, else cpu)."),
     json_output: bool = typer.Option(False, "--json", help="Print search.json's content instead of tables."),
     quiet: bool = typer.Option(False, help="No progress."),
+    target_options: Optional[dict] = None,  # the target's own flags (generated from export/<target>/: with_target_options)
 ) -> None:
     """Search students x quantization schemes for the fastest one meeting the budgets; write it to <out>/<name>/.
 
@@ -102,8 +103,6 @@ def search_command(
     named) or the chosen one failed a check on the test split, 2 bad input, 130 interrupted (rerun to continue).
     """
     params = dict(locals())  # first: exactly the command's parameters
-    from compress.cli import _flags
-
     search_flags = {"search_families": list(family) if family else None,
                     "search_schemes": [s.strip() for s in schemes.split(",") if s.strip()] if schemes else None,
                     "search_time_budget": time_budget, "search_prune_margin": prune_margin}
@@ -111,7 +110,7 @@ def search_command(
         for flag, field in LIST_FLAGS.items():
             if params[flag] is not None:
                 search_flags[field] = _numbers(flag, params[flag])
-        flags = _flags({k: v for k, v in params.items()
+        flags = typed_flags({k: v for k, v in params.items()
                         if k not in {"family", "schemes", "time_budget", "prune_margin", *LIST_FLAGS}})
         cfg, space, options = _configs(recipe, flags, {k: v for k, v in search_flags.items() if v is not None})
         from compress.search import search

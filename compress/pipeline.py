@@ -50,10 +50,7 @@ class RunConfig:
 
     target: str = "onnx"
     quantize: str = "none"
-    precision: str | None = None  # coreml compute precision (fp16 default there)
-    deployment_target: str | None = None  # coreml minimum deployment target (iOS16 default there)
-    min_runtime: str | None = None  # tflite: oldest LiteRT/TFLite runtime the app ships (e.g. "2.14")
-    input_type: str | None = None  # coreml: "image" (default; a CVPixelBuffer) or "tensor" for raw 8-bit pixel input
+    target_options: dict = field(default_factory=dict)  # the target's own options given (export/<target>/ declares them)
     calibration_samples: int = 300
     data: str | None = None  # None / "digits" = the embedded default
     data_format: str | None = None
@@ -100,7 +97,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Every option checked before any work: unknown names and target combinations (numeric ranges are
-        declared with each option in ``compress.recipe.SCHEMA`` and checked when a command resolves them)."""
+        declared with each option in ``compress.recipe.schema()`` and checked when a command resolves them)."""
         backend = registry.get(self.target)
         from compress.train import OPTIMIZERS
 

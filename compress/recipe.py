@@ -1,9 +1,13 @@
 """Recipes: ``compress.toml`` holds everything a run needs; every CLI flag overrides it.
 
-One table, ``SCHEMA``, says which key lives in which section, which ``RunConfig`` field it sets, its type
+One table, ``schema()``, says which key lives in which section, which ``RunConfig`` field it sets, its type
 and its help text. Parsing, the errors for unknown keys and wrong types, and ``compress init``'s commented
 file are all generated from it, so the three can never disagree. A recipe maps one-to-one to a run
 configuration, as torchdistill's YAML maps to objects.
+
+A target's own options (``TargetOption`` records in ``export/<target>/``) are ``[export]`` keys generated from
+the registry each time the table is asked for, so a target registered later (a plugin, a test) has its keys
+too; their values travel together as ``RunConfig.target_options`` (``take_target_options``).
 """
 
 from __future__ import annotations
@@ -16,12 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.errors import InputError
-from compress.export.registry import TARGETS, accepting
-
-
-def _takers(option: str) -> str:
-    """Which targets read a target-only option, for the recipe's help text."""
-    return " and ".join(accepting(option)) or "no target"
+from compress.core.errors import InternalError
+from compress.export.registry import declared_options
 
 RECIPE_FILE = "compress.toml"
 
@@ -80,7 +80,7 @@ _STR, _INT, _NUM, _BOOL, _LIST, _TABLE = (str,), (int,), (int, float), (bool,), 
 _SIZE = (str, int)
 _NUMS = (list, float)  # a list of numbers (``widths = [0.25, 0.5]``)
 
-SCHEMA: dict[str, dict[str, Key]] = {
+_FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options (schema())
     "": {
         "name": Key("name", _STR, "Run name; artifacts go to <out>/<name>/ (default: <data>-<student>-<target>).", "my-model"),
         "out": Key("out", _STR, "Output root folder."),
@@ -135,13 +135,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "int8_budget": Key("int8_budget", _NUM, "Largest accepted int8 accuracy drop in points; the worst layers stay in float until it fits.", 0.5, bounds=Range(0, 100)),
     },
     "export": {
-        "targets": Key("targets", _LIST, f"Export targets, one output folder each: {', '.join(TARGETS)}."),
+        "targets": Key("targets", _LIST, "Export targets, one output folder each (compress.export.registry.TARGETS)."),
         "input": Key("model_input", _STR, "raw: 8-bit images go into the model as is (uint8 / a Core ML image; it normalizes "
                      "in its first op); normalized: float32 input the app normalizes (the data's formula)."),
-        "precision": Key("precision", _STR, f"{_takers('precision')}: compute precision, fp16 or fp32.", "fp32"),
-        "deployment_target": Key("deployment_target", _STR, f"{_takers('deployment_target')}: minimum deployment target.", "iOS17"),
-        "input_type": Key("input_type", _STR, f"{_takers('input_type')}: how raw 8-bit images enter the model, image (a CVPixelBuffer) or tensor.", "tensor"),
-        "min_runtime": Key("min_runtime", _STR, f"{_takers('min_runtime')}: fail unless the model loads in this runtime version.", "2.14"),
     },
     "device": {
         "profile": Key("profile", _STR, "Device profile (compress devices list) or a profile .toml path.", "pixel-class"),
@@ -170,9 +166,40 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "points below the accuracy budget is stopped.", 3.0, bounds=Range(0, 100)),
     },
 }
-SEARCH_FIELDS = {k.field for k in SCHEMA["search"].values()}
+SEARCH_FIELDS = {k.field for k in _FIXED["search"].values()}
+_TOML_TYPES = {str: _STR, int: _INT, float: _NUM, bool: _BOOL}
 
-FIELD_TO_KEY = {k.field: f"{sec}.{name}" if sec else name for sec, keys in SCHEMA.items() for name, k in keys.items()}
+
+def target_option_keys() -> dict[str, Key]:
+    """One ``[export]`` key per target option the registered targets declare; the help says which targets
+    read it. A name that is already a run setting is a target's mistake, said at once."""
+    keys = {}
+    for name, declared in declared_options().items():
+        if name in _FIXED["export"] or any(k.field == name for sec in _FIXED.values() for k in sec.values()):
+            raise InternalError(f"target option {name!r} ({declared[0][0]}): the name of a run setting; rename it")
+        types = {option.type for _, option in declared}
+        if len(types) > 1:
+            raise InternalError(f"target option {name!r}: declared with different types by {[t for t, _ in declared]}")
+        first = declared[0][1]
+        example = next((o.example if o.example is not None else o.default for _, o in declared
+                        if o.example is not None or o.default is not None), None)
+        help_text = "; ".join(f"{target}: {option.help}" + (f" (default {option.default})" if option.default is not None else "")
+                              for target, option in declared)
+        keys[name] = Key(name, _TOML_TYPES[first.type], help_text + ".", example)
+    return keys
+
+
+def schema() -> dict[str, dict[str, Key]]:
+    """Every recipe key by section: the fixed ones and, in ``[export]``, the registered targets' options."""
+    return {**_FIXED, "export": {**_FIXED["export"], **target_option_keys()}}
+
+
+def take_target_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``values`` without the target options, the target options given): flags and recipe keys name each
+    option flat; a run configuration holds them as one ``target_options`` table."""
+    names = set(declared_options())
+    options = {k: v for k, v in values.items() if k in names and v is not None}
+    return {k: v for k, v in values.items() if k not in names}, options
 
 
 def _nearest(word: str, choices: list[str]) -> str:
@@ -207,20 +234,21 @@ def parse(text: str, source: str = RECIPE_FILE) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{source}: not valid TOML ({exc})") from None
     values: dict[str, Any] = {}
-    all_keys = [f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys]
+    table = schema()
+    all_keys = [f"{s}.{k}" if s else k for s, keys in table.items() for k in keys]
     for name, value in doc.items():
-        if isinstance(value, dict) and name in SCHEMA and name != "":
+        if isinstance(value, dict) and name in table and name != "":
             for key_name, item in value.items():
                 where = f"{source}: [{name}] {key_name}"
-                if key_name not in SCHEMA[name]:
-                    raise InputError(f"{where}: unknown key{_nearest(key_name, list(SCHEMA[name]))}")
-                key = SCHEMA[name][key_name]
+                if key_name not in table[name]:
+                    raise InputError(f"{where}: unknown key{_nearest(key_name, list(table[name]))}")
+                key = table[name][key_name]
                 values[key.field] = _check_type(where, key, item)
-        elif name in SCHEMA[""]:
-            values[SCHEMA[""][name].field] = _check_type(f"{source}: {name}", SCHEMA[""][name], value)
+        elif name in table[""]:
+            values[table[""][name].field] = _check_type(f"{source}: {name}", table[""][name], value)
         else:
             kind = "section" if isinstance(value, dict) else "key"
-            choices = list(SCHEMA) if kind == "section" else all_keys
+            choices = list(table) if kind == "section" else all_keys
             raise InputError(f"{source}: unknown {kind} {name!r}{_nearest(name, [c for c in choices if c])}")
     return values
 
@@ -270,7 +298,7 @@ def render(defaults: dict[str, Any]) -> str:
     lines = ["# compress.toml: a recipe for `compress distill-and-export` (written by `compress init`).",
              "# Every key can be overridden by the CLI flag of the same name; unset keys use the defaults.",
              "# Keys and meanings: README.md, 'Recipes'.", ""]
-    for section, keys in SCHEMA.items():
+    for section, keys in schema().items():
         if section:
             lines += ["", f"[{section}]"]
         for key_name, key in keys.items():
@@ -286,7 +314,7 @@ def render(defaults: dict[str, Any]) -> str:
 def check_ranges(values: dict[str, Any]) -> None:
     """Every numeric option within its declared ``bounds`` (NaN and infinity never are): one ``InputError``
     naming the flag and the recipe key, before any work. Lists of numbers are checked item by item."""
-    for section, keys in SCHEMA.items():
+    for section, keys in schema().items():
         for name, key in keys.items():
             value = values.get(key.field)
             if key.bounds is None or value is None:
@@ -319,5 +347,6 @@ def resolve(recipe_path: str | None, flags: dict, defaults: dict) -> tuple[str |
     path = recipe_path or (RECIPE_FILE if Path(RECIPE_FILE).is_file() else None)
     merged = merge(defaults, load(path) if path else {}, flags)
     check_ranges(merged)
-    return path, merged
+    merged, given = take_target_options(merged)
+    return path, {**merged, "target_options": {**(merged.get("target_options") or {}), **given}}
 

@@ -44,7 +44,7 @@ from compress.core.atomic import write_text
 from compress.core.cache import cache_dir, content_key, discard, one_line
 from compress.core.errors import InputError
 from compress.core.threads import torch_threads
-from compress.export.registry import TARGETS
+from compress.export.registry import TARGETS, export_options
 from compress.pipeline import (RunConfig, _resolve_profile, _train_threads, check_name, distill_student,
                                initial_student, load_run_data, output_folder, run, safe_name, stage,
                                teachers_and_soft_targets)
@@ -167,8 +167,8 @@ def _state_key(ctx: Context) -> str:
     with its architecture, T, alpha and epochs: ``_stored_name``)."""
     c = ctx.cfg
     return content_key("search", SEARCH_VERSION, __version__, ctx.data.fingerprint(),
-                       [m.fingerprint for m in ctx.members], c.target, c.precision, c.deployment_target,
-                       c.min_runtime, c.input_type, c.model_input, c.calibration_samples, c.loss, float(c.lr),
+                       [m.fingerprint for m in ctx.members], c.target,
+                       sorted(export_options(c.target, "none", **c.target_options).items()), c.model_input, c.calibration_samples, c.loss, float(c.lr),
                        c.optimizer, float(c.weight_decay), c.batch_size, c.seed, c.threads, c.latency_runs,
                        c.augment)
 

@@ -508,9 +508,8 @@ def _optional_sections(report: dict) -> str:
     compat = report.get("compatibility")
     if compat:
         lead = ""
-        if compat.get("min_runtime"):
-            lead = (f"<p>Oldest {_e(compat.get('runtime', 'runtime'))} that loads the model: "
-                    f"<b>{_e(compat['min_runtime'])}</b></p>")
+        if compat.get("summary"):  # the target's own line; the table below holds its fields
+            lead = f"<p>{_e(compat['summary'])}</p>"
         out.append(f'<h2>Runtime compatibility</h2><div class="card">{lead}{_value(compat)}</div>')
     if report.get("search"):  # the search.json of `compress search` that chose this student
         from compress.devices.search_report import section  # imported here: search_report builds on this module

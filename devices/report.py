@@ -103,9 +103,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
                       f"shipped {100 * fb['accuracy']:.2f}% on {fb['eval_samples']} held-out training samples; "
                       f"kept in float: {', '.join(fb['kept_in_float']) or 'nothing'}")
     compat = report.get("compatibility")
-    if compat and compat.get("operators") is not None:  # TFLite's operator table (another target's differs)
-        ops = ", ".join(f"{o['op']} v{o['version']}" for o in compat["operators"])
-        console.print(f"TFLite operators: {ops}; oldest runtime that loads the model: {compat['min_runtime']}")
+    if compat and compat.get("summary"):  # each target's own format checks say themselves in one line
+        console.print(compat["summary"], highlight=False, soft_wrap=True, markup=False)
     for c in report["checks"]:
         mark = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
         console.print(f"{mark} {c['name']}: {c['detail']}")

@@ -37,6 +37,56 @@ def _no_options(profile: dict | None) -> dict:
     return {}
 
 
+OPTION_TYPES = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class TargetOption:
+    """One option only this target reads, declared once, in the target's folder.
+
+    Everything else is generated from this record (``compress.target_options``): the flag of every command
+    that takes it (``--deployment-target``), the recipe key in ``[export]`` and its line in ``compress
+    init``'s template, the term in the search cache key, and the check of a value (its type and
+    ``choices``) with a one-line error. A cross-option rule (a scheme that needs a newer deployment
+    target) stays in the backend's ``check_options``.
+
+    name: snake_case; the recipe key, and the flag with dashes. help: what it is, said without the
+    target's name (that is added). default: the value when not given (None: unset; a check option that
+    runs only when given). choices: the accepted values (empty: any value of ``type``). example: what
+    ``compress init`` shows for an option without a default. checks_artifact: the option is a check on a
+    written file, so ``compress validate`` takes it too (it reaches ``Backend.check_artifact``).
+    """
+
+    name: str
+    help: str
+    default: object = None
+    choices: tuple = ()
+    type: type = str
+    example: object = None
+    checks_artifact: bool = False
+
+    def __post_init__(self):
+        if not self.name.isidentifier() or self.name != self.name.lower():
+            raise ValueError(f"target option {self.name!r}: expected a snake_case identifier")
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"target option {self.name!r}: type {self.type!r}; expected one of {OPTION_TYPES}")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def accepts(self, value: object) -> bool:
+        """A value of the declared type (an int where a float is declared) among ``choices`` if there are any."""
+        typed = (isinstance(value, (int, float)) and not isinstance(value, bool) if self.type is float
+                 else isinstance(value, self.type) and (self.type is bool or not isinstance(value, bool)))
+        return typed and (not self.choices or value in self.choices)
+
+    def expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[self.type]
+
+
 @dataclass(frozen=True)
 class Int8Fallback:
     """How a target keeps layers in float when static int8 loses too much accuracy.
@@ -82,12 +132,13 @@ class Backend:
     schemes: --quantize scheme -> what it means for this target (help text); "none" first
     variant(scheme, options) -> the name of the numeric form written ("fp32", "int8-dynamic", ...): the
       tolerance key and the label in reports
-    options: target-only export options (name -> what it is), with ``defaults``; ``fixed_options``: another
-      target's option whose value this target always has (precision "fp32"), accepted and ignored, so one
-      recipe can list several targets
+    options: the target-only options (``TargetOption`` records; ``defaults`` derives from them);
+      ``fixed_options``: another target's option whose value this target always has (precision "fp32"),
+      accepted and ignored, so one recipe can list several targets
     check_options(options): raise InputError for a bad combination (before any training)
     layer_errors(float_path, quantized_path, x, model=None) -> rows, worst first (``compress debug-quant``)
-    check_artifact(path, options, checks) -> dict | None: format checks (appends to ``checks``)
+    check_artifact(path, options, checks) -> dict | None: format checks (appends to ``checks``); the dict is the
+      report's ``compatibility`` section, with ``summary``: the one line a report prints
     runner_options(profile) -> keyword options for ``open`` from a device profile
     profile_keys: profile settings only this target reads -> allowed values
     runtime_module: what a peak-memory child imports before its baseline reading
@@ -108,8 +159,7 @@ class Backend:
     schemes: dict[str, str]
     variant: Callable[[str, dict], str]
     tolerances: dict[str, dict]
-    options: dict[str, str] = field(default_factory=dict)
-    defaults: dict[str, object] = field(default_factory=dict)
+    options: tuple[TargetOption, ...] = ()
     fixed_options: dict[str, object] = field(default_factory=dict)
     check_options: Callable[[str, dict], None] | None = None
     calibrated_schemes: tuple[str, ...] = ("int8",)
@@ -125,6 +175,15 @@ class Backend:
     runs_here: bool = True
     op_list: Callable[[], dict] | None = None
     stderr_noise: tuple[str, ...] = ()  # regexes of runtime/converter lines that say nothing to a user (core.noise)
+
+    @property
+    def defaults(self) -> dict[str, object]:
+        """The options' values when not given (options without a default are absent)."""
+        return {o.name: o.default for o in self.options if o.default is not None}
+
+    def option(self, name: str) -> TargetOption | None:
+        """The declared option called ``name``, or None where this target does not take it."""
+        return next((o for o in self.options if o.name == name), None)
 
     @property
     def file_name(self) -> str:

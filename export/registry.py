@@ -7,11 +7,11 @@ name or by file suffix and read its record.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.metrics import FP32_PARITY_TOLERANCE
-from compress.export.backend import Backend
+from compress.export.backend import Backend, TargetOption
 from compress.export.coreml import BACKEND as COREML
 from compress.export.onnx import BACKEND as ONNX
 from compress.export.tflite import BACKEND as TFLITE
@@ -44,7 +44,40 @@ def suffixes() -> list[str]:
 
 def accepting(option: str) -> list[str]:
     """The targets that take a target-only option (e.g. "precision")."""
-    return [name for name, b in TARGETS.items() if option in b.options]
+    return [name for name, b in TARGETS.items() if b.option(option) is not None]
+
+
+def declared_options() -> dict[str, list[tuple[str, TargetOption]]]:
+    """Every target option declared by a registered target: name -> [(target, its record)], in registration
+    order. The CLI flags, the recipe keys and ``compress init`` are generated from this."""
+    out: dict[str, list[tuple[str, TargetOption]]] = {}
+    for name, backend in TARGETS.items():
+        for option in backend.options:
+            out.setdefault(option.name, []).append((name, option))
+    return out
+
+
+def _nearest(word: str, choices) -> str:
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else f"; expected one of {sorted(choices)}"
+
+
+def check_option(target: str, name: str, value) -> None:
+    """One given option for ``target``: an InputError for a name no target declares (did-you-mean), an
+    option only other targets take, or a value of the wrong type or outside its choices."""
+    backend, flag = get(target), "--" + name.replace("_", "-")
+    declared = declared_options()
+    if name not in declared and name not in backend.fixed_options:
+        raise InputError(f"target option {name!r}: unknown{_nearest(name, declared) if declared else '; no target takes options'}")
+    option = backend.option(name)
+    if option is None:
+        if backend.fixed_options.get(name, object()) == value:
+            return  # another target's option at the value this one always has (precision "fp32")
+        takers = accepting(name)
+        what = next(o.help for _, o in declared.get(name, [])) if name in declared else "this option"
+        raise InputError(f"{flag} {value!r}: only the {' and '.join(takers) or 'no'} target takes it ({what})")
+    if not option.accepts(value):
+        raise InputError(f"{flag} {value!r}: expected {option.expected()} for target {target!r}")
 
 
 def export_options(target: str, scheme: str, **given) -> dict:
@@ -55,17 +88,31 @@ def export_options(target: str, scheme: str, **given) -> dict:
     if scheme not in backend.schemes:
         raise InputError(f"--quantize {scheme!r}: not supported for target {target!r}; "
                          f"expected one of {sorted(backend.schemes)}")
-    for option, value in given.items():
-        if value is not None and option not in backend.options and backend.fixed_options.get(option) != value:
-            takers = accepting(option)
-            what = next((TARGETS[t].options[option] for t in takers), "this option")
-            raise InputError(f"--{option.replace('_', '-')} {value!r}: only the {' and '.join(takers) or 'no'} "
-                             f"target takes {what}")
+    for name, value in given.items():
+        if value is not None:
+            check_option(target, name, value)
     options = {"scheme": scheme, **backend.defaults,
-               **{k: v for k, v in given.items() if v is not None and k not in backend.fixed_options}}
+               **{k: v for k, v in given.items() if v is not None and backend.option(k) is not None}}
     if backend.check_options is not None:
         backend.check_options(scheme, options)
     return options
+
+
+def options_for(target: str, given: dict) -> dict:
+    """The options of ``given`` that ``target`` reads or holds fixed: a recipe that lists several targets
+    gives each its own (an option that no listed target takes is still refused, by ``export_options``)."""
+    backend = get(target)
+    return {k: v for k, v in given.items() if backend.option(k) is not None or k in backend.fixed_options}
+
+
+def recorded_options(target: str, recipe: dict) -> dict:
+    """The target options a run recorded in its manifest's recipe, over the target's defaults (older
+    manifests kept them as top-level recipe keys)."""
+    backend = get(target)
+    given = recipe.get("target_options")
+    if not isinstance(given, dict):
+        given = {o.name: recipe[o.name] for o in backend.options if recipe.get(o.name) is not None}
+    return {**backend.defaults, **{k: v for k, v in given.items() if backend.option(k) is not None and v is not None}}
 
 
 def variant_name(target: str, options: dict) -> str:
@@ -74,8 +121,6 @@ def variant_name(target: str, options: dict) -> str:
 
 
 def tolerance_for(target: str, variant: str) -> dict:
-    """Parity bounds of ``variant`` on ``target``: an fp32 artifact is held to ``FP32_PARITY_TOLERANCE``
-    everywhere; other variants to the bounds their target states (with the reasons) in its folder."""
-    if variant == "fp32":
-        return {"max_abs": FP32_PARITY_TOLERANCE}
+    """Parity bounds of ``variant`` on ``target``, as the target states them (with the reasons) in its folder;
+    the fp32 bound of every target is ``core.metrics.FP32_PARITY_TOLERANCE`` unless it states a tighter one."""
     return TARGETS[target].tolerance(variant)

@@ -111,3 +111,19 @@ def test_every_directly_imported_package_is_declared():
     missing = {m: providers.get(m) for m in third_party
                if not {d.lower().replace("_", "-") for d in providers.get(m, [m])} & declared}
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_every_registered_target_is_guarded_by_the_contracts():
+    """The contracts name the target folders by hand (import-linter reads a static file): a target the registry
+    holds but the contracts miss would be free to import another target, or be named by the pipeline."""
+    import tomllib
+
+    from compress.export.registry import TARGETS
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    independent = next(c for c in contracts if c["type"] == "independence")["modules"]
+    forbidden = next(c for c in contracts if c["type"] == "forbidden")["forbidden_modules"]
+    folders = {p.parent.name for p in (ROOT / "export").glob("*/__init__.py")} - {"common"}
+    assert set(TARGETS) == folders, (set(TARGETS), folders)  # one folder per registered target
+    for name in folders:
+        assert f"compress.export.{name}" in independent and f"compress.export.{name}" in forbidden, name

@@ -121,6 +121,6 @@ def test_a_scheme_the_backend_lacks_is_refused_before_training(torchscript, tmp_
     with pytest.raises(InputError, match=r"--quantize 'int8': not supported for target 'torchscript'"):
         RunConfig(target="torchscript", quantize="int8").validate()
     with pytest.raises(InputError, match="only the coreml target"):
-        RunConfig(target="torchscript", precision="fp32").validate()
+        RunConfig(target="torchscript", target_options={"precision": "fp32"}).validate()
     with pytest.raises(InputError, match="--qat"):
         RunConfig(target="torchscript", qat=True).validate()

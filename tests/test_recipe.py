@@ -14,7 +14,7 @@ from compress.cli import _run_configs
 from compress.core.errors import InputError
 from compress.pipeline import RunConfig
 
-ALL_KEYS = [(sec, name, key) for sec, keys in recipe.SCHEMA.items() for name, key in keys.items()]
+ALL_KEYS = [(sec, name, key) for sec, keys in recipe.schema().items() for name, key in keys.items()]
 
 
 def _value_for(key: recipe.Key):
@@ -62,7 +62,7 @@ def test_any_valid_recipe_parses_to_exactly_its_values(data):
 def test_a_misspelled_key_is_an_error_naming_it(entry, suffix, data):
     sec, name, key = entry
     wrong = name + suffix
-    if wrong in recipe.SCHEMA.get(sec, {}) or (not sec and wrong in recipe.SCHEMA):
+    if wrong in recipe.schema().get(sec, {}) or (not sec and wrong in recipe.schema()):
         return
     toml = _to_toml({(sec, wrong): data.draw(_value_for(key))})
     with pytest.raises(InputError) as exc:
@@ -101,7 +101,7 @@ def test_init_writes_a_recipe_that_loads_back_to_the_defaults(tmp_path):
     result = CliRunner().invoke(app, ["init", str(tmp_path / "compress.toml")])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "compress.toml").read_text()
-    assert all(f"[{sec}]" in text for sec in recipe.SCHEMA if sec)
+    assert all(f"[{sec}]" in text for sec in recipe.schema() if sec)
     values = recipe.load(tmp_path / "compress.toml")
     defaults = {**asdict(RunConfig()), "targets": ["onnx"]}
     assert values and all(defaults[k] == v for k, v in values.items())

@@ -4,6 +4,8 @@ The student is trained identically whatever the target (same data, teachers and 
 student's accuracy is the fp32 reference for every exported variant.
 """
 
+from __future__ import annotations
+
 import pytest
 
 from compress.pipeline import RunConfig, run
@@ -38,18 +40,22 @@ def test_tflite_variants_on_digits(tmp_path, quantize):
 
 
 def test_tflite_min_runtime_gate(tmp_path):
-    report = run(RunConfig(target="tflite", quantize="int8-weights", min_runtime="2.14", out=str(tmp_path), **FAST),
+    report = run(RunConfig(target="tflite", quantize="int8-weights", target_options={"min_runtime": "2.14"}, out=str(tmp_path), **FAST),
                  quiet=True)
     gate = next(c for c in report["checks"] if c["name"] == "loads in TFLite 2.14")
     assert not gate["passed"] and "FULLY_CONNECTED v12" in gate["detail"] and not report["passed"]
-    report = run(RunConfig(target="tflite", min_runtime="2.14", out=str(tmp_path), **FAST), quiet=True)
+    report = run(RunConfig(target="tflite", target_options={"min_runtime": "2.14"}, out=str(tmp_path), **FAST), quiet=True)
     assert report["passed"]
+
+
+def _precision(precision: str | None) -> dict:
+    return {} if precision is None else {"precision": precision}
 
 
 @pytest.mark.parametrize("quantize, precision", [("none", "fp32"), ("none", "fp16"), ("int8-weights", None),
                                                  ("palettize-4", None)])
 def test_coreml_variants_on_digits(tmp_path, quantize, precision):
-    report = run(RunConfig(target="coreml", quantize=quantize, precision=precision, out=str(tmp_path), **FAST),
+    report = run(RunConfig(target="coreml", quantize=quantize, target_options=_precision(precision), out=str(tmp_path), **FAST),
                  quiet=True)
     torch_row, ml = student_rows(report)
     assert ml["runtime"] == "Core ML (macOS)" or ml["runtime"].startswith("MIL reference (Linux")
@@ -79,7 +85,7 @@ MNIST = dict(limit_train=3000, limit_test=1000, teachers=["mlp-1200", "cnn-small
     ("coreml", "palettize-4", None),
 ])
 def test_targets_on_mnist(tmp_path, mnist, target, quantize, precision):
-    report = run(RunConfig(target=target, quantize=quantize, precision=precision, data=mnist, out=str(tmp_path),
+    report = run(RunConfig(target=target, quantize=quantize, target_options=_precision(precision), data=mnist, out=str(tmp_path),
                            **MNIST), quiet=True)
     torch_row, exported = student_rows(report)
     assert report["run"]["data"]["input_shape"] == [1, 28, 28]

@@ -369,7 +369,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from compress import recipe  # noqa: E402
 
-NUMERIC_KEYS = [(section, name, key) for section, keys in recipe.SCHEMA.items() for name, key in keys.items()
+NUMERIC_KEYS = [(section, name, key) for section, keys in recipe.schema().items() for name, key in keys.items()
                 if key.types in ((int,), (int, float), (list, float))]
 
 

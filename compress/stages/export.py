@@ -30,8 +30,7 @@ class Exported:
 
 def target_options(cfg) -> dict:
     """The run's export options for its target (``scheme`` plus the target-only options given)."""
-    return export_options(cfg.target, cfg.quantize, precision=cfg.precision, deployment_target=cfg.deployment_target,
-                          min_runtime=cfg.min_runtime, input_type=cfg.input_type)
+    return export_options(cfg.target, cfg.quantize, **cfg.target_options)
 
 
 def model_preprocessing(cfg, data) -> dict:

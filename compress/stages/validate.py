@@ -45,7 +45,7 @@ import numpy as np
 from compress.core import metrics as validation
 from compress.core.errors import InputError
 from compress.devices.budgets import FLAGS, check_budgets, gather
-from compress.export.registry import TARGETS, accepting, by_suffix, suffixes
+from compress.export.registry import TARGETS, by_suffix, check_option, recorded_options, suffixes
 
 
 def _not_measured(backend) -> str:
@@ -100,8 +100,7 @@ def _artifact_precision(recipe: dict) -> str:
     q = recipe.get("quantize", "none")
     target = recipe.get("target")
     if q == "none" and target in TARGETS:
-        options = {**TARGETS[target].defaults, **{k: v for k, v in recipe.items() if k in TARGETS[target].options and v}}
-        return variant_name(target, {**options, "scheme": "none"})
+        return variant_name(target, {**recorded_options(target, recipe), "scheme": "none"})
     return "fp16" if q == "fp16" else "int8" if q.startswith("int8") else q
 
 
@@ -146,7 +145,7 @@ def _arm64_check(artifact: Path, target: str, x: np.ndarray, threads: int, sampl
 
 
 def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, latency_runs, explicit: dict,
-                     min_runtime, max_logit_diff=None) -> int:
+                     target_options: dict, max_logit_diff=None) -> int:
     """Every option checked before any work; returns the thread count."""
     if prof is not None and prof["runtime"] != target:
         raise InputError(f"--device {prof['name']}: the profile runs {prof['runtime']}, but {artifact.name} is "
@@ -161,9 +160,8 @@ def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, la
             raise InputError(f"{FLAGS[key]} {value}: expected a number >= 0")
     if max_logit_diff is not None and not max_logit_diff >= 0:
         raise InputError(f"--max-logit-diff {max_logit_diff:g}: expected a number >= 0 (max abs logit difference)")
-    if min_runtime is not None and "min_runtime" not in TARGETS[target].options:
-        raise InputError(f"--min-runtime {min_runtime!r}: only {' and '.join(accepting('min_runtime'))} models have a "
-                         f"runtime-version check ({artifact.name} is {target})")
+    for name, value in target_options.items():  # the flags are the targets' checks: this one's, of the right type
+        check_option(target, name, value)
     return threads
 
 
@@ -339,8 +337,7 @@ def _variant(manifest: dict) -> str | None:
     recipe, backend = manifest.get("recipe") or {}, TARGETS.get(manifest.get("target"))
     if backend is None:
         return None
-    options = {**backend.defaults, **{k: recipe[k] for k in backend.options if recipe.get(k)},
-               "scheme": recipe.get("quantize") or "none"}
+    options = {**recorded_options(backend.name, recipe), "scheme": recipe.get("quantize") or "none"}
     try:
         return variant_name(backend.name, options)
     except (KeyError, ValueError, TypeError):
@@ -517,7 +514,7 @@ def _student_row(artifact: Path, target: str, runner, logits: np.ndarray, ds, re
 
 def validate(path, *, profile=None, data=None, data_format=None, reference=None, threads=None,
              max_accuracy_drop=None, max_latency_ms=None, max_size_kb=None, max_peak_memory_mb=None,
-             min_runtime=None, latency_runs=100, limit_test=None, arm64_samples=None, max_logit_diff=None) -> dict:
+             target_options=None, latency_runs=100, limit_test=None, arm64_samples=None, max_logit_diff=None) -> dict:
     """Validate an artifact folder or model file in its runtime; see the module docstring. InputError on bad input."""
     from compress.core.cache import path_size
     from compress.devices.profiles import load_profile
@@ -529,7 +526,8 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
     prof = None if profile is None else profile if isinstance(profile, dict) else load_profile(profile)
     explicit = {"max_accuracy_drop": max_accuracy_drop, "latency_ms": max_latency_ms, "size_kb": max_size_kb,
                 "peak_memory_mb": max_peak_memory_mb}
-    threads = _check_arguments(target, artifact, prof, threads, latency_runs, explicit, min_runtime, max_logit_diff)
+    threads = _check_arguments(target, artifact, prof, threads, latency_runs, explicit, target_options or {},
+                               max_logit_diff)
     reference = _reference_specs([reference] if isinstance(reference, str) else list(reference) if reference else None)
     notes: list[str] = []
     recipe = (manifest or {}).get("recipe", {})
@@ -556,7 +554,7 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
     recorded = (None if not manifest else
                 _recorded_checks(path, artifact, manifest, ds, data, lt, recipe, accuracy, runner, checks, notes, prof))
     compatibility = (None if backend.check_artifact is None else
-                     backend.check_artifact(artifact, {"min_runtime": min_runtime}, checks))
+                     backend.check_artifact(artifact, {**backend.defaults, **(target_options or {})}, checks))
     measured = {"accuracy_drop": None if ref_acc is None else 100 * (ref_acc - accuracy),
                 "latency_ms": None if lat is None else lat["p50"],
                 "size_kb": size_bytes / 1024, "peak_memory_mb": mem.get("peak_memory_mb")}

@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.export.backend import Backend, Int8Fallback, lazy
+from compress.export.backend import Backend, Int8Fallback, TargetOption, lazy
 from compress.export.coreml.tolerances import TOLERANCES
 
 COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
@@ -50,11 +50,17 @@ def _ios_of(target: str) -> int | None:
     return None
 
 
+OPTIONS = (
+    TargetOption("precision", "compute precision", default="fp16", choices=("fp16", "fp32")),
+    TargetOption("deployment_target", "minimum deployment target (int8 activations need iOS17+, "
+                 "int4-block iOS18+)", default="iOS16", example="iOS17"),
+    TargetOption("input_type", "how raw 8-bit images enter the model: image (a CVPixelBuffer) or tensor (pixel "
+                 "values 0..255 as a float tensor)", default="image", choices=("image", "tensor")),
+)
+
+
 def check_options(scheme: str, options: dict) -> None:
-    if options.get("precision") not in ("fp16", "fp32"):
-        raise InputError(f"--precision {options.get('precision')!r}: expected fp16 or fp32 for target 'coreml'")
-    if options.get("input_type", "image") not in ("image", "tensor"):
-        raise InputError(f"--input-type {options.get('input_type')!r}: expected image or tensor for target 'coreml'")
+    """The rule across options: a scheme that needs a newer iOS than ``deployment_target``."""
     target = str(options.get("deployment_target", "iOS16"))
     ios = _ios_of(target)
     if scheme in MIN_IOS and ios is not None and ios < MIN_IOS[scheme][0]:
@@ -77,9 +83,7 @@ BACKEND = Backend(
              "int4-block": "int4 weights, one scale per 32 input channels (iOS 18+: --deployment-target iOS18)"},
     variant=variant,
     tolerances=TOLERANCES,
-    options={"precision": "a compute precision", "deployment_target": "a deployment target",
-             "input_type": "a raw-pixel input form (image: a CVPixelBuffer; tensor: float32 pixel values 0..255)"},
-    defaults={"precision": "fp16", "deployment_target": "iOS16", "input_type": "image"},
+    options=OPTIONS,
     check_options=check_options,
     int8_fallback=Int8Fallback(reference=lazy("compress.export.coreml.debug", "float_reference"),
                                convert=lazy("compress.export.coreml.debug", "int8_keeping_float"),

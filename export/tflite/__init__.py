@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.export.backend import Backend, Int8Fallback, Qat, lazy
+from compress.export.backend import Backend, Int8Fallback, Qat, TargetOption, lazy
 from compress.export.tflite.tolerances import TOLERANCES
 
 # what the converter's and interpreter's native code (absl, TensorFlow's oneDNN notice, the XNNPACK delegate)
@@ -57,7 +57,8 @@ BACKEND = Backend(
     variant=lambda scheme, options: VARIANTS[scheme],
     tolerances=TOLERANCES,
     fixed_options={"precision": "fp32"},
-    options={"min_runtime": "a runtime-version check"},
+    options=(TargetOption("min_runtime", "fail unless every operator version loads in this LiteRT/TFLite runtime "
+                          "version", example="2.14", checks_artifact=True),),
     int8_fallback=Int8Fallback(reference=lazy("compress.export.tflite.debug", "float_reference"),
                                convert=lazy("compress.export.tflite.debug", "int8_keeping_float")),
     layer_errors=lazy("compress.export.tflite.debug", "layer_errors"),

@@ -92,7 +92,8 @@ def check_min_runtime(path: Path | str, runtime: str) -> None:
 
 def compatibility_report(artifact: Path, required: str | None, checks: list) -> dict:
     """Operators with versions, the oldest runtime that loads them, and the user's --min-runtime check
-    (appended to ``checks``); the report's ``compatibility`` section."""
+    (appended to ``checks``); the report's ``compatibility`` section, with the one line a report prints
+    (``summary``: reports read no target's own fields)."""
     needed = min_runtime(artifact)
     if required is not None:
         try:
@@ -101,5 +102,8 @@ def compatibility_report(artifact: Path, required: str | None, checks: list) -> 
                            "detail": f"every operator version is supported since {needed} or earlier"})
         except ValidationFailed as exc:
             checks.append({"name": f"loads in TFLite {required}", "passed": False, "detail": str(exc)})
-    return {"runtime": "tflite", "operators": report(artifact), "min_runtime": needed,
-            "unknown_operators": [list(u) for u in unknown_ops(artifact)], "required_by_user": required}
+    operators = report(artifact)
+    listed = ", ".join(f"{o['op']} v{o['version']}" for o in operators)
+    return {"runtime": "tflite", "operators": operators, "min_runtime": needed,
+            "unknown_operators": [list(u) for u in unknown_ops(artifact)], "required_by_user": required,
+            "summary": f"TFLite operators: {listed}; oldest runtime that loads the model: {needed}"}

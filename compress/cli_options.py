@@ -1,0 +1,100 @@
+"""Command-line flags made from declarations, so that no command retypes an option.
+
+A target's own options are ``TargetOption`` records in ``export/<target>/``; ``with_target_options`` gives a
+typer command one flag per option that the registered targets declare, generated when typer reads the
+command (so a target registered later, a plugin or a test, has its flags too), and hands the values the
+user typed to the command as one ``target_options`` table. The ``--quantize`` help is generated from every
+target's ``schemes`` the same way. ``typed_flags`` turns a command's parameters into run-configuration
+fields, for every command that builds a ``RunConfig``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional
+
+import typer
+
+from compress.export.registry import TARGETS, declared_options
+
+TARGET_OPTIONS = "target_options"  # the parameter of a wrapped command that receives the typed options
+RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # flag -> RunConfig field
+NOT_SETTINGS = {"recipe", "json_output", "quiet"}  # parameters of a command that are not run settings
+
+
+def typed_flags(params: dict) -> dict:
+    """The run-configuration fields the user typed (typer leaves the others None): flags renamed to their
+    ``RunConfig`` field, target options flat (``compress.recipe.resolve`` gathers them again)."""
+    params = dict(params)
+    options = params.pop(TARGET_OPTIONS, None) or {}
+    flags = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS and v is not None}
+    flags.update(options)
+    if "teachers" in flags:
+        flags["teachers"] = list(flags["teachers"]) or None
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def quantize_help() -> str:
+    """What ``--quantize`` accepts, per registered target (from each ``Backend.schemes``)."""
+    per_target = "; ".join(f"{name}: {', '.join(backend.schemes)}" for name, backend in TARGETS.items())
+    return f"Quantization scheme (default none). {per_target} (what each means: README)."
+
+
+def option_help(name: str) -> str:
+    """One flag's help: what each target that declares it means by it, with its choices and default."""
+    parts = []
+    for target, option in declared_options()[name]:
+        extra = [f"one of {', '.join(map(str, option.choices))}"] if option.choices else []
+        extra += [f"default {option.default}"] if option.default is not None else []
+        parts.append(f"{target}: {option.help}" + (f" ({'; '.join(extra)})" if extra else ""))
+    return "; ".join(parts) + "."
+
+
+def _option_parameters(checks_only: bool) -> list[inspect.Parameter]:
+    params = []
+    for name, declared in declared_options().items():
+        if checks_only and not any(option.checks_artifact for _, option in declared):
+            continue
+        option = declared[0][1]
+        flag = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[option.type],
+                                        default=typer.Option(None, flag, help=option_help(name))))
+    return params
+
+
+class with_target_options:  # noqa: N801 -- used as a decorator
+    """A command whose signature, as typer reads it, has one flag per registered target option (after
+    ``--quantize`` where the command has it; only the options that check a written file with
+    ``checks_only``), and whose ``--quantize`` help lists every target's schemes. The command itself takes
+    ``target_options: dict`` (the options typed; the others absent)."""
+
+    def __init__(self, command: Callable, *, checks_only: bool = False):
+        self.command, self.checks_only = command, checks_only
+        self.__name__ = command.__name__
+        self.__qualname__ = command.__qualname__
+        self.__module__ = command.__module__
+        self.__doc__ = command.__doc__
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        own = [p for p in inspect.signature(self.command, eval_str=True).parameters.values() if p.name != TARGET_OPTIONS]
+        if "quantize" in {p.name for p in own}:
+            own = [p.replace(default=typer.Option(None, help=quantize_help())) if p.name == "quantize" else p for p in own]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == "quantize"), len(own))
+        generated = _option_parameters(self.checks_only)
+        return inspect.Signature([*own[:at], *generated, *own[at:]])
+
+    @property
+    def __annotations__(self) -> dict:
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()}
+
+    def __call__(self, **kwargs):
+        names = set(declared_options())
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        return self.command(**kwargs, target_options={k: v for k, v in given.items() if v is not None})
+
+
+def with_check_options(command: Callable) -> with_target_options:
+    """``with_target_options`` for a command that checks a written file (``compress validate``): only the
+    options that are checks (``TargetOption.checks_artifact``) become its flags."""
+    return with_target_options(command, checks_only=True)
