@@ -87,10 +87,8 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     configs = []
     for t in targets:
         own = registry.options_for(t, options) if len(targets) > 1 and t in TARGETS else options
-        cfg = RunConfig(**{**merged, "target": t, "target_options": own, "recipe_path": path})
-        if cfg.name and len(targets) > 1:
-            cfg.name = f"{cfg.name}-{t}"
-        configs.append(cfg)
+        name = f"{merged['name']}-{t}" if merged.get("name") and len(targets) > 1 else merged.get("name")
+        configs.append(RunConfig(**{**merged, "name": name, "target": t, "target_options": own, "recipe_path": path}))
     return configs
 
 

@@ -11,7 +11,7 @@ interrupted (nothing written).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
@@ -100,8 +100,7 @@ def soft_targets_command(
         if inputs_only:
             arrays = {**precomputed.input_arrays(dataset), "x_train": dataset.x_train, "x_test": dataset.x_test}
         else:
-            cfg.teachers = [teacher]
-            resolve_defaults(cfg, dataset, None)  # a built-in member trains as the run would train it
+            cfg, _ = resolve_defaults(replace(cfg, teachers=[teacher]), dataset, None)  # trained as the run would
             member = _load_member(cfg, teacher, dataset, quiet)
             arrays = precomputed.output_arrays(member, dataset, output)
         precomputed.write(dest, arrays)

@@ -19,6 +19,7 @@ console and the ``defaults`` entry of the report.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS
 
@@ -56,32 +57,35 @@ def _budgeted_epochs(seconds_per_epoch: float, budget: float, limits: tuple[int,
     return int(max(low, min(high, budget // seconds_per_epoch)))
 
 
-def choose(cfg, data, device_type: str, seconds_per_epoch=None) -> dict:
-    """Fill the unset ``teachers``, ``student``, ``teacher_epochs`` and ``epochs`` of ``cfg`` for ``data``;
-    return what was chosen (``{}`` when the user set everything). ``seconds_per_epoch(name, data, batch, device_type)``
-    models one training epoch of a registry model (default: ``_modelled_epoch_seconds``)."""
+def choose(cfg, data, device_type: str, seconds_per_epoch=None) -> tuple:
+    """(``cfg`` with its unset ``teachers``, ``student``, ``teacher_epochs`` and ``epochs`` chosen for ``data``,
+    what was chosen: ``{}`` when the user set everything). A new configuration; ``cfg`` is not changed.
+    ``seconds_per_epoch(name, data, batch, device_type)`` models one training epoch of a registry model
+    (default: ``_modelled_epoch_seconds``)."""
     kind, size = size_class(data)
     teachers, student = SETS[(kind, size)]
     picked: dict = {}
     if cfg.teachers is None:
-        cfg.teachers = picked["teachers"] = list(teachers)
+        picked["teachers"] = list(teachers)
     if cfg.student is None:
-        cfg.student = picked["student"] = student
+        picked["student"] = student
     if cfg.teacher_epochs is None or cfg.epochs is None:
+        chosen = replace(cfg, **{k: picked[k] for k in ("teachers", "student") if k in picked})
         if size == "small":
             budget = dict(SMALL)
         else:
-            budget = _epoch_budgets(cfg, data, device_type, seconds_per_epoch or _modelled_epoch_seconds)
+            budget = _epoch_budgets(chosen, data, device_type, seconds_per_epoch or _modelled_epoch_seconds)
         if cfg.teacher_epochs is None:
-            cfg.teacher_epochs = picked["teacher_epochs"] = budget["teacher_epochs"]
+            picked["teacher_epochs"] = budget["teacher_epochs"]
         if cfg.epochs is None:
-            cfg.epochs = picked["epochs"] = budget["epochs"]
+            picked["epochs"] = budget["epochs"]
+    cfg = replace(cfg, **picked)
     if picked:
         picked["why"] = (f"{kind} data, {len(data.x_train):,} training samples of {'x'.join(map(str, data.input_shape))}"
                          + ("" if size == "small" else f": epoch budgets fit about {BUDGET_S[_dev(device_type)]['teachers']:.0f} s "
                             f"of teacher and {BUDGET_S[_dev(device_type)]['student']:.0f} s of student training on "
                             f"{device_type} (early stopping may end teachers sooner)"))
-    return picked
+    return cfg, picked
 
 
 def _dev(device_type: str) -> str:

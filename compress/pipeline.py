@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,9 +44,11 @@ from compress.train import fit, pick_device, seed_everything
 __all__ = ["RunConfig", "run", "versions"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything one run needs; every field is a CLI option (and later a recipe key)."""
+    """Everything one run needs; every field is a CLI option and a recipe key. Frozen: resolving the
+    defaults, the device profile or a search trial gives a new value (``dataclasses.replace``), so the
+    configuration a stage sees is the one the caller passed."""
 
     target: str = "onnx"
     quantize: str = "none"
@@ -93,7 +95,6 @@ class RunConfig:
     max_size_kb: float | None = None
     max_peak_memory_mb: float | None = None
     recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
-    warnings: list = field(default_factory=list, repr=False)  # what the run warned about (into the report)
 
     def validate(self) -> None:
         """Every option checked before any work: unknown names and target combinations (numeric ranges are
@@ -175,19 +176,18 @@ def _epochs_done(checkpoint: Path) -> int:
     return 0 if state is None else len(state["history"])
 
 
-def _resolve_profile(cfg: RunConfig) -> dict | None:
-    """Load the device profile; its threads apply when none were given, its budgets fill unset ones."""
+def _resolve_profile(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
+    """(the configuration with its runtime threads resolved, the device profile or None): the profile's
+    threads apply when none were given (else 1); its budgets fill unset ones (``_check_budgets``)."""
     if cfg.profile is None:
-        cfg.threads = cfg.threads or 1
-        return None
+        return replace(cfg, threads=cfg.threads or 1), None
     from compress.devices.profiles import load_profile
 
     profile = load_profile(cfg.profile)
     if profile["runtime"] != cfg.target:
         raise InputError(f"--device {profile['name']!r}: the profile runs {profile['runtime']}, "
                          f"but the target is {cfg.target}; expected a {cfg.target} profile")
-    cfg.threads = cfg.threads or int(profile.get("threads") or 1)
-    return profile
+    return replace(cfg, threads=cfg.threads or int(profile.get("threads") or 1)), profile
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -227,14 +227,15 @@ def load_run_data(cfg: RunConfig) -> Dataset:
                      unlabelled=cfg.unlabelled, seed=cfg.seed, **options)
 
 
-def resolve_defaults(cfg: RunConfig, data: Dataset, console: Console | None) -> dict:
-    """The settings left unset, chosen for this data (``compress.defaults``) and said on one line."""
+def resolve_defaults(cfg: RunConfig, data: Dataset, console: Console | None) -> tuple[RunConfig, dict]:
+    """(the configuration with the settings left unset chosen for this data, what was chosen): see
+    ``compress.defaults``; the choice is said on one line."""
     from compress import defaults
 
-    picked = defaults.choose(cfg, data, pick_device(cfg.device).type)
+    cfg, picked = defaults.choose(cfg, data, pick_device(cfg.device).type)
     if picked and console is not None:
         console.print(defaults.describe(picked), highlight=False, soft_wrap=True, markup=False)
-    return picked
+    return cfg, picked
 
 
 def augmentation(cfg: RunConfig, data: Dataset):
@@ -307,15 +308,16 @@ def output_folder(cfg: RunConfig, data: Dataset, rank: int) -> tuple[str, Path]:
     return name, out_root
 
 
-def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress, rank: int, world: int):
+def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress, rank: int, world: int,
+                              warnings: list[str] | None = None):
     """Stages 2 and 3: the teacher members, then the ensemble's soft targets once per (teachers,
     transfer set, T). Rank 0 loads (trains and caches) the members first, then the other processes load
     them from the cache; every process then computes its share of the soft-target shards into the one
-    cached file and reads the finished entry (read-only memmap)."""
+    cached file and reads the finished entry (read-only memmap). The members' warnings go to ``warnings``."""
     if rank != 0:
         torch.distributed.barrier()
     task = progress.add_task("teacher members", total=len(cfg.teachers))
-    members = load_members(cfg, data, progress, task)
+    members = load_members(cfg, data, progress, task, [] if warnings is None else warnings)
     if rank == 0 and world > 1:
         torch.distributed.barrier()
     shards = progress.add_task("soft targets", total=None)
@@ -327,7 +329,7 @@ def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress,
     return members, targets, cached
 
 
-def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task) -> list[Teacher]:
+def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task, warnings: list[str]) -> list[Teacher]:
     """Stage 2: every member loaded (built-ins trained or taken from the cache), each fed its own input
     contract; a member that scores as if fed the wrong inputs is a warning (an error with --strict)."""
     epochs_task, epochs_done = {}, {}
@@ -347,7 +349,7 @@ def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task) -> lis
     progress.update(task, completed=len(members), description="teacher members")
     for message in contract_warnings(members, data, strict=cfg.strict_teachers):
         progress.console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
-        cfg.warnings.append(message)
+        warnings.append(message)
     return members
 
 
@@ -458,16 +460,17 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
     cfg.validate()
     console = console or Console(stderr=True)
     started = time.perf_counter() if started is None else started  # the CLI passes its command's start
+    warnings: list[str] = []  # what the run warned about (said, and carried by the report)
     with stage("setup"):
-        profile = _resolve_profile(cfg)
+        cfg, profile = _resolve_profile(cfg)
         rank, world = _init_distributed()
     with stage("data"):
         data = load_run_data(cfg)
-        for message in class_coverage_warnings(data):  # said, and carried by the report
+        for message in class_coverage_warnings(data):
             if rank == 0:
                 console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
-            cfg.warnings.append(message)
-        picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
+            warnings.append(message)
+        cfg, picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
         name, out_root = output_folder(cfg, data, rank)
         student = initial_student(cfg, data)
     with stage("setup"):
@@ -477,7 +480,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         if estimate:
             progress.note(estimate)
         with stage("teachers"), torch_threads(threads.teachers or threads.student):
-            members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world)
+            members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world, warnings)
         with stage("distillation"), torch_threads(threads.student):
             student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
                                                        rank, world)
@@ -492,7 +495,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
                 report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
             report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
             report["run"].update(_run_facts(cfg, data, members, profile, name, out_root / name, device, world,
-                                            targets_cached, history, started, threads.facts()))
+                                            targets_cached, history, started, threads.facts(), warnings))
             if search is not None:
                 report["search"] = search
                 report["run"]["student_from"] = ("compress search chose it on a validation split of the training data; "
@@ -539,7 +542,7 @@ def save_traceback(stage_name: str) -> str | None:
 
 def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: dict | None, name: str, final_dir: Path,
                device, world: int, targets_cached: bool, history: list, started: float,
-               train_threads: dict | None = None) -> dict:
+               train_threads: dict | None = None, warnings: list[str] = ()) -> dict:
     """The report's ``run`` section: what was run, on what, and how long it took (and with how many training
     threads, and why: ``train_threads``, ``train_threads_teachers``, ``train_threads_reason``)."""
     return {
@@ -547,7 +550,7 @@ def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: d
         "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
                                                "cached": m.cached, "output": m.output, "training": m.training,
                                                "contract": m.contract.describe()} for m in members],
-        "warnings": list(cfg.warnings),
+        "warnings": list(warnings),
         "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
         "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
         "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
@@ -614,7 +617,7 @@ def _front_end(student: torch.nn.Module) -> dict | None:
 
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
               file_name: str, name: str) -> dict:
-    recipe = {k: v for k, v in asdict(cfg).items() if k != "warnings"}
+    recipe = asdict(cfg)
     files = {p.name: {"sha256": file_sha256(p), "bytes": path_size(p)} for p in sorted(folder.iterdir())}
     return {
         "schema": "compress.manifest/1",

@@ -82,7 +82,7 @@ def search(cfg: RunConfig, space: SearchSpace, options: SearchOptions, console=N
         _retime_finalists(ctx, plan, rows)
     result = summarize(ctx, plan, rows, counts, space, clock() - started)
     if result["chosen"] is None:
-        _write_failed(cfg, name, result)
+        _write_failed(ctx.cfg, name, result)
         return result
     report = _write_chosen(ctx, plan, result, name, console, quiet)
     result["output"] = report["run"]["out_dir"]
@@ -95,16 +95,16 @@ def search(cfg: RunConfig, space: SearchSpace, options: SearchOptions, console=N
 def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progress, console, started: float):
     """Data, teachers, soft targets per temperature, the validation split and the trials."""
     with stage("setup"):
-        profile = _resolve_profile(cfg)
+        cfg, profile = _resolve_profile(cfg)
     with stage("data"):
         data = load_run_data(cfg)
         if data.y_train is None:
             raise InputError("--unlabelled: compress search measures each candidate's accuracy on a validation "
                              "split of the labelled training data; expected labelled training data")
         plan = space_trials(space, data.input_shape, data.num_classes, data.input_kind, cfg.temperature, cfg.alpha)
-        user_epochs = cfg.epochs
-        cfg.student = plan[-1].student  # the defaults' teacher choice and epochs do not depend on it
-        picked = defaults.choose(cfg, data, "cpu" if cfg.device in (None, "cpu") else "cuda")
+        user_epochs = cfg.epochs  # the defaults' teacher choice and epochs do not depend on the student
+        cfg, picked = defaults.choose(replace(cfg, student=plan[-1].student), data,
+                                      "cpu" if cfg.device in (None, "cpu") else "cuda")
         schemes = space_schemes(space, TARGETS[cfg.target].schemes, cfg.target)
         for scheme in schemes:  # every scheme's options checked before any training
             replace(cfg, quantize=scheme).validate()
@@ -141,8 +141,8 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
 
 def _trial_epochs(student: str, data, cfg: RunConfig) -> int:
     """Epochs for one student when the user set none: what ``distill-and-export`` would choose for it."""
-    alone = replace(cfg, student=student, epochs=None, teacher_epochs=cfg.teacher_epochs or 1)
-    defaults.choose(alone, data, "cpu" if cfg.device in (None, "cpu") else "cuda")
+    alone, _ = defaults.choose(replace(cfg, student=student, epochs=None, teacher_epochs=cfg.teacher_epochs or 1),
+                               data, "cpu" if cfg.device in (None, "cpu") else "cuda")
     return alone.epochs
 
 

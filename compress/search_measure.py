@@ -108,7 +108,7 @@ def trial_config(ctx: Context, trial: Trial, scheme: str = "none") -> RunConfig:
     """The run settings of one candidate: the search's, with this trial's student, T, alpha and epochs and
     ``scheme`` (what ``distill-and-export`` would be given for it)."""
     return replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
-                   epochs=ctx.epochs[trial.key], quantize=scheme, warnings=[])
+                   epochs=ctx.epochs[trial.key], quantize=scheme)
 
 
 def model_info(ctx: Context, trial: Trial) -> ModelInfo:

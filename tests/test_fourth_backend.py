@@ -1,5 +1,7 @@
 """The target seam: a fourth, test-only backend (TorchScript run by torch) registered from this module,
-driven through ``distill-and-export`` and ``validate`` end to end without editing any project file.
+driven through ``distill-and-export``, ``search``, ``validate`` and a recipe end to end without editing any
+project file -- with a scheme (``fp16``) and an option of its own (``--max-format-version``, an integer check on
+the written archive) that every command's flags, the recipe and ``compress init`` must take from its record.
 
 If anything outside ``export/<target>/`` still named a target, this backend would be refused (the CLI's
 choices, the recipe, the validate stage), crash (runner, tolerances, manifest I/O) or be measured in
@@ -8,6 +10,7 @@ another runtime (the teacher members); each assertion below checks that it is no
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -16,18 +19,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import zipfile
+
 from compress.core.atomic import atomic_path
 from compress.core.runner import Runner
 from compress.export import TARGETS, register
-from compress.export.backend import Backend
+from compress.export.backend import Backend, TargetOption
 
 ENGINE = f"TorchScript (torch {torch.__version__})"
 
 
-def ts_export(model, example, path, info, *, scheme="none", calibration=None, float_layers=()) -> Path:
-    """Trace ``model`` and save it with the run's metadata inside the archive."""
+def ts_export(model, example, path, info, *, scheme="none", calibration=None, float_layers=(),
+              max_format_version=None) -> Path:
+    """Trace ``model`` (in half precision for ``fp16``) and save it with the run's metadata inside the archive."""
     path = Path(path)
-    traced = torch.jit.trace(model.eval(), example.detach().to(torch.float32))
+    dtype = torch.float16 if scheme == "fp16" else torch.float32
+    model = copy.deepcopy(model).to(dtype) if scheme == "fp16" else model
+    traced = torch.jit.trace(model.eval(), example.detach().to(dtype))
     with atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(info.metadata())})
     return path
@@ -35,10 +43,11 @@ def ts_export(model, example, path, info, *, scheme="none", calibration=None, fl
 
 def ts_open(path, threads: int = 1) -> Runner:
     module = torch.jit.load(str(path), map_location="cpu").eval()
+    dtype = next(module.parameters()).dtype
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype)).float().numpy()
 
     return Runner(engine=ENGINE, predict=predict, threads=int(threads))
 
@@ -50,10 +59,29 @@ def ts_io(path) -> dict:
             "metadata": json.loads(extra["metadata.json"])}
 
 
+def format_version(path) -> int:
+    with zipfile.ZipFile(path) as archive:
+        return int(archive.read(next(n for n in archive.namelist() if n.endswith("/version"))))
+
+
+def ts_check(path, options: dict, checks: list) -> dict:
+    """The archive's file-format version, and ``--max-format-version`` as a check on it."""
+    version, most = format_version(path), options.get("max_format_version")
+    if most is not None:
+        checks.append({"name": f"TorchScript format <= {most}", "passed": version <= most,
+                       "detail": f"the archive is format version {version}"})
+    return {"runtime": "torchscript", "format_version": version, "summary": f"TorchScript format version {version}"}
+
+
 TORCHSCRIPT = Backend(
     name="torchscript", suffix=".ts", runtime="TorchScript", export=ts_export, open=ts_open, describe_io=ts_io,
-    schemes={"none": "fp32"}, variant=lambda scheme, options: "fp32",
-    tolerances={"fp32": {"max_abs": 1e-5, "reason": "the same torch kernels"}},
+    schemes={"none": "fp32", "fp16": "half-precision weights and compute"},
+    variant=lambda scheme, options: "fp16" if scheme == "fp16" else "fp32",
+    tolerances={"fp32": {"max_abs": 1e-5, "reason": "the same torch kernels"},
+                "fp16": {"max_abs": 0.5, "top1": 0.95, "reason": "every tensor rounded to fp16"}},
+    options=(TargetOption("max_format_version", "fail unless the archive's file-format version is at most this",
+                          type=int, example=8, checks_artifact=True),),
+    check_artifact=ts_check,
 )
 
 
@@ -124,3 +152,58 @@ def test_a_scheme_the_backend_lacks_is_refused_before_training(torchscript, tmp_
         RunConfig(target="torchscript", target_options={"precision": "fp32"}).validate()
     with pytest.raises(InputError, match="--qat"):
         RunConfig(target="torchscript", qat=True).validate()
+
+
+def test_the_backends_own_scheme_and_option_flow_through_every_command_and_the_recipe(torchscript, tmp_path,
+                                                                                      monkeypatch):
+    """``--quantize fp16`` and ``--max-format-version`` exist nowhere but in TORCHSCRIPT's record above."""
+    from compress.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    cli = CliRunner()
+    help_text = cli.invoke(app, ["distill-and-export", "--help"], env={"COLUMNS": "200"}).output
+    assert "--max-format-version" in help_text and "torchscript: none, fp16" in help_text
+    assert "--max-format-version" in cli.invoke(app, ["validate", "--help"], env={"COLUMNS": "200"}).output
+    assert "--max-format-version" in cli.invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).output
+
+    # a recipe sets the option in [export]; the flag and the scheme come from the command line
+    assert cli.invoke(app, ["init"]).exit_code == 0
+    assert "# max_format_version = 8" in (tmp_path / "compress.toml").read_text()  # compress init's template
+    (tmp_path / "compress.toml").write_text('[export]\ntargets = ["torchscript"]\nmax_format_version = 99\n')
+    small = ["--teacher", "mlp-800", "--teacher-epochs", "2", "--epochs", "5", "--latency-runs", "3",
+             "--limit-train", "600", "--out", str(tmp_path / "dist"), "--json"]
+    result = cli.invoke(app, ["distill-and-export", "--quantize", "fp16", "--name", "half", *small])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "dist" / "half"
+    report = json.loads((folder / "report.json").read_text())
+    exported = next(r for r in report["rows"] if r["model"].startswith("student ("))
+    assert exported["model"] == "student (torchscript fp16)" and exported["parity"]["passed"]
+    assert report["compatibility"]["format_version"] == format_version(folder / "model.ts")
+    assert {"name": "TorchScript format <= 99", "passed": True} .items() <= next(
+        c for c in report["checks"] if c["name"].startswith("TorchScript format")).items()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["target_options"] == {"max_format_version": 99}
+
+    # the flag over the recipe: a version below the archive's fails the run's check (exit 1)
+    result = cli.invoke(app, ["distill-and-export", "--max-format-version", "1", "--name", "old", *small])
+    assert result.exit_code == 1 and "TorchScript format <= 1" in result.output
+    # validate takes the check option (and refuses a value of the wrong type, exit 2)
+    result = cli.invoke(app, ["validate", str(folder), "--max-format-version", "1", "--json", "--latency-runs", "3"])
+    assert result.exit_code == 1 and not json.loads(result.stdout)["passed"]
+    result = cli.invoke(app, ["validate", str(folder), "--max-format-version", "99", "--json", "--latency-runs", "3"])
+    assert result.exit_code == 0, result.output
+    assert cli.invoke(app, ["validate", str(folder), "--max-format-version", "new"]).exit_code == 2
+
+    # search measures the backend's scheme, with the option in its cache key and in the chosen folder's checks
+    (tmp_path / "compress.toml").unlink()
+    args = ["search", "--target", "torchscript", "--family", "mlp", "--widths", "0.5", "--depths", "0.5",
+            "--schemes", "none,fp16", "--epochs", "2", "--teacher", "mlp-800", "--teacher-epochs", "2",
+            "--latency-runs", "3", "--limit-train", "600", "--max-format-version", "99", "--name", "searched",
+            "--out", str(tmp_path / "dist"), "--json", "--quiet"]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    searched = json.loads(result.stdout)
+    assert {c["id"].split()[1] for c in searched["candidates"] if c["status"] == "measured"} == {"none", "fp16"}
+    chosen = json.loads((tmp_path / "dist" / "searched" / "report.json").read_text())
+    assert any(c["name"] == "TorchScript format <= 99" and c["passed"] for c in chosen["checks"])

@@ -165,29 +165,24 @@ def _large(shape, n=60000, kind="image") -> Dataset:
 def test_defaults_follow_the_data_and_keep_what_the_user_set():
     from compress.pipeline import RunConfig
 
-    small = RunConfig()
-    picked = defaults.choose(small, load_data(), "cpu")
+    given = RunConfig()
+    small, picked = defaults.choose(given, load_data(), "cpu")
     assert (small.teachers, small.student, small.teacher_epochs, small.epochs) == (
         ["mlp-1200", "cnn", "resnet"], "mlp-small", 10, 100)
-    big = RunConfig()
-    picked = defaults.choose(big, _large((1, 28, 28)), "cpu")
+    assert given == RunConfig(), "a new configuration; the one given is not changed"
+    big, picked = defaults.choose(RunConfig(), _large((1, 28, 28)), "cpu")
     assert big.teachers == ["cnn", "resnet", "mlp-1200"] and big.student == "mlp-800"
     assert 2 <= big.teacher_epochs <= 15 and 3 <= big.epochs < 100
     assert "60,000 training samples" in defaults.describe(picked)
-    again = RunConfig()
-    defaults.choose(again, _large((1, 28, 28)), "cpu")
+    again, _ = defaults.choose(RunConfig(), _large((1, 28, 28)), "cpu")
     assert (again.teacher_epochs, again.epochs) == (big.teacher_epochs, big.epochs), "deterministic"
-    cuda = RunConfig()
-    defaults.choose(cuda, _large((1, 28, 28)), "cuda")
+    cuda, _ = defaults.choose(RunConfig(), _large((1, 28, 28)), "cuda")
     assert cuda.epochs >= big.epochs and cuda.teacher_epochs >= big.teacher_epochs
-    mine = RunConfig(teachers=["resnet"], epochs=7)
-    picked = defaults.choose(mine, _large((1, 28, 28)), "cpu")
+    mine, picked = defaults.choose(RunConfig(teachers=["resnet"], epochs=7), _large((1, 28, 28)), "cpu")
     assert mine.teachers == ["resnet"] and mine.epochs == 7 and "teachers" not in picked and "epochs" not in picked
-    audio = RunConfig()
-    defaults.choose(audio, _large((8000,), n=3000, kind="audio"), "cpu")
+    audio, _ = defaults.choose(RunConfig(), _large((8000,), n=3000, kind="audio"), "cpu")
     assert audio.teachers[0].startswith("speech-") and audio.student.startswith("ds-cnn")
-    flat = RunConfig()
-    defaults.choose(flat, _large((20,), n=500, kind="features"), "cpu")
+    flat, _ = defaults.choose(RunConfig(), _large((20,), n=500, kind="features"), "cpu")
     assert set(flat.teachers) == {"mlp-1200"}
 
 

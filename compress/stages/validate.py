@@ -268,9 +268,8 @@ def _teacher_recipe(recipe: dict, ds):
     from compress.pipeline import RunConfig, teacher_recipe
 
     known = {f.name for f in fields(RunConfig)}
-    cfg = RunConfig(**{k: v for k, v in recipe.items() if k in known})
-    cfg.teacher_epochs = cfg.teacher_epochs or 10
-    return teacher_recipe(cfg, ds)
+    recorded = {k: v for k, v in recipe.items() if k in known}
+    return teacher_recipe(RunConfig(**{**recorded, "teacher_epochs": recorded.get("teacher_epochs") or 10}), ds)
 
 
 def _member_runtime(m) -> str:
