@@ -47,6 +47,7 @@ import torch
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
+from compress.export.common.mode import converting, converts_model
 from compress.export.coreml import MIN_IOS
 
 PRECISIONS = ("fp16", "fp32")
@@ -401,6 +402,7 @@ def _raw_pixel_input(model: torch.nn.Module, example: torch.Tensor, calibration,
     return traced, example, calibration, ct_input, info
 
 
+@converts_model
 def export(
     model: torch.nn.Module,
     example: torch.Tensor,
@@ -443,15 +445,8 @@ def export(
     if info.preprocessing:
         model, example, calibration, ct_input, info = _raw_pixel_input(model, example, calibration, info, input_type,
                                                                        max_batch)
-    # every submodule's own flag, not just the top one: model.train(was_training) would also flip submodules
-    # the caller keeps in another mode (e.g. frozen BatchNorm in eval inside a training model)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with converting(model):  # eval on the CPU, then each submodule's mode and the device as they were
         mlmodel = _convert(model, example, info, precision, target, max_batch, ct_input)
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if compression is not None:
         if ct_input is not None:  # the image input's scale/bias ops: int8 steps there only add error
             float_layers += [n for n in op_names(mlmodel) if n.startswith(INPUT_NAME + "__") and n not in float_layers]

@@ -12,6 +12,7 @@ from torch import nn
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
+from compress.export.common.mode import converts_model
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -32,6 +33,7 @@ def _failed_op(exc: BaseException) -> str | None:
     return None
 
 
+@converts_model
 def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: ModelInfo, *, opset: int | None = None,
            scheme: str = "none", calibration=None, float_layers=()) -> Path:
     """Export ``model`` to ``path`` (atomically); input ``input`` [batch, ...], output ``logits`` [batch, classes].
@@ -54,12 +56,12 @@ def export(model: nn.Module, example: torch.Tensor, path: Path | str, info: Mode
     return export_fp32(model, example, path, info, opset=opset)
 
 
+@converts_model
 def export_fp32(model: nn.Module, example: torch.Tensor, path: Path | str, info: ModelInfo, *,
                 opset: int | None = None) -> Path:
     """The fp32 export of ``model`` exactly as given (already wrapped when the file takes raw pixels)."""
     import onnx
 
-    model = model.eval().cpu()
     example = example.detach().cpu().contiguous()  # a strided example loses the dynamic batch axis
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():

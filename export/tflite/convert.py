@@ -36,6 +36,7 @@ import torch
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
+from compress.export.common.mode import converting, converts_model
 # The metadata entry names and ``read_metadata`` live in ``io`` (runners read them there without torch).
 from compress.core.noise import native_stderr_filtered
 from compress.export.tflite import STDERR_NOISE
@@ -45,6 +46,7 @@ VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8")
 TARGET = "tflite"
 
 
+@converts_model
 def export(
     model: torch.nn.Module,
     example: torch.Tensor,
@@ -96,13 +98,8 @@ def export(
     if info.preprocessing:
         model, sample, calib, float_layers = _raw_pixel_inputs(model, sample, calib, float_layers, variant,
                                                                info.preprocessing)
-    was_training = model.training
-    model.eval()
-    try:
-        with quiet_progress(), native_stderr_filtered(STDERR_NOISE):
-            data = _convert(model, sample, variant, calib, float_layers)
-    finally:
-        model.train(was_training)
+    with converting(model), quiet_progress(), native_stderr_filtered(STDERR_NOISE):  # modes and device restored
+        data = _convert(model, sample, variant, calib, float_layers)
 
     data = add_metadata(data, {LABELS_KEY: json.dumps(list(info.labels)), INFO_KEY: json.dumps(info.metadata())})
     with atomic_path(path) as tmp:
@@ -247,15 +244,11 @@ def int8_reference(model: torch.nn.Module, example: torch.Tensor, calibration: n
     What ``export(..., variant="int8")`` converts: comparing the ``.tflite`` with it separates conversion
     error (should be a few output quantization steps) from quantization error.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with converting(model):
         graph, _ = _pt2e_quantize(
             model, (example[:1].detach().to(torch.float32),), dynamic=False,
             calib=np.asarray(calibration, dtype=np.float32),
         )
-    finally:
-        model.train(was_training)
     return graph
 
 
