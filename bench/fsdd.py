@@ -73,7 +73,7 @@ def main() -> int:
     results = []
     for target in args.targets:
         cfg = RunConfig(target=target, data=args.data, teachers=list(TEACHERS), student=STUDENT, out=args.dist,
-                        **SETTINGS, **TARGET_OPTIONS.get(target, {}))
+                        **SETTINGS, target_options=TARGET_OPTIONS.get(target, {}))
         t0 = time.perf_counter()
         report = run(cfg, console=Console(stderr=True), quiet=True)
         results.append(summarize(target, report))

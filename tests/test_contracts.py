@@ -91,7 +91,7 @@ def test_declared_contracts_reproduce_each_members_own_accuracy(members, tmp_pat
     folder, expected = members
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     specs = [f"{folder / name}?{query}" for name, (query, _) in expected.items()]
-    extra = {"deployment_target": "iOS17"} if target == "coreml" else {}
+    extra = {"target_options": {"deployment_target": "iOS17"}} if target == "coreml" else {}
     report = run(RunConfig(target=target, teachers=specs, out=str(tmp_path / "dist"), name="c", **FAST, **extra),
                  quiet=True)
     rows = _member_rows(report)
