@@ -57,7 +57,8 @@ def list_devices(json_output: bool = typer.Option(False, "--json", help="Print t
     for col in ("name", "runtime", "precision", "threads", "cpu", "budgets", "source"):
         t.add_column(col, justify="right" if col == "threads" else "left")
     for p in profiles:
-        t.add_row(p["name"], p["runtime"] + (f" ({p['delegate']})" if p.get("delegate") else ""), p["precision"],
+        settings = ", ".join(str(p[k]) for k in TARGETS[p["runtime"]].profile_keys if p.get(k))  # e.g. tflite's delegate
+        t.add_row(p["name"], p["runtime"] + (f" ({settings})" if settings else ""), p["precision"],
                   str(p["threads"]), p["cpu"] + (f" [emu {p['emulator_cpu']}]" if p.get("emulator_cpu") else ""),
                   _budget_text(p["budgets"]), p["source"])
     (Console() if sys.stdout.isatty() else Console(width=200)).print(t)

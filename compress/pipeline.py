@@ -37,6 +37,7 @@ from compress.estimate import estimate_fit_seconds, format_duration, plan_thread
 from compress.losses import LOSSES
 from compress.progress import is_interactive, make_progress
 from compress.stages.evaluate import evaluate
+from compress.stages.measure import peak_memory
 from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing, target_options
 from compress.teachers import Teacher, contract_warnings, load_teachers, soft_targets
 from compress.train import fit, pick_device, seed_everything
@@ -426,8 +427,9 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
 
 
 def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], student, targets, name: str,
-                        tmp_dir: Path, progress: Progress) -> tuple[dict, Exported]:
-    """Stages 5 and 6: the student into ``tmp_dir`` in the target's format, then every row measured."""
+                        tmp_dir: Path, progress: Progress, profile: dict | None = None) -> tuple[dict, Exported]:
+    """Stages 5 and 6: the student into ``tmp_dir`` in the target's format, then every row measured (with
+    the device profile's runner options)."""
     task = progress.add_task(f"exporting to {cfg.target}", total=1)
     info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization, input_kind=data.input_kind,
                      preprocessing=model_preprocessing(cfg, data),
@@ -438,7 +440,7 @@ def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], s
     (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
     progress.update(task, completed=1)
     task = progress.add_task("validating and timing", total=len(members) + 3)
-    report = evaluate(cfg, data, members, student, exported, advance=lambda: progress.advance(task))
+    report = evaluate(cfg, data, members, student, exported, advance=lambda: progress.advance(task), profile=profile)
     if exported.fallback is not None:
         report["quantization_fallback"] = exported.fallback
         report["checks"].append(fallback_check(exported.fallback, cfg.int8_budget))
@@ -490,7 +492,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         try:
             with stage("export and validation"):
                 report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,
-                                                       progress)
+                                                       progress, profile)
             with stage("budgets"):
                 report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
             report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
@@ -592,9 +594,7 @@ def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact:
                 "size_kb": path_size(artifact) / 1024, "peak_memory_mb": None}
     notes = {"latency_ms": f"{student['runtime']} does not run on this machine"}
     if "peak_memory_mb" in budgets and student["latency_ms"] is not None:
-        from compress.devices import peak_memory
-
-        mem = peak_memory.measure(artifact, cfg.target, data.x_test[:20], threads=cfg.threads)
+        mem = peak_memory(cfg.target, artifact, data.x_test[:20], cfg.threads, profile)
         measured["peak_memory_mb"] = mem.get("peak_memory_mb")
         notes["peak_memory_mb"] = mem.get("note")
         report["peak_memory"] = mem

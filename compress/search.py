@@ -55,6 +55,7 @@ from compress.search_measure import (FINALIST_ROUNDS, Context, accuracy_floor, c
                                      scratch_folder, time_interleaved, trial_config, worth_probing)
 from compress.search_space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
 from compress.stages.export import export_student
+from compress.stages.measure import open_artifact
 from compress.teacher_training import TeacherRecipe, validation_split
 
 SEARCH_VERSION = 4  # bump when what a stored measurement means changes (invalidates resumable state)
@@ -391,7 +392,7 @@ def _retime_finalists(ctx: Context, plan: list[Trial], rows: dict, time_one=None
                                                 ctx.targets[trial.temperature], ctx.progress, ctx.console, 0, 1)
             exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder) / row["id"].replace("/", "-"))
-            predicts[row["id"]] = TARGETS[cfg.target].open(exported.artifact, cfg.threads).predict
+            predicts[row["id"]] = open_artifact(cfg.target, exported.artifact, cfg.threads, ctx.profile).predict
         timed = time_interleaved(predicts, ctx.split.x_test, ctx.cfg.latency_runs, time_one=time_one)
     for row in chosen:
         t = timed[row["id"]]

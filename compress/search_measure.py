@@ -26,6 +26,7 @@ from compress.export.registry import TARGETS
 from compress.pipeline import RunConfig, initial_student, safe_name
 from compress.search_space import SearchOptions, Trial
 from compress.stages.export import export_student, model_preprocessing
+from compress.stages.measure import host_latency, open_artifact, peak_memory
 
 
 INT8_SLOWER = "for a model this small the quantize/dequantize steps cost more than int8 saves"
@@ -69,17 +70,14 @@ def worth_probing(ctx: Context, best: dict | None) -> bool:
 
 def probe(ctx: Context, trial: Trial, schemes: list[str]) -> dict:
     """Latency and size of the untrained student in each scheme (same export, runtime and threads)."""
-    from compress.core import metrics
-
     student = initial_student(trial_config(ctx, trial), ctx.split).eval()
     out = {}
     with scratch_folder() as folder:
         for scheme in schemes:
             exported = export_student(trial_config(ctx, trial, scheme), ctx.split, student, None,
                                       model_info(ctx, trial), Path(folder) / scheme)
-            runner = TARGETS[ctx.cfg.target].open(exported.artifact, ctx.cfg.threads)
-            latency = (metrics.measure_latency(runner.predict, ctx.split.x_test, runs=ctx.cfg.latency_runs)["p50"]
-                       if runner.measured else None)
+            runner = open_artifact(ctx.cfg.target, exported.artifact, ctx.cfg.threads, ctx.profile)
+            latency = (host_latency(runner, ctx.split.x_test, ctx.cfg.latency_runs) or {}).get("p50")
             out[scheme] = {"latency_ms": latency, "size_kb": path_size(exported.artifact) / 1024}
     return out
 
@@ -126,15 +124,13 @@ def measure(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> di
         try:
             exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder))
-            _, row, runner, _, parity = student_rows(cfg, ctx.split, student, exported, ctx.teacher_pred)
+            _, row, runner, _, parity = student_rows(cfg, ctx.split, student, exported, ctx.teacher_pred, ctx.profile)
         except InputError as exc:
             return candidate_row(ctx, trial, scheme, "failed", f"export or runtime: {exc}", epochs=epochs)
         memory = None
         if "peak_memory_mb" in ctx.budgets and runner.measured:
-            from compress.devices import peak_memory
-
-            memory = peak_memory.measure(exported.artifact, cfg.target, ctx.split.x_test[:20],
-                                         threads=cfg.threads).get("peak_memory_mb")
+            memory = peak_memory(cfg.target, exported.artifact, ctx.split.x_test[:20], cfg.threads,
+                                 ctx.profile).get("peak_memory_mb")
     measured = {"val_accuracy": row["accuracy"], "accuracy_drop": 100 * (ctx.reference_acc - row["accuracy"]),
                 "size_kb": row["size_bytes"] / 1024, "latency_ms": None if row["latency_ms"] is None else
                 row["latency_ms"]["p50"], "peak_memory_mb": memory}

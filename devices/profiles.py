@@ -44,7 +44,6 @@ TOP_LEVEL: dict[str, tuple[type | tuple, str]] = {
     "threads": (int, "integer"),
     "cpu": (str, "string"),
     "emulator_cpu": (str, "string"),
-    "delegate": (str, "string"),
     "budgets": (dict, "table"),
     "estimate": (dict, "table"),
 }
@@ -77,8 +76,15 @@ def _nearest(word: str, options) -> str:
     return best[0] if best else ""
 
 
+def _target_keys() -> dict[str, tuple[type, str]]:
+    """The top-level settings the registered targets read (``Backend.profile_keys``, e.g. tflite's delegate)."""
+    from compress.export.registry import TARGETS
+
+    return {key: (str, "string") for backend in TARGETS.values() for key in backend.profile_keys}
+
+
 def _check_table(table: dict, section: str, where: str) -> None:
-    schema = SCHEMA[section]
+    schema = {**SCHEMA[section], **(_target_keys() if section == "" else {})}
     prefix = f"[{section}] " if section else ""
     for key, value in table.items():
         if key not in schema:

@@ -11,6 +11,7 @@ another runtime (the teacher members); each assertion below checks that it is no
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -207,3 +208,34 @@ def test_the_backends_own_scheme_and_option_flow_through_every_command_and_the_r
     assert {c["id"].split()[1] for c in searched["candidates"] if c["status"] == "measured"} == {"none", "fp16"}
     chosen = json.loads((tmp_path / "dist" / "searched" / "report.json").read_text())
     assert any(c["name"] == "TorchScript format <= 99" and c["passed"] for c in chosen["checks"])
+
+
+def test_a_profiles_runner_options_reach_every_command_that_measures(tmp_path, monkeypatch):
+    """``Backend.runner_options(profile)`` is honoured by distill-and-export (the artifact and the members timed
+    in its runtime) and by validate alike: one place opens an artifact (``compress.stages.measure``)."""
+    from compress.cli import app
+
+    opened: list[dict] = []
+
+    def recording_open(path, threads=1, **options):
+        opened.append(options)
+        return ts_open(path, threads)
+
+    backend = dataclasses.replace(TORCHSCRIPT, open=recording_open, profile_keys={"engine": ("jit", "eager")},
+                                  runner_options=lambda profile: {"engine": (profile or {}).get("engine")})
+    monkeypatch.setitem(TARGETS, "torchscript", backend)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    profile = tmp_path / "ts-device.toml"
+    profile.write_text('name = "ts-device"\nruntime = "torchscript"\nengine = "eager"\nthreads = 1\n')
+    result = CliRunner().invoke(app, ["distill-and-export", "--target", "torchscript", "--device", str(profile),
+                                      "--teacher", "mlp-800", "--teacher-epochs", "2", "--epochs", "3",
+                                      "--latency-runs", "3", "--limit-train", "400", "--name", "p",
+                                      "--out", str(tmp_path / "dist"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 2 and all(o == {"engine": "eager"} for o in opened)  # the member and the student
+    opened.clear()
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "dist" / "p"), "--device", str(profile), "--json",
+                                      "--latency-runs", "3"])
+    assert result.exit_code == 0, result.output
+    assert opened and all(o == {"engine": "eager"} for o in opened)

@@ -21,6 +21,7 @@ from compress.core.runner import Runner
 from compress.core.threads import torch_threads
 from compress.core.versions import versions
 from compress.export.common import ModelInfo
+from compress.stages.measure import host_latency, open_artifact
 from compress.export.registry import TARGETS, export_options, tolerance_for
 from compress.precomputed import lacks_test_outputs
 from compress.soft_targets import output_probs, scores_from_probs
@@ -86,9 +87,11 @@ def row(model: str, role: str, runtime: str, logits: np.ndarray | None, y: np.nd
     }
 
 
-def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance) -> tuple[list[dict], list, list[str]]:
+def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance,
+                profile: dict | None = None) -> tuple[list[dict], list, list[str]]:
     """Each member in the student's runtime where it can be exported (else in torch, with the reason),
-    fed its own input contract, timed the same way. Returns (rows, [(runner, member)], targets)."""
+    fed its own input contract, timed the same way (the profile's runner options too). Returns
+    (rows, [(runner, member)], targets)."""
     threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
     m_target = member_target(cfg.target)
     rows, runners, targets = [], [], []
@@ -107,7 +110,7 @@ def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance) -> tup
                                teacher_pred, m.params, macs, None, lat, threads), "timing_note": exported})
         else:
             path, runs_in = exported
-            runner = TARGETS[runs_in].open(path, threads)
+            runner = open_artifact(runs_in, path, threads, profile if runs_in == cfg.target else None)
             runners.append((runner, m))
             targets.append(runs_in)
             own = m.own_input(x)
@@ -152,8 +155,10 @@ def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], run
     return r, latency
 
 
-def student_rows(cfg, data, student, exported, teacher_pred) -> tuple[dict, dict, Runner, np.ndarray, dict]:
-    """The torch student and the exported one (parity against the torch model the artifact came from)."""
+def student_rows(cfg, data, student, exported, teacher_pred,
+                 profile: dict | None = None) -> tuple[dict, dict, Runner, np.ndarray, dict]:
+    """The torch student and the exported one (parity against the torch model the artifact came from),
+    opened with the device profile's runner options."""
     threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
     s_params, s_macs = models.count_params(student), models.count_macs(student, data.input_shape)
     s_logits = predict_logits(student, x)
@@ -162,14 +167,14 @@ def student_rows(cfg, data, student, exported, teacher_pred) -> tuple[dict, dict
     torch_row = row("student", "student", f"torch {torch.__version__}", s_logits, data.y_test, teacher_pred,
                     s_params, s_macs, None, torch_lat, threads)
     backend = TARGETS[cfg.target]
-    runner = backend.open(exported.artifact, threads)
+    runner = open_artifact(cfg.target, exported.artifact, threads, profile)
     r_logits = metrics.batched(runner.predict, x)
     if exported.source is student:
         ref_logits = s_logits
     else:  # a QAT int8 graph: the converter should reproduce its int8 arithmetic closely
         ref_logits = backend.qat.predict(exported.source, x)
     par = metrics.parity(ref_logits, r_logits, tolerance_for(cfg.target, exported.variant.removesuffix("-qat")))
-    r_lat = metrics.measure_latency(runner.predict, x, runs=runs) if runner.measured else None
+    r_lat = host_latency(runner, x, runs)
     exported_row = row(f"student ({cfg.target} {exported.variant})", "student", runner.engine, r_logits, data.y_test,
                        teacher_pred, s_params, s_macs, path_size(exported.artifact), r_lat, threads, par)
     return torch_row, exported_row, runner, r_logits, par
@@ -211,21 +216,23 @@ def confusion(data, teacher_pred, candidate: str, logits) -> dict:
                                        labels=list(range(data.num_classes))).tolist()}
 
 
-def evaluate(cfg, data, members: list[Teacher], student, exported, advance=lambda: None) -> dict:
-    """Measure every row and check parity; returns the report (``compress.report/1``) without run facts."""
+def evaluate(cfg, data, members: list[Teacher], student, exported, advance=lambda: None,
+             profile: dict | None = None) -> dict:
+    """Measure every row and check parity; returns the report (``compress.report/1``) without run facts.
+    The artifact and the members exported into its runtime run with the device profile's runner options."""
     scored = [m for m in members if not lacks_test_outputs(m)]  # members with test-split outputs
     if not scored:
         raise InputError(f"teachers: no member has test-split outputs ({', '.join(m.name for m in members)}); "
                          "expected at least one member that runs here or a file with 'test' outputs")
     teacher_probs = ensemble_probs(scored, data.x_test)
     teacher_pred = np.argmax(teacher_probs, axis=1)
-    m_rows, runners, m_targets = member_rows(cfg, data, members, teacher_pred, advance)
+    m_rows, runners, m_targets = member_rows(cfg, data, members, teacher_pred, advance, profile)
     ens, ens_lat = ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows, runners)
     if len(scored) < len(members):
         ens["note"] = f"averages the {len(scored)} of {len(members)} members with test-split outputs"
         ens["runtime"] += f"; {len(scored)} of {len(members)} members"
     advance()
-    torch_row, s_row, runner, r_logits, par = student_rows(cfg, data, student, exported, teacher_pred)
+    torch_row, s_row, runner, r_logits, par = student_rows(cfg, data, student, exported, teacher_pred, profile)
     advance()
     advance()
     reference = "torch student" if exported.source is student else "torch QAT int8 graph"

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core import metrics as validation
+from compress.stages.measure import host_latency, open_artifact, peak_memory
 from compress.core.errors import InputError
 from compress.devices.budgets import FLAGS, check_budgets, gather
 from compress.export.registry import TARGETS, by_suffix, check_option, recorded_options, suffixes
@@ -87,11 +88,6 @@ def _resolve(path: Path) -> tuple[str, Path, str, dict | None]:
         raise InputError(f"{path}: unknown model format {path.suffix!r}; expected one of {sorted(suffixes())} "
                          f"or a folder written by compress distill-and-export")
     return "file", path, backend.name, None
-
-
-def _open(target: str, artifact: Path, threads: int, profile: dict | None):
-    backend = TARGETS[target]
-    return backend.open(artifact, threads, **backend.runner_options(profile))
 
 
 def _artifact_precision(recipe: dict) -> str:
@@ -410,18 +406,15 @@ def _reference_parity(relation: dict, members: list, ds, logits: np.ndarray, che
 def _latency_and_memory(backend, runner, artifact: Path, x: np.ndarray, threads: int, latency_runs: int,
                         prof: dict | None) -> tuple[dict | None, dict, dict, str | None]:
     """Host latency, the device estimate, and peak memory: (lat, latency section, memory, memory note)."""
-    from compress.devices import peak_memory
-
     host = _host()
     host_label = (f"measured on this host ({host['machine']}), {threads} thread{'s' if threads != 1 else ''}"
                   + (f" (the host has {host['cpus']} CPUs)" if host["cpus"] and threads > host["cpus"] else ""))
     mem_note = None
     if runner.measured:
-        lat = validation.measure_latency(runner.predict, x, runs=latency_runs)
+        lat = host_latency(runner, x, latency_runs)
         latency = {"host": {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "runs": lat["runs"], "threads": threads,
                             "batch": 1, "label": host_label}}
-        mem = peak_memory.measure(artifact, backend.name, x, threads=threads,
-                                  runner_options=backend.runner_options(prof))
+        mem = peak_memory(backend.name, artifact, x, threads, prof)
         if mem.get("peak_memory_mb") is None:
             mem_note = mem.get("note")
     else:
@@ -535,7 +528,7 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
     relation = (_reference_relation(specs, artifact, target, mode == "folder" and not reference, max_logit_diff)
                 if specs or max_logit_diff is not None else None)
     _sequence_samples(backend, artifact, ds, notes)
-    runner = _open(target, artifact, threads, prof)
+    runner = open_artifact(target, artifact, threads, prof)
     logits = _run_artifact(runner, artifact, ds)
     rows, checks, members, ref_pred, ref_acc, parity = [], [], [], None, None, None
     if specs:
@@ -576,5 +569,5 @@ def _run_section(path: Path, mode: str, artifact: Path, target: str, threads: in
             "reference": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint} for m in members],
             "host": _host(),
             "profile": None if prof is None else {k: prof.get(k) for k in (
-                "name", "description", "runtime", "precision", "threads", "cpu", "emulator_cpu", "delegate",
-                "budgets", "estimate", "source")}}
+                "name", "description", "runtime", "precision", "threads", "cpu", "emulator_cpu",
+                *TARGETS[prof["runtime"]].profile_keys, "budgets", "estimate", "source")}}
