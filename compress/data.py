@@ -40,6 +40,7 @@ import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.npz import check_npz_sizes
+from compress.core.registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -569,13 +570,12 @@ def load_audio_folder(path: str | Path, **options) -> Dataset:
     return load(path, **options)
 
 
-DATASETS = {
-    "digits": load_digits,
-    "idx": load_idx,
-    "image-folder": load_image_folder,
-    "npz": load_npz,
-    "audio-folder": load_audio_folder,
-}
+DATASETS = Registry("data format", "--data-format")  # name -> loader(path, *, seed, **options) -> Dataset
+DATASETS.register("digits", load_digits)
+DATASETS.register("idx", load_idx)
+DATASETS.register("image-folder", load_image_folder)
+DATASETS.register("npz", load_npz)
+DATASETS.register("audio-folder", load_audio_folder)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
@@ -718,8 +718,8 @@ def load_data(spec: str | None = None, fmt: str | None = None, *, limit_train: i
         _check_options(load_digits, "digits", options)
         ds = load_digits(seed=seed, **options)
     else:
-        if fmt is not None and fmt not in DATASETS:
-            raise InputError(f"--data-format {fmt!r}: unknown format; expected one of {sorted(DATASETS)}")
+        if fmt is not None:
+            DATASETS.lookup(fmt)  # an unknown format: one line naming the known ones
         path = Path(spec)
         if not path.exists():
             raise InputError(f"{path}: data path does not exist")

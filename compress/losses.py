@@ -1,4 +1,4 @@
-"""Distillation losses, found by registered name (``LOSSES``: name -> loss function).
+"""Distillation losses, found by registered name (``LOSSES``, a ``compress.core.registry.Registry``).
 
 ``hinton`` is Hinton, Vinyals & Dean (2015), exactly:
   soft = CE(p_teacher(T), p_student(T)) * T^2      (always scaled, also when alpha = 0)
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from compress.core.registry import Registry
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,7 +37,6 @@ def soft_only_loss(student_logits, teacher_probs, labels, temperature, alpha):
     return soft_cross_entropy(student_logits, teacher_probs, temperature)
 
 
-LOSSES = {
-    "hinton": hinton_loss,
-    "soft-only": soft_only_loss,
-}
+LOSSES = Registry("distillation loss", "--loss")
+LOSSES.register("hinton", hinton_loss)
+LOSSES.register("soft-only", soft_only_loss)

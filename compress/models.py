@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from compress.core.errors import InputError
-from compress.scaling import member_name, scaled
+from compress.core.registry import Registry
+from compress.scaling import Family, member_name, scaled
 
 
 def _flat_features(input_shape: tuple[int, ...]) -> int:
@@ -251,7 +252,7 @@ def cnn_small_family(input_shape, num_classes, width: float = 1.0) -> nn.Module:
     return cnn_small(input_shape, num_classes, channels=channels, name=member_name("cnn-small", width))
 
 
-MODELS = {
+MODELS = Registry("model", "--student", {  # name -> factory(input_shape, num_classes) -> nn.Module
     # teachers
     "mlp-1200": lambda s, n: mlp(s, n, hidden=(1200, 1200), dropout=0.2),
     "cnn": lambda s, n: cnn(s, n),
@@ -260,23 +261,19 @@ MODELS = {
     "mlp-small": lambda s, n: mlp(s, n, hidden=(64,)),
     "mlp-800": lambda s, n: mlp(s, n, hidden=MLP_800_HIDDEN),
     "cnn-small": lambda s, n: cnn_small(s, n),
-}
+})
 
-# Parametrized families: name -> factory(input_shape, num_classes, *multipliers). A factory is a named
-# function whose docstring's first line says what the family is and what its arguments mean, and whose
-# parameters after the first two are the multipliers ``family:a:b`` passes (all optional, with defaults).
-FAMILIES = {
-    "mobilenet": mobilenet_family,
-    "mlp": mlp_family,
-    "cnn-small": cnn_small_family,
-    "cnn": cnn_family,
-}
-FAMILY_EXAMPLES = {
-    "mobilenet": ("mobilenet:0.35", "mobilenet:0.5:0.5"),
-    "mlp": ("mlp:0.25", "mlp:0.5:0.5"),
-    "cnn-small": ("cnn-small:0.5", "cnn-small:2"),
-    "cnn": ("cnn:0.25", "cnn:0.5"),
-}
+# Parametrized families: name -> Family (compress.scaling.Family: the factory, examples and search defaults).
+# Registered in the order the default search lists them.
+FAMILIES = Registry("student family", "--family", {
+    "mlp": Family(mlp_family, ("mlp:0.25", "mlp:0.5:0.5"),
+                  search={"width": (0.125, 0.25, 0.5, 1.0), "depth": (0.5, 1.0)}, searched_for=("image", "features")),
+    "cnn-small": Family(cnn_small_family, ("cnn-small:0.5", "cnn-small:2"), search={"width": (1.0, 2.0, 4.0)},
+                        searched_for=("image",)),
+    "cnn": Family(cnn_family, ("cnn:0.25", "cnn:0.5"), search={"width": (0.25, 0.5)}, searched_for=("image",)),
+    "mobilenet": Family(mobilenet_family, ("mobilenet:0.35", "mobilenet:0.5:0.5"),
+                        search={"width": (0.25, 0.35, 0.5), "depth": (0.5, 1.0)}, searched_for=("image",)),
+})
 MULTIPLIER_RANGE = (0.0, 4.0)  # (exclusive, inclusive): 4x is already ~16x the compute; larger is a typo
 
 DEFAULT_TEACHERS = ("mlp-1200", "cnn", "resnet")
@@ -284,7 +281,7 @@ DEFAULT_STUDENT = "mlp-small"
 
 
 def family_params(family: str) -> list[str]:
-    return list(inspect.signature(FAMILIES[family]).parameters)[2:]
+    return list(inspect.signature(FAMILIES[family].factory).parameters)[2:]
 
 
 def _family_usage(family: str) -> str:
@@ -304,7 +301,7 @@ def _parse_family(name: str) -> tuple[str, tuple[float, ...]] | str | None:
     params = family_params(family)
     low, high = MULTIPLIER_RANGE
     expected = (f"expected {_family_usage(family)} with multipliers in ({low:g}, {high:g}], "
-                f"e.g. {' or '.join(FAMILY_EXAMPLES.get(family, ()))}")
+                f"e.g. {' or '.join(FAMILIES[family].examples)}")
     if len(raw) > len(params):
         return f"{len(raw)} arguments, but {family} takes at most {len(params)}; {expected}"
     values = []
@@ -326,8 +323,8 @@ def is_known(name: str) -> bool:
 
 def describe_names() -> str:
     """One line for error messages and help: every registry name, then every family with its arguments."""
-    families = "; ".join(f"{_family_usage(f)} ({inspect.getdoc(factory).splitlines()[0].rstrip('.')}, "
-                         f"e.g. {FAMILY_EXAMPLES.get(f, (f,))[0]})" for f, factory in FAMILIES.items())
+    families = "; ".join(f"{_family_usage(f)} ({inspect.getdoc(entry.factory).splitlines()[0].rstrip('.')}, "
+                         f"e.g. {entry.examples[0]})" for f, entry in FAMILIES.items())
     return f"one of {', '.join(sorted(MODELS))}, or a family: {families}"
 
 
@@ -348,7 +345,7 @@ def build(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
     if not isinstance(parsed, tuple):
         raise InputError(f"model {name!r}: {why_unknown(name)}")
     family, values = parsed
-    return FAMILIES[family](tuple(input_shape), num_classes, *values)
+    return FAMILIES[family].factory(tuple(input_shape), num_classes, *values)
 
 
 def count_params(model: nn.Module) -> int:
@@ -364,7 +361,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model(torch.zeros(1, *input_shape))
     return int(counter.get_total_flops() // 2)
 
-from compress.speech import SPEECH_FAMILIES, SPEECH_FAMILY_EXAMPLES, SPEECH_MODELS  # noqa: E402  (speech registers here too)
+from compress.speech import SPEECH_FAMILIES, SPEECH_MODELS  # noqa: E402  (speech registers here too)
 MODELS.update(SPEECH_MODELS)
 FAMILIES.update(SPEECH_FAMILIES)
-FAMILY_EXAMPLES.update(SPEECH_FAMILY_EXAMPLES)

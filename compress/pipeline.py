@@ -106,10 +106,8 @@ class RunConfig:
         if self.name is not None:
             check_name(self.name)
 
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"--optimizer {self.optimizer!r}: unknown; expected one of {sorted(OPTIMIZERS)}")
-        if self.loss not in LOSSES:
-            raise InputError(f"--loss {self.loss!r}: unknown; expected one of {sorted(LOSSES)}")
+        OPTIMIZERS.lookup(self.optimizer)
+        LOSSES.lookup(self.loss)
         if self.student is not None and not models.is_known(self.student):
             raise InputError(f"--student {self.student!r}: {models.why_unknown(self.student)}")
         target_options(self)  # unsupported scheme/option combinations fail here

@@ -154,7 +154,7 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "families": Key("search_families", _LIST, "compress search: student families to try (compress.models.FAMILIES; "
                         "default: chosen for the data's kind).", ["mlp", "cnn-small", "mobilenet"]),
         "widths": Key("search_widths", _NUMS, "compress search: width multipliers (default: per family, "
-                      "compress.search_space.FAMILY_DEFAULTS).", [0.25, 0.5, 1.0], bounds=POSITIVE),
+                      "compress.models.FAMILIES' search defaults).", [0.25, 0.5, 1.0], bounds=POSITIVE),
         "depths": Key("search_depths", _NUMS, "compress search: depth multipliers for families that take one.", [0.5, 1.0], bounds=POSITIVE),
         "schemes": Key("search_schemes", _LIST, "compress search: quantization schemes to measure each student in "
                        "(default: none, int8-weights, int8 where the target has them).", ["none", "int8"]),

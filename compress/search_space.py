@@ -15,17 +15,9 @@ from dataclasses import dataclass, field
 from compress import models
 from compress.core.errors import InputError
 
-# Per family: the multipliers searched when the user gives none (wide enough to reach from "tiny" to the
-# registry's usual student; the search starts at the cheap end and stops when the time budget is spent).
-FAMILY_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {
-    "mlp": {"width": (0.125, 0.25, 0.5, 1.0), "depth": (0.5, 1.0)},
-    "cnn-small": {"width": (1.0, 2.0, 4.0)},
-    "cnn": {"width": (0.25, 0.5)},
-    "mobilenet": {"width": (0.25, 0.35, 0.5), "depth": (0.5, 1.0)},
-    "ds-cnn": {"width": (0.25, 0.5, 1.0, 1.6), "depth": (0.5, 1.0)},
-}
-# Families tried when the user names none, by the data's input kind.
-KIND_DEFAULTS = {"image": ("mlp", "cnn-small", "cnn", "mobilenet"), "audio": ("ds-cnn",), "features": ("mlp",)}
+# The multipliers searched when the user gives none, and the families tried when the user names none, are
+# each family's own (``compress.scaling.Family.search`` / ``searched_for``); the search starts at the cheap
+# end and stops when the time budget is spent.
 # Schemes tried when the user names none (those the target supports, in this order).
 DEFAULT_SCHEMES = ("none", "int8-weights", "int8")
 
@@ -62,11 +54,17 @@ class Trial:
         return f"{self.student} {scheme} T={self.temperature:g} alpha={self.alpha:g}"
 
 
+def default_families(input_kind: str) -> list[str]:
+    """The families a search tries for this kind of data when the user names none (registration order)."""
+    kind = input_kind if input_kind in ("image", "audio") else "features"
+    return [name for name, family in models.FAMILIES.items() if kind in family.searched_for] or ["mlp"]
+
+
 def _families(space: SearchSpace, input_kind: str) -> list[tuple[str, tuple[float, ...]]]:
     """(family, fixed leading multipliers) per entry: ``mlp`` searches its whole grid, ``mlp:1.25`` fixes the
     width at 1.25 and searches the depths (a wider member than the defaults, without widening every family)."""
     out = []
-    for entry in space.families or list(KIND_DEFAULTS.get(input_kind, ("mlp",))):
+    for entry in space.families or default_families(input_kind):
         family = entry.partition(":")[0]
         if family not in models.FAMILIES:
             raise InputError(f"--family {entry!r}: not a student family; expected one of {sorted(models.FAMILIES)}, "
@@ -82,7 +80,7 @@ def _multipliers(family: str, fixed: tuple[float, ...], space: SearchSpace) -> l
     """Every multiplier tuple of one family entry, in the factory's parameter order (width, depth): the
     fixed ones as given, the others from ``--widths``/``--depths`` or the family's defaults."""
     params = models.family_params(family)  # the multipliers, in order
-    defaults = FAMILY_DEFAULTS.get(family, {})
+    defaults = models.FAMILIES[family].search
     given = {"width": space.widths, "depth": space.depths}
     axes = [(fixed[i],) if i < len(fixed) else tuple(given.get(p) or defaults.get(p) or (1.0,))
             for i, p in enumerate(params)]

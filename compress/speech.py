@@ -31,7 +31,7 @@ from torch import nn
 
 from compress.core.errors import InputError
 from compress.frontend import LogMel
-from compress.scaling import member_name, scaled
+from compress.scaling import Family, member_name, scaled
 
 FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}
 
@@ -182,8 +182,8 @@ SPEECH_MODELS = {
     "ds-cnn-l": lambda s, n: ds_cnn_size(s, n, "l"),
 }
 
-# Parametrized speech students: family -> factory(input_shape, num_classes, *multipliers), as compress.models.FAMILIES.
+# Parametrized speech students: family -> Family, as compress.models.FAMILIES.
 SPEECH_FAMILIES = {
-    "ds-cnn": ds_cnn_family,
+    "ds-cnn": Family(ds_cnn_family, ("ds-cnn:0.5", "ds-cnn:2:0.5"),
+                     search={"width": (0.25, 0.5, 1.0, 1.6), "depth": (0.5, 1.0)}, searched_for=("audio",)),
 }
-SPEECH_FAMILY_EXAMPLES = {"ds-cnn": ("ds-cnn:0.5", "ds-cnn:2:0.5")}

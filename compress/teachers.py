@@ -29,6 +29,7 @@ from compress.contracts import Contract, make_contract, member_view, split_spec
 from compress.core.cache import content_key, file_sha256, state_dict_sha256
 from compress.core.errors import InputError
 from compress.core.pt2_check import check_pt2_archive
+from compress.core.registry import Registry
 from compress.train import fit, pick_device, predict_logits
 from compress.soft_targets import ensemble_probs, soft_targets, softmax  # noqa: E402,F401  (re-exported)
 
@@ -267,14 +268,16 @@ def load_precomputed(spec: str, **kwargs) -> Teacher:
     return load(spec, **kwargs)
 
 
-TEACHER_FORMATS = {
-    "torchscript": load_torchscript,
-    "pt2": load_pt2,
-    "onnx": load_onnx,
-    "factory": load_factory,
-    "precomputed": load_precomputed,
-    "folder": load_folder,
-}
+TEACHER_FORMATS = Registry("teacher format", "--teacher")  # name -> loader(spec, **kwargs) -> Teacher
+TEACHER_FORMATS.register("torchscript", load_torchscript)
+TEACHER_FORMATS.register("pt2", load_pt2)
+TEACHER_FORMATS.register("onnx", load_onnx)
+TEACHER_FORMATS.register("factory", load_factory)
+TEACHER_FORMATS.register("precomputed", load_precomputed)
+TEACHER_FORMATS.register("folder", load_folder)
+# file suffix -> the format that reads it (a built-in name, a run folder and module:function=weights come first)
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".npz": "precomputed", ".npy": "precomputed",
+                  **dict.fromkeys((".ts", ".torchscript", ".pt", ".pth", ".jit"), "torchscript")}
 
 
 def teacher_format(spec: str) -> str:
@@ -285,15 +288,9 @@ def teacher_format(spec: str) -> str:
         return "folder"
     if ":" in spec and "=" in spec:
         return "factory"
-    suffix = Path(spec).suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".pt2":
-        return "pt2"
-    if suffix in (".ts", ".torchscript", ".pt", ".pth", ".jit"):
-        return "torchscript"
-    if suffix in (".npz", ".npy"):
-        return "precomputed"
+    fmt = SUFFIX_FORMATS.get(Path(spec).suffix.lower())
+    if fmt is not None:
+        return fmt
     raise InputError(
         f"teacher {spec!r}: not a built-in model ({models.why_unknown(spec)}), nor a .ts/.pt/.pt2/.onnx file, "
         "nor outputs computed elsewhere (.npz from compress soft-targets), nor 'module:function=weights.pt'"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compress.core.errors import InputError, TrainingDiverged
+from compress.core.registry import Registry
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -96,11 +97,11 @@ def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator)
     return x
 
 
-OPTIMIZERS = {
-    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
-    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
-}
+OPTIMIZERS = Registry("optimizer", "--optimizer")  # name -> (params, lr, weight_decay) -> torch optimizer
+OPTIMIZERS.register("adam", lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd))
+OPTIMIZERS.register("adamw", lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd))
+OPTIMIZERS.register("sgd", lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                                                                  weight_decay=wd))
 
 
 def distributed() -> tuple[int, int]:

@@ -11,25 +11,23 @@ import difflib
 from pathlib import Path
 
 from compress.core.errors import InputError
+from compress.core.registry import Registry
 from compress.export.backend import Backend, TargetOption
 from compress.export.coreml import BACKEND as COREML
 from compress.export.onnx import BACKEND as ONNX
 from compress.export.tflite import BACKEND as TFLITE
 
-TARGETS: dict[str, Backend] = {b.name: b for b in (ONNX, TFLITE, COREML)}
+TARGETS = Registry("target", "--target", {b.name: b for b in (ONNX, TFLITE, COREML)})
 
 
 def register(backend: Backend) -> Backend:
     """Add (or replace) a target; returns it. Every registry question sees it from then on."""
-    TARGETS[backend.name] = backend
-    return backend
+    return TARGETS.register(backend.name, backend)
 
 
 def get(name: str, what: str = "--target") -> Backend:
     """The backend called ``name``; an InputError naming the known ones otherwise."""
-    if name not in TARGETS:
-        raise InputError(f"{what} {name!r}: unknown; expected one of {sorted(TARGETS)}")
-    return TARGETS[name]
+    return TARGETS.lookup(name, what)
 
 
 def by_suffix(path: Path | str) -> Backend | None:
