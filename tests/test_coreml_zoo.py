@@ -115,7 +115,7 @@ def run_cell(arch: str, precision: str, target: str, compression: str, tmp_path:
     want = torch_outputs(module, x)[0]
     measured = {"variant": variant, "max_rel": rel_error(got, want),
                 "top1": float(np.mean(got.argmax(1) == want.argmax(1))), "bound": MAX_REL[variant], "vs_dense": None,
-                "top1_bound": TOLERANCES[variant]["top1"]}
+                "top1_bound": TOLERANCES[variant].get("top1")}  # fp32: bounded by max_abs alone
     RESULTS[(arch, precision, target, compression)] = measured
     if compression != "none":
         assert any(t.startswith("constexpr_") for t in program.op_types), \
@@ -132,10 +132,10 @@ def _table() -> str:
     lines = ["| architecture | precision | target | compression | variant | max_rel vs torch | bound | top-1 vs torch "
              "(documented bound) | vs decompress_weights |", "|---|---|---|---|---|---|---|---|---|"]
     for (arch, precision, target, compression), m in sorted(RESULTS.items()):
-        below = "" if m["top1"] >= m["top1_bound"] else ", below"
+        below = "" if m["top1_bound"] is None or m["top1"] >= m["top1_bound"] else ", below"
         dense = "-" if m["vs_dense"] is None else format(m["vs_dense"], ".1e")
         lines.append(f"| {arch} | {precision} | {target} | {compression} | {m['variant']} | {m['max_rel']:.2e} | "
-                     f"{m['bound']:g} | {m['top1']:.3f} ({m['top1_bound']:g}{below}) | {dense} |")
+                     f"{m['bound']:g} | {m['top1']:.3f} ({'-' if m['top1_bound'] is None else format(m['top1_bound'], 'g')}{below}) | {dense} |")
     return "\n".join(lines)
 
 
