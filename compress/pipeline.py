@@ -360,23 +360,6 @@ def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
     return models.build(cfg.student, data.input_shape, data.num_classes)
 
 
-INTERRUPT_HOOK = "COMPRESS_TEST_INTERRUPT_AFTER_EPOCH"  # tests: Ctrl-C right after this epoch's checkpoint
-
-
-def _after_epoch(progress: Progress, task, epoch: int) -> None:
-    """Progress, and the test-only hook that interrupts deterministically after epoch k (1-based) was
-    checkpointed, without any timing: ``COMPRESS_TEST_INTERRUPT_AFTER_EPOCH=k`` acts as Ctrl-C,
-    ``k:TERM`` sends this process SIGTERM (what a cancelled CI job receives)."""
-    progress.update(task, completed=epoch + 1)
-    when, _, how = os.environ.get(INTERRUPT_HOOK, "").partition(":")
-    if when == str(epoch + 1):
-        if how == "TERM":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)
-        raise KeyboardInterrupt
-
-
 def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
                     progress: Progress, console: Console, rank: int, world: int,
                     after_epoch=None) -> tuple[torch.nn.Module | None, list, torch.device]:
@@ -412,7 +395,7 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
     history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
                   checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data),
-                  on_epoch=lambda e, l: (_after_epoch(progress, task, e), after_epoch and after_epoch(e)))
+                  on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)))
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -295,7 +295,6 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, sche
                 for s in schemes]
     handle = study.ask()  # the order is ours (cheapest first), so the trial samples nothing: it records
     handle.set_user_attr("candidate", _stored_name(ctx, trial))  # what a rerun looks up
-    _pause_hook(ctx, handle.number)
     try:
         student, epochs_run, trained = _distill(ctx, trial, handle, _measured_any(rows))
     except optuna.TrialPruned as pruned:
@@ -320,20 +319,6 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, sche
     study.tell(handle, max(accuracies) if accuracies else 0.0)
     counts["trained" if trained else "resumed"] += 1
     return out
-
-
-PAUSE_HOOK = "COMPRESS_TEST_SEARCH_PAUSE_AFTER_ASK"  # tests: a FIFO path; a trial in RUNNING waits on it
-
-
-def _pause_hook(ctx: Context, number: int) -> None:
-    """Test-only: with ``COMPRESS_TEST_SEARCH_PAUSE_AFTER_ASK=FIFO`` the search says that trial ``number`` is
-    running, then blocks reading the FIFO until the test writes to it: another process can be started
-    exactly while this one holds a running trial, without any timing."""
-    fifo = os.environ.get(PAUSE_HOOK)
-    if fifo:
-        ctx.console.print(f"search: test hook: trial {number} running", highlight=False, markup=False)
-        with open(fifo) as fh:
-            fh.read()
 
 
 def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):

@@ -141,8 +141,6 @@ def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data
 
 SHARD_ROWS_ENV = "COMPRESS_SOFT_TARGET_SHARD_ROWS"
 DEFAULT_SHARD_ROWS = 4096
-# tests: Ctrl-C in every process right after its k-th shard (each process must have k shards to compute)
-INTERRUPT_HOOK = "COMPRESS_TEST_INTERRUPT_AFTER_SHARDS"
 
 
 def shard_rows() -> int:
@@ -397,9 +395,6 @@ def _compute_shards(shards: _Shards, plan: dict, compute: Callable[[int], np.nda
             write_text(shards.marker(i), computed[i] + "\n")  # the shard is done: a resumed run keeps it
             if on_shard:
                 on_shard(len(computed), len(mine))
-            if os.environ.get(INTERRUPT_HOOK) == str(len(computed)):
-                group.gather(None)  # every process has written its k shards before any of them stops
-                raise KeyboardInterrupt
         del out
     except Exception as exc:
         error = exc

@@ -24,8 +24,8 @@ def _env(cache: Path, **extra) -> dict:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 
 
-def compress(*args: str, cwd: Path, cache: Path, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress.cli", *args], cwd=cwd, env=_env(cache, **extra),
+def compress(*args: str, cwd: Path, cache: Path, driver: str = "compress.cli", **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", driver, *args], cwd=cwd, env=_env(cache, **extra),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -119,7 +119,7 @@ def test_a_run_cleans_stale_temporaries_in_out_and_cache(tmp_path):
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     cache = tmp_path / "cache"
     proc = compress("distill-and-export", "--name", "run", *FAST, cwd=tmp_path, cache=cache,
-                    COMPRESS_TEST_INTERRUPT_AFTER_EPOCH="2:TERM")
+                    driver="tests.interrupting", INTERRUPT_AFTER_EPOCH="2:TERM")
     assert proc.returncode == 143, proc.stderr
     (line,) = _error_lines(proc.stderr)
     assert "terminated (SIGTERM)" in line and "resume" in line

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.interrupting import AFTER_EPOCH
+
 EPOCHS = 12
 INTERRUPT_AT = 3
 RECIPE = f"""
@@ -37,8 +39,8 @@ def _env(cache: Path) -> dict:
             "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "compress.cli", "distill-and-export", "--quiet", "--json", *args]
+def _command(*args: str, driver: str = "compress.cli") -> list[str]:
+    return [sys.executable, "-m", driver, "distill-and-export", "--quiet", "--json", *args]
 
 
 def _checkpoint(cache: Path) -> Path | None:
@@ -58,10 +60,11 @@ def test_interrupted_distillation_resumes_to_the_same_result(tmp_path):
     work.mkdir()
     (work / "compress.toml").write_text(RECIPE)
     cache = tmp_path / "cache"
-    # Ctrl-C right after epoch INTERRUPT_AT was checkpointed, through the test-only hook: deterministic,
+    # Ctrl-C right after epoch INTERRUPT_AT was checkpointed, through the after_epoch callback: deterministic,
     # whatever the machine's load (a poller sending SIGINT raced the run and lost on a busy machine)
-    env = {**_env(cache), "COMPRESS_TEST_INTERRUPT_AFTER_EPOCH": str(INTERRUPT_AT)}
-    proc = subprocess.run(_command(), cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    env = {**_env(cache), AFTER_EPOCH: str(INTERRUPT_AT)}
+    proc = subprocess.run(_command(driver="tests.interrupting"), cwd=work, env=env, capture_output=True, text=True,
+                          timeout=600)
     stderr = proc.stderr
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "resume" in stderr

@@ -176,16 +176,16 @@ def test_a_resumed_search_retrains_nothing_already_measured(tiny, monkeypatch):
 
 def test_ctrl_c_in_a_student_and_a_rerun_continue_from_its_checkpoint(tmp_path, monkeypatch):
     from compress.data import load_digits
-    from compress.pipeline import INTERRUPT_HOOK
+    from tests.interrupting import install_after_epoch
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     args = ["search", "--family", "mlp", "--widths", "0.5", "--depths", "0.5", "--schemes", "none", "--epochs", "3",
             "--teacher", "mlp-1200", "--teacher-epochs", "2", "--name", "ctrl-c"]
-    monkeypatch.setenv(INTERRUPT_HOOK, "2")  # Ctrl-C right after the student's 2nd epoch was checkpointed
-    stopped = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "dist"), "--quiet"])
+    with monkeypatch.context() as patched:  # Ctrl-C right after the student's 2nd epoch was checkpointed
+        install_after_epoch(patched.setattr, "2")
+        stopped = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "dist"), "--quiet"])
     assert stopped.exit_code == 130
     assert not (tmp_path / "dist" / "ctrl-c").exists()
-    monkeypatch.delenv(INTERRUPT_HOOK)
     counter = EpochCounter(monkeypatch)
     done = invoke(args, tmp_path)
     assert done.exit_code == 0, done.output

@@ -20,6 +20,7 @@ import torch
 from compress import soft_targets as S
 from compress.core.errors import InputError
 from compress.teachers import Teacher
+from tests.interrupting import AFTER_SHARDS
 
 SHARD_ROWS = 128  # the digits' 1,437 training rows: 12 shards (the last one 29 rows)
 SHARDS = 12
@@ -46,7 +47,7 @@ def own_cache(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(path))
     monkeypatch.delenv(S.SHARD_ROWS_ENV, raising=False)
-    monkeypatch.delenv(S.INTERRUPT_HOOK, raising=False)
+    monkeypatch.delenv(AFTER_SHARDS, raising=False)
     return path
 
 
@@ -197,14 +198,15 @@ def _env(cache: Path, **extra: str) -> dict:
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "COMPRESS_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", S.SHARD_ROWS_ENV: str(SHARD_ROWS),
            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop(S.INTERRUPT_HOOK, None)
+    env.pop(AFTER_SHARDS, None)
     return {**env, **extra}
 
 
 def _run(work: Path, cache: Path, processes: int, **extra: str) -> subprocess.CompletedProcess:
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
               if processes > 1 else [sys.executable])
-    cmd = [*launch, "-m", "compress.cli", "distill-and-export", "--quiet", "--json", "--name", f"w{processes}"]
+    driver = "tests.interrupting" if extra else "compress.cli"  # the interruption is installed by tests/interrupting.py
+    cmd = [*launch, "-m", driver, "distill-and-export", "--quiet", "--json", "--name", f"w{processes}"]
     return subprocess.run(cmd, cwd=work, env=_env(cache, **extra), capture_output=True, text=True, timeout=600)
 
 
@@ -257,7 +259,7 @@ def test_a_killed_two_process_run_resumes_in_one_process(torchrun):
     reused (shard size does not depend on the world size), the 8 others computed; the same bits as an
     uninterrupted run."""
     work, cache = torchrun, torchrun / "cache"
-    killed = _run(work, cache, 2, **{S.INTERRUPT_HOOK: "2"})
+    killed = _run(work, cache, 2, **{AFTER_SHARDS: "2"})
     assert killed.returncode != 0
     assert "interrupted" in killed.stderr
     assert not list((cache / "soft-targets").glob("*.npy"))

@@ -274,8 +274,8 @@ def _search_env(cache: Path, **extra) -> dict:
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 
 
-def _start_search(cwd: Path, cache: Path, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compress.cli", *SEARCH], cwd=cwd, env=_search_env(cache, **extra),
+def _start_search(cwd: Path, cache: Path, driver: str = "compress.cli", **extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", driver, *SEARCH], cwd=cwd, env=_search_env(cache, **extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -292,10 +292,10 @@ def test_two_searches_on_one_cache_take_turns_and_the_second_reuses_the_first(tm
     os.mkfifo(fifo)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first = _start_search(tmp_path / "a", cache, COMPRESS_TEST_SEARCH_PAUSE_AFTER_ASK=str(fifo))
+    first = _start_search(tmp_path / "a", cache, driver="tests.interrupting", PAUSE_IN_TRIAL=str(fifo))
     second = None
     try:
-        assert "trial 0 running" in _read_until(first.stderr, "test hook"), first.stderr.read()
+        assert "trial running" in _read_until(first.stderr, "test hook"), first.stderr.read()
         second = _start_search(tmp_path / "b", cache)  # starts while the first holds a running trial
         line = _read_until(second.stderr, "waiting for another compress search", "test hook")
         assert "waiting for another compress search" in line, "the second search did not wait for the first"
