@@ -52,6 +52,7 @@ class Teacher:
     view: Callable[[np.ndarray], np.ndarray] | None = None  # data samples -> the member's own input (None: as is)
     recorded: dict | None = None  # the contract the member's file records about its training data, if any
     training: dict | None = None  # a built-in member's training curve (compress.teacher_training)
+    file_params: int | None = None  # the weight count a model file declares (Backend.model_facts)
 
     def own_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` (the data's samples, as the student sees them) in the member's own input contract."""
@@ -61,15 +62,7 @@ class Teacher:
     def params(self) -> int | None:
         if self.module is not None:
             return models.count_params(self.module)
-        if self.artifact is not None and self.artifact.suffix == ".onnx":
-            import onnx
-
-            m = onnx.load(str(self.artifact))
-            weights = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                       onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-            # weights only: integer initializers such as reshape targets are not parameters
-            return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in weights))
-        return None
+        return self.file_params
 
 
 def _module_teacher(name: str, kind: str, module: nn.Module, fingerprint: str, cached: bool = False) -> Teacher:
@@ -134,32 +127,37 @@ def load_pt2(spec: str, **_) -> Teacher:
 
 
 def load_onnx(spec: str, **_) -> Teacher:
+    """A model file that its target's runtime runs and whose format can describe itself (an ``.onnx`` from
+    any producer): run in that runtime, with what the file declares (``Backend.model_facts``)."""
     from compress.export.registry import by_suffix
 
     path = _require_file(Path(spec), "an ONNX model")
+    backend = by_suffix(path)
     try:
-        runner = by_suffix(path).open(path, threads=0)
+        runner = backend.open(path, threads=0)
     except InputError as exc:
         reason = str(exc).partition(": not a loadable ONNX model ")[2] or f"({exc})"
         raise InputError(f"teacher {spec!r}: not a loadable ONNX model {reason}; expected an .onnx file "
                          "(e.g. from torch.onnx.export)") from None
-    input_shape = _check_onnx_weights(spec, path)
+    facts = backend.model_facts(path) if backend.model_facts is not None else {}
+    if facts.get("nonfinite"):
+        name, bad = facts["nonfinite"]
+        raise InputError(f"teacher {spec!r}: weight {name!r} holds {bad} NaN or infinite value(s); "
+                         "expected finite weights (a diverged or corrupted checkpoint?)")
 
     def logits(x: np.ndarray) -> np.ndarray:
         return np.concatenate([runner.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
 
-    return Teacher(path.name, "onnx", logits, file_sha256(path), artifact=path, input_shape=input_shape,
-                   recorded=_onnx_recorded_contract(path))
+    return Teacher(path.name, backend.name, logits, file_sha256(path), artifact=path,
+                   input_shape=facts.get("input_shape"), recorded=_recorded_contract(facts.get("metadata") or {}),
+                   file_params=facts.get("params"))
 
 
-def _onnx_recorded_contract(path: Path) -> dict | None:
-    """What an ONNX file says about its own inputs: an ``input_contract`` JSON table in ``metadata_props``
-    (any producer can write it), or the ``normalization`` this tool writes into its exports."""
+def _recorded_contract(props: dict) -> dict | None:
+    """What a model file says about its own inputs: an ``input_contract`` JSON table in its metadata (any
+    producer can write it), or the ``normalization`` this tool writes into its exports."""
     import json
 
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     for key in ("input_contract", "normalization"):
         try:
             table = json.loads(props[key]) if key in props else None
@@ -195,34 +193,6 @@ def load_folder(spec: str, **_) -> Teacher:
     norm = manifest.get("normalization") or {}
     return Teacher(folder.name, "folder", logits, file_sha256(artifact), artifact=artifact,
                    recorded={k: norm[k] for k in ("scale", "mean", "std") if k in norm} or None)
-
-
-def _check_onnx_weights(spec: str, path: Path) -> tuple | None:
-    """Reject NaN/inf float initializers (naming one); return the declared per-sample input shape."""
-    import onnx
-    from onnx import numpy_helper
-
-    try:
-        model = onnx.load(str(path))
-    except Exception:  # ONNX Runtime loaded it; leave anything unusual to the run itself
-        return None
-    for init in model.graph.initializer:
-        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                              onnx.TensorProto.BFLOAT16):
-            try:
-                arr = numpy_helper.to_array(init)
-            except Exception:
-                continue
-            if not np.isfinite(arr.astype(np.float32)).all():
-                bad = int((~np.isfinite(arr.astype(np.float32))).sum())
-                raise InputError(f"teacher {spec!r}: weight {init.name!r} holds {bad} NaN or infinite value(s); "
-                                 "expected finite weights (a diverged or corrupted checkpoint?)")
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    if len(inputs) != 1 or not inputs[0].type.tensor_type.HasField("shape"):
-        return None
-    dims = inputs[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
 
 
 def load_factory(spec: str, **_) -> Teacher:

@@ -129,6 +129,8 @@ class Backend:
     open(path, threads=1, **runner_options) -> compress.core.runner.Runner (normalized float32 in, and uint8
       pixels as they are for a file that takes raw pixels)
     describe_io(path) -> {"inputs": [...], "outputs": [...]} as the file declares them (for the manifest)
+    model_facts(path) -> {"params", "input_shape", "metadata", "nonfinite"}: what a model file of this format
+      (made by anyone) says about itself when it is a teacher member (None: the format is not a teacher file)
     schemes: --quantize scheme -> what it means for this target (help text); "none" first
     variant(scheme, options) -> the name of the numeric form written ("fp32", "int8-dynamic", ...): the
       tolerance key and the label in reports
@@ -162,6 +164,7 @@ class Backend:
     options: tuple[TargetOption, ...] = ()
     fixed_options: dict[str, object] = field(default_factory=dict)
     check_options: Callable[[str, dict], None] | None = None
+    model_facts: Callable[[Path], dict] | None = None
     calibrated_schemes: tuple[str, ...] = ("int8",)
     int8_fallback: Int8Fallback | None = None
     layer_errors: Callable | None = None

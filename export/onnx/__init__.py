@@ -22,6 +22,7 @@ BACKEND = Backend(
     export=lazy("compress.export.onnx.convert", "export"),
     open=lazy("compress.export.onnx.runner", "open_onnx"),
     describe_io=lazy("compress.export.onnx.io", "describe_io"),
+    model_facts=lazy("compress.export.onnx.io", "model_facts"),
     schemes={"none": "fp32", "fp16": "fp16 weights and activations, float32 I/O",
              "int8-weights": "dynamic int8", "int8": "static QDQ int8, per channel"},
     variant=lambda scheme, options: VARIANTS[scheme],
