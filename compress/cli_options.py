@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import typer
 
-from compress.export.registry import TARGETS, declared_options
+from compress.export.registry import declared_options, describe_schemes
 
 TARGET_OPTIONS = "target_options"  # the parameter of a wrapped command that receives the typed options
 RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # flag -> RunConfig field
@@ -36,8 +36,7 @@ def typed_flags(params: dict) -> dict:
 
 def quantize_help() -> str:
     """What ``--quantize`` accepts, per registered target (from each ``Backend.schemes``)."""
-    per_target = "; ".join(f"{name}: {', '.join(backend.schemes)}" for name, backend in TARGETS.items())
-    return f"Quantization scheme (default none). {per_target} (what each means: README)."
+    return f"Quantization scheme (default none). {describe_schemes()} (what each means: README)."
 
 
 def option_help(name: str) -> str:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from compress.core.errors import InputError
 from compress.core.errors import InternalError
-from compress.export.registry import declared_options
+from compress.export.registry import declared_options, describe_schemes
 
 RECIPE_FILE = "compress.toml"
 
@@ -128,7 +128,7 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
     },
     "quantize": {
-        "scheme": Key("quantize", _STR, "none, fp16, int8-weights, int8, palettize-4/6/8 (what each target supports: README)."),
+        "scheme": Key("quantize", _STR, "Quantization scheme (the list per target is generated: schema())."),
         "calibration_samples": Key("calibration_samples", _INT, "Transfer-set samples used to calibrate static int8.", bounds=AT_LEAST_1),
         "qat": Key("qat", _BOOL, "Quantization-aware distillation before int8 conversion."),
         "qat_epochs": Key("qat_epochs", _INT, "Epochs of quantization-aware distillation.", bounds=AT_LEAST_1),
@@ -190,8 +190,11 @@ def target_option_keys() -> dict[str, Key]:
 
 
 def schema() -> dict[str, dict[str, Key]]:
-    """Every recipe key by section: the fixed ones and, in ``[export]``, the registered targets' options."""
-    return {**_FIXED, "export": {**_FIXED["export"], **target_option_keys()}}
+    """Every recipe key by section: the fixed ones and, in ``[export]``, the registered targets' options;
+    the quantization scheme's help lists each registered target's schemes."""
+    scheme = replace(_FIXED["quantize"]["scheme"], help=f"Quantization scheme, per target: {describe_schemes()}.")
+    return {**_FIXED, "quantize": {**_FIXED["quantize"], "scheme": scheme},
+            "export": {**_FIXED["export"], **target_option_keys()}}
 
 
 def take_target_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

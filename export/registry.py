@@ -40,6 +40,11 @@ def suffixes() -> list[str]:
     return [b.suffix for b in TARGETS.values()]
 
 
+def describe_schemes() -> str:
+    """Each registered target's ``--quantize`` schemes, for help texts ("onnx: none, fp16, ...; coreml: ...")."""
+    return "; ".join(f"{name}: {', '.join(backend.schemes)}" for name, backend in TARGETS.items())
+
+
 def accepting(option: str) -> list[str]:
     """The targets that take a target-only option (e.g. "precision")."""
     return [name for name, b in TARGETS.items() if b.option(option) is not None]
