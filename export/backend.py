@@ -29,6 +29,7 @@ def lazy(module: str, name: str) -> Callable:
 
     call.__name__ = name
     call.__qualname__ = f"{module}.{name}"
+    call.lazy_target = (module, name)  # checked by tests/test_lazy_references.py: every reference resolves
     call.__doc__ = f"Calls {module}.{name} (imported on first use)."
     return call
 
