@@ -194,7 +194,7 @@ def bench_one(data, student, soft, name: str, work: Path, runs: int, qat_epochs:
         out = work / f"model-int8-fallback{TARGETS[target].suffix}"
         t0 = time.perf_counter()
         try:
-            fb = int8_with_fallback(target, student, example, out, info, calib, data.x_train[held],
+            fb = int8_with_fallback(TARGETS[target], student, example, out, info, calib, data.x_train[held],
                                     None if data.y_train is None else data.y_train[held], BUDGET_POINTS,
                                     work / f"fallback-{target}", options)
         except Exception as exc:  # report, keep benchmarking the rest

@@ -235,7 +235,7 @@ def debug_quant(
     import numpy as np
 
     from compress.data import load_data
-    from compress.export.common.fallback import layer_errors_for
+    from compress.export.registry import layer_errors_for
     from compress.export.common.sqnr import format_table
 
     with guarded("nothing was written", "debug-quant"):

@@ -127,3 +127,18 @@ def tolerance_for(target: str, variant: str) -> dict:
     """Parity bounds of ``variant`` on ``target``, as the target states them (with the reasons) in its folder;
     the fp32 bound of every target is ``core.metrics.FP32_PARITY_TOLERANCE`` unless it states a tighter one."""
     return TARGETS[target].tolerance(variant)
+
+
+def layer_errors_for(float_path: Path | str, quantized_path: Path | str, x, model=None) -> list[dict]:
+    """Per-layer int8 error rows (worst first) for a float/int8 pair of files of one target, found by their
+    suffix (``compress debug-quant``). ``x``: real float32 model inputs (transfer-set or held-out samples, never
+    random). ``model``: the torch model both files came from (names the torch module of each row where the
+    target can). Every row has ``node`` (what the target's fallback keeps in float), ``op_type``, ``tensor``,
+    ``sqnr_db``, ``input_sqnr_db``, ``error_added_db`` and ``weight_sqnr_db``."""
+    float_path, quantized_path = Path(float_path), Path(quantized_path)
+    by_file_suffix = {b.suffix: b.name for b in TARGETS.values() if b.layer_errors is not None}
+    found = {by_file_suffix.get(p.suffix) for p in (float_path, quantized_path)}
+    if len(found) != 1 or None in found:
+        raise InputError(f"{quantized_path.name} vs {float_path.name}: expected two files of one target "
+                         f"({', '.join(by_file_suffix)})")
+    return TARGETS[found.pop()].layer_errors(float_path, quantized_path, x, model=model)

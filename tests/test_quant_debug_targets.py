@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.core.errors import InputError
-from compress.export.common.fallback import int8_with_fallback, layer_errors_for
+from compress.export.common.fallback import int8_with_fallback
+from compress.export.registry import TARGETS, layer_errors_for
 from compress.train import fit, predict_logits, seed_everything
 from compress.export import TARGETS
 from compress.core.metrics import accuracy, batched
@@ -100,7 +101,7 @@ def test_tflite_fallback_keeps_the_fragile_module_in_float(fragile, tflite_pair,
 
     f = fragile
     out = f["folder"] / "fallback.tflite"
-    result = int8_with_fallback("tflite", f["model"], f["example"], out, f["info"], f["calib"], digits.x_test,
+    result = int8_with_fallback(TARGETS["tflite"], f["model"], f["example"], out, f["info"], f["calib"], digits.x_test,
                                 digits.y_test, BUDGET_POINTS, f["folder"] / "work-tflite", {"scheme": "int8"})
     assert result["kept_in_float"] == ["fc2"], result["attempts"]
     assert [a["excluded"] for a in result["attempts"]] == [[], ["fc2"]]
@@ -145,7 +146,7 @@ def test_coreml_fallback_keeps_the_fragile_op_in_float(fragile, coreml_pair, dig
     f = fragile
     out = f["folder"] / "fallback.mlpackage"
     x_eval, y_eval = digits.x_test[:200], digits.y_test[:200]
-    result = int8_with_fallback("coreml", f["model"], f["example"], out, f["info"], f["calib"][:64], x_eval, y_eval,
+    result = int8_with_fallback(TARGETS["coreml"], f["model"], f["example"], out, f["info"], f["calib"][:64], x_eval, y_eval,
                                 BUDGET_POINTS, f["folder"] / "work-coreml",
                                 {"scheme": "int8", "precision": "fp16", "deployment_target": "iOS17"})
     assert len(result["kept_in_float"]) == 1 and result["kept_modules"] == ["fc2"], result["attempts"]

@@ -85,7 +85,7 @@ def _int8_with_fallback(cfg, data, student, example, artifact: Path, info: Model
     rest = np.setdiff1d(np.arange(len(data.x_train)), calibration_idx)
     held = rest[-min(len(rest), 1000):]
     y_eval = None if data.y_train is None else data.y_train[held]
-    return int8_with_fallback(cfg.target, student, example, artifact, info, data.x_train[calibration_idx],
+    return int8_with_fallback(TARGETS[cfg.target], student, example, artifact, info, data.x_train[calibration_idx],
                               data.x_train[held], y_eval, cfg.int8_budget, folder / ".fallback", options,
                               max_excluded=4)
 

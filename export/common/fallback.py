@@ -7,7 +7,8 @@ a time. A target supplies two hooks (``compress.export.backend.Int8Fallback``): 
 export, and "convert keeping these layers in float"; the layer names are the ``node`` of its
 ``layer_errors`` rows (ONNX node names, torch module names for TFLite, MIL op names for Core ML).
 
-``layer_errors_for(float_path, quantized_path, x)`` picks the target by file suffix (``compress debug-quant``).
+The folder below the targets knows no target: callers pass the ``Backend`` (``compress.export.registry``
+finds it by name or, in ``layer_errors_for``, by file suffix).
 """
 
 from __future__ import annotations
@@ -24,30 +25,6 @@ from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.backend import Backend, ConversionFailed
 from compress.export.common.sqnr import DAMAGED_INPUT_DB
-
-
-def _backend_for_files(*paths: Path) -> Backend:
-    from compress.export.registry import TARGETS
-
-    by_suffix = {b.suffix: b.name for b in TARGETS.values() if b.layer_errors is not None}
-    found = {by_suffix.get(p.suffix) for p in paths}
-    if len(found) != 1 or None in found:
-        raise InputError(f"{paths[-1].name} vs {paths[0].name}: expected two files of one target "
-                         f"({', '.join(by_suffix)})")
-    return TARGETS[found.pop()]
-
-
-def layer_errors_for(float_path: Path | str, quantized_path: Path | str, x: np.ndarray, model=None) -> list[dict]:
-    """Per-layer int8 error rows (worst first) for a float/int8 pair of files of one target.
-
-    ``x``: real float32 model inputs (transfer-set or held-out samples, never random). ``model``: the torch
-    model both files came from (names the torch module of each row where the target can). Every row has
-    ``node`` (what the target's fallback keeps in float), ``op_type``, ``tensor``, ``sqnr_db``,
-    ``input_sqnr_db``, ``error_added_db`` and ``weight_sqnr_db``.
-    """
-    float_path, quantized_path = Path(float_path), Path(quantized_path)
-    backend = _backend_for_files(float_path, quantized_path)
-    return backend.layer_errors(float_path, quantized_path, x, model=model)
 
 
 def _covered(name: str, kept: list[str]) -> bool:
@@ -184,10 +161,10 @@ def _ship_best(best: tuple[float, Path, list[str]], out_path: Path, reference_ac
     }
 
 
-def int8_with_fallback(target: str, student, example, artifact: Path, info, calibration: np.ndarray,
+def int8_with_fallback(backend: Backend, student, example, artifact: Path, info, calibration: np.ndarray,
                        x_eval: np.ndarray, y_eval: np.ndarray | None, budget_points: float, work_dir: Path,
                        options: dict | None = None, max_excluded: int = 3) -> dict:
-    """``target``'s static int8 export of ``student`` at ``artifact`` within ``budget_points`` (accuracy points).
+    """``backend``'s static int8 export of ``student`` at ``artifact`` within ``budget_points`` (accuracy points).
 
     ``calibration``: transfer-set samples that calibrate int8 (and rank the layers). ``x_eval``/``y_eval``:
     held-out samples that measure the drop (never the test split; ``y_eval=None``: the float reference's
@@ -197,12 +174,8 @@ def int8_with_fallback(target: str, student, example, artifact: Path, info, cali
     Returns the keys of ``quantize_with_fallback`` plus ``target``, ``eval_samples`` and ``reference``
     (the variant of the float export the drop is measured against).
     """
-    from compress.export.registry import TARGETS
-
-    backend = TARGETS.get(target)
-    if backend is None or backend.int8_fallback is None:
-        with_fallback = [name for name, b in TARGETS.items() if b.int8_fallback is not None]
-        raise InputError(f"target {target!r}: int8 float fallback is available for {', '.join(with_fallback)}")
+    if backend.int8_fallback is None:
+        raise InputError(f"target {backend.name!r}: has no int8 float fallback (Backend.int8_fallback)")
     if budget_points < 0:
         raise InputError(f"--int8-budget {budget_points}: must be >= 0 (accuracy points)")
     options = {k: v for k, v in (options or {}).items() if k != "calibration"}
@@ -228,5 +201,5 @@ def int8_with_fallback(target: str, student, example, artifact: Path, info, cali
                                         budget_points / 100, max_excluded, options)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    result.update(target=target, reference=backend.int8_fallback.reference_variant, eval_samples=int(len(x_eval)))
+    result.update(target=backend.name, reference=backend.int8_fallback.reference_variant, eval_samples=int(len(x_eval)))
     return result
