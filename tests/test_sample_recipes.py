@@ -54,7 +54,8 @@ def test_fsdd_recipe_is_the_documented_run():
                ("audio-folder", "ds-cnn", 4.0, 15, 40, 1e-2)
         assert cfg.teachers == ["speech-cnn", "speech-resnet", "speech-wide-cnn"]
         assert cfg.data_options["split"] == "index<5"
-    assert configs["coreml"].precision == "fp32"
+    assert configs["coreml"].target_options == {"precision": "fp32"}
+    assert configs["onnx"].target_options == configs["tflite"].target_options == {"precision": "fp32"}  # fixed there
     run_sh = (ROOT / "samples/fsdd_speech/run.sh").read_text()
     assert "--recipe samples/fsdd_speech/compress.toml" in run_sh
 
