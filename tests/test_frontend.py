@@ -117,6 +117,8 @@ def test_logmel_parity_in_runtime(tmp_path, target, precision):
         assert diff.max() <= FP32_MAX_ABS, diff.max()
     else:
         assert diff.max() <= COREML_FP16_MAX_ABS, diff.max()
+        if not FSDD.is_dir():  # the p99 bound was measured on speech; a pure tone's log-mel is a harder case
+            pytest.skip(f"fp16 p99 bound is for real speech: {FSDD} is absent (the max bound was checked)")
         assert np.percentile(diff, 99) <= COREML_FP16_P99_ABS, np.percentile(diff, 99)
 
 
