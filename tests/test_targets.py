@@ -184,7 +184,7 @@ def test_int8_budget_reports_the_fallback(tmp_path):
     RunConfig(target="tflite", quantize="int8", int8_budget=1.0).validate()  # every int8 target has the fallback
 
 
-@pytest.mark.parametrize("target, extra", [("tflite", {}), ("coreml", {"deployment_target": "iOS17"})])
+@pytest.mark.parametrize("target, extra", [("tflite", {}), ("coreml", {"target_options": {"deployment_target": "iOS17"}})])
 def test_int8_budget_on_tflite_and_coreml(tmp_path, target, extra):
     """The pipeline's --int8-budget reaches the TFLite and Core ML fallbacks; the shipped file is the int8 one."""
     report = run(RunConfig(target=target, quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST, **extra),

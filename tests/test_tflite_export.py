@@ -131,8 +131,10 @@ def test_parity_with_torch(student, variant):
           f"convert={CONVERSION_SECONDS[(student['kind'], variant)]:.2f}s")
     if tol["max_abs"] is not None:
         assert max_abs <= tol["max_abs"], f"{variant}: max abs logit diff {max_abs} > {tol['max_abs']}"
-    assert p99 <= tol["p99_abs"], f"{variant}: p99 abs logit diff {p99} > {tol['p99_abs']}"
-    assert agree >= tol["top1"], f"{variant}: top-1 agreement {agree} < {tol['top1']}"
+    if tol.get("p99_abs") is not None:  # fp32: the one max-abs bound covers it
+        assert p99 <= tol["p99_abs"], f"{variant}: p99 abs logit diff {p99} > {tol['p99_abs']}"
+    top1 = tol.get("top1", 1.0)  # fp32 (max abs <= 1e-4): every top-1 agrees on these well-separated logits
+    assert agree >= top1, f"{variant}: top-1 agreement {agree} < {top1}"
 
 
 def test_int8_matches_torch_int8_reference(student, digits):
