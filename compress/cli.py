@@ -69,7 +69,7 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     from dataclasses import asdict
 
     from compress import recipe
-    from compress.pipeline import RunConfig
+    from compress.config import RunConfig
 
     path, merged = recipe.resolve(recipe_path, flags, {**asdict(RunConfig()), "targets": [RunConfig.target]})
     for key in recipe.SEARCH_FIELDS:  # the [search] section is compress search's
@@ -194,7 +194,7 @@ def init(
 
     from compress import recipe
     from compress.core.atomic import atomic_path, require_file_output
-    from compress.pipeline import RunConfig
+    from compress.config import RunConfig
 
     dest = Path(path)
     try:  # --force overwrites a recipe file, never a folder (a project) with its files

@@ -35,7 +35,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
     from dataclasses import asdict
 
     from compress import recipe
-    from compress.pipeline import RunConfig
+    from compress.config import RunConfig
     from compress.search import SearchOptions
     from compress.search_space import SearchSpace
 

@@ -25,7 +25,7 @@ def _run_config(recipe_path: Optional[str], flags: dict):
     """The run's data settings: defaults <- recipe (given, or ./compress.toml when present) <- flags, exactly
     as ``distill-and-export`` resolves them (so the inputs, and their hashes, are the run's)."""
     from compress import recipe
-    from compress.pipeline import RunConfig
+    from compress.config import RunConfig
 
     _, merged = recipe.resolve(recipe_path, flags, asdict(RunConfig()))
     merged.pop("targets", None)

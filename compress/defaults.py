@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from compress.config import RunConfig
 from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS
 
 SMALL_WORK = 2_000_000  # samples x values per sample at or below which the digits' settings are used
@@ -57,7 +58,7 @@ def _budgeted_epochs(seconds_per_epoch: float, budget: float, limits: tuple[int,
     return int(max(low, min(high, budget // seconds_per_epoch)))
 
 
-def choose(cfg, data, device_type: str, seconds_per_epoch=None) -> tuple:
+def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None) -> tuple[RunConfig, dict]:
     """(``cfg`` with its unset ``teachers``, ``student``, ``teacher_epochs`` and ``epochs`` chosen for ``data``,
     what was chosen: ``{}`` when the user set everything). A new configuration; ``cfg`` is not changed.
     ``seconds_per_epoch(name, data, batch, device_type)`` models one training epoch of a registry model
@@ -92,7 +93,7 @@ def _dev(device_type: str) -> str:
     return "cuda" if device_type == "cuda" else "cpu"
 
 
-def _epoch_budgets(cfg, data, device_type: str, seconds_per_epoch) -> dict:
+def _epoch_budgets(cfg: RunConfig, data, device_type: str, seconds_per_epoch) -> dict:
     """Epochs that fit the time budgets, from measured seconds per epoch of each model to train."""
     from compress.models import is_known
 

@@ -45,7 +45,8 @@ from compress.core.cache import cache_dir, content_key, discard, one_line
 from compress.core.errors import InputError
 from compress.core.threads import torch_threads
 from compress.export.registry import TARGETS, export_options
-from compress.pipeline import (RunConfig, _resolve_profile, _train_threads, check_name, distill_student,
+from compress.config import RunConfig, check_name
+from compress.pipeline import (_resolve_profile, _train_threads, distill_student,
                                initial_student, load_run_data, output_folder, run, safe_name, stage,
                                teachers_and_soft_targets)
 from compress.progress import is_interactive, make_progress

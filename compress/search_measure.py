@@ -23,7 +23,8 @@ from compress.core.cache import cache_dir, path_size
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS
-from compress.pipeline import RunConfig, initial_student, safe_name
+from compress.config import RunConfig
+from compress.pipeline import initial_student, safe_name
 from compress.search_space import SearchOptions, Trial
 from compress.stages.export import export_student, model_preprocessing
 from compress.stages.measure import host_latency, open_artifact, peak_memory

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from compress import models
+from compress.config import RunConfig
 from compress.core import metrics
 from compress.core.cache import cache_dir, content_key, path_size, read_verified, write_entry
 from compress.core.errors import InputError
@@ -87,7 +88,7 @@ def row(model: str, role: str, runtime: str, logits: np.ndarray | None, y: np.nd
     }
 
 
-def member_rows(cfg, data, members: list[Teacher], teacher_pred, advance,
+def member_rows(cfg: RunConfig, data, members: list[Teacher], teacher_pred, advance,
                 profile: dict | None = None) -> tuple[list[dict], list, list[str]]:
     """Each member in the student's runtime where it can be exported (else in torch, with the reason),
     fed its own input contract, timed the same way (the profile's runner options too). Returns
@@ -134,7 +135,7 @@ def _precomputed_row(m: Teacher, data, teacher_pred, threads: int) -> dict:
             "note": "accuracy from the file's test outputs; no model runs here, so no latency or size"}
 
 
-def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list) -> tuple[dict, dict | None]:
+def ensemble_row(cfg: RunConfig, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list) -> tuple[dict, dict | None]:
     """The ensemble as the app would run it: every member in the same runtime, probabilities averaged.
     Timed only when every member runs in that runtime."""
     x = data.x_test
@@ -155,7 +156,7 @@ def ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows: list[dict], run
     return r, latency
 
 
-def student_rows(cfg, data, student, exported, teacher_pred,
+def student_rows(cfg: RunConfig, data, student, exported, teacher_pred,
                  profile: dict | None = None) -> tuple[dict, dict, Runner, np.ndarray, dict]:
     """The torch student and the exported one (parity against the torch model the artifact came from),
     opened with the device profile's runner options."""
@@ -180,7 +181,7 @@ def student_rows(cfg, data, student, exported, teacher_pred,
     return torch_row, exported_row, runner, r_logits, par
 
 
-def comparison(cfg, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list,
+def comparison(cfg: RunConfig, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list,
                member_targets: list[str], n_members: int, member_runtimes: list[str] | None = None) -> dict:
     """Student vs ensemble: ratios, and whether latency was compared in the same runtime (and why not)."""
     comparable = len(runners) == n_members and set(member_targets) == {cfg.target} and runner.measured
@@ -216,7 +217,7 @@ def confusion(data, teacher_pred, candidate: str, logits) -> dict:
                                        labels=list(range(data.num_classes))).tolist()}
 
 
-def evaluate(cfg, data, members: list[Teacher], student, exported, advance=lambda: None,
+def evaluate(cfg: RunConfig, data, members: list[Teacher], student, exported, advance=lambda: None,
              profile: dict | None = None) -> dict:
     """Measure every row and check parity; returns the report (``compress.report/1``) without run facts.
     The artifact and the members exported into its runtime run with the device profile's runner options."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.config import RunConfig
 from compress.export.common import ModelInfo
 from compress.export.registry import TARGETS, export_options, variant_name
 
@@ -28,23 +29,23 @@ class Exported:
     fallback: dict | None = None  # what the int8 float fallback kept, when asked for
 
 
-def target_options(cfg) -> dict:
+def target_options(cfg: RunConfig) -> dict:
     """The run's export options for its target (``scheme`` plus the target-only options given)."""
     return export_options(cfg.target, cfg.quantize, **cfg.target_options)
 
 
-def model_preprocessing(cfg, data) -> dict:
+def model_preprocessing(cfg: RunConfig, data) -> dict:
     """What the exported model computes itself so the app feeds raw 8-bit pixels (``{}``: the app feeds
     normalized float32): the data's ``preprocessing`` unless ``model_input`` is ``normalized``."""
     return data.preprocessing if cfg.model_input == "raw" else {}
 
 
-def calibration_indices(cfg, n_train: int) -> np.ndarray:
+def calibration_indices(cfg: RunConfig, n_train: int) -> np.ndarray:
     """Transfer-set rows that calibrate static int8 (never random data, never the test split)."""
     return np.sort(np.random.default_rng(cfg.seed).permutation(n_train)[:cfg.calibration_samples])
 
 
-def export_student(cfg, data, student: torch.nn.Module, soft_targets, info: ModelInfo, folder: Path,
+def export_student(cfg: RunConfig, data, student: torch.nn.Module, soft_targets, info: ModelInfo, folder: Path,
                    on_status=lambda text: None) -> Exported:
     """Write the student to ``folder/model<suffix>`` as ``cfg`` asks; see the module docstring."""
     backend = TARGETS[cfg.target]
@@ -72,7 +73,7 @@ def export_student(cfg, data, student: torch.nn.Module, soft_targets, info: Mode
     return Exported(artifact, variant, student, options)
 
 
-def _int8_with_fallback(cfg, data, student, example, artifact: Path, info: ModelInfo, calibration_idx: np.ndarray,
+def _int8_with_fallback(cfg: RunConfig, data, student, example, artifact: Path, info: ModelInfo, calibration_idx: np.ndarray,
                         options: dict, folder: Path) -> dict:
     """Static int8 within an accuracy budget: the worst layers stay in float until the drop fits.
 

@@ -261,7 +261,8 @@ def _teacher_recipe(recipe: dict, ds):
     so the same members come out of the cache instead of being trained differently."""
     from dataclasses import fields
 
-    from compress.pipeline import RunConfig, teacher_recipe
+    from compress.config import RunConfig
+    from compress.pipeline import teacher_recipe
 
     known = {f.name for f in fields(RunConfig)}
     recorded = {k: v for k, v in recipe.items() if k in known}
