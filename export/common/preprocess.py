@@ -17,7 +17,7 @@ preprocessing) and ``raw_export_inputs`` (example and calibration for the wrappe
 
 This module imports numpy only: runners use it, and a runner must not pull torch into the process whose
 memory ``compress.devices.peak_memory`` measures. The torch parts (``RawPixels``, ``Normalize``,
-``raw_export_inputs``) live in ``compress.export.common.raw_pixels`` and are importable from here too.
+``raw_export_inputs``) live in ``compress.export.common.raw_pixels``, which builds on this module.
 """
 
 from __future__ import annotations
@@ -123,16 +123,3 @@ def from_metadata(metadata: dict) -> dict:
     """The preprocessing a file records (``ModelInfo.metadata()`` form: a JSON string), or {} for none."""
     text = (metadata or {}).get(KEY) or "{}"
     return json.loads(text) if isinstance(text, str) else dict(text)
-
-
-_TORCH_PARTS = ("Normalize", "RawPixels", "raw_export_inputs")
-
-
-def __getattr__(name: str):
-    """``RawPixels``, ``Normalize`` and ``raw_export_inputs`` from ``raw_pixels``, imported (with torch) on
-    first use only."""
-    if name in _TORCH_PARTS:
-        from compress.export.common import raw_pixels
-
-        return getattr(raw_pixels, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
