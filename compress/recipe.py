@@ -12,15 +12,14 @@ too; their values travel together as ``RunConfig.target_options`` (``take_target
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from compress.core.errors import InputError
-from compress.core.errors import InternalError
+from compress.core.errors import InputError, InternalError
+from compress.core.registry import nearest
 from compress.export.registry import declared_options, describe_schemes
 
 RECIPE_FILE = "compress.toml"
@@ -205,11 +204,6 @@ def take_target_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return {k: v for k, v in values.items() if k not in names}, options
 
 
-def _nearest(word: str, choices: list[str]) -> str:
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
-    return f"; did you mean {near[0]!r}?" if near else f"; expected one of {sorted(choices)}"
-
-
 def _type_name(types: tuple[type, ...]) -> str:
     return {_STR: "a string", _INT: "an integer", _NUM: "a number", _BOOL: "true or false",
             _LIST: "a list of strings", _TABLE: "a table", _SIZE: "a size (32 or \"48x64\")",
@@ -244,7 +238,7 @@ def parse(text: str, source: str = RECIPE_FILE) -> dict[str, Any]:
             for key_name, item in value.items():
                 where = f"{source}: [{name}] {key_name}"
                 if key_name not in table[name]:
-                    raise InputError(f"{where}: unknown key{_nearest(key_name, list(table[name]))}")
+                    raise InputError(f"{where}: unknown key{nearest(key_name, list(table[name]))}")
                 key = table[name][key_name]
                 values[key.field] = _check_type(where, key, item)
         elif name in table[""]:
@@ -252,7 +246,7 @@ def parse(text: str, source: str = RECIPE_FILE) -> dict[str, Any]:
         else:
             kind = "section" if isinstance(value, dict) else "key"
             choices = list(table) if kind == "section" else all_keys
-            raise InputError(f"{source}: unknown {kind} {name!r}{_nearest(name, [c for c in choices if c])}")
+            raise InputError(f"{source}: unknown {kind} {name!r}{nearest(name, [c for c in choices if c])}")
     return values
 
 

@@ -7,11 +7,10 @@ name or by file suffix and read its record.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.registry import Registry
+from compress.core.registry import Registry, nearest
 from compress.export.backend import Backend, TargetOption
 from compress.export.coreml import BACKEND as COREML
 from compress.export.onnx import BACKEND as ONNX
@@ -60,18 +59,13 @@ def declared_options() -> dict[str, list[tuple[str, TargetOption]]]:
     return out
 
 
-def _nearest(word: str, choices) -> str:
-    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {near[0]!r}?" if near else f"; expected one of {sorted(choices)}"
-
-
 def check_option(target: str, name: str, value) -> None:
     """One given option for ``target``: an InputError for a name no target declares (did-you-mean), an
     option only other targets take, or a value of the wrong type or outside its choices."""
     backend, flag = get(target), "--" + name.replace("_", "-")
     declared = declared_options()
     if name not in declared and name not in backend.fixed_options:
-        raise InputError(f"target option {name!r}: unknown{_nearest(name, declared) if declared else '; no target takes options'}")
+        raise InputError(f"target option {name!r}: unknown{nearest(name, declared) if declared else '; no target takes options'}")
     option = backend.option(name)
     if option is None:
         if backend.fixed_options.get(name, object()) == value:

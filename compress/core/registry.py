@@ -18,6 +18,13 @@ from compress.core.errors import InputError
 _NOTHING = object()
 
 
+def nearest(word: str, choices, cutoff: float = 0.5) -> str:
+    """The tail of an "unknown name" error: ``; did you mean 'x'?`` for the closest of ``choices``, else
+    ``; expected one of [...]`` -- the one wording for registries, recipe keys and target options."""
+    near = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=cutoff)
+    return f"; did you mean {near[0]!r}?" if near else f"; expected one of {sorted(choices)}"
+
+
 class Registry(dict):
     """name -> entry for one kind (``kind``: what an entry is, for messages; ``flag``: how a user names one)."""
 
@@ -39,8 +46,7 @@ class Registry(dict):
 
     def unknown(self, name: str) -> str:
         """Why ``name`` is refused, without the flag: the nearest registered name or the whole list."""
-        near = difflib.get_close_matches(str(name), list(self), n=1, cutoff=0.6)
-        return "unknown; " + (f"did you mean {near[0]!r}?" if near else f"expected one of {sorted(self)}")
+        return "unknown" + nearest(name, self, cutoff=0.6)
 
     def lookup(self, name: str, flag: str | None = None) -> Any:
         """The entry called ``name``; an InputError naming ``flag`` (default: the registry's) otherwise."""
