@@ -14,7 +14,7 @@ helpers, always available; FSDD is not used). Checks:
   up to a fifth of the U-Net's near-tie inputs), which the pipeline's own parity check reports for a
   user's model; this matrix tests the evaluator.
 
-The full matrix is ``heavy`` (``python -m pytest -p no:xdist -m heavy tests/test_coreml_zoo.py -s`` prints the measured
+The full matrix is ``heavy`` (``python -m pytest -n 0 -m heavy tests/test_coreml_zoo.py -s`` prints the measured
 table and writes it to ``bench/results/coreml_zoo.md``); the light slice (every architecture at
 fp32/iOS18/none and fp16/iOS16/palettize-4) runs by default. ``test_validate_cli_against_onnx`` runs
 ``compress validate`` on an image, a recurrent and the transformer model against their ONNX export.
@@ -149,7 +149,7 @@ def results_table():
         out = Path(__file__).resolve().parents[1] / "bench" / "results" / "coreml_zoo.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("# Core ML model-zoo matrix: MIL reference evaluator vs torch\n\n"
-                       f"`python -m pytest -p no:xdist -m heavy tests/test_coreml_zoo.py -s`; max_rel = max |evaluator - torch| / "
+                       f"`python -m pytest -n 0 -m heavy tests/test_coreml_zoo.py -s`; max_rel = max |evaluator - torch| / "
                        f"max(1, max |torch|) over {N_INPUTS} real inputs.\n\n" + _table() + "\n")
 
 
