@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import typer
 
-from compress.export.registry import declared_options, describe_schemes
+from compress.export.registry import declared_options, describe_option, describe_schemes
 
 TARGET_OPTIONS = "target_options"  # the parameter of a wrapped command that receives the typed options
 RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # flag -> RunConfig field
@@ -39,16 +39,6 @@ def quantize_help() -> str:
     return f"Quantization scheme (default none). {describe_schemes()} (what each means: README)."
 
 
-def option_help(name: str) -> str:
-    """One flag's help: what each target that declares it means by it, with its choices and default."""
-    parts = []
-    for target, option in declared_options()[name]:
-        extra = [f"one of {', '.join(map(str, option.choices))}"] if option.choices else []
-        extra += [f"default {option.default}"] if option.default is not None else []
-        parts.append(f"{target}: {option.help}" + (f" ({'; '.join(extra)})" if extra else ""))
-    return "; ".join(parts) + "."
-
-
 def _option_parameters(checks_only: bool) -> list[inspect.Parameter]:
     params = []
     for name, declared in declared_options().items():
@@ -57,7 +47,7 @@ def _option_parameters(checks_only: bool) -> list[inspect.Parameter]:
         option = declared[0][1]
         flag = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
         params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[option.type],
-                                        default=typer.Option(None, flag, help=option_help(name))))
+                                        default=typer.Option(None, flag, help=describe_option(name))))
     return params
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from compress.core.errors import InputError, InternalError
 from compress.core.registry import nearest
-from compress.export.registry import declared_options, describe_schemes
+from compress.export.registry import declared_options, describe_option, describe_schemes
 
 RECIPE_FILE = "compress.toml"
 
@@ -182,9 +182,7 @@ def target_option_keys() -> dict[str, Key]:
         first = declared[0][1]
         example = next((o.example if o.example is not None else o.default for _, o in declared
                         if o.example is not None or o.default is not None), None)
-        help_text = "; ".join(f"{target}: {option.help}" + (f" (default {option.default})" if option.default is not None else "")
-                              for target, option in declared)
-        keys[name] = Key(name, _TOML_TYPES[first.type], help_text + ".", example)
+        keys[name] = Key(name, _TOML_TYPES[first.type], describe_option(name), example)
     return keys
 
 

@@ -59,6 +59,17 @@ def declared_options() -> dict[str, list[tuple[str, TargetOption]]]:
     return out
 
 
+def describe_option(name: str) -> str:
+    """What each target that declares the option ``name`` means by it, with its choices and default: the
+    help of its flag and of its recipe key."""
+    parts = []
+    for target, option in declared_options()[name]:
+        extra = [f"one of {', '.join(map(str, option.choices))}"] if option.choices else []
+        extra += [f"default {option.default}"] if option.default is not None else []
+        parts.append(f"{target}: {option.help}" + (f" ({'; '.join(extra)})" if extra else ""))
+    return "; ".join(parts) + "."
+
+
 def check_option(target: str, name: str, value) -> None:
     """One given option for ``target``: an InputError for a name no target declares (did-you-mean), an
     option only other targets take, or a value of the wrong type or outside its choices."""
