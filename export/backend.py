@@ -45,10 +45,10 @@ OPTION_TYPES = (str, int, float, bool)
 class TargetOption:
     """One option only this target reads, declared once, in the target's folder.
 
-    Everything else is generated from this record (``compress.target_options``): the flag of every command
-    that takes it (``--deployment-target``), the recipe key in ``[export]`` and its line in ``compress
-    init``'s template, the term in the search cache key, and the check of a value (its type and
-    ``choices``) with a one-line error. A cross-option rule (a scheme that needs a newer deployment
+    Everything else is generated from this record (``compress.cli_options``, ``compress.recipe.schema``,
+    ``compress.export.registry``): the flag of every command that takes it (``--deployment-target``), the
+    recipe key in ``[export]`` and its line in ``compress init``'s template, the term in the search cache
+    key, and the check of a value (its type and ``choices``) with a one-line error. A cross-option rule (a scheme that needs a newer deployment
     target) stays in the backend's ``check_options``.
 
     name: snake_case; the recipe key, and the flag with dashes. help: what it is, said without the

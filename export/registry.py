@@ -129,8 +129,8 @@ def variant_name(target: str, options: dict) -> str:
 
 
 def tolerance_for(target: str, variant: str) -> dict:
-    """Parity bounds of ``variant`` on ``target``, as the target states them (with the reasons) in its folder;
-    the fp32 bound of every target is ``core.metrics.FP32_PARITY_TOLERANCE`` unless it states a tighter one."""
+    """Parity bounds of ``variant`` on ``target``, as the target states them (with the reasons) in its folder
+    (each target's fp32 entry is ``core.metrics.FP32_PARITY_TOLERANCE``, the one absolute fp32 bound)."""
     return TARGETS[target].tolerance(variant)
 
 
