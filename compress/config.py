@@ -81,6 +81,11 @@ class RunConfig:
     max_peak_memory_mb: float | None = None
     recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
 
+    def export_options(self) -> dict:
+        """Keyword options for the target's ``export``: ``scheme`` plus the target's own options over its
+        defaults (an unsupported scheme, option or combination is an InputError)."""
+        return export_options(self.target, self.quantize, **self.target_options)
+
     def validate(self) -> None:
         """Every option checked before any work: unknown names and target combinations (numeric ranges are
         declared with each option in ``compress.recipe.schema()`` and checked when a command resolves them)."""
@@ -94,7 +99,7 @@ class RunConfig:
         LOSSES.lookup(self.loss)
         if self.student is not None and not models.is_known(self.student):
             raise InputError(f"--student {self.student!r}: {models.why_unknown(self.student)}")
-        export_options(self.target, self.quantize, **self.target_options)  # unsupported scheme/option combinations
+        self.export_options()  # unsupported scheme/option combinations fail here
         if self.qat and (backend.qat is None or self.quantize != "int8"):
             with_qat = " or ".join(f"--target {n}" for n, b in registry.TARGETS.items() if b.qat is not None)
             raise InputError(f"--qat: quantization-aware distillation is available for {with_qat} --quantize int8, "

@@ -39,7 +39,7 @@ from compress.losses import LOSSES
 from compress.progress import is_interactive, make_progress
 from compress.stages.evaluate import evaluate
 from compress.stages.measure import peak_memory
-from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing, target_options
+from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing
 from compress.teachers import Teacher, contract_warnings, load_teachers, soft_targets
 from compress.train import fit, pick_device, seed_everything
 

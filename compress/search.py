@@ -44,7 +44,7 @@ from compress.core.atomic import write_text
 from compress.core.cache import cache_dir, content_key, discard, one_line
 from compress.core.errors import InputError
 from compress.core.threads import torch_threads
-from compress.export.registry import TARGETS, export_options
+from compress.export.registry import TARGETS
 from compress.config import RunConfig, check_name
 from compress.pipeline import (_resolve_profile, _train_threads, distill_student,
                                initial_student, load_run_data, output_folder, run, safe_name, stage,
@@ -170,9 +170,9 @@ def _state_key(ctx: Context) -> str:
     c = ctx.cfg
     return content_key("search", SEARCH_VERSION, __version__, ctx.data.fingerprint(),
                        [m.fingerprint for m in ctx.members], c.target,
-                       sorted(export_options(c.target, "none", **c.target_options).items()), c.model_input, c.calibration_samples, c.loss, float(c.lr),
-                       c.optimizer, float(c.weight_decay), c.batch_size, c.seed, c.threads, c.latency_runs,
-                       c.augment)
+                       sorted(replace(c, quantize="none").export_options().items()),  # the target's options, resolved
+                       c.model_input, c.calibration_samples, c.loss, float(c.lr), c.optimizer, float(c.weight_decay),
+                       c.batch_size, c.seed, c.threads, c.latency_runs, c.augment)
 
 
 def _stored_name(ctx: Context, trial: Trial) -> str:

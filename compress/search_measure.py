@@ -22,7 +22,6 @@ from compress.core.atomic import temp_prefix
 from compress.core.cache import cache_dir, path_size
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
-from compress.export.registry import TARGETS
 from compress.config import RunConfig
 from compress.pipeline import initial_student, safe_name
 from compress.search_space import SearchOptions, Trial

@@ -18,7 +18,7 @@ from torch import nn
 
 from compress.core.errors import InputError
 from compress.export.common.fallback import int8_with_fallback
-from compress.export.registry import TARGETS, layer_errors_for
+from compress.export.registry import layer_errors_for
 from compress.train import fit, predict_logits, seed_everything
 from compress.export import TARGETS
 from compress.core.metrics import accuracy, batched

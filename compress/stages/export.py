@@ -15,7 +15,7 @@ import torch
 
 from compress.config import RunConfig
 from compress.export.common import ModelInfo
-from compress.export.registry import TARGETS, export_options, variant_name
+from compress.export.registry import TARGETS, variant_name
 
 
 @dataclass
@@ -27,11 +27,6 @@ class Exported:
     source: torch.nn.Module  # the torch model the artifact came from (the student, or its QAT int8 graph)
     options: dict  # the target's export options
     fallback: dict | None = None  # what the int8 float fallback kept, when asked for
-
-
-def target_options(cfg: RunConfig) -> dict:
-    """The run's export options for its target (``scheme`` plus the target-only options given)."""
-    return export_options(cfg.target, cfg.quantize, **cfg.target_options)
 
 
 def model_preprocessing(cfg: RunConfig, data) -> dict:
@@ -50,7 +45,7 @@ def export_student(cfg: RunConfig, data, student: torch.nn.Module, soft_targets,
     """Write the student to ``folder/model<suffix>`` as ``cfg`` asks; see the module docstring."""
     backend = TARGETS[cfg.target]
     artifact = folder / backend.file_name
-    options = target_options(cfg)
+    options = cfg.export_options()
     calibration_idx = None
     if cfg.quantize in backend.calibrated_schemes:
         calibration_idx = calibration_indices(cfg, len(data.x_train))
