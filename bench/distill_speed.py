@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress import models  # noqa: E402
 from compress.core.cache import content_key  # noqa: E402
 from compress.data import load_data  # noqa: E402
-from compress.losses import hinton_loss  # noqa: E402
-from compress.teachers import load_teachers, soft_targets  # noqa: E402
-from compress.train import fit, predict_logits, seed_everything  # noqa: E402
+from compress.distill.losses import hinton_loss  # noqa: E402
+from compress.teachers import load_teachers  # noqa: E402
+from compress.teachers.soft_targets import soft_targets  # noqa: E402
+from compress.distill.train import fit, predict_logits, seed_everything  # noqa: E402
 
 
 def distill(data, members, epochs, temperature, alpha, seed, live: bool):

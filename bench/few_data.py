@@ -16,7 +16,7 @@ trained three ways from the same initial weights and seed:
   hard    cross-entropy on the true labels only (the paper's baseline)
   pseudo  cross-entropy on the ensemble's argmax (the label-only / black-box teacher: what it costs to get
           only the teacher's answer, not its distribution)
-  soft    ``compress.losses.hinton_loss`` with the ensemble's soft targets, the sample's T and alpha, exactly
+  soft    ``compress.distill.losses.hinton_loss`` with the ensemble's soft targets, the sample's T and alpha, exactly
           the pipeline's per-batch loss
 
 Every student and the ensemble are scored on the full test split (300 clips, takes 0-4). When the
@@ -59,10 +59,11 @@ from rich.table import Table  # noqa: E402
 from compress import models, recipe  # noqa: E402
 from compress.core.cache import content_key  # noqa: E402
 from compress.data import load_data  # noqa: E402
-from compress.losses import LOSSES  # noqa: E402
-from compress.soft_targets import ensemble_probs, soft_targets  # noqa: E402
+from compress.distill.losses import LOSSES  # noqa: E402
+from compress.teachers.ensemble import ensemble_probs  # noqa: E402
+from compress.teachers.soft_targets import soft_targets  # noqa: E402
 from compress.teachers import load_teachers  # noqa: E402
-from compress.train import fit, predict_logits, seed_everything  # noqa: E402
+from compress.distill.train import fit, predict_logits, seed_everything  # noqa: E402
 
 RECIPE = ROOT / "samples" / "fsdd_speech" / "compress.toml"
 ARMS = ("hard", "pseudo", "soft")

@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compress import models  # noqa: E402
-from compress.bias_correction import fit_class_bias  # noqa: E402
+from compress.distill.bias_correction import fit_class_bias  # noqa: E402
 from compress.core.cache import content_key  # noqa: E402
 from compress.data import load_data  # noqa: E402
-from compress.losses import hinton_loss  # noqa: E402
-from compress.teachers import ensemble_probs, soft_targets, train_builtin  # noqa: E402
-from compress.train import fit, jitter, pick_device, predict_logits, seed_everything  # noqa: E402
+from compress.distill.losses import hinton_loss  # noqa: E402
+from compress.teachers import ensemble_probs, train_builtin  # noqa: E402
+from compress.teachers.soft_targets import soft_targets  # noqa: E402
+from compress.distill.train import fit, jitter, pick_device, predict_logits, seed_everything  # noqa: E402
 
 PAPER = {"teacher": 67, "baseline": 146, "distilled": 74, "omitted3": (206, 133), "omitted3_bias": (109, 14)}
 

@@ -50,10 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress import models  # noqa: E402
 from compress.core.cache import content_key, path_size  # noqa: E402
 from compress.data import load_data  # noqa: E402
-from compress.losses import hinton_loss  # noqa: E402
+from compress.distill.losses import hinton_loss  # noqa: E402
 from compress.export.registry import export_options, tolerance_for, variant_name  # noqa: E402
-from compress.teachers import load_teachers, soft_targets  # noqa: E402
-from compress.train import fit, predict_logits, seed_everything  # noqa: E402
+from compress.teachers import load_teachers  # noqa: E402
+from compress.teachers.soft_targets import soft_targets  # noqa: E402
+from compress.distill.train import fit, predict_logits, seed_everything  # noqa: E402
 from compress.core import metrics as validation  # noqa: E402
 from compress.export import TARGETS  # noqa: E402
 from compress.export.common import ModelInfo  # noqa: E402
@@ -111,7 +112,7 @@ def bench_one(data, student, soft, name: str, work: Path, runs: int, qat_epochs:
               console: Console, temperature: float = 2.0, lr: float = 3e-3) -> list[dict]:
     from compress.export.tflite.qat import export_tflite as export_qat_tflite
     from compress.export.tflite.qat import predict as predict_qat
-    from compress.qat import qat_distill
+    from compress.distill.qat import qat_distill
     from compress.export.onnx.quantize import quantize
 
     info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization, input_kind=data.input_kind)

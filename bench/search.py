@@ -35,7 +35,7 @@ from rich.table import Table  # noqa: E402
 
 from compress.pipeline import RunConfig  # noqa: E402
 from compress.search import SearchOptions, search  # noqa: E402
-from compress.search_space import SearchSpace  # noqa: E402
+from compress.search.space import SearchSpace  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 FSDD = dict(data=str(SHARED / "fsdd"), teachers=["speech-cnn", "speech-resnet", "speech-wide-cnn"], teacher_epochs=15,
@@ -43,7 +43,7 @@ FSDD = dict(data=str(SHARED / "fsdd"), teachers=["speech-cnn", "speech-resnet", 
 MNIST = dict(data=str(SHARED / "mnist"), data_format="idx", limit_train=55000, teachers=["mlp-1200", "cnn"],
              teacher_epochs=12, jitter=2, temperature=20.0, alpha=0.1, epochs=20, lr=1e-3, batch_size=128,
              seed=0)  # = samples/mnist_hinton/compress.toml
-FRONT_END_MACS = 2_352_000  # the log-mel front-end every speech model carries (compress.frontend.LogMel, 1 s at 8 kHz)
+FRONT_END_MACS = 2_352_000  # the log-mel front-end every speech model carries (compress.models.frontend.LogMel, 1 s at 8 kHz)
 
 
 def _final(result: dict) -> dict:

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 from compress import models
 from compress.core.errors import InputError
+from compress.data import parse_image_size
+from compress.distill.losses import LOSSES
+from compress.distill.train import OPTIMIZERS, parse_augment
 from compress.export import registry
 from compress.export.registry import export_options
-from compress.losses import LOSSES
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
@@ -43,7 +45,7 @@ class RunConfig:
     data_format: str | None = None
     data_options: dict = field(default_factory=dict)  # loader options (split, sample_rate, label_pattern, ...)
     teachers: list[str] | None = None  # None: chosen for the data's kind and size (compress.defaults)
-    teacher_contracts: dict = field(default_factory=dict)  # member spec -> its input contract (compress.contracts)
+    teacher_contracts: dict = field(default_factory=dict)  # member spec -> its input contract (compress.teachers.contracts)
     strict_teachers: bool = False  # a member far below the others or near chance fails the run instead of warning
     student: str | None = None  # None: chosen for the data (compress.defaults)
     loss: str = "hinton"
@@ -52,7 +54,7 @@ class RunConfig:
     epochs: int | None = None  # None: chosen for the data size (compress.defaults)
     teacher_epochs: int | None = None  # the most; early stopping on a validation split usually ends sooner
     teacher_patience: int = 3
-    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (compress.train.parse_augment)
+    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (compress.distill.train.parse_augment)
     image_size: str | int | None = None  # images: resize + centre-crop to this size (data option image_size)
     model_input: str = "raw"  # raw: 8-bit images go into the exported model as is; normalized: float input
     lr: float = 3e-3
@@ -90,7 +92,6 @@ class RunConfig:
         """Every option checked before any work: unknown names and target combinations (numeric ranges are
         declared with each option in ``compress.recipe.schema()`` and checked when a command resolves them)."""
         backend = registry.get(self.target)
-        from compress.train import OPTIMIZERS
 
         if self.name is not None:
             check_name(self.name)
@@ -112,10 +113,6 @@ class RunConfig:
         if self.model_input not in ("raw", "normalized"):
             raise InputError(f"--model-input {self.model_input!r}: expected raw (8-bit pixels into the model) or normalized")
         if self.augment != "auto":
-            from compress.train import parse_augment
-
             parse_augment(self.augment)
         if self.image_size is not None:
-            from compress.data import parse_image_size
-
             parse_image_size(self.image_size)

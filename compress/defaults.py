@@ -22,7 +22,7 @@ import math
 from dataclasses import replace
 
 from compress.config import RunConfig
-from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS
+from compress.models import build, count_macs, DEFAULT_STUDENT, DEFAULT_TEACHERS, is_known
 
 SMALL_WORK = 2_000_000  # samples x values per sample at or below which the digits' settings are used
 BUDGET_S = {"cpu": {"teachers": 300.0, "student": 200.0}, "cuda": {"teachers": 600.0, "student": 300.0}}
@@ -95,8 +95,6 @@ def _dev(device_type: str) -> str:
 
 def _epoch_budgets(cfg: RunConfig, data, device_type: str, seconds_per_epoch) -> dict:
     """Epochs that fit the time budgets, from measured seconds per epoch of each model to train."""
-    from compress.models import is_known
-
     budgets = BUDGET_S[_dev(device_type)]
     builtin = [t for t in cfg.teachers if is_known(t)]
     teacher_s = sum(seconds_per_epoch(t, data, 64, device_type) for t in builtin) if builtin else 0.0
@@ -118,7 +116,6 @@ def _modelled_epoch_seconds(name: str, data, batch_size: int, device_type: str =
     costing ~0.6 ms each per step); within 2x of the measured epoch times there."""
     import torch
 
-    from compress.models import build, count_macs
 
     with torch.random.fork_rng():
         model = build(name, data.input_shape, data.num_classes)

@@ -23,7 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress import models
+from compress.core.cache import write_entry
 from compress.core.threads import Cpus, allowed_cpus, choose_threads
+from compress.distill.train import OPTIMIZERS
 
 
 @contextlib.contextmanager
@@ -48,7 +51,7 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
                          loss: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None, *,
                          steps: int = 3, optimizer: str = "adam", device: torch.device | None = None,
                          checkpoint_dir: Path | None = None) -> float:
-    """Seconds ``compress.train.fit`` will take for ``epochs`` over ``n_samples`` samples.
+    """Seconds ``compress.distill.train.fit`` will take for ``epochs`` over ``n_samples`` samples.
 
     Times one warm-up step (allocations, kernel selection) and then ``steps`` real training steps (forward,
     ``loss``, backward, an ``optimizer`` step) of a deep copy of ``model`` on ``device`` (default: where the
@@ -64,8 +67,6 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
     model (weights, gradients, buffers, mode) and torch's, numpy's and Python's generators are left exactly
     as they were, so a run with the estimate computes the same numbers as one without.
     """
-    from compress.train import OPTIMIZERS
-
     if epochs <= 0 or n_samples <= 0:
         return 0.0
     device = device or next(model.parameters(), torch.empty(0)).device
@@ -94,8 +95,6 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
 def _checkpoint_seconds(trial: nn.Module, opt, folder: Path) -> float:
     """Seconds of one checkpoint-sized cache write (weights and optimizer state, with its checksum) in a
     temporary folder inside ``folder`` (same disk as the real checkpoints), removed afterwards."""
-    from compress.core.cache import write_entry
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".estimate-") as tmp:
@@ -120,8 +119,6 @@ def format_duration(seconds: float) -> str:
 def step_macs(spec: str, input_shape: tuple[int, ...], num_classes: int, batch_size: int) -> int:
     """Forward multiply-accumulates of one training step of the built-in model ``spec`` (per sample x
     batch size). Building it draws initial weights, so the generators are preserved."""
-    from compress import models
-
     with rng_preserved():
         return models.count_macs(models.build(spec, input_shape, num_classes), input_shape) * batch_size
 
@@ -146,8 +143,6 @@ def plan_threads(requested: int | None, teachers: list[str], student: str, input
     """Threads for this run's training: ``requested`` (``--train-threads``) for both, else the measured rule
     (``compress.core.threads.choose_threads``) per stage: the student's own size, and the largest built-in
     member for the teachers' stage (members given as files are not trained here)."""
-    from compress import models
-
     cpus = cpus or allowed_cpus()
     student_threads, why = choose_threads(step_macs(student, input_shape, num_classes, student_batch), requested, cpus)
     reason = f"student {student}: {student_threads} ({why})"

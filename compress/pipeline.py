@@ -23,8 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from compress import __version__, models
-from compress.bias_correction import parse_correction, shift_class_bias
+from compress import __version__, defaults, models
 from compress.config import RunConfig, check_name
 from compress.core.atomic import clean_stale, public_mkdtemp, replace_path, temp_prefix, write_text
 from compress.core.cache import cache_dir, content_key, file_sha256, path_size
@@ -32,16 +31,23 @@ from compress.core.errors import InputError, InternalError, ValidationFailed
 from compress.core.threads import torch_threads
 from compress.core.versions import versions
 from compress.data import Dataset, class_coverage_warnings, load_data
+from compress.devices import html_report
+from compress.devices.budgets import check_budgets, gather
+from compress.devices.profiles import load_profile
+from compress.distill.bias_correction import parse_correction, shift_class_bias
+from compress.distill.losses import LOSSES
+from compress.distill.train import Augment, distributed, fit, load_checkpoint, parse_augment, pick_device, seed_everything
+from compress.estimate import estimate_fit_seconds, format_duration, plan_threads, rng_preserved
 from compress.export import registry
 from compress.export.common import ModelInfo
-from compress.estimate import estimate_fit_seconds, format_duration, plan_threads, rng_preserved
-from compress.losses import LOSSES
+from compress.models.frontend import LogMel
 from compress.progress import is_interactive, make_progress
 from compress.stages.evaluate import evaluate
-from compress.stages.measure import peak_memory
 from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing
-from compress.teachers import Teacher, contract_warnings, load_teachers, soft_targets
-from compress.train import fit, pick_device, seed_everything
+from compress.stages.measure import peak_memory
+from compress.teachers import Teacher, contract_warnings, load_teachers
+from compress.teachers.soft_targets import soft_targets
+from compress.teachers.training import cached_weights_path, TeacherRecipe
 
 __all__ = ["RunConfig", "check_name", "run", "versions"]  # RunConfig lives in compress.config; re-exported
 
@@ -63,7 +69,6 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
             model = models.build(spec, data.input_shape, data.num_classes)
             return estimate_fit_seconds(model, data.x_train[:batch], n, epochs, batch)
 
-    from compress.teacher_training import cached_weights_path
 
     recipe = teacher_recipe(cfg, data)
     built_in = [t for i, t in enumerate(cfg.teachers)
@@ -83,8 +88,6 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
 def _epochs_done(checkpoint: Path) -> int:
     """Epochs in the student's checkpoint: verified and read with ``weights_only=True`` (a damaged or
     planted file is discarded with one warning line and counts as 0)."""
-    from compress.train import load_checkpoint
-
     state = load_checkpoint(checkpoint)
     return 0 if state is None else len(state["history"])
 
@@ -94,7 +97,6 @@ def _resolve_profile(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
     threads apply when none were given (else 1); its budgets fill unset ones (``_check_budgets``)."""
     if cfg.profile is None:
         return replace(cfg, threads=cfg.threads or 1), None
-    from compress.devices.profiles import load_profile
 
     profile = load_profile(cfg.profile)
     if profile["runtime"] != cfg.target:
@@ -111,7 +113,6 @@ def _init_distributed() -> tuple[int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    from compress.train import distributed
 
     return distributed()
 
@@ -143,8 +144,6 @@ def load_run_data(cfg: RunConfig) -> Dataset:
 def resolve_defaults(cfg: RunConfig, data: Dataset, console: Console | None) -> tuple[RunConfig, dict]:
     """(the configuration with the settings left unset chosen for this data, what was chosen): see
     ``compress.defaults``; the choice is said on one line."""
-    from compress import defaults
-
     cfg, picked = defaults.choose(cfg, data, pick_device(cfg.device).type)
     if picked and console is not None:
         console.print(defaults.describe(picked), highlight=False, soft_wrap=True, markup=False)
@@ -156,8 +155,6 @@ def augmentation(cfg: RunConfig, data: Dataset):
     16 px and up (not for the digits' 8x8, nor features or audio), never a flip (a mirrored digit or letter
     changes class: ask for it with ``crop,flip`` where mirrored images keep theirs); ``--jitter N`` is a
     crop of N for the teachers."""
-    from compress.train import Augment, parse_augment
-
     if cfg.augment != "auto":
         return parse_augment(cfg.augment)
     if data.input_kind == "image" and data.raw_dtype == "uint8" and min(data.input_shape[1:]) >= 16:
@@ -166,10 +163,9 @@ def augmentation(cfg: RunConfig, data: Dataset):
 
 
 def teacher_recipe(cfg: RunConfig, data: Dataset):
-    """How built-in members train for this run (``compress.teacher_training``)."""
+    """How built-in members train for this run (``compress.teachers.training``)."""
     from dataclasses import replace
 
-    from compress.teacher_training import TeacherRecipe
 
     augment = augmentation(cfg, data)
     if cfg.jitter:
@@ -453,7 +449,6 @@ def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student
         (tmp_dir / "report.json").write_text(json.dumps(report, indent=2))
         if report.get("search") is not None:
             (tmp_dir / "search.json").write_text(json.dumps(report["search"], indent=2))
-        from compress.devices import html_report
 
         html_report.write(report, tmp_dir / "report.html")
         manifest = _manifest(cfg, data, members, student, tmp_dir, registry.TARGETS[cfg.target].file_name, name)
@@ -465,8 +460,6 @@ def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student
 
 def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact: Path, data: Dataset) -> list[dict]:
     """The device profile's budgets and the --max-* options against what this run measured."""
-    from compress.devices.budgets import check_budgets, gather
-
     budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
                                "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
     if not budgets:
@@ -488,8 +481,6 @@ def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact:
 
 def _front_end(student: torch.nn.Module) -> dict | None:
     """The audio front-end the exported model computes itself (so the app feeds raw PCM), or None."""
-    from compress.frontend import LogMel
-
     for module in student.modules():
         if isinstance(module, LogMel):
             return {"kind": "log-mel", "inside_model": True, "sample_rate": module.sample_rate,

@@ -112,11 +112,11 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
                           "(compress.models.FAMILIES), e.g. mobilenet:0.35 (width) or mobilenet:0.5:0.5 (width:depth); default: chosen for the data's kind and size.", "mobilenet:0.35"),
     },
     "distill": {
-        "loss": Key("loss", _STR, "Distillation loss from compress.losses.LOSSES."),
+        "loss": Key("loss", _STR, "Distillation loss from compress.distill.losses.LOSSES."),
         "temperature": Key("temperature", _NUM, "Softmax temperature T (the soft loss is scaled by T^2).", bounds=POSITIVE),
         "alpha": Key("alpha", _NUM, "Weight of the hard-label loss; the soft loss gets 1 - alpha.", bounds=FRACTION),
         "epochs": Key("epochs", _INT, "Student epochs (default: chosen for the data size; a checkpoint is kept after every epoch: an interrupted run resumes).", 100, bounds=AT_LEAST_1),
-        "optimizer": Key("optimizer", _STR, "adam, adamw or sgd (compress.train.OPTIMIZERS)."),
+        "optimizer": Key("optimizer", _STR, "adam, adamw or sgd (compress.distill.train.OPTIMIZERS)."),
         "lr": Key("lr", _NUM, "Peak learning rate (cosine schedule).", bounds=POSITIVE),
         "weight_decay": Key("weight_decay", _NUM, "Weight decay.", bounds=NON_NEGATIVE),
         "batch_size": Key("batch_size", _INT, "Batch size (global: split across processes under torchrun).", bounds=AT_LEAST_1),
@@ -192,6 +192,16 @@ def schema() -> dict[str, dict[str, Key]]:
     scheme = replace(_FIXED["quantize"]["scheme"], help=f"Quantization scheme, per target: {describe_schemes()}.")
     return {**_FIXED, "quantize": {**_FIXED["quantize"], "scheme": scheme},
             "export": {**_FIXED["export"], **target_option_keys()}}
+
+
+def key_for(field: str) -> Key:
+    """The recipe key that sets run-configuration ``field`` (its help, type and bounds: what a command's flag for
+    the same setting shows, ``compress.cli.options.run_option``)."""
+    for keys in schema().values():
+        for key in keys.values():
+            if key.field == field:
+                return key
+    raise InternalError(f"no recipe key sets {field!r}")
 
 
 def take_target_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

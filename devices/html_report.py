@@ -14,13 +14,12 @@ regenerated from any old ``report.json``; fields that newer runs add (``confusio
 
 from __future__ import annotations
 
-import html
-import io
 import math
-import re
 from pathlib import Path
 
+from compress.devices.html_parts import CSS, escape, figure, mpl_text, pill, skipped_list, svg, table_open
 from compress.devices.report import _pct, format_count, format_size
+from compress.devices.search_report import section as search_section
 
 # one colour per role; exported students get their own so the "what ships" point stands out
 ROLE_STYLE = {
@@ -31,11 +30,6 @@ ROLE_STYLE = {
 }
 ROLE_LABEL = {"teacher": "teacher ensemble", "member": "teacher member", "student": "student (torch)",
               "exported": "student (exported)"}
-
-
-def _e(value) -> str:
-    """Escape anything for HTML text or attribute context."""
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _style_key(row: dict) -> str:
@@ -95,59 +89,13 @@ def plot_points(report: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- drawing
 
-def _mpl_text(s) -> str:
-    """Model names are user input: keep matplotlib from reading ``$...$`` in them as mathtext."""
-    return str(s).replace("$", r"\$")
-
-
-def _figure(width: float, height: float):
-    """A Figure that is not registered with pyplot (no global state, nothing to close, thread-safe).
-
-    It gets its own Agg canvas and is saved with ``Figure.savefig`` (which picks the SVG canvas for
-    ``format="svg"`` by itself), so the process-wide backend (``matplotlib.use``) is never read or
-    switched: the report can be written from a session that uses pyplot with any backend, or none."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # headless canvas owned by this figure alone
-    return fig
-
-
-_ID = re.compile(r'\bid="([^"]+)"')
-
-
-def _svg(fig, prefix: str) -> str:
-    """The figure as an ``<svg>`` element ready to inline into HTML.
-
-    Drops the XML prologue, DOCTYPE and RDF metadata (they carry http:// URIs and are not needed inside
-    HTML5), and prefixes every id so that clip paths and glyphs of several plots on one page never collide.
-    """
-    import matplotlib
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": prefix}):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
-    svg = re.sub(r'\s+version="1\.1"', "", svg, count=1)
-    ids = set(_ID.findall(svg))
-    if ids:
-        pattern = re.compile(r'(id="|url\(#|href="#)(' + "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True)) + r')(?=[")])')
-        svg = pattern.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg)
-    svg = svg.replace("<svg ", '<svg role="img" class="plot-svg" ', 1)
-    return svg.strip()
-
-
 def _scatter(points: list[dict], xlabel: str, prefix: str, latency: bool) -> str:
     """Accuracy (y) against a log-scale x; each point numbered like its table row, legend below the axes
     (a legend beside them would squeeze the plot whenever a model name is long)."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ncol = 2 if len(points) > 3 else 1
-    fig = _figure(5.6, 3.6 + 0.2 * math.ceil(len(points) / ncol))
+    fig = figure(5.6, 3.6 + 0.2 * math.ceil(len(points) / ncol))
     ax = fig.add_subplot()
     handles = []
     for p in points:
@@ -184,23 +132,23 @@ def _scatter(points: list[dict], xlabel: str, prefix: str, latency: bool) -> str
         ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) + (0.005 if hi + pad >= 1.0 else 0))
         xs = [p["x"] for p in points] + [p["p90"] for p in points if latency and p.get("p90")]
         ax.set_xlim(min(xs) / 1.8, max(xs) * 1.8)
-        fig.legend(handles, [f"{p['index']}. {_mpl_text(p['model'])}" for p in points], fontsize=8,
+        fig.legend(handles, [f"{p['index']}. {mpl_text(p['model'])}" for p in points], fontsize=8,
                    loc="outside lower center", ncol=ncol, frameon=False, handletextpad=0.3, columnspacing=1.2)
     else:
         ax.text(0.5, 0.5, "nothing to plot", ha="center", va="center", transform=ax.transAxes, color="#888888")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    return _svg(fig, prefix)
+    return svg(fig, prefix)
 
 
 def _confusion_svg(conf: dict, prefix: str) -> str:
     import numpy as np
 
     m = np.asarray(conf["matrix"], dtype=float)
-    labels = [_mpl_text(x) for x in conf["labels"]]
+    labels = [mpl_text(x) for x in conf["labels"]]
     n = len(labels)
     side = min(7.5, max(3.4, 0.32 * n + 1.4))
-    fig = _figure(side + 0.3, side)
+    fig = figure(side + 0.3, side)
     ax = fig.add_subplot()
     # diagonal (agreement) in green, off-diagonal (disagreement) in red, each on its own scale so a handful
     # of disagreements is visible next to hundreds of agreements
@@ -224,75 +172,16 @@ def _confusion_svg(conf: dict, prefix: str) -> str:
                             color="white" if dark else "#222222")
     ax.set_xticks(range(n), labels, fontsize=8, rotation=90 if max(map(len, labels), default=0) > 3 else 0)
     ax.set_yticks(range(n), labels, fontsize=8)
-    ax.set_xlabel(f"{_mpl_text(conf.get('candidate', 'student'))} predicts")
-    ax.set_ylabel(f"{_mpl_text(conf.get('reference', 'teacher'))} predicts")
+    ax.set_xlabel(f"{mpl_text(conf.get('candidate', 'student'))} predicts")
+    ax.set_ylabel(f"{mpl_text(conf.get('reference', 'teacher'))} predicts")
     ax.set_xticks(np.arange(-0.5, n, 1), minor=True)
     ax.set_yticks(np.arange(-0.5, n, 1), minor=True)
     ax.grid(which="minor", color="#dddddd", lw=0.5)
     ax.tick_params(which="minor", length=0)
-    return _svg(fig, prefix)
+    return svg(fig, prefix)
 
 
 # ---------------------------------------------------------------------------------------------- HTML parts
-
-CSS = """
-:root { --ok:#1e7b34; --okbg:#e3f4e6; --fail:#b00020; --failbg:#fde7ea; --muted:#5f6b76; --line:#d9dee3; }
-* { box-sizing: border-box; }
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
-       color: #1d2329; background: #f5f7f9; font-size: 14px; line-height: 1.45; }
-main { max-width: 1240px; margin: 0 auto; padding: 20px 24px 40px; }
-h1 { font-size: 22px; margin: 0 0 4px; word-break: break-word; }
-h2 { font-size: 16px; margin: 28px 0 8px; }
-.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
-.header { display: flex; gap: 18px; align-items: flex-start; justify-content: space-between; }
-.meta { color: var(--muted); margin: 2px 0; }
-.badge { display: inline-block; border-radius: 6px; padding: 6px 14px; font-weight: 700; font-size: 18px; white-space: nowrap; }
-.badge.ok { background: var(--okbg); color: var(--ok); border: 1px solid var(--ok); }
-.badge.fail { background: var(--failbg); color: var(--fail); border: 1px solid var(--fail); }
-.pill { display: inline-block; min-width: 44px; text-align: center; border-radius: 4px; padding: 0 6px; font-weight: 600; font-size: 12px; }
-.pill.ok { background: var(--okbg); color: var(--ok); }
-.pill.fail { background: var(--failbg); color: var(--fail); }
-ul.checks { list-style: none; padding: 0; margin: 10px 0 0; }
-ul.checks li { margin: 3px 0; }
-.detail { color: var(--muted); }
-.note { border-left: 4px solid #8aa4bd; background: #eef3f8; padding: 8px 12px; margin: 10px 0 0; border-radius: 0 6px 6px 0; }
-.note.warn { border-left-color: #c98a00; background: #fff6e0; }
-.summary { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 12px; }
-.stat { background: #f0f3f6; border-radius: 6px; padding: 6px 12px; }
-.stat b { font-size: 16px; }
-table { border-collapse: collapse; width: 100%; background: #fff; }
-th, td { padding: 5px 6px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: #eef1f4; font-weight: 600; white-space: nowrap; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.r-teacher td { background: #f1f6fb; }
-tr.r-exported td { background: #fff3ef; font-weight: 600; }
-td.ok { color: var(--ok); } td.fail { color: var(--fail); font-weight: 700; }
-td.nm { color: var(--muted); font-style: italic; white-space: normal; }
-td.model { min-width: 180px; }
-td.runtime { min-width: 120px; }
-.dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 6px; }
-.plots { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
-.plot { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px; min-width: 0; }
-.plot svg { width: 100%; height: auto; display: block; }
-.plot.confusion { display: flex; flex-wrap: wrap; gap: 8px 20px; align-items: flex-start; }
-.plot.confusion .cm { flex: 0 1 560px; min-width: 0; }
-.plot.confusion .cm-text { flex: 1 1 300px; }
-.plot h3 { margin: 0 0 4px; font-size: 14px; }
-.skipped { color: var(--muted); font-size: 13px; margin: 6px 0 0; padding-left: 18px; }
-.kv td:first-child { color: var(--muted); white-space: nowrap; width: 1%; }
-details { margin-top: 10px; }
-summary { cursor: pointer; color: var(--muted); }
-.scroll { overflow-x: auto; }
-footer { color: var(--muted); font-size: 12px; margin-top: 28px; }
-@media (max-width: 900px) { .plots { grid-template-columns: 1fr; } }
-"""
-
-
-def _pill(passed) -> str:
-    if passed is None:
-        return '<span class="pill">—</span>'
-    return f'<span class="pill {"ok" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'
-
 
 VERDICT_KEYS = {"passed", "within_budget", "meets_budgets", "parity_passed"}  # booleans that are a check's result
 
@@ -301,26 +190,26 @@ def _value(v, key: str | None = None) -> str:
     """Any JSON value as escaped HTML: used for optional sections whose shape may grow. A boolean is a
     PASS/FAIL pill only where it is a verdict (``VERDICT_KEYS``); a setting's true/false is plain text."""
     if isinstance(v, bool):
-        return _pill(v) if key in VERDICT_KEYS else _e("true" if v else "false")
+        return pill(v) if key in VERDICT_KEYS else escape("true" if v else "false")
     if isinstance(v, float):
-        return _e(f"{v:.4g}")
+        return escape(f"{v:.4g}")
     if isinstance(v, dict):
         if not v:
             return "—"
-        return ('<table class="kv">' + "".join(f"<tr><td>{_e(k)}</td><td>{_value(x, k)}</td></tr>" for k, x in v.items())
+        return ('<table class="kv">' + "".join(f"<tr><td>{escape(k)}</td><td>{_value(x, k)}</td></tr>" for k, x in v.items())
                 + "</table>")
     if isinstance(v, list):
         if not v:
             return "none"
         if all(isinstance(x, dict) for x in v):
             cols = list(dict.fromkeys(k for x in v for k in x))
-            head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+            head = "".join(f"<th>{escape(c)}</th>" for c in cols)
             body = "".join("<tr>" + "".join(f"<td>{_value(x.get(c), c)}</td>" for c in cols) + "</tr>" for x in v)
             return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
-        return _e(", ".join(str(x) if not isinstance(x, (list, dict)) else str(x) for x in v))
+        return escape(", ".join(str(x) if not isinstance(x, (list, dict)) else str(x) for x in v))
     if v is None:
         return "—"
-    return _e(v)
+    return escape(v)
 
 
 def _header(report: dict) -> str:
@@ -333,20 +222,20 @@ def _header(report: dict) -> str:
              f'<span class="badge fail">FAIL · {n_fail} of {len(checks)} checks failed</span>')
     teachers = ", ".join(t.get("name", "?") for t in run.get("teachers") or [])
     lines = [
-        f"target <b>{_e(run.get('target'))}</b> · student <b>{_e(run.get('student'))}</b>"
-        + (f" distilled from <b>{_e(teachers)}</b>" if teachers else ""),
-        f"data <b>{_e(data.get('name'))}</b>"
-        + (f" ({_e(data.get('source'))})" if data.get("source") else "")
-        + (f" · {_e(data.get('train'))} train / {_e(data.get('test'))} test samples" if data.get("test") is not None else "")
-        + (f" · {_e(len(data['labels']))} classes" if data.get("labels") else ""),
+        f"target <b>{escape(run.get('target'))}</b> · student <b>{escape(run.get('student'))}</b>"
+        + (f" distilled from <b>{escape(teachers)}</b>" if teachers else ""),
+        f"data <b>{escape(data.get('name'))}</b>"
+        + (f" ({escape(data.get('source'))})" if data.get("source") else "")
+        + (f" · {escape(data.get('train'))} train / {escape(data.get('test'))} test samples" if data.get("test") is not None else "")
+        + (f" · {escape(len(data['labels']))} classes" if data.get("labels") else ""),
     ]
     if run.get("threads") is not None:
-        lines.append(f"{_e(run.get('threads'))} thread(s), batch 1"
-                     + (f" · wall time {_e(run.get('wall_time_s'))} s (from the command's start)" if run.get("wall_time_s") is not None else ""))
+        lines.append(f"{escape(run.get('threads'))} thread(s), batch 1"
+                     + (f" · wall time {escape(run.get('wall_time_s'))} s (from the command's start)" if run.get("wall_time_s") is not None else ""))
     check_items = "".join(
-        f'<li>{_pill(c.get("passed"))} <b>{_e(c.get("name"))}</b> <span class="detail">— {_e(c.get("detail"))}</span></li>'
+        f'<li>{pill(c.get("passed"))} <b>{escape(c.get("name"))}</b> <span class="detail">— {escape(c.get("detail"))}</span></li>'
         for c in checks) or '<li class="detail">no checks recorded</li>'
-    return (f'<div class="card"><div class="header"><div><h1>{_e(run.get("name", "compress run"))}</h1>'
+    return (f'<div class="card"><div class="header"><div><h1>{escape(run.get("name", "compress run"))}</h1>'
             + "".join(f'<p class="meta">{ln}</p>' for ln in lines)
             + f"</div><div>{badge}</div></div>"
             + f'<ul class="checks">{check_items}</ul>'
@@ -362,10 +251,10 @@ def _timing(report: dict) -> str:
         warn = cmp_.get("same_runtime") is False
         head = ("Latency: student and teachers were <b>not</b> timed in the same runtime, so their latencies are "
                 "not comparable. " if warn else "Latency: ")
-        parts.append(f'<p class="note{" warn" if warn else ""}">{head}{_e(cmp_["timing_note"])}</p>')
+        parts.append(f'<p class="note{" warn" if warn else ""}">{head}{escape(cmp_["timing_note"])}</p>')
     missing = [r for r in rows if not (r.get("latency_ms") or {}).get("p50")]
     if missing:
-        names = "; ".join(f"{_e(r.get('model'))} ({_e(r.get('runtime'))})" for r in missing)
+        names = "; ".join(f"{escape(r.get('model'))} ({escape(r.get('runtime'))})" for r in missing)
         parts.append(f'<p class="note warn">Latency <b>not measured</b> for: {names}. '
                      "The runtime cannot execute the model on this machine (e.g. Core ML outside macOS); "
                      "these rows show no latency and are left out of the latency plot.</p>")
@@ -402,35 +291,21 @@ def _table(report: dict) -> str:
         nm = "" if lat and lat.get("p50") is not None else " nm"
         out.append(
             f'<tr class="r-{key}"><td class="num">{i + 1}</td>'
-            f'<td class="model"><span class="dot" style="background:{ROLE_STYLE[key][0]}"></span>{_e(r.get("model"))}</td>'
-            f'<td>{_e(ROLE_LABEL[key])}</td><td class="runtime">{_e(r.get("runtime"))}</td>'
-            f'<td class="num">{_e(_pct(r.get("accuracy")))}</td><td class="num">{_e(_pct(r.get("agreement_with_teacher")))}</td>'
-            f'<td class="num">{_e(format_count(r.get("params")))}</td><td class="num">{_e(format_count(r.get("macs")))}</td>'
-            f'<td class="num">{_e(format_size(r.get("size_bytes")))}</td>'
-            f'<td class="num{nm}">{_e(_ms(lat, "p50"))}</td><td class="num{nm}">{_e(_ms(lat, "p90"))}</td>'
-            f'<td class="num {par_cls}">{_e(par_text)}</td></tr>')
+            f'<td class="model"><span class="dot" style="background:{ROLE_STYLE[key][0]}"></span>{escape(r.get("model"))}</td>'
+            f'<td>{escape(ROLE_LABEL[key])}</td><td class="runtime">{escape(r.get("runtime"))}</td>'
+            f'<td class="num">{escape(_pct(r.get("accuracy")))}</td><td class="num">{escape(_pct(r.get("agreement_with_teacher")))}</td>'
+            f'<td class="num">{escape(format_count(r.get("params")))}</td><td class="num">{escape(format_count(r.get("macs")))}</td>'
+            f'<td class="num">{escape(format_size(r.get("size_bytes")))}</td>'
+            f'<td class="num{nm}">{escape(_ms(lat, "p50"))}</td><td class="num{nm}">{escape(_ms(lat, "p90"))}</td>'
+            f'<td class="num {par_cls}">{escape(par_text)}</td></tr>')
     out.append("</table></div>")
     lat0 = next((r["latency_ms"] for r in report.get("rows") or [] if r.get("latency_ms")), None)
     if lat0:
-        out.append(f'<p class="detail">Latency: batch {_e(lat0.get("batch", 1))}, {_e(lat0.get("threads"))} thread(s), '
-                   f'{_e(lat0.get("runs"))} timed runs after {_e(lat0.get("warmup", "a"))} warm-up runs. '
+        out.append(f'<p class="detail">Latency: batch {escape(lat0.get("batch", 1))}, {escape(lat0.get("threads"))} thread(s), '
+                   f'{escape(lat0.get("runs"))} timed runs after {escape(lat0.get("warmup", "a"))} warm-up runs. '
                    "Size is the exported file (torch rows have none). Parity compares an exported model with the torch "
                    "model it came from.</p>")
     return "".join(out)
-
-
-def table_open(head: list[tuple[str, str]]) -> str:
-    """A scrolling table's opening and header row: (heading, cell class) per column (the run's rows table and
-    the search's candidates table)."""
-    return '<div class="scroll"><table><tr>' + "".join(f'<th class="{c}">{_e(h)}</th>' for h, c in head) + "</tr>"
-
-
-def skipped_list(labels_and_reasons: list[tuple[str, str]]) -> str:
-    """What a plot leaves out and why, one line each (never drawn at a made-up value)."""
-    if not labels_and_reasons:
-        return ""
-    return ('<ul class="skipped">' + "".join(f"<li>{_e(label)}: {_e(reason)}, not plotted</li>"
-                                             for label, reason in labels_and_reasons) + "</ul>")
 
 
 def _skipped_list(skipped: list[dict]) -> str:
@@ -445,7 +320,7 @@ def _plots(report: dict) -> str:
     lat = _scatter(pts["latency"]["plotted"], "p50 latency per sample, ms (log scale)", "plat", latency=True)
     size = _scatter(pts["size"]["plotted"], "model file size (log scale)", "psize", latency=False)
     return ('<div class="plots">'
-            f'<div class="plot"><h3>Accuracy vs latency</h3>{lat}<p class="detail">{_e(lat_caption)}</p>'
+            f'<div class="plot"><h3>Accuracy vs latency</h3>{lat}<p class="detail">{escape(lat_caption)}</p>'
             f'{_skipped_list(pts["latency"]["skipped"])}</div>'
             f'<div class="plot"><h3>Accuracy vs size</h3>{size}<p class="detail">File size of each exported model on disk.</p>'
             f'{_skipped_list(pts["size"]["skipped"])}</div></div>')
@@ -464,13 +339,13 @@ def _confusion(report: dict) -> str:
     total = sum(map(sum, m))
     agree = sum(m[i][i] for i in range(min(len(m), len(m[0]) if m else 0)))
     pairs = sorted(((m[i][j], i, j) for i in range(len(m)) for j in range(len(m[i])) if i != j and m[i][j] > 0), reverse=True)
-    top = "".join(f"<li>teacher <b>{_e(labels[i])}</b> → student <b>{_e(labels[j])}</b>: {c} sample{'s' if c != 1 else ''}</li>"
+    top = "".join(f"<li>teacher <b>{escape(labels[i])}</b> → student <b>{escape(labels[j])}</b>: {c} sample{'s' if c != 1 else ''}</li>"
                   for c, i, j in pairs[:5])
-    summary = (f"{_e(conf.get('candidate'))} agrees with the {_e(conf.get('reference', 'teacher'))} on "
+    summary = (f"{escape(conf.get('candidate'))} agrees with the {escape(conf.get('reference', 'teacher'))} on "
                f"<b>{agree}</b> of {total} test samples ({100 * agree / total:.2f}%)." if total else "No samples.")
     return (f'<div class="plot confusion"><div class="cm">{_confusion_svg(conf, "pconf")}</div><div class="cm-text">'
-            f'<h3>Student vs teacher confusion</h3><p class="detail">Rows: what the {_e(conf.get("reference", "teacher"))} predicts; columns: what '
-            f'{_e(conf.get("candidate", "the student"))} predicts. Green: agreement (shade = share of the row); '
+            f'<h3>Student vs teacher confusion</h3><p class="detail">Rows: what the {escape(conf.get("reference", "teacher"))} predicts; columns: what '
+            f'{escape(conf.get("candidate", "the student"))} predicts. Green: agreement (shade = share of the row); '
             f"red: disagreement (shade = count).</p><p>{summary}</p>"
             + (f'<p class="detail">Most frequent disagreements:</p><ul class="skipped">{top}</ul>' if top else "")
             + "</div></div>")
@@ -484,15 +359,15 @@ def _optional_sections(report: dict) -> str:
         def result(b: dict) -> str:
             if b.get("passed") and b.get("checked") is False:
                 return '<span class="detail">skipped</span>'
-            return _pill(b.get("passed"))
+            return pill(b.get("passed"))
 
         def measured(b: dict) -> str:
-            return "not measured" if b.get("value") is None else f"{_value(b.get('value'))} {_e(b.get('unit', ''))}"
+            return "not measured" if b.get("value") is None else f"{_value(b.get('value'))} {escape(b.get('unit', ''))}"
 
         rows = "".join(
-            f"<tr><td>{result(b)}</td><td>{_e(b.get('name'))}</td><td class=\"num\">{measured(b)}</td>"
-            f"<td class=\"num\">{_value(b.get('limit'))} {_e(b.get('unit', ''))}</td><td>{_e(b.get('source', ''))}</td>"
-            f"<td class=\"detail\">{_e(b.get('detail', ''))}</td></tr>" for b in budgets if isinstance(b, dict))
+            f"<tr><td>{result(b)}</td><td>{escape(b.get('name'))}</td><td class=\"num\">{measured(b)}</td>"
+            f"<td class=\"num\">{_value(b.get('limit'))} {escape(b.get('unit', ''))}</td><td>{escape(b.get('source', ''))}</td>"
+            f"<td class=\"detail\">{escape(b.get('detail', ''))}</td></tr>" for b in budgets if isinstance(b, dict))
         out.append(f'<h2>Budgets</h2><div class="card"><table><tr><th style="width:1%"></th><th>budget</th>'
                    f'<th class="num">measured</th><th class="num">limit</th><th>source</th><th>detail</th></tr>'
                    f'{rows}</table></div>')
@@ -502,37 +377,35 @@ def _optional_sections(report: dict) -> str:
         if all(isinstance(fb.get(k), (int, float)) for k in ("fp32_accuracy", "int8_accuracy", "accuracy")):
             kept = ", ".join(map(str, fb.get("kept_in_float") or [])) or "nothing"
             lead = (f"<p>fp32 {100 * fb['fp32_accuracy']:.2f}% → int8 {100 * fb['int8_accuracy']:.2f}% → shipped "
-                    f"<b>{100 * fb['accuracy']:.2f}%</b>; kept in float: {_e(kept)}</p>")
+                    f"<b>{100 * fb['accuracy']:.2f}%</b>; kept in float: {escape(kept)}</p>")
         out.append(f'<h2>int8 float fallback</h2><div class="card">{lead}<details><summary>all fields</summary>'
                    f"{_value(fb)}</details></div>")
     compat = report.get("compatibility")
     if compat:
         lead = ""
         if compat.get("summary"):  # the target's own line; the table below holds its fields
-            lead = f"<p>{_e(compat['summary'])}</p>"
+            lead = f"<p>{escape(compat['summary'])}</p>"
         out.append(f'<h2>Runtime compatibility</h2><div class="card">{lead}{_value(compat)}</div>')
     if report.get("search"):  # the search.json of `compress search` that chose this student
-        from compress.devices.search_report import section  # imported here: search_report builds on this module
-
-        out.append(section(report["search"]))
+        out.append(search_section(report["search"]))
     return "".join(out)
 
 
 def _curves_svg(curves: list[tuple[str, dict]], prefix: str) -> str:
     """Validation accuracy per epoch of every built-in member, its best epoch ringed."""
-    fig = _figure(5.6, 3.2)
+    fig = figure(5.6, 3.2)
     ax = fig.add_subplot()
     for name, curve in curves:
         acc = curve["val_accuracy"]
         epochs = list(range(1, len(acc) + 1))
-        (line,) = ax.plot(epochs, acc, marker="o", ms=3, lw=1.4, label=_mpl_text(name))
+        (line,) = ax.plot(epochs, acc, marker="o", ms=3, lw=1.4, label=mpl_text(name))
         best = curve["best_epoch"]
         ax.plot([best], [acc[best - 1]], marker="o", ms=9, mfc="none", mec=line.get_color(), ls="none")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.grid(True, alpha=0.35)
     ax.legend(fontsize=8, frameon=False)
-    return _svg(fig, prefix)
+    return svg(fig, prefix)
 
 
 def _training(report: dict) -> str:
@@ -544,8 +417,8 @@ def _training(report: dict) -> str:
         return ""
     def row(name: str, c: dict) -> str:
         best = f"{100 * max(c['val_accuracy']):.2f}%" if c["val_accuracy"] else "—"
-        return (f"<tr><td>{_e(name)}</td><td>{c['epochs_run']} / {c['epochs_planned']}</td><td>{c['best_epoch']}</td>"
-                f"<td>{best}</td><td>{c['val_samples']}</td><td>{_e(c['stopped'])}"
+        return (f"<tr><td>{escape(name)}</td><td>{c['epochs_run']} / {c['epochs_planned']}</td><td>{c['best_epoch']}</td>"
+                f"<td>{best}</td><td>{c['val_samples']}</td><td>{escape(c['stopped'])}"
                 f"{' (cached)' if c.get('cached') else ''}</td></tr>")
 
     rows = "".join(row(name, c) for name, c in members)
@@ -576,14 +449,14 @@ def render(report: dict) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(run.get('name', 'compress report'))} — compress report</title><style>{CSS}</style></head>"
+        f"<title>{escape(run.get('name', 'compress report'))} — compress report</title><style>{CSS}</style></head>"
         f"<body><main>{_header(report)}"
         f"<h2>Models</h2>{_table(report)}"
         f"<h2>Trade-offs</h2>{_plots(report)}"
         f"<h2>Student vs teacher</h2>{_confusion(report)}"
         f"{_training(report)}{_optional_sections(report)}{_details(report)}"
-        f"<footer>{_e(tool.get('name', 'compress'))} {_e(tool.get('version', ''))} · schema {_e(report.get('schema'))}"
-        + (f" · artifacts in {_e(run.get('out_dir'))}" if run.get("out_dir") else "")
+        f"<footer>{escape(tool.get('name', 'compress'))} {escape(tool.get('version', ''))} · schema {escape(report.get('schema'))}"
+        + (f" · artifacts in {escape(run.get('out_dir'))}" if run.get("out_dir") else "")
         + "</footer></main></body></html>\n")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compress.core.atomic import write_text
 from compress.core.pareto import on_front
-from compress.devices.html_report import CSS, _e, _figure, _mpl_text, _pill, _svg, skipped_list, table_open
+from compress.devices.html_parts import CSS, escape, figure, mpl_text, pill, skipped_list, svg, table_open
 from compress.devices.report import _pct, format_count, format_size
 
 # plot name -> (candidate key, x-axis label, what the budget line is called, SVG id prefix)
@@ -117,13 +117,13 @@ def _plot_svg(name: str, data: dict) -> str:
 
     key, xlabel, budget_name, prefix = PLOTS[name]
     points, floor, limit = data["plotted"], data["floor_y"], data["budget_x"]
-    fig = _figure(5.6, 4.0)
+    fig = figure(5.6, 4.0)
     ax = fig.add_subplot()
     if not points:
         ax.text(0.5, 0.5, "nothing measured to plot", ha="center", va="center", transform=ax.transAxes, color="#888888")
         ax.set_xticks([])
         ax.set_yticks([])
-        return _svg(fig, prefix)
+        return svg(fig, prefix)
     for p in points:
         color = MEETS if p["meets_budgets"] else BREAKS
         ax.plot([p["x"]], [p["y"]], marker="o", ms=7, color=color, mec="white", mew=0.8, ls="none", zorder=3,
@@ -145,7 +145,7 @@ def _plot_svg(name: str, data: dict) -> str:
         ys.append(floor)
     if limit is not None and limit > 0:
         ax.axvline(limit, ls="--", lw=1.1, color=BUDGET, zorder=1, gid="budget-x")
-        ax.annotate(_mpl_text(f"{budget_name} {_budget_label(name, limit)}"), (limit, 0.99),
+        ax.annotate(mpl_text(f"{budget_name} {_budget_label(name, limit)}"), (limit, 0.99),
                     xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points", fontsize=8,
                     color=BUDGET, va="top", rotation=90, gid="budget-x-label")
         xs.append(limit)
@@ -165,7 +165,7 @@ def _plot_svg(name: str, data: dict) -> str:
     ax.grid(True, which="major", alpha=0.35)
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles), frameon=False,
                handletextpad=0.3, columnspacing=1.2)
-    return _svg(fig, prefix)
+    return svg(fig, prefix)
 
 
 # ---------------------------------------------------------------------------------------------- HTML parts
@@ -182,32 +182,32 @@ def _summary(search: dict) -> str:
     parts = []
     if search.get("chosen") is not None:
         why = str(search.get("why") or "").removeprefix(f"{search['chosen']}: ").rstrip(".")  # it starts with the id
-        parts.append(f"Chosen: <b>{_e(search['chosen'])}</b>: {_e(why)}.")
+        parts.append(f"Chosen: <b>{escape(search['chosen'])}</b>: {escape(why)}.")
     else:
         closest = search.get("closest") or {}
         if closest.get("id") is not None:
             breaks = "; ".join(map(str, closest.get("breaks") or [])) or "no budget recorded"
-            parts.append(f"<b>No candidate meets the budgets</b>: closest <b>{_e(closest['id'])}</b> breaks {_e(breaks)}.")
+            parts.append(f"<b>No candidate meets the budgets</b>: closest <b>{escape(closest['id'])}</b> breaks {escape(breaks)}.")
         else:
             parts.append("<b>No candidate meets the budgets</b> and none was measured.")
     ref = search.get("reference") or {}
     if ref.get("val_accuracy") is not None:
         floor = search.get("accuracy_floor")
-        parts.append(f"Reference: {_e(ref.get('name', 'reference'))} at {_e(_pct(ref['val_accuracy']))} validation "
-                     "accuracy" + (f", accuracy floor {_e(_pct(floor))}." if floor is not None else "."))
+        parts.append(f"Reference: {escape(ref.get('name', 'reference'))} at {escape(_pct(ref['val_accuracy']))} validation "
+                     "accuracy" + (f", accuracy floor {escape(_pct(floor))}." if floor is not None else "."))
     if search.get("latency_label"):
-        parts.append(f"Latency is {_e(search['latency_label'])}.")
+        parts.append(f"Latency is {escape(search['latency_label'])}.")
     factor = search.get("device_factor") or {}
     if factor.get("factor") is not None:
         scale = f"{float(factor['factor']):g}"
-        parts.append(f"Device estimate: host latency × {_e(scale)}"
-                     + (f" ({_e(factor['basis'])})." if factor.get("basis") else "."))
+        parts.append(f"Device estimate: host latency × {escape(scale)}"
+                     + (f" ({escape(factor['basis'])})." if factor.get("basis") else "."))
     budget_min = search.get("time_budget_min")
     of_budget = f" of a {float(budget_min):g} min time budget." if budget_min is not None else " (no time budget)."
-    parts.append(f"Searched for {_e(_duration(search.get('elapsed_s')))}{_e(of_budget)}")
-    parts.append(f"Students: {_e(search.get('trained', 0))} trained here, {_e(search.get('resumed', 0))} from the cache "
-                 f"(an earlier run), {_e(search.get('pruned', 0))} pruned, {_e(search.get('skipped', 0))} skipped by "
-                 f"their untrained export, {_e(search.get('not_reached', 0))} not reached.")
+    parts.append(f"Searched for {escape(_duration(search.get('elapsed_s')))}{escape(of_budget)}")
+    parts.append(f"Students: {escape(search.get('trained', 0))} trained here, {escape(search.get('resumed', 0))} from the cache "
+                 f"(an earlier run), {escape(search.get('pruned', 0))} pruned, {escape(search.get('skipped', 0))} skipped by "
+                 f"their untrained export, {escape(search.get('not_reached', 0))} not reached.")
     return f"<p>{' '.join(parts)}</p>"
 
 
@@ -226,22 +226,22 @@ def _table(search: dict) -> str:
     for index, c in cands:
         chosen = c.get("id") == search.get("chosen") and c.get("id") is not None
         breaks = "; ".join(map(str, c.get("breaks") or []))
-        verdict = _pill(c.get("meets_budgets")) + (f' <span class="detail">{_e(breaks)}</span>' if breaks else "")
+        verdict = pill(c.get("meets_budgets")) + (f' <span class="detail">{escape(breaks)}</span>' if breaks else "")
         size_kb = c.get("size_kb")
         latency = c.get("latency_ms")
         nm = "" if latency is not None else " nm"
         row_class = ' class="r-exported"' if chosen else ""
         out.append(
-            f'<tr{row_class}><td class="num">{index}</td><td class="model">{_e(c.get("id"))}'
+            f'<tr{row_class}><td class="num">{index}</td><td class="model">{escape(c.get("id"))}'
             + (" <b>(chosen)</b>" if chosen else "")
-            + f'</td><td>{_e(c.get("status"))}</td><td class="num">{_e(format_count(c.get("macs")))}</td>'
-            f'<td class="num">{_e(_pct(c.get("val_accuracy")))}</td><td class="num">{_e(_num(c.get("accuracy_drop"), ".2f"))}</td>'
-            f'<td class="num">{_e(format_size(None if size_kb is None else size_kb * 1024))}</td>'
-            f'<td class="num{nm}">{_e(_num(latency, ".3f", "not measured"))}</td>'
-            f'<td class="num">{_e(_num(c.get("device_latency_ms"), ".3f"))}</td>'
-            f'<td class="num">{_e(_num(c.get("peak_memory_mb"), ".1f"))}</td><td>{verdict}</td>'
+            + f'</td><td>{escape(c.get("status"))}</td><td class="num">{escape(format_count(c.get("macs")))}</td>'
+            f'<td class="num">{escape(_pct(c.get("val_accuracy")))}</td><td class="num">{escape(_num(c.get("accuracy_drop"), ".2f"))}</td>'
+            f'<td class="num">{escape(format_size(None if size_kb is None else size_kb * 1024))}</td>'
+            f'<td class="num{nm}">{escape(_num(latency, ".3f", "not measured"))}</td>'
+            f'<td class="num">{escape(_num(c.get("device_latency_ms"), ".3f"))}</td>'
+            f'<td class="num">{escape(_num(c.get("peak_memory_mb"), ".1f"))}</td><td>{verdict}</td>'
             f'<td>{"yes" if c.get("pareto") else ("no" if c.get("pareto") is False else "—")}</td>'
-            f'<td class="detail">{_e(c.get("note") or "")}</td></tr>')
+            f'<td class="detail">{escape(c.get("note") or "")}</td></tr>')
     out.append("</table></div>")
     out.append('<p class="detail"># is the candidate\'s place in search.json and its number in the plots. '
                "Drop is in accuracy points against the reference. On front: no other candidate is at least as "
@@ -261,7 +261,7 @@ def section(search: dict) -> str:
         plots.append(f'<div class="plot"><h3>{title}</h3>{_plot_svg(name, data[name])}'
                      f'<p class="detail">Green: meets every budget; grey: breaks one. Step line: the Pareto front '
                      f"of these two measures. Dashed: budgets.</p>{_skipped_list(data[name]['skipped'])}</div>")
-    target = " · ".join(_e(v) for v in (search.get("target"), search.get("runtime")) if v)
+    target = " · ".join(escape(v) for v in (search.get("target"), search.get("runtime")) if v)
     return ('<section class="search"><h2>Architecture search</h2><div class="card">'
             + (f'<p class="meta">{target}</p>' if target else "")
             + _summary(search) + "</div>"
@@ -274,7 +274,7 @@ def write(search: dict, path) -> Path:
     title = "compress search" + (f" — {search['target']}" if search.get("target") else "")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head>"
-            f"<body><main><h1>{_e(title)}</h1>{section(search)}"
-            f"<footer>schema {_e(search.get('schema'))}</footer></main></body></html>\n")
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+            f"<body><main><h1>{escape(title)}</h1>{section(search)}"
+            f"<footer>schema {escape(search.get('schema'))}</footer></main></body></html>\n")
     return write_text(path, page)

@@ -45,7 +45,7 @@ OPTION_TYPES = (str, int, float, bool)
 class TargetOption:
     """One option only this target reads, declared once, in the target's folder.
 
-    Everything else is generated from this record (``compress.cli_options``, ``compress.recipe.schema``,
+    Everything else is generated from this record (``compress.cli.options``, ``compress.recipe.schema``,
     ``compress.export.registry``): the flag of every command that takes it (``--deployment-target``), the
     recipe key in ``[export]`` and its line in ``compress init``'s template, the term in the search cache
     key, and the check of a value (its type and ``choices``) with a one-line error. A cross-option rule (a scheme that needs a newer deployment

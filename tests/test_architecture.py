@@ -127,3 +127,61 @@ def test_every_registered_target_is_guarded_by_the_contracts():
     assert set(TARGETS) == folders, (set(TARGETS), folders)  # one folder per registered target
     for name in folders:
         assert f"compress.export.{name}" in independent and f"compress.export.{name}" in forbidden, name
+
+
+def _import_graph(site: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the package it imports, at module level or inside a function alike (an
+    import moved into a function still makes the two modules depend on each other)."""
+    modules = {}
+    for path in (site / "compress").rglob("*.py"):
+        parts = list(path.relative_to(site).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("compress"):
+                found = [owner(f"{node.module}.{a.name}") for a in node.names]
+            elif isinstance(node, ast.Import):
+                found = [owner(a.name) for a in node.names if a.name.startswith("compress")]
+            else:
+                continue
+            graph[name] |= {m for m in found if m and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Every import cycle, once each (found from its alphabetically smallest module)."""
+    cycles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    cycles.append(" -> ".join(path + [start]))
+                elif nxt not in seen and nxt > start:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+    return cycles
+
+
+def test_no_two_modules_import_each_other(unpacked):
+    """No import cycle between modules, function-level imports included: import-linter's layers allow cycles
+    inside a layer, and a cycle closed by an import inside a function is still two modules that cannot be
+    understood, or moved, one without the other."""
+    cycles = _cycles(_import_graph(unpacked))
+    assert not cycles, cycles[:10]
+
+
+def test_the_cycle_check_finds_a_cycle_closed_inside_a_function(unpacked, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(unpacked / "compress", site / "compress")
+    target = site / "compress" / "models" / "scaling.py"
+    target.write_text(target.read_text() + "\n\ndef _planted():\n    from compress.models import speech\n")
+    assert _cycles(_import_graph(site)) == ["compress.models.scaling -> compress.models.speech -> compress.models.scaling"]

@@ -10,7 +10,7 @@ import pytest
 
 sf = pytest.importorskip("soundfile")
 
-from compress.audio import fit_length, load_audio_folder, read_clip  # noqa: E402
+from compress.data.audio import fit_length, load_audio_folder, read_clip  # noqa: E402
 from compress.data import detect_format, load_data  # noqa: E402
 from compress.core.errors import InputError  # noqa: E402
 from tests.conftest import FSDD  # noqa: E402

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from compress.bias_correction import fit_class_bias, parse_correction, shift_class_bias
+from compress.distill.bias_correction import fit_class_bias, parse_correction, shift_class_bias
 from compress.core.errors import InputError
-from compress.train import jitter
+from compress.distill.train import jitter
 
 
 def test_shift_class_bias_moves_only_that_logit():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from compress import teachers as T
+from compress.teachers.soft_targets import soft_targets
 from compress.core.errors import InputError
 
 CACHE_LOGGER = "compress.cache"
@@ -74,7 +75,7 @@ def _mlp(digits, seed: int = 0) -> torch.nn.Module:
 
 def _fit(digits, checkpoint, epochs=3, on_epoch=None, model=None, noisy=False):
     """A few epochs on 96 digits. ``noisy``: the loss draws from numpy's and Python's global RNGs too."""
-    from compress.train import fit
+    from compress.distill.train import fit
 
     y = torch.as_tensor(digits.y_train[:96])
 
@@ -166,7 +167,7 @@ def _soft_targets_file(own_cache) -> pathlib.Path:
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "same-shape-wrong-values"])
 def test_damaged_soft_targets_are_recomputed(digits, own_cache, caplog, damage):
     x = digits.x_train[:120]
-    first, cached = T.soft_targets([_teacher()], x, 2.0, "data")
+    first, cached = soft_targets([_teacher()], x, 2.0, "data")
     assert cached is False
     good = np.array(first)
     path = _soft_targets_file(own_cache)
@@ -177,22 +178,22 @@ def test_damaged_soft_targets_are_recomputed(digits, own_cache, caplog, damage):
     else:
         np.save(path, np.full_like(good, 0.1))  # a valid .npy of the right shape: only the checksum tells
     caplog.set_level(logging.WARNING)
-    again, cached = T.soft_targets([_teacher()], x, 2.0, "data")
+    again, cached = soft_targets([_teacher()], x, 2.0, "data")
     assert cached is False, "a damaged entry was used"
     np.testing.assert_array_equal(np.asarray(again), good)
     _one_warning_naming(caplog, path)
-    third, cached = T.soft_targets([_teacher()], x, 2.0, "data")  # and the repaired entry is used again
+    third, cached = soft_targets([_teacher()], x, 2.0, "data")  # and the repaired entry is used again
     assert cached is True
     np.testing.assert_array_equal(np.asarray(third), good)
 
 
 def test_soft_targets_without_a_checksum_are_recomputed(digits, own_cache, caplog):
     x = digits.x_train[:60]
-    T.soft_targets([_teacher()], x, 2.0, "data")
+    soft_targets([_teacher()], x, 2.0, "data")
     path = _soft_targets_file(own_cache)
     path.with_name(path.name + ".sha256").unlink()
     caplog.set_level(logging.WARNING)
-    assert T.soft_targets([_teacher()], x, 2.0, "data")[1] is False
+    assert soft_targets([_teacher()], x, 2.0, "data")[1] is False
     _one_warning_naming(caplog, path)
 
 
@@ -246,7 +247,7 @@ def test_a_failed_cache_write_is_one_warning_not_a_traceback(tmp_path, digits, o
     x = digits.x_train[:60]
     with monkeypatch.context() as m:
         m.setattr(np.lib.format, "open_memmap", full)
-        targets, cached = T.soft_targets([_teacher()], x, 2.0, "data")
+        targets, cached = soft_targets([_teacher()], x, 2.0, "data")
     assert cached is False and targets.shape == (60, 10)
     np.testing.assert_allclose(np.asarray(targets), T.ensemble_probs([_teacher()], x, 2.0), atol=1e-7)
     assert not list((own_cache / "soft-targets").glob("*.npy"))
@@ -266,7 +267,7 @@ def _never_train(monkeypatch):
     def trained(*_a, **_kw):
         raise AssertionError("training started although the cache folder is unusable")
 
-    monkeypatch.setattr("compress.teachers.fit", trained)
+    monkeypatch.setattr("compress.teachers.training.fit", trained)
     monkeypatch.setattr("compress.pipeline.fit", trained)
 
 

@@ -115,7 +115,7 @@ def test_unlabelled_transfer_set_with_an_onnx_teacher(tmp_path, digits):
     import torch
 
     from compress import models
-    from compress.train import fit
+    from compress.distill.train import fit
     from compress.export.common import ModelInfo
     from compress.export.onnx.convert import export
 

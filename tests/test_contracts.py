@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.contracts import make_contract, member_view, raw_values
+from compress.teachers.contracts import make_contract, member_view, raw_values
 from compress.core.errors import InputError
 from compress.data import load_data
 from compress.pipeline import RunConfig, run

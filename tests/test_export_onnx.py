@@ -7,7 +7,7 @@ import torch
 
 from compress import models
 from compress.core.errors import InputError
-from compress.train import fit
+from compress.distill.train import fit
 from compress.export.onnx.runner import open_onnx
 from compress.core.metrics import FP32_PARITY_TOLERANCE, batched, parity
 from compress.export.common import ModelInfo

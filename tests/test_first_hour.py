@@ -37,8 +37,8 @@ def _noisy_timer(series: dict[str, list[float]]):
 
 
 def test_noisy_equal_latencies_choose_the_more_accurate_candidate():
-    from compress.search_choice import best_feasible
-    from compress.search_measure import time_interleaved
+    from compress.search.choice import best_feasible
+    from compress.search.measure import time_interleaved
 
     rows = {"less-accurate": _row("less-accurate", 0.95, 0.0100), "more-accurate": _row("more-accurate", 0.97, 0.0104)}
     # the same speed, measured with noise: the less accurate one is "faster" by its median alone
@@ -51,7 +51,7 @@ def test_noisy_equal_latencies_choose_the_more_accurate_candidate():
 
 
 def test_a_clear_latency_difference_still_wins_over_accuracy():
-    from compress.search_choice import best_feasible
+    from compress.search.choice import best_feasible
 
     fast, slow = _row("fast", 0.95, 0.010), _row("slow", 0.97, 0.020)
     fast["latency_interval_ms"], slow["latency_interval_ms"] = [0.009, 0.011], [0.019, 0.021]
@@ -60,7 +60,7 @@ def test_a_clear_latency_difference_still_wins_over_accuracy():
 
 
 def test_interleaved_rounds_alternate_the_order():
-    from compress.search_measure import time_interleaved
+    from compress.search.measure import time_interleaved
 
     order = []
     time_interleaved({"a": "a", "b": "b", "c": "c"}, None, 100, rounds=2, time_one=lambda key: order.append(key) or 1.0)
@@ -68,7 +68,7 @@ def test_interleaved_rounds_alternate_the_order():
 
 
 def test_the_choice_says_when_no_budget_is_in_force():
-    from compress.search_choice import why
+    from compress.search.choice import why
 
     ctx = SimpleNamespace(budgets={})
     chosen = _row("only", 0.97, 0.01)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress.frontend import LIBROSA_TOLERANCE, LogMel, mel_filterbank
+from compress.models.frontend import LIBROSA_TOLERANCE, LogMel, mel_filterbank
 from compress.export.common import ModelInfo
 from tests.conftest import FSDD, export_and_open
 
@@ -28,7 +28,7 @@ CLIPS = ["0_george_0.wav", "3_jackson_2.wav", "5_nicolas_4.wav", "7_theo_1.wav",
 def fsdd_clips(n_samples: int = 8000) -> np.ndarray:
     """A few real FSDD test clips (index 0-4), padded/cropped like the loader does."""
     sf = pytest.importorskip("soundfile")
-    from compress.audio import fit_length
+    from compress.data.audio import fit_length
 
     if not (FSDD / "recordings").is_dir():
         pytest.skip(f"FSDD not found at {FSDD} (the shared data sets are absent in a fresh clone)")
@@ -125,7 +125,7 @@ def test_logmel_parity_in_runtime(tmp_path, target, precision):
 def test_manifest_records_the_front_end_inside_the_model():
     """The app feeds raw PCM: the manifest must say which log-mel the model computes (and None for images)."""
     from compress import models
-    from compress.frontend import LogMel
+    from compress.models.frontend import LogMel
     from compress.pipeline import _front_end
 
     student = models.build("ds-cnn", (8000,), 10)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress.losses import LOSSES, hinton_loss, soft_cross_entropy
+from compress.distill.losses import LOSSES, hinton_loss, soft_cross_entropy
 
 
 def softmax(z, T=1.0):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from compress import models
 from compress.core.errors import InputError
-from compress.train import fit, predict_logits, seed_everything
+from compress.distill.train import fit, predict_logits, seed_everything
 from compress.export.onnx.runner import open_onnx
 from compress.core.metrics import accuracy, batched, parity
 from compress.export.common import ModelInfo

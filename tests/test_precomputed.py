@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from compress import precomputed, teachers
+from compress import teachers
+
+from compress.teachers import precomputed
 from compress.cli import app
 from compress.core.errors import InputError
 from compress.data import load_data
 from compress.export.registry import TARGETS
 from compress.pipeline import RunConfig, run
-from compress.soft_targets import ensemble_probs, softmax
+from compress.teachers.ensemble import ensemble_probs, softmax
 
 LIMITS = dict(limit_train=300, limit_test=100)
 LIMIT_FLAGS = ["--limit-train", "300", "--limit-test", "100"]

@@ -151,7 +151,7 @@ def test_devices_list_json(tmp_path):
 
 
 def test_devices_setup_registry(monkeypatch):
-    from compress import cli_devices
+    from compress.cli import devices as cli_devices
     from compress.cli import app
 
     calls = []
@@ -178,7 +178,7 @@ def test_devices_setup_registry(monkeypatch):
 
 def test_setup_registry_is_lazy():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    code = ("import sys, compress.cli; from compress.cli_devices import SETUPS; "
+    code = ("import sys, compress.cli; from compress.cli.devices import SETUPS; "
             "print(sorted(SETUPS), 'compress.devices.arm64_emu' in sys.modules, 'compress.devices.chromium' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from compress import models
 from compress.core.errors import InputError
-from compress.losses import hinton_loss
+from compress.distill.losses import hinton_loss
 from compress.export import TARGETS
 from compress.export.tflite.qat import export_tflite, predict, ptq_reference
-from compress.qat import qat_distill
-from compress.train import fit, predict_logits, seed_everything
+from compress.distill.qat import qat_distill
+from compress.distill.train import fit, predict_logits, seed_everything
 from compress.core.metrics import accuracy, batched
 from compress.export.common import ModelInfo
 

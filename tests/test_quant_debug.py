@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.core.errors import InputError
-from compress.train import fit, predict_logits, seed_everything
+from compress.distill.train import fit, predict_logits, seed_everything
 from compress.export.onnx.runner import open_onnx
 from compress.export import TARGETS
 from compress.export.common import fallback

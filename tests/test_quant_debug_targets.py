@@ -19,7 +19,7 @@ from torch import nn
 from compress.core.errors import InputError
 from compress.export.common.fallback import int8_with_fallback
 from compress.export.registry import layer_errors_for
-from compress.train import fit, predict_logits, seed_everything
+from compress.distill.train import fit, predict_logits, seed_everything
 from compress.export import TARGETS
 from compress.core.metrics import accuracy, batched
 from compress.export.common import ModelInfo
@@ -171,7 +171,7 @@ def test_layer_errors_for_rejects_mixed_or_float_files(fragile, tflite_pair, cor
 def test_tflite_fallback_when_full_int8_does_not_convert(tmp_path):
     """LiteRT cannot convert the LogMel front-end of the speech students to full int8 (a same-scale
     constraint on the input reshape); the fallback keeps that top-level module in float and goes on."""
-    from compress.speech import ds_cnn
+    from compress.models.speech import ds_cnn
     from compress.export.common.fallback import quantize_with_fallback
     from compress.export.tflite.convert import export
 

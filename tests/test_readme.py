@@ -115,7 +115,7 @@ def _pairs(flags: list[str]) -> list[list[str]]:
 
 def raw_pixels(ds):
     """The digits' own values (0..16), undoing the data's normalization: what a user's member was trained on."""
-    from compress.contracts import raw_values
+    from compress.teachers.contracts import raw_values
 
     return raw_values(ds.x_train, ds.normalization).astype("float32")
 

@@ -89,7 +89,7 @@ def test_bad_image_size_on_the_cli_exits_2_before_any_work(tmp_path):
 
 
 def test_augmentation_parses_and_changes_only_image_batches():
-    from compress.train import Augment, augment_batch, parse_augment
+    from compress.distill.train import Augment, augment_batch, parse_augment
 
     assert parse_augment("crop=3,flip") == Augment(3, True)
     assert parse_augment("none") == Augment() and not parse_augment("none")
@@ -105,7 +105,7 @@ def test_augmentation_parses_and_changes_only_image_batches():
 def test_augmentation_never_sees_the_test_split(tmp_path, monkeypatch):
     """Every batch the augmentation receives (teachers and student) is made of training rows only, and
     the reported accuracy is the unaugmented test split's."""
-    import compress.train as train
+    import compress.distill.train as train
     from compress.pipeline import RunConfig, run
 
     images, labels = _colour_digits(400)
@@ -128,7 +128,7 @@ def test_augmentation_never_sees_the_test_split(tmp_path, monkeypatch):
 
 
 def test_validation_split_is_stratified_and_held_out():
-    from compress.teacher_training import validation_split
+    from compress.teachers.training import validation_split
 
     y = np.repeat(np.arange(5), 40)
     train, val = validation_split(y, 0.1, seed=0)
@@ -139,8 +139,8 @@ def test_validation_split_is_stratified_and_held_out():
 
 
 def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, monkeypatch):
-    from compress.teacher_training import TeacherRecipe, train_builtin_module, validation_split
-    from compress.train import predict_logits
+    from compress.teachers.training import TeacherRecipe, train_builtin_module, validation_split
+    from compress.distill.train import predict_logits
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path))
     ds = load_data(limit_train=400)

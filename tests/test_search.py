@@ -58,9 +58,9 @@ def no_timing_skips(monkeypatch) -> None:
     (which depends on the machine's load), and the 1-minute budget is not spent by a slow, busy machine (a
     stopped clock; the budget itself is tested with a fake clock): the tests' counts stay exact."""
     import compress.search
-    import compress.search_measure
+    import compress.search.measure
 
-    monkeypatch.setattr(compress.search_measure, "PROBE_SLACK", 1e9)
+    monkeypatch.setattr(compress.search.measure, "PROBE_SLACK", 1e9)
     monkeypatch.setattr(compress.search, "clock", lambda: 0.0)
     # the stored latencies stand: the finalists' re-timing (tested with a fake timer in test_first_hour) would
     # make a rerun's choice among near-equal candidates depend on the machine's load
@@ -118,7 +118,7 @@ def test_tiny_search_writes_a_chosen_folder_that_meets_the_budgets_on_the_pareto
     assert chosen["id"] in front
     assert {r["id"] for r in measured if r["pareto"]} == front
     # fastest among those meeting every budget, or tied with the fastest (timing noise) and more accurate
-    from compress.search_choice import latency_ties
+    from compress.search.choice import latency_ties
 
     fastest = min((r for r in measured if r["meets_budgets"]), key=lambda r: r["latency_ms"])
     assert chosen is fastest or (latency_ties(chosen, fastest) and chosen["val_accuracy"] >= fastest["val_accuracy"])
@@ -254,7 +254,7 @@ def test_an_impossible_budget_exits_1_naming_the_closest_candidate_and_keeps_the
 
 def test_the_space_is_ordered_by_macs_and_refuses_what_the_data_or_target_cannot_take(digits):
     from compress.export.registry import TARGETS
-    from compress.search_space import SearchSpace, schemes, trials
+    from compress.search.space import SearchSpace, schemes, trials
 
     space = SearchSpace(families=["mlp", "cnn-small"], widths=[1.0, 0.5], depths=[0.5])
     plan = trials(space, digits.input_shape, digits.num_classes, "image", 2.0, 0.1)
@@ -276,7 +276,7 @@ def test_the_space_is_ordered_by_macs_and_refuses_what_the_data_or_target_cannot
 
 def test_the_recipe_search_section_sets_the_space_and_distill_and_export_ignores_it(tmp_path):
     from compress.cli import _run_configs
-    from compress.cli_search import _configs
+    from compress.cli.search import _configs
 
     recipe = tmp_path / "compress.toml"
     recipe.write_text('[search]\nfamilies = ["mlp"]\nwidths = [0.25, 0.5]\ntime_budget = 3\n\n[distill]\nepochs = 2\n')
@@ -289,8 +289,8 @@ def test_the_recipe_search_section_sets_the_space_and_distill_and_export_ignores
 
 
 def test_int8_slower_than_float_is_said_and_the_choice_is_the_fastest_that_fits():
-    from compress.search_choice import best_feasible, why
-    from compress.search_measure import note_int8_vs_float
+    from compress.search.choice import best_feasible, why
+    from compress.search.measure import note_int8_vs_float
 
     rows = [{"id": f"m {s}", "scheme": s, "status": "measured", "latency_ms": lat, "size_kb": kb, "macs": 10,
              "val_accuracy": 0.9, "meets_budgets": True, "note": None}

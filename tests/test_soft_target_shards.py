@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress import soft_targets as S
+from compress.teachers import soft_targets as S
 from compress.core.errors import InputError
 from compress.teachers import Teacher
 from tests.interrupting import AFTER_SHARDS
@@ -108,7 +108,7 @@ def test_one_process_is_world_size_one_of_the_same_code_and_writes_todays_entry(
 
 def test_shards_of_a_torch_member_are_the_bits_of_one_pass(own_cache, monkeypatch):
     """A torch member runs in batches of 512: 4096-row shards give the very batches of one pass."""
-    from compress.train import predict_logits
+    from compress.distill.train import predict_logits
     from tests.helper_models import small_mlp
 
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import torch
 
 from compress import models
 from compress.core.errors import InputError
-from compress.speech import SPEECH_MODELS
+from compress.models.speech import SPEECH_MODELS
 from compress.core.metrics import FP32_PARITY_TOLERANCE
 from compress.export.common import ModelInfo
 from tests.conftest import export_and_open
@@ -59,7 +59,7 @@ def test_other_lengths_build():
 
 @pytest.fixture(scope="module")
 def fsdd_student(fsdd_dataset):
-    from compress.train import fit
+    from compress.distill.train import fit
 
     ds = fsdd_dataset
     rng = np.random.default_rng(0)

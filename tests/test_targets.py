@@ -203,7 +203,7 @@ def test_onnx_file_teacher_stays_in_onnx_runtime_for_another_target(tmp_path, di
     import torch
 
     from compress import models
-    from compress.train import fit
+    from compress.distill.train import fit
     from compress.export.common import ModelInfo
     from compress.export.onnx.convert import export
 

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from compress import teachers as T
+from compress.teachers.member import module_teacher
+from compress.teachers.soft_targets import soft_targets
+from compress.teachers.torch_formats import load_factory, load_torchscript
 from compress.core.errors import InputError
-from compress.train import fit
+from compress.distill.train import fit
 from compress.export.common import ModelInfo
 from tests.helper_models import small_mlp, wrong_classes
 
@@ -40,8 +43,8 @@ def test_every_format_gives_the_source_models_logits(tmp_path, trained, digits):
 def test_members_with_different_class_counts_name_both(tmp_path, trained, digits):
     torch.save(wrong_classes().state_dict(), str(tmp_path / "w7.pt"))
     torch.save(trained.state_dict(), str(tmp_path / "w.pt"))
-    a = T.load_factory(f"tests.helper_models:small_mlp={tmp_path / 'w.pt'}")
-    b = T.load_factory(f"tests.helper_models:wrong_classes={tmp_path / 'w7.pt'}")
+    a = load_factory(f"tests.helper_models:small_mlp={tmp_path / 'w.pt'}")
+    b = load_factory(f"tests.helper_models:wrong_classes={tmp_path / 'w7.pt'}")
     with pytest.raises(InputError, match=r"teachers 'w.pt' and 'w7.pt' disagree on the number of classes \(10 vs 7\)"):
         T.check_members([a, b], digits.x_test[:4], 10)
 
@@ -51,7 +54,7 @@ def test_bad_teacher_specs_are_clear_errors(tmp_path):
         T.load_teachers([str(tmp_path / "missing.pt2")], None, epochs=1, seed=0)
     (tmp_path / "corrupt.ts").write_bytes(b"garbage")
     with pytest.raises(InputError, match="corrupt.ts'?: not a loadable TorchScript"):
-        T.load_torchscript(str(tmp_path / "corrupt.ts"))
+        load_torchscript(str(tmp_path / "corrupt.ts"))
     with pytest.raises(InputError, match="not a built-in model"):
         T.teacher_format("something.weird")
 
@@ -61,15 +64,15 @@ def test_nan_teacher_output_is_rejected(trained, digits):
     broken.load_state_dict(trained.state_dict())
     with torch.no_grad():
         broken[1].weight[0, 0] = float("nan")
-    member = T._module_teacher("nan-teacher", "factory", broken, "x")
+    member = module_teacher("nan-teacher", "factory", broken, "x")
     with pytest.raises(InputError, match="'nan-teacher': outputs NaN"):
         T.check_members([member], digits.x_test[:8], 10)
 
 
 def test_ensemble_is_the_mean_of_temperature_softmaxes(trained, digits):
     other = small_mlp().eval()
-    a = T._module_teacher("a", "factory", trained, "fa")
-    b = T._module_teacher("b", "factory", other, "fb")
+    a = module_teacher("a", "factory", trained, "fa")
+    b = module_teacher("b", "factory", other, "fb")
     x = digits.x_test[:10]
     for temp in (1.0, 5.0):
         pa = torch.softmax(trained(torch.as_tensor(x)) / temp, -1).detach().numpy()
@@ -79,19 +82,19 @@ def test_ensemble_is_the_mean_of_temperature_softmaxes(trained, digits):
 
 def test_soft_targets_computed_once_and_invalidated_by_changes(trained, digits):
     calls = []
-    base = T._module_teacher("a", "factory", trained, "fingerprint-a")
+    base = module_teacher("a", "factory", trained, "fingerprint-a")
     counting = T.Teacher("a", "factory", lambda x: (calls.append(len(x)), base.logits(x))[1], "fingerprint-a")
     x = digits.x_train[:200]
-    first, cached1 = T.soft_targets([counting], x, 3.0, "data-1")
-    second, cached2 = T.soft_targets([counting], x, 3.0, "data-1")
+    first, cached1 = soft_targets([counting], x, 3.0, "data-1")
+    second, cached2 = soft_targets([counting], x, 3.0, "data-1")
     assert (cached1, cached2) == (False, True) and len(calls) == 1
     assert isinstance(second, np.memmap) and not second.flags.writeable
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(second, T.ensemble_probs([base], x, 3.0), atol=1e-6)
     changed_teacher = T.Teacher("a", "factory", counting.logits, "fingerprint-b")
-    assert T.soft_targets([changed_teacher], x, 3.0, "data-1")[1] is False
-    assert T.soft_targets([counting], x, 3.0, "data-2")[1] is False
-    assert T.soft_targets([counting], x, 4.0, "data-1")[1] is False
+    assert soft_targets([changed_teacher], x, 3.0, "data-1")[1] is False
+    assert soft_targets([counting], x, 3.0, "data-2")[1] is False
+    assert soft_targets([counting], x, 4.0, "data-1")[1] is False
     assert len(calls) == 4
 
 

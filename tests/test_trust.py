@@ -199,7 +199,7 @@ def _member(output: str, wrong_rows: list[int], margin: float = 1.0):
 def _ensemble_accuracy(members, timed: bool) -> float:
     from types import SimpleNamespace
 
-    from compress.soft_targets import output_probs
+    from compress.teachers.ensemble import output_probs
     from compress.stages.evaluate import ensemble_row
 
     x = np.arange(N, dtype=np.float32).reshape(N, 1)
@@ -340,7 +340,7 @@ def test_a_killed_searchs_scratch_is_under_the_cache_and_cleaned_by_the_next_com
     (scratch / "none").mkdir(parents=True)
     (scratch / "none" / "model.onnx").write_bytes(b"\0" * 1024)
     env = _search_env(cache)
-    proc = subprocess.run([sys.executable, "-c", "import tempfile, compress.search_measure as m; "
+    proc = subprocess.run([sys.executable, "-c", "import tempfile, compress.search.measure as m; "
                            "d = m.scratch_folder(); print(d.name); print(tempfile.gettempdir())"],
                           env=env, capture_output=True, text=True, timeout=120)
     seen = proc.stdout.split()
@@ -431,7 +431,7 @@ def test_a_recipe_value_out_of_range_names_the_recipe_key(tmp_path):
     ({"size": 20000}, "at most 8192"), (5, "expected a table"),
 ])
 def test_bad_contract_values_are_one_line_errors(table, expected):
-    from compress.contracts import make_contract
+    from compress.teachers.contracts import make_contract
 
     with pytest.raises(InputError, match="teacher 'm.onnx'") as info:
         make_contract("m.onnx", table, "recipe")
@@ -439,7 +439,7 @@ def test_bad_contract_values_are_one_line_errors(table, expected):
 
 
 def test_a_size_whose_elements_do_not_match_the_shape_fails_before_resizing(monkeypatch):
-    import compress.contracts as contracts
+    import compress.teachers.contracts as contracts
 
     monkeypatch.setattr(contracts, "_resize", lambda *a: pytest.fail("resized before the element check"))
     c = contracts.make_contract("m.onnx", {"size": "8000", "shape": "64"}, "recipe")
@@ -532,7 +532,7 @@ def test_a_class_folder_linking_to_a_sibling_is_refused(tmp_path):
 
 
 def test_a_teacher_file_with_a_question_mark_in_its_name_loads_as_is(tmp_path):
-    from compress.contracts import split_spec
+    from compress.teachers.contracts import split_spec
 
     odd = tmp_path / "what?.onnx"
     odd.write_bytes(b"x")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress import models
+from compress import __version__, models
 from compress.config import RunConfig
 from compress.core import metrics
 from compress.core.cache import cache_dir, content_key, path_size, read_verified, write_entry
@@ -21,14 +21,14 @@ from compress.core.errors import InputError
 from compress.core.runner import Runner
 from compress.core.threads import torch_threads
 from compress.core.versions import versions
+from compress.distill.train import predict_logits
 from compress.export.common import ModelInfo
-from compress.stages.measure import host_latency, open_artifact
-from compress.export.registry import TARGETS, export_options, tolerance_for
-from compress.precomputed import lacks_test_outputs
-from compress.soft_targets import output_probs, scores_from_probs
+from compress.export.registry import by_suffix, export_options, TARGETS, tolerance_for
 from compress.stages.export import model_preprocessing
+from compress.stages.measure import host_latency, open_artifact
 from compress.teachers import Teacher, ensemble_probs
-from compress.train import predict_logits
+from compress.teachers.ensemble import output_probs, scores_from_probs
+from compress.teachers.precomputed import lacks_test_outputs
 
 
 def member_target(target: str) -> str:
@@ -49,8 +49,6 @@ def member_artifact(member: Teacher, data, target: str, preprocessing: dict | No
     the student sees it, so both take the same raw input and are timed alike.
     """
     if member.artifact is not None:
-        from compress.export.registry import by_suffix
-
         own = by_suffix(member.artifact).name
         if own == target or member.module is None:
             return member.artifact, own
@@ -252,8 +250,6 @@ def evaluate(cfg: RunConfig, data, members: list[Teacher], student, exported, ad
 def report_skeleton(rows: list[dict], comparison: dict | None, compatibility: dict | None, checks: list[dict],
                     **extra) -> dict:
     """The ``compress.report/1`` dict both ``distill-and-export`` and ``validate`` write."""
-    from compress import __version__
-
     return {"schema": "compress.report/1", **({"kind": extra.pop("kind")} if "kind" in extra else {}),
             "tool": {"name": "compress", "version": __version__}, "versions": versions(), "run": {}, "rows": rows,
             "comparison": comparison, "compatibility": compatibility, **extra, "checks": checks,

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from compress.config import RunConfig
+from compress.distill.qat import qat_distill
 from compress.export.common import ModelInfo
+from compress.export.common.fallback import int8_with_fallback
 from compress.export.registry import TARGETS, variant_name
 
 
@@ -53,8 +55,6 @@ def export_student(cfg: RunConfig, data, student: torch.nn.Module, soft_targets,
     example = torch.as_tensor(data.x_test[:1])
     variant = variant_name(cfg.target, options)
     if cfg.qat:
-        from compress.qat import qat_distill
-
         on_status(f"quantization-aware distillation ({cfg.qat_epochs} epochs)")
         source = qat_distill(copy.deepcopy(student), data.x_train, soft_targets, data.y_train,
                              temperature=cfg.temperature, alpha=cfg.alpha, epochs=cfg.qat_epochs, lr=cfg.lr / 10,
@@ -76,8 +76,6 @@ def _int8_with_fallback(cfg: RunConfig, data, student, example, artifact: Path, 
     used to choose the model); the student saw them in training, so this measures quantization damage,
     not generalization.
     """
-    from compress.export.common.fallback import int8_with_fallback
-
     rest = np.setdiff1d(np.arange(len(data.x_train)), calibration_idx)
     held = rest[-min(len(rest), 1000):]
     y_eval = None if data.y_train is None else data.y_train[held]

@@ -42,11 +42,19 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.config import RunConfig
 from compress.core import metrics as validation
-from compress.stages.measure import host_latency, open_artifact, peak_memory
+from compress.core.cache import file_sha256, path_size
 from compress.core.errors import InputError
+from compress.data import load_data
+from compress.devices import arm64_emu
 from compress.devices.budgets import FLAGS, check_budgets, gather
-from compress.export.registry import TARGETS, by_suffix, check_option, recorded_options, suffixes
+from compress.devices.profiles import load_profile
+from compress.export.registry import by_suffix, check_option, recorded_options, suffixes, TARGETS, tolerance_for, variant_name
+from compress.pipeline import teacher_recipe
+from compress.stages.evaluate import report_skeleton
+from compress.stages.measure import host_latency, open_artifact, peak_memory
+from compress.teachers import Teacher, check_members, load_teachers, teacher_format, ensemble_probs
 
 
 def _not_measured(backend) -> str:
@@ -91,8 +99,6 @@ def _resolve(path: Path) -> tuple[str, Path, str, dict | None]:
 
 
 def _artifact_precision(recipe: dict) -> str:
-    from compress.export.registry import variant_name
-
     q = recipe.get("quantize", "none")
     target = recipe.get("target")
     if q == "none" and target in TARGETS:
@@ -119,8 +125,6 @@ def _arm64_check(artifact: Path, target: str, x: np.ndarray, threads: int, sampl
     every top-1 agrees and no logit differs by more than 1e-4 (ORT's aarch64 conv kernels sum in another
     order than x86's: ~4e-6 seen on a small fp32 CNN).
     """
-    from compress.devices import arm64_emu
-
     if TARGETS[target].emulated_runner is None:
         runs = " and ".join(b.suffix for b in TARGETS.values() if b.emulated_runner is not None)
         raise InputError(f"--arm64-emulator: runs {runs} models, not {artifact.name}")
@@ -164,8 +168,6 @@ def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, la
 def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, reference, limit_test,
                      max_accuracy_drop, notes: list[str]):
     """(data set, teacher specs, limit_test used): the recipe's for a folder, the user's for a bare file."""
-    from compress.data import load_data
-
     if mode == "folder":
         data_spec, fmt = (data, data_format) if data is not None else (recipe.get("data"), recipe.get("data_format"))
         if data is not None:
@@ -238,9 +240,6 @@ def _run_artifact(runner, artifact: Path, ds) -> np.ndarray:
 def _reference_members(specs: list, ds, recipe: dict, recipe_like: bool) -> list:
     """The reference model(s): teacher specs via ``load_teachers``; one model file of any registered target
     (e.g. a .tflite or .mlpackage float twin) in that target's runner."""
-    from compress.core.cache import file_sha256
-    from compress.teachers import Teacher, check_members, load_teachers, teacher_format
-
     if len(specs) == 1 and by_suffix(specs[0]) is not None and Path(specs[0]).exists():
         try:
             teacher_format(specs[0])
@@ -261,8 +260,6 @@ def _teacher_recipe(recipe: dict, ds):
     so the same members come out of the cache instead of being trained differently."""
     from dataclasses import fields
 
-    from compress.config import RunConfig
-    from compress.pipeline import teacher_recipe
 
     known = {f.name for f in fields(RunConfig)}
     recorded = {k: v for k, v in recipe.items() if k in known}
@@ -278,8 +275,6 @@ def _member_runtime(m) -> str:
 
 def _reference_row(specs: list, ds, recipe: dict, recipe_like: bool):
     """The reference model(s) on the same test split: (members, row, predictions, accuracy)."""
-    from compress.teachers import ensemble_probs
-
     members = _reference_members(specs, ds, recipe, recipe_like)
     probs = ensemble_probs(members, ds.x_test)
     ref_pred, ref_acc = np.argmax(probs, axis=1), validation.accuracy(probs, ds.y_test)
@@ -316,8 +311,6 @@ def _reference_specs(reference: list | None) -> list | None:
 
 def _verified_manifest(model: Path) -> dict | None:
     """The compress manifest beside ``model`` that names it as the artifact with its current sha256, or None."""
-    from compress.core.cache import file_sha256
-
     try:
         manifest = json.loads((model.parent / "manifest.json").read_text(encoding="utf-8"))
         entry = manifest["files"][model.name] if manifest["artifact"] == model.name else None
@@ -328,8 +321,6 @@ def _verified_manifest(model: Path) -> dict | None:
 
 def _variant(manifest: dict) -> str | None:
     """The numeric form the manifest's recipe exported ("fp32", "fp16", "int8", ...), or None."""
-    from compress.export.registry import variant_name
-
     recipe, backend = manifest.get("recipe") or {}, TARGETS.get(manifest.get("target"))
     if backend is None:
         return None
@@ -342,8 +333,6 @@ def _variant(manifest: dict) -> str | None:
 
 def _relation(specs: list, artifact: Path, target: str, from_manifest: bool) -> tuple[str, str, str | None]:
     """(relation, why, variant whose bound applies): what the reference is to the artifact."""
-    from compress.core.cache import file_sha256
-
     if from_manifest:
         return ("teacher" if len(specs) == 1 else "teacher ensemble",
                 "the teacher(s) manifest.json names: a different model", None)
@@ -370,8 +359,6 @@ def _relation(specs: list, artifact: Path, target: str, from_manifest: bool) -> 
 
 def _reference_relation(specs: list, artifact: Path, target: str, from_manifest: bool, max_logit_diff) -> dict:
     """``report["reference"]``: what the reference is, and which parity bound applies (None: agreement only)."""
-    from compress.export.registry import tolerance_for
-
     if max_logit_diff is not None and len(specs) != 1:
         raise InputError(f"--max-logit-diff: compares the artifact's logits with one reference model; "
                          + (f"the reference is an ensemble of {len(specs)}; give one --reference" if specs else
@@ -439,8 +426,6 @@ def _latency_and_memory(backend, runner, artifact: Path, x: np.ndarray, threads:
 def _manifest_checks(artifact: Path, manifest: dict, ds, data, checks: list) -> bool:
     """The artifact's sha256 against the manifest (a missing entry fails) and the data's normalization;
     returns whether the artifact is the file the manifest describes."""
-    from compress.core.cache import file_sha256
-
     files = manifest.get("files")
     entry = files.get(artifact.name) if isinstance(files, dict) else None
     recorded = entry.get("sha256") if isinstance(entry, dict) else None
@@ -509,10 +494,6 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
              max_accuracy_drop=None, max_latency_ms=None, max_size_kb=None, max_peak_memory_mb=None,
              target_options=None, latency_runs=100, limit_test=None, arm64_samples=None, max_logit_diff=None) -> dict:
     """Validate an artifact folder or model file in its runtime; see the module docstring. InputError on bad input."""
-    from compress.core.cache import path_size
-    from compress.devices.profiles import load_profile
-    from compress.stages.evaluate import report_skeleton
-
     path = Path(path)
     mode, artifact, target, manifest = _resolve(path)
     backend = TARGETS[target]

@@ -9,26 +9,12 @@ float-fallback hook (``debug``), the MIL reference evaluator (``mil``) and what 
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 from compress.core.errors import InputError
 from compress.export.backend import Backend, Int8Fallback, TargetOption, lazy
 from compress.export.coreml.tolerances import TOLERANCES
 
 COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
-
-
-def export(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
-           precision: str = "fp16", deployment_target: str = "iOS16", input_type: str = "image") -> Path:
-    """``convert.export`` with the registry's vocabulary: ``scheme`` "fp16" is the fp16 compute precision,
-    the compression schemes keep ``precision``; ``input_type`` is the raw-pixel input's form (image or tensor)
-    when ``info.preprocessing`` is set."""
-    from compress.export.coreml.convert import export as convert
-
-    return convert(model, example, path, info, precision="fp16" if scheme == "fp16" else precision,
-                   compression=scheme if scheme in COMPRESSIONS else None, calibration=calibration,
-                   minimum_deployment_target=deployment_target, float_layers=list(float_layers or []),
-                   input_type=input_type)
 
 
 def variant(scheme: str, options: dict) -> str:
@@ -73,7 +59,7 @@ BACKEND = Backend(
     name="coreml",
     suffix=".mlpackage",
     runtime="Core ML",
-    export=export,
+    export=lazy("compress.export.coreml.convert", "export_scheme"),
     open=lazy("compress.export.coreml.runner", "open_coreml"),
     describe_io=lazy("compress.export.coreml.io", "describe_io"),
     schemes={"none": "--precision (fp16 default, or fp32)", "fp16": "fp16 compute precision",

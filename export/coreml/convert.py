@@ -48,10 +48,9 @@ from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common import ModelInfo
 from compress.export.common.mode import converting, converts_model
-from compress.export.coreml import MIN_IOS
+from compress.export.coreml import COMPRESSIONS, MIN_IOS
 
 PRECISIONS = ("fp16", "fp32")
-COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
 INT4_BLOCK = 32  # input channels per int4 scale: the block size coremltools' int4 examples use
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15", "watchOS9", "watchOS10", "tvOS16", "tvOS17")
 INPUT_NAME = "input"
@@ -455,3 +454,14 @@ def export(
     with atomic_path(path) as tmp:
         mlmodel.save(str(tmp))
     return path
+
+
+def export_scheme(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
+                  precision: str = "fp16", deployment_target: str = "iOS16", input_type: str = "image") -> Path:
+    """``export`` with the registry's vocabulary (the target's ``Backend.export``): ``scheme`` "fp16" is the
+    fp16 compute precision, the compression schemes keep ``precision``; ``input_type`` is the raw-pixel
+    input's form (image or tensor) when ``info.preprocessing`` is set."""
+    return export(model, example, path, info, precision="fp16" if scheme == "fp16" else precision,
+                  compression=scheme if scheme in COMPRESSIONS else None, calibration=calibration,
+                  minimum_deployment_target=deployment_target, float_layers=list(float_layers or []),
+                  input_type=input_type)

@@ -1,6 +1,6 @@
 """ONNX target: torch.onnx (dynamo) export, ONNX Runtime's quantization tools, ONNX Runtime as the runner.
 
-Everything about the format lives in this folder: conversion (``convert``), its quantization schemes and
+Everything about the format lives in this folder: conversion (``convert``: the fp32 file in ``fp32``), its quantization schemes and
 the int8 float fallback (``quantize``), the runner (``runner``), the per-variant tolerances
 (``tolerances``), the per-layer int8 error finder (``debug``), what the file declares (``io``) and the
 runner for the ARM64 emulator (``emulated``). ``BACKEND`` is what the rest of the toolkit sees.
@@ -28,7 +28,7 @@ BACKEND = Backend(
     variant=lambda scheme, options: VARIANTS[scheme],
     tolerances=TOLERANCES,
     fixed_options={"precision": "fp32"},
-    int8_fallback=Int8Fallback(reference=lazy("compress.export.onnx.quantize", "float_reference"),
+    int8_fallback=Int8Fallback(reference=lazy("compress.export.onnx.convert", "float_reference"),
                                convert=lazy("compress.export.onnx.quantize", "int8_keeping_float")),
     layer_errors=lazy("compress.export.onnx.debug", "layer_errors"),
     runtime_module="onnxruntime",

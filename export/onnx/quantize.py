@@ -27,11 +27,11 @@ import numpy as np
 
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
+from compress.export.onnx.fp32 import export_fp32
+from compress.export.onnx.tolerances import TOLERANCES  # noqa: F401  (re-exported)
 
 SCHEMES = ("fp16", "int8-weights", "int8")
 FP16_CONVERTER = "onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types=True)"
-
-from compress.export.onnx.tolerances import TOLERANCES  # noqa: E402,F401  (re-exported)
 
 
 class SampleReader:
@@ -242,14 +242,12 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
 
 def export_quantized(model, example, path: Path | str, info, *, scheme: str, calibration: np.ndarray | None = None,
                      float_layers: list[str] | None = None, opset: int | None = None) -> Path:
-    """``compress.export.onnx.convert.export_fp32`` to fp32, then ``quantize`` to ``scheme``: the exporter signature
+    """``compress.export.onnx.fp32.export_fp32`` to fp32, then ``quantize`` to ``scheme``: the exporter signature
     for ``--quantize``. ``model``, ``example`` and ``calibration`` as the file will take them (``convert.export``
     has already put a raw-pixel model behind its preprocessing and converted both to raw pixels).
 
     Fails before the (slower) export when ``scheme`` is unknown or int8 has no calibration samples.
     """
-    from compress.export.onnx.convert import export_fp32
-
     if scheme not in SCHEMES:
         raise InputError(f"scheme {scheme!r}: expected one of {', '.join(SCHEMES)} for target 'onnx'")
     if scheme == "int8":
@@ -257,13 +255,6 @@ def export_quantized(model, example, path: Path | str, info, *, scheme: str, cal
     with tempfile.TemporaryDirectory(prefix="onnx-fp32-") as work:
         fp32 = export_fp32(model, example, Path(work) / "model.onnx", info, opset=opset)
         return quantize(fp32, path, scheme, calibration=calibration, float_layers=float_layers)
-
-
-def float_reference(model, example, path: Path, info, options: dict) -> Path:
-    """The fp32 export the int8 fallback measures its drop against (and quantizes from)."""
-    from compress.export.onnx.convert import export
-
-    return export(model, example, path, info)
 
 
 def int8_keeping_float(model, example, reference: Path, path: Path, info, calibration: np.ndarray,

@@ -23,22 +23,6 @@ STDERR_NOISE = (r"All log messages before absl::InitializeLog\(\) is called", r"
 VARIANTS = {"none": "fp32", "fp16": "fp16", "int8-weights": "int8-dynamic", "int8": "int8"}
 
 
-def export(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
-           min_runtime=None) -> Path:
-    """``convert.export`` with the registry's vocabulary (``scheme``); ``min_runtime`` is a check option."""
-    from compress.export.tflite.convert import export as convert
-
-    return convert(model, example, path, info, variant=VARIANTS[scheme], calibration=calibration,
-                   float_layers=list(float_layers or []))
-
-
-def check_artifact(path: Path, options: dict, checks: list) -> dict:
-    """Operator versions and the oldest runtime that loads them; ``--min-runtime`` as a check."""
-    from compress.export.tflite.compat import compatibility_report
-
-    return compatibility_report(path, options.get("min_runtime"), checks)
-
-
 def runner_options(profile: dict | None) -> dict:
     """A profile's ``delegate = "none"`` runs LiteRT's builtin kernels instead of XNNPACK."""
     delegate = (profile or {}).get("delegate")
@@ -49,7 +33,7 @@ BACKEND = Backend(
     name="tflite",
     suffix=".tflite",
     runtime="LiteRT",
-    export=export,
+    export=lazy("compress.export.tflite.convert", "export_scheme"),
     open=lazy("compress.export.tflite.runner", "open_tflite"),
     describe_io=lazy("compress.export.tflite.io", "describe_io"),
     schemes={"none": "fp32", "fp16": "fp16 weights", "int8-weights": "dynamic-range int8",
@@ -66,7 +50,7 @@ BACKEND = Backend(
             convert=lazy("compress.export.tflite.qat", "convert_qat"),
             export=lazy("compress.export.tflite.qat", "export_tflite"),
             predict=lazy("compress.export.tflite.qat", "predict")),
-    check_artifact=check_artifact,
+    check_artifact=lazy("compress.export.tflite.compat", "check_artifact"),
     runner_options=runner_options,
     profile_keys={"delegate": ("xnnpack", "none")},
     runtime_module="ai_edge_litert.interpreter",

@@ -107,3 +107,9 @@ def compatibility_report(artifact: Path, required: str | None, checks: list) -> 
     return {"runtime": "tflite", "operators": operators, "min_runtime": needed,
             "unknown_operators": [list(u) for u in unknown_ops(artifact)], "required_by_user": required,
             "summary": f"TFLite operators: {listed}; oldest runtime that loads the model: {needed}"}
+
+
+def check_artifact(path: Path, options: dict, checks: list) -> dict:
+    """Operator versions and the oldest runtime that loads them; ``--min-runtime`` as a check
+    (the target's ``Backend.check_artifact``)."""
+    return compatibility_report(path, options.get("min_runtime"), checks)

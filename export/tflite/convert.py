@@ -39,7 +39,7 @@ from compress.export.common import ModelInfo
 from compress.export.common.mode import converting, converts_model
 # The metadata entry names and ``read_metadata`` live in ``io`` (runners read them there without torch).
 from compress.core.noise import native_stderr_filtered
-from compress.export.tflite import STDERR_NOISE
+from compress.export.tflite import STDERR_NOISE, VARIANTS as SCHEME_VARIANTS
 from compress.export.tflite.io import INFO_KEY, LABELS_KEY, metadata_name, read_metadata  # noqa: F401
 
 VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8")
@@ -314,3 +314,11 @@ def add_metadata(data: bytes, entries: dict[str, str]) -> bytes:
         entry.buffer = len(model.buffers) - 1
         model.metadata.append(entry)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def export_scheme(model, example, path, info, *, scheme: str = "none", calibration=None, float_layers=(),
+                  min_runtime=None) -> Path:
+    """``export`` with the registry's vocabulary (``scheme``; the target's ``Backend.export``); ``min_runtime``
+    is a check option (``compat.check_artifact``), not a conversion setting."""
+    return export(model, example, path, info, variant=SCHEME_VARIANTS[scheme], calibration=calibration,
+                  float_layers=list(float_layers or []))

@@ -1,4 +1,4 @@
-"""Quantization-aware training hooks of the TFLite target (the loop itself is ``compress.qat.qat_distill``):
+"""Quantization-aware training hooks of the TFLite target (the loop itself is ``compress.distill.qat.qat_distill``):
 fine-tune the student through int8 fake quantization, then export the quantized graph to TFLite int8.
 
 The recipe is PyTorch's PT2E flow with the quantizer litert-torch ships (the one ``compress.export.tflite.convert`` uses for
@@ -10,7 +10,7 @@ PTQ), so QAT and PTQ produce the same kind of graph and the same converter turns
      average min/max observers);
   3. run the calibration samples once (observers start from real transfer-set ranges, not from the first
      training batch);
-  4. (``compress.qat``) fine-tune with ``compress.train.fit`` and ``compress.losses.hinton_loss`` on the cached soft targets
+  4. (``compress.distill.qat``) fine-tune with ``compress.distill.train.fit`` and ``compress.distill.losses.hinton_loss`` on the cached soft targets
      (``allow_exported_model_train_eval`` lets ``fit`` call ``.train()`` / ``.eval()`` on the exported graph);
   5. ``convert_qat`` (``convert_pt2e``): the quantize/dequantize graph that ``export_tflite`` hands to litert-torch.
 """

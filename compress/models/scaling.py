@@ -1,6 +1,6 @@
 """Student families (``compress.models.FAMILIES``): the record one family registers, and how a width or
 depth multiplier becomes a unit, channel or layer count and how a family member is named. Shared by
-``compress.models`` and ``compress.speech`` (which must not import each other's way round), so every family
+``compress.models`` and ``compress.models.speech`` (which must not import each other's way round), so every family
 registers, rounds and names alike."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ and from ONNX ``metadata_props``). Keys, applied in this order to the data's raw
   shape              the member's per-sample shape (``64``, ``1,8,8``): a reshape, the element count must match
   dtype              ``float32`` (default), ``float16``, ``float64``
   sample_rate        audio: the member's rate in Hz (the clips are resampled)
-  input              audio: ``pcm`` (default) or ``features`` (the log-mel features of ``compress.frontend``)
+  input              audio: ``pcm`` (default) or ``features`` (the log-mel features of ``compress.models.frontend``)
   output             ``logits`` (default), ``probs`` or ``label`` (a label-only, black-box member)
   accuracy           the test-split accuracy the member is known to reach, in percent: a large miss is an
                      error (the contract is probably wrong), not a warning
@@ -36,6 +36,7 @@ from fractions import Fraction
 import numpy as np
 
 from compress.core.errors import InputError
+from compress.models.frontend import LogMel
 
 KEYS = ("scale", "mean", "std", "layout", "channels", "size", "shape", "dtype", "sample_rate", "input", "output",
         "accuracy")
@@ -224,7 +225,6 @@ def _audio(x: np.ndarray, contract: Contract, normalization: dict, member: str) 
     if contract.input == "features":
         import torch
 
-        from compress.frontend import LogMel
 
         front = LogMel(sample_rate=contract.sample_rate or int(normalization.get("sample_rate") or 8000))
         with torch.no_grad():

@@ -27,7 +27,7 @@ Audio: read with ``soundfile`` (WAV, FLAC, OGG, AIFF), mixed to mono (channel me
 ``num_samples = round(duration_s * sample_rate)``: a shorter clip is zero-padded **at the end** (left
 aligned), a longer one is **centre-cropped**. Samples are float32 PCM in [-1, 1] (16-bit PCM / 32768, the
 ``soundfile`` float convention). No other normalization: the app feeds the raw PCM window; the model's own
-front-end (``compress.frontend.LogMel``) computes the features.
+front-end (``compress.models.frontend.LogMel``) computes the features.
 
 Unreadable or empty files are an ``InputError`` naming the file, unless ``allow_unreadable=True``: then
 they are skipped, listed in ``normalization["skipped_files"]`` and reported in one warning.
@@ -49,8 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data import AUDIO_SUFFIXES, Dataset, check_distinct_classes, check_inside
 from compress.core.errors import InputError
+from compress.data.checks import check_distinct_classes, check_inside
+from compress.data.dataset import Dataset
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 AUTO_PATTERN = "{label}_{speaker}_{index}"
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from compress.core.pareto import on_front
 from compress.export.registry import TARGETS
-from compress.search_measure import INT8_SLOWER, Context, accuracy_floor, budget_limit, device_factor
-from compress.search_space import SearchSpace, Trial
+from compress.search.measure import INT8_SLOWER, Context, accuracy_floor, budget_limit, device_factor
+from compress.search.space import SearchSpace, Trial
 
 
 TIE_TOLERANCE = 0.05  # two p50s closer than 5% are one speed on a shared machine (measured noise is larger)

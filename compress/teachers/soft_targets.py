@@ -18,62 +18,13 @@ import numpy as np
 from compress.core.atomic import write_text
 from compress.core.cache import cache_dir, content_key, one_line, read_verified, write_entry
 from compress.core.errors import InputError
+from compress.teachers.ensemble import ensemble_probs
 
 if TYPE_CHECKING:
-    from compress.teachers import Teacher
+    from compress.teachers.member import Teacher
 
 log = logging.getLogger("compress.cache")
 T = TypeVar("T")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(z / T) per row, in float64 and shifted by the row maximum so large logits cannot overflow."""
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def member_probs(member: Teacher, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """One member's distribution over the classes at temperature T, by what the member outputs:
-    logits -> softmax(z / T); probabilities -> renormalized p^(1/T); a label (a black-box member that only
-    answers with a class) -> a one-hot hard pseudo-label, whatever T. Non-finite outputs are an InputError
-    naming the member (``check_members`` only probes a few samples)."""
-    out = member.logits(x)
-    finite = np.isfinite(out).all(axis=1)
-    if not finite.all():
-        raise InputError(f"teacher {member.name!r}: outputs NaN or infinity for {int((~finite).sum())} of {len(x)} "
-                         f"real samples (first: sample {int(np.flatnonzero(~finite)[0])}); expected finite logits")
-    return output_probs(member.output, out, temperature)
-
-
-def output_probs(kind: str, out: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """A model's outputs of ``kind`` ("logits", "probs" or "label") as a distribution at temperature T."""
-    if kind == "label":
-        return np.eye(out.shape[1], dtype=np.float64)[np.argmax(out, axis=1)]
-    if kind == "probs":
-        return softmax(np.log(np.clip(out.astype(np.float64), 1e-12, None)), temperature)
-    return softmax(out, temperature)
-
-
-def scores_from_probs(probs: np.ndarray) -> np.ndarray:
-    """Log-probabilities to rank classes by, with zeros clipped to the smallest positive float64 instead of
-    ``log(0) = -inf``: a label-only member's other classes and an underflowed softmax are zeros, and a row
-    holding -inf would count as wrong in every accuracy and agreement (``compress.core.metrics``)."""
-    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny))
-
-
-def ensemble_probs(members: list[Teacher], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The ensemble teacher: the mean of the members' softmax(z / T) distributions (Hinton et al.).
-
-    A member whose logits hold NaN or infinity on any sample is an ``InputError`` naming it (``check_members``
-    only probes a few samples).
-    """
-    total = None
-    for m in members:
-        p = member_probs(m, x, temperature)
-        total = p if total is None else total + p
-    return (total / len(members)).astype(np.float32)
 
 
 def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data_key: str, *,

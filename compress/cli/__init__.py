@@ -1,4 +1,10 @@
-"""The ``compress`` command line (typer). Exit codes: 0 success, 1 a check failed, 2 bad input."""
+"""The ``compress`` command line (typer). Exit codes: 0 success, 1 a check failed, 2 bad input.
+
+This module holds the app, ``distill-and-export`` and ``init``; each other command lives in its own module
+(``devices``: ``devices`` and ``validate``; ``teachers``: ``soft-targets``; ``search``), its flags generated
+where they can be (``options``: the targets' own options) and its output and exit codes in one place
+(``output``). Heavy modules (torch, the pipeline) are imported inside the commands so ``--help`` and bad
+flags answer at once; the package itself imports nothing above the configuration."""
 
 from __future__ import annotations
 
@@ -10,8 +16,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from compress.cli_options import typed_flags, with_target_options
-from compress.cli_output import err, fail, guarded, help_markup_mode, print_failures
+from compress.cli.devices import devices_app, validate_command
+from compress.cli.options import run_option, typed_flags, with_target_options
+from compress.cli.output import err, fail, guarded, help_markup_mode, print_failures
+from compress.cli.search import search_command
+from compress.cli.teachers import soft_targets_command
 from compress.core.errors import InputError
 from compress.export import registry
 from compress.export.registry import TARGETS, suffixes
@@ -97,13 +106,13 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
 def distill_and_export(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present). Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target: {TARGET_NAMES} (default onnx; a recipe may list several)."),
-    quantize: Optional[str] = typer.Option(None, help="generated from each target's schemes (cli_options)"),
+    quantize: Optional[str] = typer.Option(None, help="generated from each target's schemes (compress.cli.options)"),
     calibration_samples: Optional[int] = typer.Option(None, help="Transfer-set samples used to calibrate static int8 (default 300)."),
-    data: Optional[str] = typer.Option(None, help="Data: a folder of IDX files, a class-per-folder image tree, a labelled audio folder, or an .npz. Default: scikit-learn's bundled digits."),
-    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    data: Optional[str] = run_option("data"),
+    data_format: Optional[str] = run_option("data_format"),
     teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat): a built-in model name, a .ts/.pt TorchScript, a .pt2, an .onnx, a dist/<name> folder, a .npz of outputs computed elsewhere, or module:function=weights.pt; append its input contract as SPEC?key=value&... (e.g. 'm.onnx?scale=1/16&shape=64'). Default: chosen for the data's kind and size (said when the run starts)."),
-    strict: Optional[bool] = typer.Option(None, "--strict", help="Fail (exit 2) instead of warning when a teacher member scores as if fed the wrong inputs (check its input contract)."),
-    student: Optional[str] = typer.Option(None, help="Student: a registry name or a family with multipliers, e.g. mobilenet:0.35 (default: chosen for the data)."),
+    strict: Optional[bool] = run_option("strict"),
+    student: Optional[str] = run_option("student"),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Distillation temperature T (default 2)."),
     alpha: Optional[float] = typer.Option(None, help="Weight of the hard-label loss; the soft loss gets 1 - alpha (default 0.1)."),
     epochs: Optional[int] = typer.Option(None, help="Student distillation epochs (default: chosen for the data size, 100 for the digits; checkpointed every epoch)."),
@@ -112,30 +121,30 @@ def distill_and_export(
     lr: Optional[float] = typer.Option(None, help="Student peak learning rate, cosine schedule (default 3e-3)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
     seed: Optional[int] = typer.Option(None, help="Random seed: same settings + seed give the same result (default 0)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Device profile (compress devices list) or a profile .toml: threads and budgets."),
+    device: Optional[str] = run_option("device"),
     threads: Optional[int] = typer.Option(None, help="Runtime threads for validation and latency (default: the profile's, else 1)."),
-    train_threads: Optional[int] = typer.Option(None, help="Torch threads for training teachers and student (default: 1 for small models, else the CPUs this process may use; the report says which and why)."),
+    train_threads: Optional[int] = run_option("train_threads"),
     latency_runs: Optional[int] = typer.Option(None, help="Timed batch-1 runs per model after warm-up (default 100)."),
-    max_accuracy_drop: Optional[float] = typer.Option(None, help="Budget: largest accuracy drop vs the teacher ensemble, points."),
-    max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest student p50 batch-1 latency, ms (measured on this host)."),
-    max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest artifact size, kB."),
-    max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory loading and running the model, MB."),
+    max_accuracy_drop: Optional[float] = run_option("max_accuracy_drop"),
+    max_latency_ms: Optional[float] = run_option("max_latency_ms"),
+    max_size_kb: Optional[float] = run_option("max_size_kb"),
+    max_peak_memory_mb: Optional[float] = run_option("max_peak_memory_mb"),
     out: Optional[str] = typer.Option(None, help="Output root; artifacts go to <out>/<name>/ (default dist)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: <data>-<student>-<target>)."),
-    train_device: Optional[str] = typer.Option(None, help="Torch device for training (default: cuda if available, else cpu)."),
-    unlabelled: Optional[bool] = typer.Option(None, "--unlabelled", help="Ignore training labels: distill from soft targets only."),
-    limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
-    limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
-    jitter: Optional[int] = typer.Option(None, help="Random shift of up to N pixels when training built-in teachers."),
-    augment: Optional[str] = typer.Option(None, help="Training augmentation (teachers and student): auto (a random crop for 8-bit images of 16 px and up), none, or crop[=PIXELS],flip (flip only where mirrored images keep their class)."),
-    image_size: Optional[str] = typer.Option(None, help="Images: resize to cover SIZE or HEIGHTxWIDTH and centre-crop (default: the most common size in the data)."),
+    train_device: Optional[str] = run_option("train_device"),
+    unlabelled: Optional[bool] = run_option("unlabelled"),
+    limit_train: Optional[int] = run_option("limit_train"),
+    limit_test: Optional[int] = run_option("limit_test"),
+    jitter: Optional[int] = run_option("jitter"),
+    augment: Optional[str] = run_option("augment"),
+    image_size: Optional[str] = run_option("image_size"),
     model_input: Optional[str] = typer.Option(None, help="raw (default): 8-bit images go into the exported model as is (uint8; a Core ML image) and it normalizes in its first op; normalized: float32 input the app normalizes."),
-    teacher_patience: Optional[int] = typer.Option(None, help="Early stopping of built-in teachers: epochs without a better validation accuracy (default 3)."),
-    int8_budget: Optional[float] = typer.Option(None, help="int8: largest accepted accuracy drop in points; the worst layers stay in float until it fits."),
+    teacher_patience: Optional[int] = run_option("teacher_patience"),
+    int8_budget: Optional[float] = run_option("int8_budget"),
     qat: Optional[bool] = typer.Option(None, "--qat", help="Quantization-aware distillation before int8 conversion (--quantize int8, targets with QAT: "
                               + ", ".join(n for n, b in TARGETS.items() if b.qat) + ")."),
     qat_epochs: Optional[int] = typer.Option(None, help="Epochs of quantization-aware distillation (default 3)."),
-    bias_correction: Optional[str] = typer.Option(None, help="LABEL=DELTA: raise one class's output bias after distillation (e.g. 3=+3.5 when 3s were left out of the transfer set)."),
+    bias_correction: Optional[str] = run_option("bias_correction"),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     quiet: bool = typer.Option(False, help="No progress: no bars on a terminal, no progress lines in a log."),
     target_options: Optional[dict] = None,  # the target's own flags (generated from export/<target>/: with_target_options)
@@ -217,8 +226,8 @@ def init(
 def debug_quant(
     quantized: str = typer.Argument(..., help=f"The int8 model: {MODEL_FILES} (e.g. dist/<name>/model.<suffix> from --quantize int8)."),
     fp32: str = typer.Option(..., help="The float model of the same target it was quantized from."),
-    data: Optional[str] = typer.Option(None, help="Data for calibration samples (default: the digits)."),
-    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    data: Optional[str] = run_option("data"),
+    data_format: Optional[str] = run_option("data_format"),
     samples: int = typer.Option(256, help="Transfer-set samples to compare activations on."),
     top: int = typer.Option(10, help="Show the N worst layers."),
     seed: int = typer.Option(0, help="Seed of the sample choice."),
@@ -251,14 +260,7 @@ def debug_quant(
         (Console() if sys.stdout.isatty() else Console(width=200)).print(format_table(rows, top=top))
 
 
-from compress.cli_devices import devices_app, validate_command  # noqa: E402
-
 app.add_typer(devices_app, name="devices")
 app.command("validate")(validate_command)
-from compress.cli_teachers import soft_targets_command  # noqa: E402
 app.command("soft-targets")(soft_targets_command)
-from compress.cli_search import search_command  # noqa: E402
 app.command("search")(search_command)
-
-if __name__ == "__main__":
-    app()

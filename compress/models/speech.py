@@ -1,7 +1,7 @@
 """Speech model families: every model is ``LogMel`` front-end + a 2-D network, so it takes raw PCM.
 
 ``SPEECH_MODELS``: name -> factory(input_shape, num_classes) with ``input_shape == (num_samples,)`` (what
-``compress.audio`` produces). The exported files therefore take ``(batch, num_samples)`` float32 PCM in
+``compress.data.audio`` produces). The exported files therefore take ``(batch, num_samples)`` float32 PCM in
 [-1, 1] at the front-end's sample rate and return logits; the app does no feature extraction.
 
 The registry's factory signature carries no sample rate, so the registered models use
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from compress.core.errors import InputError
-from compress.frontend import LogMel
-from compress.scaling import Family, member_name, scaled
+from compress.models.frontend import LogMel
+from compress.models.scaling import Family, member_name, scaled
 
 FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}
 

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compress.cli_options import typed_flags, with_target_options
-from compress.cli_output import err, fail, guarded
+from compress.cli.options import run_option, typed_flags, with_target_options
+from compress.cli.output import err, fail, guarded
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS
 
@@ -37,7 +37,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
     from compress import recipe
     from compress.config import RunConfig
     from compress.search import SearchOptions
-    from compress.search_space import SearchSpace
+    from compress.search.space import SearchSpace
 
     defaults = {**asdict(RunConfig()), "targets": [RunConfig.target], **{f: None for f in recipe.SEARCH_FIELDS}}
     path, merged = recipe.resolve(recipe_path, {**flags, **search_flags}, defaults)
@@ -67,32 +67,32 @@ def search_command(
     alphas: Optional[str] = typer.Option(None, help="Alphas to try, comma-separated (default: --alpha)."),
     time_budget: Optional[float] = typer.Option(None, help="Minutes to spend (default 20); the first student always finishes; a rerun continues."),
     prune_margin: Optional[float] = typer.Option(None, help="Stop a half-trained student this many points below the accuracy budget (default 3)."),
-    data: Optional[str] = typer.Option(None, help="Data (as distill-and-export). Default: scikit-learn's bundled digits."),
-    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    data: Optional[str] = run_option("data"),
+    data_format: Optional[str] = run_option("data_format"),
     teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="A teacher member (repeat), as distill-and-export."),
     teacher_epochs: Optional[int] = typer.Option(None, help="Most epochs for built-in teacher members (cached; default: chosen for the data size)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Device profile (compress devices list) or a .toml: threads and budgets."),
+    device: Optional[str] = run_option("device"),
     threads: Optional[int] = typer.Option(None, help="Runtime threads for latency (default: the profile's, else 1)."),
     latency_runs: Optional[int] = typer.Option(None, help="Timed batch-1 runs per candidate (default 100)."),
-    max_accuracy_drop: Optional[float] = typer.Option(None, help="Budget: largest accuracy drop vs the ensemble, points (validation split)."),
-    max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest p50 batch-1 latency, ms (host)."),
-    max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest artifact size, kB."),
-    max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory, MB."),
+    max_accuracy_drop: Optional[float] = run_option("max_accuracy_drop", help="Largest accepted accuracy drop vs the teacher ensemble, in points, on the validation split."),
+    max_latency_ms: Optional[float] = run_option("max_latency_ms"),
+    max_size_kb: Optional[float] = run_option("max_size_kb"),
+    max_peak_memory_mb: Optional[float] = run_option("max_peak_memory_mb"),
     epochs: Optional[int] = typer.Option(None, help="Epochs per student (default: what distill-and-export would choose for each)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Distillation temperature (default 2)."),
     alpha: Optional[float] = typer.Option(None, help="Hard-label weight (default 0.1)."),
     lr: Optional[float] = typer.Option(None, help="Student peak learning rate (default 3e-3)."),
     optimizer: Optional[str] = typer.Option(None, help="adam (default), adamw or sgd."),
     calibration_samples: Optional[int] = typer.Option(None, help="Transfer-set samples that calibrate static int8 (default 300)."),
-    image_size: Optional[str] = typer.Option(None, help="Images: resize to cover SIZE or HEIGHTxWIDTH and centre-crop."),
+    image_size: Optional[str] = run_option("image_size"),
     model_input: Optional[str] = typer.Option(None, help="raw (default): 8-bit images go into the model as is; normalized: float32 input."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default 64)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
-    limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
-    limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    limit_train: Optional[int] = run_option("limit_train"),
+    limit_test: Optional[int] = run_option("limit_test"),
     out: Optional[str] = typer.Option(None, help="Output root (default dist)."),
     name: Optional[str] = typer.Option(None, help="Folder name of the chosen student (default: <data>-search-<target>)."),
-    train_device: Optional[str] = typer.Option(None, help="Torch device for training (default: cuda if available, else cpu)."),
+    train_device: Optional[str] = run_option("train_device"),
     json_output: bool = typer.Option(False, "--json", help="Print search.json's content instead of tables."),
     quiet: bool = typer.Option(False, help="No progress."),
     target_options: Optional[dict] = None,  # the target's own flags (generated from export/<target>/: with_target_options)

@@ -4,7 +4,8 @@ A target's own options are ``TargetOption`` records in ``export/<target>/``; ``w
 typer command one flag per option that the registered targets declare, generated when typer reads the
 command (so a target registered later, a plugin or a test, has its flags too), and hands the values the
 user typed to the command as one ``target_options`` table. The ``--quantize`` help is generated from every
-target's ``schemes`` the same way. ``typed_flags`` turns a command's parameters into run-configuration
+target's ``schemes`` the same way. The run settings every command shares take their flag's help from their
+recipe key (``run_option``). ``typed_flags`` turns a command's parameters into run-configuration
 fields, for every command that builds a ``RunConfig``.
 """
 
@@ -16,6 +17,7 @@ from typing import Callable, Optional
 import typer
 
 from compress.export.registry import declared_options, describe_option, describe_schemes
+from compress.recipe import key_for
 
 TARGET_OPTIONS = "target_options"  # the parameter of a wrapped command that receives the typed options
 RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # flag -> RunConfig field
@@ -32,6 +34,14 @@ def typed_flags(params: dict) -> dict:
     if "teachers" in flags:
         flags["teachers"] = list(flags["teachers"]) or None
     return {k: v for k, v in flags.items() if v is not None}
+
+
+def run_option(param: str, *aliases: str, help: str | None = None):
+    """The typer option of command parameter ``param`` for a run setting: flag ``--param`` (plus ``aliases``),
+    help from the setting's one declaration (its recipe key, ``compress.recipe.key_for``), so every command
+    that takes the setting says the same thing; ``help`` only where a command reads it differently."""
+    key = key_for(RENAMED.get(param, param))
+    return typer.Option(None, "--" + param.replace("_", "-"), *aliases, help=help or key.help)
 
 
 def quantize_help() -> str:

@@ -16,7 +16,7 @@ from compress import models
 from compress.core.errors import InputError
 
 # The multipliers searched when the user gives none, and the families tried when the user names none, are
-# each family's own (``compress.scaling.Family.search`` / ``searched_for``); the search starts at the cheap
+# each family's own (``compress.models.scaling.Family.search`` / ``searched_for``); the search starts at the cheap
 # end and stops when the time budget is spent.
 # Schemes tried when the user names none (those the target supports, in this order).
 DEFAULT_SCHEMES = ("none", "int8-weights", "int8")

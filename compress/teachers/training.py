@@ -7,7 +7,7 @@ image set the same recipe left a CNN far below a plain MLP. So a built-in member
 * **early stopping** on it: training ends after ``patience`` epochs without a better validation accuracy,
   and the member keeps the weights of its best epoch,
 * a **learning-rate schedule**: linear warm-up for the first epoch, then cosine decay,
-* **augmentation** (``compress.train.Augment``) of the training batches only,
+* **augmentation** (``compress.distill.train.Augment``) of the training batches only,
 
 and its **training curve** (loss and validation accuracy per epoch, the best epoch, why it stopped) is kept
 with the cached weights and shown in the report.
@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from compress import models
-from compress.core.cache import cache_dir, content_key, read_verified, torch_load, write_entry
+from compress.core.cache import cache_dir, content_key, read_verified, state_dict_sha256, torch_load, write_entry
 from compress.core.errors import InputError
-from compress.train import Augment, fit, pick_device, predict_logits
+from compress.distill.train import Augment, fit, pick_device, predict_logits
+from compress.teachers.member import Teacher, module_teacher
 
 TEACHER_TRAINING_VERSION = 3  # bump when the built-in training recipe changes (invalidates caches)
 CACHE_FORMAT = 2  # {"format", "weights", "curve"}
@@ -153,3 +154,15 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
     weights = module.state_dict()
     write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve}, str(tmp)))
     return module, dict(curve, cached=False), False
+
+
+def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None = None,
+                  jitter_pixels: int = 0, on_epoch=None, recipe: TeacherRecipe | None = None) -> Teacher:
+    """Registry model ``name`` as a member: trained on the labelled training split, or its cached weights
+    (validation split, early stopping, schedule, augmentation, curve: see the module's docstring)."""
+    recipe = recipe or TeacherRecipe(epochs=epochs, augment=Augment(crop=jitter_pixels))
+    module, curve, cached = train_builtin_module(name, data, recipe=recipe, seed=seed, device=device,
+                                                 on_epoch=on_epoch)
+    member = module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
+    member.training = curve
+    return member

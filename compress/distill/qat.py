@@ -1,8 +1,8 @@
 """Quantization-aware distillation: fine-tune the distilled student through the target's int8 fake
-quantization on the teacher's soft targets, with the same Hinton loss (``compress.losses.hinton_loss``).
+quantization on the teacher's soft targets, with the same Hinton loss (``compress.distill.losses.hinton_loss``).
 
 The target supplies the graph surgery (``Backend.qat``: prepare, convert, export); this module is only the
-training: calibrate the observers on transfer-set samples, then ``compress.train.fit``.
+training: calibrate the observers on transfer-set samples, then ``compress.distill.train.fit``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from compress.core.errors import InputError
 from compress.export.backend import Qat
-from compress.losses import hinton_loss
-from compress.train import fit, seed_everything
+from compress.distill.losses import hinton_loss
+from compress.distill.train import fit, seed_everything
 
 
 def qat_distill(student: torch.nn.Module, x_train: np.ndarray, soft_targets: np.ndarray, labels: np.ndarray | None,

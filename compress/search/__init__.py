@@ -1,7 +1,7 @@
 """``compress search``: pick the student for the device under accuracy, latency and size budgets.
 
 The teachers and their soft targets are loaded (or computed) once, as ``distill-and-export`` does; then
-every trial of the space (``compress.search_space``: architecture x T x alpha, cheapest MACs first) is
+every trial of the space (``compress.search.space``: architecture x T x alpha, cheapest MACs first) is
 
 1. probed: the *untrained* student exported in every scheme and timed/sized in the target runtime (the
    graph, hence latency and size, does not depend on the weights). A scheme whose probe already breaks the
@@ -20,12 +20,12 @@ The optuna study lives in the cache (a journal file keyed by everything that cha
 after Ctrl-C or a spent budget re-trains nothing already measured and continues with the rest. The
 candidates near the fastest are timed again, interleaved (``_retime_finalists``), and the chosen one is the
 fastest meeting every budget, latencies within the timing noise counting as a tie broken by accuracy, then
-size (``compress.search_choice``); it is written as a normal
+size (``compress.search.choice``); it is written as a normal
 ``<out>/<name>/`` folder by ``compress.pipeline.run`` (distilled on the whole training split, as
 ``distill-and-export`` would), validated once on the test split, with ``search.json`` beside it.
 
-This module runs the loop; ``compress.search_space`` says what to try, ``compress.search_measure`` probes,
-measures and judges a candidate, ``compress.search_choice`` chooses and writes ``search.json``'s dict.
+This module runs the loop; ``compress.search.space`` says what to try, ``compress.search.measure`` probes,
+measures and judges a candidate, ``compress.search.choice`` chooses and writes ``search.json``'s dict.
 """
 
 from __future__ import annotations
@@ -50,14 +50,19 @@ from compress.pipeline import (_resolve_profile, _train_threads, distill_student
                                initial_student, load_run_data, output_folder, run, safe_name, stage,
                                teachers_and_soft_targets)
 from compress.progress import is_interactive, make_progress
-from compress.search_choice import best_feasible, summarize
-from compress.search_measure import (FINALIST_ROUNDS, Context, accuracy_floor, candidate_row, finalists, judge,
-                                     measure, model_info, note_int8_vs_float, placeholder_rows, probe, probe_verdict,
+from compress.search.choice import best_feasible, summarize
+from compress.search.measure import (FINALIST_ROUNDS, Context, accuracy_floor, candidate_row, finalists, judge,
+                                     measure_trial, model_info, note_int8_vs_float, placeholder_rows, probe, probe_verdict,
                                      scratch_folder, time_interleaved, trial_config, worth_probing)
-from compress.search_space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
+from compress.search.space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
 from compress.stages.export import export_student
 from compress.stages.measure import open_artifact
-from compress.teacher_training import TeacherRecipe, validation_split
+from compress.teachers.training import TeacherRecipe, validation_split
+from compress.devices.budgets import gather
+from compress.teachers.precomputed import lacks_test_outputs
+from compress.teachers import ensemble_probs
+from compress.distill.train import predict_logits
+from compress.devices import search_report
 
 SEARCH_VERSION = 4  # bump when what a stored measurement means changes (invalidates resumable state)
 
@@ -132,7 +137,6 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
                     x_test=data.x_train[val_rows], y_test=data.y_train[val_rows])
     targets = {t: np.asarray(soft[train_rows]) for t, soft in targets.items()}
     teacher_pred, reference_acc = _reference(members, split)
-    from compress.devices.budgets import gather
 
     budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
                                "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
@@ -150,9 +154,6 @@ def _trial_epochs(student: str, data, cfg: RunConfig) -> int:
 
 def _reference(members: list, split) -> tuple[np.ndarray, float]:
     """The ensemble's predictions and accuracy on the validation split (the accuracy budget's reference)."""
-    from compress.precomputed import lacks_test_outputs
-    from compress.teachers import ensemble_probs
-
     scored = [m for m in members if not lacks_test_outputs(m) and (m.module is not None or m.artifact is not None)]
     if not scored:
         raise InputError("teachers: compress search needs members that run here (the validation split is carved "
@@ -311,7 +312,7 @@ def _one_trial(ctx: Context, trial: Trial, study, rows: dict, counts: dict, sche
     except BaseException:
         study.tell(handle, state=optuna.trial.TrialState.FAIL)
         raise
-    out = [measure(ctx, trial, s, student, epochs_run) if s in alive else
+    out = [measure_trial(ctx, trial, s, student, epochs_run) if s in alive else
            candidate_row(ctx, trial, s, "skipped", probe_verdict(ctx, probes.get(s), best), probe=probes.get(s))
            for s in schemes]
     note_int8_vs_float(out)
@@ -328,7 +329,6 @@ def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
     Returns (student, its epochs, whether any epoch was trained here)."""
     import optuna
 
-    from compress.train import predict_logits
 
     cfg = trial_config(ctx, trial)
     student = initial_student(cfg, ctx.split)
@@ -406,7 +406,6 @@ def _write_failed(cfg: RunConfig, name: str, result: dict) -> None:
     a good earlier folder of the same name stays as it was)."""
     import json
 
-    from compress.devices import search_report
 
     out = Path(cfg.out)
     json_path = write_text(out / f"{name}.search.json", json.dumps(result, indent=2))

@@ -41,12 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.core.atomic import atomic_path
 from compress.core.cache import file_sha256
 from compress.core.errors import InputError
 from compress.core.npz import check_npz_sizes
-from compress.teachers import Teacher
+from compress.teachers.member import Teacher
 
-FORMAT = "compress.precomputed/1"
+FORMAT = "compress.teachers.precomputed/1"
 OUTPUTS = ("logits", "probs", "label")
 
 
@@ -311,7 +312,6 @@ def output_arrays(member: Teacher, data, kind: str | None = None) -> dict[str, n
 
 def write(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write the arrays to ``path`` (an .npz), atomically: a failed write leaves the old file, or none."""
-    from compress.core.atomic import atomic_path
 
     if path.suffix.lower() != ".npz":
         raise InputError(f"-o {str(path)!r}: expected a path ending in .npz (--teacher recognizes the file by it)")

@@ -2,7 +2,7 @@
 
 ``probe``: the untrained student exported in every scheme, timed and sized in the target runtime (latency
 and size depend on the graph, not the weights), so a scheme that cannot win is never trained.
-``measure``: a distilled student exported and measured as ``distill-and-export`` measures it
+``measure_trial``: a distilled student exported and measured as ``distill-and-export`` measures it
 (``compress.stages.evaluate.student_rows``), on the validation split. ``judge``: a measurement against the
 budgets of *this* run (stored measurements are judged again, so a rerun with other budgets re-chooses).
 ``candidate_row`` is the one shape every candidate of ``search.json`` has.
@@ -18,13 +18,16 @@ from typing import Callable
 import numpy as np
 
 from compress import __version__
+from compress.config import RunConfig
+from compress.core import metrics
 from compress.core.atomic import temp_prefix
 from compress.core.cache import cache_dir, path_size
 from compress.core.errors import InputError
+from compress.devices.budgets import check_budgets
 from compress.export.common import ModelInfo
-from compress.config import RunConfig
 from compress.pipeline import initial_student, safe_name
-from compress.search_space import SearchOptions, Trial
+from compress.search.space import SearchOptions, Trial
+from compress.stages.evaluate import student_rows
 from compress.stages.export import export_student, model_preprocessing
 from compress.stages.measure import host_latency, open_artifact, peak_memory
 
@@ -115,10 +118,8 @@ def model_info(ctx: Context, trial: Trial) -> ModelInfo:
                      description=f"{trial.student} (compress search candidate)", version=__version__)
 
 
-def measure(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> dict:
+def measure_trial(ctx: Context, trial: Trial, scheme: str, student, epochs: int) -> dict:
     """One candidate measured as ``distill-and-export`` measures (on the validation split)."""
-    from compress.stages.evaluate import student_rows
-
     cfg = trial_config(ctx, trial, scheme)
     with scratch_folder() as folder:
         try:
@@ -163,8 +164,6 @@ def time_interleaved(predicts: dict[str, Callable], x: np.ndarray, runs: int, ro
     whatever else the machine does lands on all of them alike; id -> {p50: the median of the rounds' p50s,
     low/high: the fastest and slowest round}. ``time_one(predict) -> p50 ms`` defaults to
     ``metrics.measure_latency`` with ``runs / rounds`` timed runs (tests pass a fake timer)."""
-    from compress.core import metrics
-
     time_one = time_one or (lambda predict: metrics.measure_latency(predict, x, runs=max(runs // rounds, 10))["p50"])
     seen: dict[str, list[float]] = {key: [] for key in predicts}
     for r in range(rounds):
@@ -176,8 +175,6 @@ def time_interleaved(predicts: dict[str, Callable], x: np.ndarray, runs: int, ro
 def judge(ctx: Context, row: dict) -> dict:
     """A measured candidate against this run's budgets (and the device estimate): done for stored
     measurements too, so a rerun with other budgets re-chooses without measuring again."""
-    from compress.devices.budgets import check_budgets
-
     if row["status"] != "measured":
         return row
     measured = {k: row[k] for k in ("accuracy_drop", "latency_ms", "size_kb", "peak_memory_mb")}

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compress.cli_options import with_check_options
-from compress.cli_output import err, fail, guarded, help_markup_mode, print_failures
+from compress.cli.options import with_check_options
+from compress.cli.output import err, fail, guarded, help_markup_mode, print_failures
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS, suffixes
 

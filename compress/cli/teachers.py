@@ -1,7 +1,7 @@
 """``compress soft-targets``: a teacher member's outputs on the data, written for ``--teacher FILE.npz``.
 
 For members too big to run where the student is distilled: run this where the member fits (a GPU machine),
-copy the file, and give it as ``--teacher FILE.npz`` (format: ``compress.precomputed``). ``--inputs-only``
+copy the file, and give it as ``--teacher FILE.npz`` (format: ``compress.teachers.precomputed``). ``--inputs-only``
 writes just the inputs and their hashes, for a model this tool cannot run: add its outputs to the file.
 
 Registered in ``compress.cli`` with ``app.command("soft-targets")(soft_targets_command)``. Exit codes as
@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from compress.cli_output import err, guarded
+from compress.cli.output import err, guarded
 from compress.core.errors import InputError
 
 
@@ -76,7 +76,7 @@ def soft_targets_command(
 ) -> None:
     """Run one teacher member on the data's transfer set and test split and write its outputs to an .npz,
     with the hashes of the inputs they were computed from (use it with --teacher FILE.npz)."""
-    from compress import precomputed
+    from compress.teachers import precomputed
     from compress.core.atomic import clean_stale, require_file_output
     from compress.pipeline import load_run_data, resolve_defaults
 

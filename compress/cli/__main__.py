@@ -1,0 +1,5 @@
+"""``python -m compress.cli``: the same as the ``compress`` command."""
+
+from compress.cli import app
+
+app()
