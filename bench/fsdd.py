@@ -72,7 +72,7 @@ def main() -> int:
     started = time.perf_counter()
     results = []
     for target in args.targets:
-        cfg = RunConfig(target=target, data=args.data, teachers=list(TEACHERS), student=STUDENT, out=args.dist,
+        cfg = RunConfig.from_settings(target=target, data=args.data, teachers=list(TEACHERS), student=STUDENT, out=args.dist,
                         **SETTINGS, target_options=TARGET_OPTIONS.get(target, {}))
         t0 = time.perf_counter()
         report = run(cfg, console=Console(stderr=True), quiet=True)

@@ -55,7 +55,7 @@ def _final(result: dict) -> dict:
 
 
 def fsdd(budget_min: float, dist: str, console: Console) -> dict:
-    cfg = RunConfig(target="onnx", out=dist, name="bench-search-fsdd", max_accuracy_drop=0.5, **FSDD)
+    cfg = RunConfig.from_settings(target="onnx", out=dist, name="bench-search-fsdd", max_accuracy_drop=0.5, **FSDD)
     t0 = time.perf_counter()
     result = search(cfg, SearchSpace(families=["ds-cnn"], schemes=["none", "int8"]),
                     SearchOptions(time_budget_min=budget_min), console=Console(stderr=True), quiet=True)
@@ -98,13 +98,13 @@ def side_by_side(artifacts: dict[str, Path], samples, rounds: int = 5, runs: int
 def mnist(budget_min: float, dist: str, console: Console) -> dict:
     quiet_console = Console(stderr=True)
     t0 = time.perf_counter()
-    base_cfg = RunConfig(target="onnx", out=dist, name="bench-search-mnist-mlp800", **MNIST)
+    base_cfg = RunConfig.from_settings(target="onnx", out=dist, name="bench-search-mnist-mlp800", **MNIST)
     base = search(base_cfg, SearchSpace(families=["mlp"], widths=[1.0], depths=[1.0], schemes=["none"]),
                   SearchOptions(time_budget_min=budget_min), console=quiet_console, quiet=True)
     base_row = next(r for r in base["candidates"] if r["id"] == base["chosen"])
     base_wall = time.perf_counter() - t0
     t1 = time.perf_counter()
-    cfg = RunConfig(target="onnx", out=dist, name="bench-search-mnist", **MNIST,
+    cfg = RunConfig.from_settings(target="onnx", out=dist, name="bench-search-mnist", **MNIST,
                     max_accuracy_drop=max(0.0, base_row["accuracy_drop"]), max_latency_ms=base_row["latency_ms"])
     space = SearchSpace(families=["mlp", "mlp:1.25", "mlp:1.5", "cnn-small", "cnn", "mobilenet"], schemes=["none", "int8"])
     result = search(cfg, space,

@@ -1,15 +1,20 @@
-"""The run configuration: one frozen record of everything a run needs, below the stages that read it.
+"""The run configuration: one frozen record of everything a run needs, in typed sections, below the stages.
 
-Every field is a CLI option and a recipe key (``compress.recipe`` resolves defaults <- recipe <- flags into
-it); the target's own options travel as one table, ``target_options``, declared in ``export/<target>/``.
-Resolving the device profile, the data's defaults or a search trial gives a new value
-(``dataclasses.replace``); nothing changes a configuration in place.
+The sections are the recipe's (``compress.toml``'s ``[data]``, ``[teachers]``, ``[student]``, ``[distill]``,
+``[quantize]``, ``[export]``, ``[device]``, ``[budgets]``), each field named as its recipe key, so a recipe maps
+one-to-one to this record; a stage takes the sections it reads. Every setting also has one flat name, its CLI
+flag's (``--teacher-epochs`` is ``teachers.epochs``): ``SETTINGS`` maps the flat names to their places, and
+``RunConfig.from_settings`` / ``settings`` / ``with_settings`` convert, for the command line, the recipe merge
+and the manifest, which record the settings flat. The target's own options travel as one table,
+``export.options``, declared in ``export/<target>/``. Resolving the device profile, the data's defaults or a
+search trial gives a new value; nothing changes a configuration in place.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from compress import models
 from compress.core.errors import InputError
@@ -31,88 +36,194 @@ def check_name(name: str, what: str = "--name") -> str:
     return name
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs; every field is a CLI option and a recipe key. Frozen: resolving the
-    defaults, the device profile or a search trial gives a new value (``dataclasses.replace``), so the
-    configuration a stage sees is the one the caller passed."""
+def _flat(name: str) -> dict:
+    """A section field whose flat name (its CLI flag, ``SETTINGS``) is not the field's own."""
+    return {"setting": name}
 
-    target: str = "onnx"
-    quantize: str = "none"
-    target_options: dict = field(default_factory=dict)  # the target's own options given (export/<target>/ declares them)
-    calibration_samples: int = 300
-    data: str | None = None  # None / "digits" = the embedded default
-    data_format: str | None = None
-    data_options: dict = field(default_factory=dict)  # loader options (split, sample_rate, label_pattern, ...)
-    teachers: list[str] | None = None  # None: chosen for the data's kind and size (compress.defaults)
-    teacher_contracts: dict = field(default_factory=dict)  # member spec -> its input contract (compress.teachers.contracts)
-    strict_teachers: bool = False  # a member far below the others or near chance fails the run instead of warning
-    student: str | None = None  # None: chosen for the data (compress.defaults)
+
+@dataclass(frozen=True)
+class DataSection:
+    """``[data]``: what to load and how much of it."""
+
+    path: str | None = field(default=None, metadata=_flat("data"))  # None / "digits": the embedded default
+    format: str | None = field(default=None, metadata=_flat("data_format"))
+    limit_train: int | None = None
+    limit_test: int | None = None
+    unlabelled: bool = False
+    image_size: str | int | None = None  # images: resize + centre-crop to this size
+    options: dict = field(default_factory=dict, metadata=_flat("data_options"))  # loader options (split, sample_rate, ...)
+
+
+@dataclass(frozen=True)
+class TeachersSection:
+    """``[teachers]``: the ensemble members and how the built-in ones train."""
+
+    members: list[str] | None = field(default=None, metadata=_flat("teachers"))  # None: chosen for the data
+    contract: dict = field(default_factory=dict, metadata=_flat("teacher_contracts"))  # member spec -> input contract
+    strict: bool = field(default=False, metadata=_flat("strict_teachers"))  # a suspicious member fails the run
+    epochs: int | None = field(default=None, metadata=_flat("teacher_epochs"))  # the most; early stopping ends sooner
+    patience: int = field(default=3, metadata=_flat("teacher_patience"))
+    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (teachers and student)
+    jitter: int = 0
+
+
+@dataclass(frozen=True)
+class StudentSection:
+    """``[student]``: the student's architecture (None: chosen for the data, ``compress.defaults``)."""
+
+    arch: str | None = field(default=None, metadata=_flat("student"))
+
+
+@dataclass(frozen=True)
+class DistillSection:
+    """``[distill]``: the distillation loss and the training loop's settings."""
+
     loss: str = "hinton"
     temperature: float = 2.0
     alpha: float = 0.1
-    epochs: int | None = None  # None: chosen for the data size (compress.defaults)
-    teacher_epochs: int | None = None  # the most; early stopping on a validation split usually ends sooner
-    teacher_patience: int = 3
-    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (compress.distill.train.parse_augment)
-    image_size: str | int | None = None  # images: resize + centre-crop to this size (data option image_size)
-    model_input: str = "raw"  # raw: 8-bit images go into the exported model as is; normalized: float input
-    lr: float = 3e-3
+    epochs: int | None = None  # None: chosen for the data size
     optimizer: str = "adam"
+    lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 64
-    seed: int = 0
-    threads: int | None = None  # None: the device profile's, else 1
-    train_threads: int | None = None  # torch threads for training; None: compress.core.threads' measured rule
-    latency_runs: int = 100
-    out: str = "dist"
-    name: str | None = None
-    device: str | None = None
-    unlabelled: bool = False
-    limit_train: int | None = None
-    limit_test: int | None = None
-    jitter: int = 0
-    int8_budget: float | None = None  # int8 (every target): accuracy-drop budget in points; worst layers stay float
-    qat: bool = False  # quantization-aware distillation before int8 conversion (tflite int8)
-    qat_epochs: int = 3
+    seed: int = 0  # the run's seed: data split, members, student
+    train_device: str | None = field(default=None, metadata=_flat("device"))  # torch device for training
+    train_threads: int | None = None  # None: compress.core.threads' measured rule
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
-    profile: str | None = None  # device profile name or .toml path: threads and budgets
-    max_accuracy_drop: float | None = None  # budgets (points, ms, kB, MB); a breach fails the run (exit 1)
+
+
+@dataclass(frozen=True)
+class QuantizeSection:
+    """``[quantize]``: the scheme and what int8 needs."""
+
+    scheme: str = field(default="none", metadata=_flat("quantize"))
+    calibration_samples: int = 300
+    qat: bool = False  # quantization-aware distillation before int8 conversion
+    qat_epochs: int = 3
+    int8_budget: float | None = None  # accuracy-drop budget in points; the worst layers stay float
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """``[export]``: the target, the model's input form and the target's own options."""
+
+    target: str = "onnx"
+    input: str = field(default="raw", metadata=_flat("model_input"))  # raw 8-bit images in, or normalized floats
+    options: dict = field(default_factory=dict, metadata=_flat("target_options"))  # declared in export/<target>/
+
+    def export_options(self, scheme: str) -> dict:
+        """Keyword options for the target's ``export``: ``scheme`` plus the target's own options over its
+        defaults (an unsupported scheme, option or combination is an InputError)."""
+        return export_options(self.target, scheme, **self.options)
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    """``[device]``: the device profile and how the runtime is timed."""
+
+    profile: str | None = None  # a profile name or .toml path: threads and budgets
+    threads: int | None = None  # None: the profile's, else 1
+    latency_runs: int = 100
+
+
+@dataclass(frozen=True)
+class BudgetsSection:
+    """``[budgets]``: a breach fails the run (exit 1)."""
+
+    max_accuracy_drop: float | None = None
     max_latency_ms: float | None = None
     max_size_kb: float | None = None
     max_peak_memory_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, by section. Frozen: resolving the defaults, the device profile or a search
+    trial gives a new value (``with_settings``), so the configuration a stage sees is the one the caller passed."""
+
+    data: DataSection = field(default_factory=DataSection)
+    teachers: TeachersSection = field(default_factory=TeachersSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    device: DeviceSection = field(default_factory=DeviceSection)
+    budgets: BudgetsSection = field(default_factory=BudgetsSection)
+    out: str = "dist"
+    name: str | None = None
     recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> RunConfig:
+        """A configuration from flat settings (``SETTINGS``' names; an unknown name is a TypeError)."""
+        return cls().with_settings(**settings)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its flat name, in ``SETTINGS`` order (what the manifest records as the recipe)."""
+        return {flat: getattr(getattr(self, section), name) if section else getattr(self, name)
+                for flat, (section, name) in SETTINGS.items()}
+
+    def with_settings(self, **settings: Any) -> RunConfig:
+        """A new configuration with the flat-named ``settings`` changed, each in its section."""
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise TypeError(f"RunConfig has no setting(s) {unknown}")
+        top = {SETTINGS[k][1]: v for k, v in settings.items() if not SETTINGS[k][0]}
+        changed: dict[str, dict] = {}
+        for flat, value in settings.items():
+            section, name = SETTINGS[flat]
+            if section:
+                changed.setdefault(section, {})[name] = value
+        return replace(self, **top, **{s: replace(getattr(self, s), **v) for s, v in changed.items()})
 
     def export_options(self) -> dict:
         """Keyword options for the target's ``export``: ``scheme`` plus the target's own options over its
         defaults (an unsupported scheme, option or combination is an InputError)."""
-        return export_options(self.target, self.quantize, **self.target_options)
+        return self.export.export_options(self.quantize.scheme)
 
     def validate(self) -> None:
         """Every option checked before any work: unknown names and target combinations (numeric ranges are
         declared with each option in ``compress.recipe.schema()`` and checked when a command resolves them)."""
-        backend = registry.get(self.target)
+        backend = registry.get(self.export.target)
 
         if self.name is not None:
             check_name(self.name)
 
-        OPTIMIZERS.lookup(self.optimizer)
-        LOSSES.lookup(self.loss)
-        if self.student is not None and not models.is_known(self.student):
-            raise InputError(f"--student {self.student!r}: {models.why_unknown(self.student)}")
+        OPTIMIZERS.lookup(self.distill.optimizer)
+        LOSSES.lookup(self.distill.loss)
+        student = self.student.arch
+        if student is not None and not models.is_known(student):
+            raise InputError(f"--student {student!r}: {models.why_unknown(student)}")
         self.export_options()  # unsupported scheme/option combinations fail here
-        if self.qat and (backend.qat is None or self.quantize != "int8"):
+        quantize = self.quantize
+        if quantize.qat and (backend.qat is None or quantize.scheme != "int8"):
             with_qat = " or ".join(f"--target {n}" for n, b in registry.TARGETS.items() if b.qat is not None)
             raise InputError(f"--qat: quantization-aware distillation is available for {with_qat} --quantize int8, "
-                             f"not --target {self.target} --quantize {self.quantize}")
-        if self.int8_budget is not None and self.quantize != "int8":
+                             f"not --target {self.export.target} --quantize {quantize.scheme}")
+        if quantize.int8_budget is not None and quantize.scheme != "int8":
             raise InputError(f"--int8-budget: the float fallback applies to --quantize int8, "
-                             f"not --quantize {self.quantize}")
-        if self.int8_budget is not None and self.qat:
+                             f"not --quantize {quantize.scheme}")
+        if quantize.int8_budget is not None and quantize.qat:
             raise InputError("--int8-budget with --qat: choose one (the fallback re-quantizes the float student)")
-        if self.model_input not in ("raw", "normalized"):
-            raise InputError(f"--model-input {self.model_input!r}: expected raw (8-bit pixels into the model) or normalized")
-        if self.augment != "auto":
-            parse_augment(self.augment)
-        if self.image_size is not None:
-            parse_image_size(self.image_size)
+        if self.export.input not in ("raw", "normalized"):
+            raise InputError(f"--model-input {self.export.input!r}: expected raw (8-bit pixels into the model) or normalized")
+        if self.teachers.augment != "auto":
+            parse_augment(self.teachers.augment)
+        if self.data.image_size is not None:
+            parse_image_size(self.data.image_size)
+
+
+def _settings_table() -> dict[str, tuple[str, str]]:
+    """flat setting name -> (section, field): a section field's own name unless its metadata names another;
+    the top-level fields (out, name, recipe_path) have section ""."""
+    table = {}
+    for top in fields(RunConfig):
+        if isinstance(top.default_factory, type):  # a section
+            for f in fields(top.default_factory):
+                table[f.metadata.get("setting", f.name)] = (top.name, f.name)
+        else:
+            table[top.name] = ("", top.name)
+    return table
+
+
+SETTINGS = _settings_table()

@@ -19,7 +19,6 @@ console and the ``defaults`` entry of the report.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from compress.config import RunConfig
 from compress.models import build, count_macs, DEFAULT_STUDENT, DEFAULT_TEACHERS, is_known
@@ -66,21 +65,21 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None) -> tu
     kind, size = size_class(data)
     teachers, student = SETS[(kind, size)]
     picked: dict = {}
-    if cfg.teachers is None:
+    if cfg.teachers.members is None:
         picked["teachers"] = list(teachers)
-    if cfg.student is None:
+    if cfg.student.arch is None:
         picked["student"] = student
-    if cfg.teacher_epochs is None or cfg.epochs is None:
-        chosen = replace(cfg, **{k: picked[k] for k in ("teachers", "student") if k in picked})
+    if cfg.teachers.epochs is None or cfg.distill.epochs is None:
+        chosen = cfg.with_settings(**{k: picked[k] for k in ("teachers", "student") if k in picked})
         if size == "small":
             budget = dict(SMALL)
         else:
             budget = _epoch_budgets(chosen, data, device_type, seconds_per_epoch or _modelled_epoch_seconds)
-        if cfg.teacher_epochs is None:
+        if cfg.teachers.epochs is None:
             picked["teacher_epochs"] = budget["teacher_epochs"]
-        if cfg.epochs is None:
+        if cfg.distill.epochs is None:
             picked["epochs"] = budget["epochs"]
-    cfg = replace(cfg, **picked)
+    cfg = cfg.with_settings(**picked)
     if picked:
         picked["why"] = (f"{kind} data, {len(data.x_train):,} training samples of {'x'.join(map(str, data.input_shape))}"
                          + ("" if size == "small" else f": epoch budgets fit about {BUDGET_S[_dev(device_type)]['teachers']:.0f} s "
@@ -96,9 +95,9 @@ def _dev(device_type: str) -> str:
 def _epoch_budgets(cfg: RunConfig, data, device_type: str, seconds_per_epoch) -> dict:
     """Epochs that fit the time budgets, from measured seconds per epoch of each model to train."""
     budgets = BUDGET_S[_dev(device_type)]
-    builtin = [t for t in cfg.teachers if is_known(t)]
+    builtin = [t for t in cfg.teachers.members if is_known(t)]
     teacher_s = sum(seconds_per_epoch(t, data, 64, device_type) for t in builtin) if builtin else 0.0
-    student_s = seconds_per_epoch(cfg.student, data, cfg.batch_size, device_type)
+    student_s = seconds_per_epoch(cfg.student.arch, data, cfg.distill.batch_size, device_type)
     return {"teacher_epochs": _budgeted_epochs(teacher_s, budgets["teachers"], EPOCH_LIMITS["teachers"]),
             "epochs": _budgeted_epochs(student_s, budgets["student"], EPOCH_LIMITS["student"])}
 

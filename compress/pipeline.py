@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,8 +55,9 @@ __all__ = ["RunConfig", "check_name", "run", "versions"]  # RunConfig lives in c
 def _train_threads(cfg: RunConfig, data: Dataset):
     """Torch threads for the teachers' and the student's training (``--train-threads``, else the measured
     rule in ``compress.core.threads``): chosen from the allowed CPUs and the models, never from the load."""
-    return plan_threads(cfg.train_threads, cfg.teachers or [], cfg.student, data.input_shape, data.num_classes,
-                        student_batch=cfg.batch_size, teacher_batch=teacher_recipe(cfg, data).batch_size)
+    return plan_threads(cfg.distill.train_threads, cfg.teachers.members or [], cfg.student.arch, data.input_shape,
+                        data.num_classes,
+                        student_batch=cfg.distill.batch_size, teacher_batch=teacher_recipe(cfg, data).batch_size)
 
 
 def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
@@ -71,16 +72,16 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
 
 
     recipe = teacher_recipe(cfg, data)
-    built_in = [t for i, t in enumerate(cfg.teachers)
-                if models.is_known(t) and not cached_weights_path(t, data, recipe, cfg.seed + i).is_file()]
+    built_in = [t for i, t in enumerate(cfg.teachers.members)
+                if models.is_known(t) and not cached_weights_path(t, data, recipe, cfg.distill.seed + i).is_file()]
     if not built_in:
         return None  # nothing to train before the student, whose own estimate comes when (if) it trains
     n_members = int(round(len(data.x_train) * 0.9))
-    teachers = sum(seconds(t, cfg.teacher_epochs, 64, n_members, threads.teachers or 1) for t in built_in)
-    student = seconds(cfg.student, cfg.epochs, cfg.batch_size, len(data.x_train), threads.student)
-    parts = ([f"teachers at most ~{format_duration(teachers)} ({len(built_in)} built-in, {cfg.teacher_epochs} "
+    teachers = sum(seconds(t, cfg.teachers.epochs, 64, n_members, threads.teachers or 1) for t in built_in)
+    student = seconds(cfg.student.arch, cfg.distill.epochs, cfg.distill.batch_size, len(data.x_train), threads.student)
+    parts = ([f"teachers at most ~{format_duration(teachers)} ({len(built_in)} built-in, {cfg.teachers.epochs} "
               f"epochs; early stopping and the cache make it less)"] if built_in else [])
-    parts.append(f"student ~{format_duration(student)} ({cfg.epochs} epochs)")
+    parts.append(f"student ~{format_duration(student)} ({cfg.distill.epochs} epochs)")
     return (f"estimate: training ~{format_duration(teachers + student)} on {data.x_train.shape[0]:,} samples: "
             + "; ".join(parts) + " (soft targets, export and validation come on top)")
 
@@ -95,14 +96,14 @@ def _epochs_done(checkpoint: Path) -> int:
 def _resolve_profile(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
     """(the configuration with its runtime threads resolved, the device profile or None): the profile's
     threads apply when none were given (else 1); its budgets fill unset ones (``_check_budgets``)."""
-    if cfg.profile is None:
-        return replace(cfg, threads=cfg.threads or 1), None
+    if cfg.device.profile is None:
+        return cfg.with_settings(threads=cfg.device.threads or 1), None
 
-    profile = load_profile(cfg.profile)
-    if profile["runtime"] != cfg.target:
+    profile = load_profile(cfg.device.profile)
+    if profile["runtime"] != cfg.export.target:
         raise InputError(f"--device {profile['name']!r}: the profile runs {profile['runtime']}, "
-                         f"but the target is {cfg.target}; expected a {cfg.target} profile")
-    return replace(cfg, threads=cfg.threads or int(profile.get("threads") or 1)), profile
+                         f"but the target is {cfg.export.target}; expected a {cfg.export.target} profile")
+    return cfg.with_settings(threads=cfg.device.threads or int(profile.get("threads") or 1)), profile
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -125,26 +126,28 @@ def _augment_key(augment) -> list:
 
 def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
     """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
-    key = content_key("student-checkpoint", 1, cfg.student, data.fingerprint(), len(data.x_train),
-                      data.y_train is not None, [m.fingerprint for m in members], cfg.loss, float(cfg.temperature),
-                      float(cfg.alpha), cfg.epochs, float(cfg.lr), cfg.optimizer, float(cfg.weight_decay),
-                      cfg.batch_size, cfg.seed, world, *_augment_key(augmentation(cfg, data)))
-    return cache_dir("students") / f"{safe_name(cfg.student)}-{key[:24]}.pt"
+    d = cfg.distill
+    key = content_key("student-checkpoint", 1, cfg.student.arch, data.fingerprint(), len(data.x_train),
+                      data.y_train is not None, [m.fingerprint for m in members], d.loss, float(d.temperature),
+                      float(d.alpha), d.epochs, float(d.lr), d.optimizer, float(d.weight_decay),
+                      d.batch_size, d.seed, world, *_augment_key(augmentation(cfg, data)))
+    return cache_dir("students") / f"{safe_name(cfg.student.arch)}-{key[:24]}.pt"
 
 
 def load_run_data(cfg: RunConfig) -> Dataset:
     """Stage 1: the data set, split and normalized as the recipe says."""
-    options = dict(cfg.data_options)
-    if cfg.image_size is not None:
-        options["image_size"] = cfg.image_size
-    return load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                     unlabelled=cfg.unlabelled, seed=cfg.seed, **options)
+    d = cfg.data
+    options = dict(d.options)
+    if d.image_size is not None:
+        options["image_size"] = d.image_size
+    return load_data(d.path, d.format, limit_train=d.limit_train, limit_test=d.limit_test,
+                     unlabelled=d.unlabelled, seed=cfg.distill.seed, **options)
 
 
 def resolve_defaults(cfg: RunConfig, data: Dataset, console: Console | None) -> tuple[RunConfig, dict]:
     """(the configuration with the settings left unset chosen for this data, what was chosen): see
     ``compress.defaults``; the choice is said on one line."""
-    cfg, picked = defaults.choose(cfg, data, pick_device(cfg.device).type)
+    cfg, picked = defaults.choose(cfg, data, pick_device(cfg.distill.train_device).type)
     if picked and console is not None:
         console.print(defaults.describe(picked), highlight=False, soft_wrap=True, markup=False)
     return cfg, picked
@@ -155,8 +158,8 @@ def augmentation(cfg: RunConfig, data: Dataset):
     16 px and up (not for the digits' 8x8, nor features or audio), never a flip (a mirrored digit or letter
     changes class: ask for it with ``crop,flip`` where mirrored images keep theirs); ``--jitter N`` is a
     crop of N for the teachers."""
-    if cfg.augment != "auto":
-        return parse_augment(cfg.augment)
+    if cfg.teachers.augment != "auto":
+        return parse_augment(cfg.teachers.augment)
     if data.input_kind == "image" and data.raw_dtype == "uint8" and min(data.input_shape[1:]) >= 16:
         return Augment(crop=max(1, min(data.input_shape[1:]) // 10))
     return Augment()
@@ -164,13 +167,10 @@ def augmentation(cfg: RunConfig, data: Dataset):
 
 def teacher_recipe(cfg: RunConfig, data: Dataset):
     """How built-in members train for this run (``compress.teachers.training``)."""
-    from dataclasses import replace
-
-
     augment = augmentation(cfg, data)
-    if cfg.jitter:
-        augment = replace(augment, crop=cfg.jitter)
-    return TeacherRecipe(epochs=cfg.teacher_epochs, patience=cfg.teacher_patience, augment=augment)
+    if cfg.teachers.jitter:
+        augment = replace(augment, crop=cfg.teachers.jitter)
+    return TeacherRecipe(epochs=cfg.teachers.epochs, patience=cfg.teachers.patience, augment=augment)
 
 
 def safe_name(name: str) -> str:
@@ -181,8 +181,8 @@ def safe_name(name: str) -> str:
 
 def output_folder(cfg: RunConfig, data: Dataset, rank: int) -> tuple[str, Path]:
     """The run's name and ``<out>``, checked writable before any training (rank 0 writes)."""
-    name = cfg.name or safe_name(f"{data.name}-{cfg.student}-{cfg.target}"
-                                 + ("" if cfg.quantize == "none" else f"-{cfg.quantize}"))
+    name = cfg.name or safe_name(f"{data.name}-{cfg.student.arch}-{cfg.export.target}"
+                                 + ("" if cfg.quantize.scheme == "none" else f"-{cfg.quantize.scheme}"))
     out_root = Path(cfg.out)
     if rank == 0:
         clean_stale(out_root)  # leftovers of killed runs (SIGKILL leaves no chance to clean up)
@@ -213,12 +213,12 @@ def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress,
     cached file and reads the finished entry (read-only memmap). The members' warnings go to ``warnings``."""
     if rank != 0:
         torch.distributed.barrier()
-    task = progress.add_task("teacher members", total=len(cfg.teachers))
+    task = progress.add_task("teacher members", total=len(cfg.teachers.members))
     members = load_members(cfg, data, progress, task, [] if warnings is None else warnings)
     if rank == 0 and world > 1:
         torch.distributed.barrier()
     shards = progress.add_task("soft targets", total=None)
-    targets, cached = soft_targets(members, data.x_train, cfg.temperature,
+    targets, cached = soft_targets(members, data.x_train, cfg.distill.temperature,
                                    content_key(data.fingerprint(), len(data.x_train)), rank=rank, world=world,
                                    on_shard=lambda done, total: progress.update(shards, completed=done, total=total))
     if cached:
@@ -233,18 +233,19 @@ def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task, warnin
 
     def on_epoch(spec: str, epoch: int, val_accuracy: float | None) -> None:
         if spec not in epochs_task:
-            epochs_task[spec] = progress.add_task(f"training teacher {spec}", total=cfg.teacher_epochs, unit="epoch")
+            epochs_task[spec] = progress.add_task(f"training teacher {spec}", total=cfg.teachers.epochs, unit="epoch")
         note = "" if val_accuracy is None else f" (validation {100 * val_accuracy:.2f}%)"
         epochs_done[spec] = epoch + 1
         progress.update(epochs_task[spec], completed=epoch + 1, description=f"training teacher {spec}{note}")
 
-    members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
-                            contracts=cfg.teacher_contracts, recipe=teacher_recipe(cfg, data), on_epoch=on_epoch,
+    members = load_teachers(cfg.teachers.members, data, epochs=cfg.teachers.epochs, seed=cfg.distill.seed,
+                            device=cfg.distill.train_device, contracts=cfg.teachers.contract,
+                            recipe=teacher_recipe(cfg, data), on_epoch=on_epoch,
                             on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
     for spec, t in epochs_task.items():  # early stopping ends a member before its budget: close its bar
         progress.update(t, total=epochs_done[spec])
     progress.update(task, completed=len(members), description="teacher members")
-    for message in contract_warnings(members, data, strict=cfg.strict_teachers):
+    for message in contract_warnings(members, data, strict=cfg.teachers.strict):
         progress.console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
         warnings.append(message)
     return members
@@ -254,8 +255,8 @@ def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
     """The student's initial weights, which depend only on the seed. Built before the teachers train:
     the seeded generators then reach the teachers in the same state on every run (same recipe + seed ->
     same numbers)."""
-    seed_everything(cfg.seed)
-    return models.build(cfg.student, data.input_shape, data.num_classes)
+    seed_everything(cfg.distill.seed)
+    return models.build(cfg.student.arch, data.input_shape, data.num_classes)
 
 
 def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
@@ -265,33 +266,34 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
     Returns (student on the CPU in eval mode, loss history, device); the student is None on ranks > 0.
     ``after_epoch(epoch)`` is called after each epoch's checkpoint (``compress search`` measures the
     validation accuracy there and may stop a candidate by raising)."""
-    device = pick_device(cfg.device)
+    d = cfg.distill
+    device = pick_device(d.train_device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    loss_fn = LOSSES[cfg.loss]
+    loss_fn = LOSSES[d.loss]
     labels = None if data.y_train is None else torch.as_tensor(data.y_train)
     checkpoint = _student_checkpoint(cfg, data, members, world)
     done = _epochs_done(checkpoint)
     if done and rank == 0:
-        console.print(f"{'student already trained' if done >= cfg.epochs else f'resuming from epoch {done}/{cfg.epochs}'}"
+        console.print(f"{'student already trained' if done >= d.epochs else f'resuming from epoch {done}/{d.epochs}'}"
                       f" (checkpoint {checkpoint})", highlight=False, soft_wrap=True, markup=False)
 
     def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         soft = torch.as_tensor(np.asarray(targets[idx]), device=logits.device)
         hard = None if labels is None else labels[idx].to(logits.device)
-        return loss_fn(logits, soft, hard, cfg.temperature, cfg.alpha)
+        return loss_fn(logits, soft, hard, d.temperature, d.alpha)
 
-    if rank == 0 and done < cfg.epochs:
-        seconds = estimate_fit_seconds(student, data.x_train[:cfg.batch_size], len(data.x_train), cfg.epochs - done,
-                                       cfg.batch_size, batch_loss, optimizer=cfg.optimizer, device=device,
+    if rank == 0 and done < d.epochs:
+        seconds = estimate_fit_seconds(student, data.x_train[:d.batch_size], len(data.x_train), d.epochs - done,
+                                       d.batch_size, batch_loss, optimizer=d.optimizer, device=device,
                                        checkpoint_dir=checkpoint.parent)
-        progress.note(f"estimate: distilling {cfg.student} ~{format_duration(seconds)} "
-                      f"({cfg.epochs - done} epochs x {len(data.x_train)} samples)")
-    task = progress.add_task(f"distilling {cfg.student} (T={cfg.temperature:g})", total=cfg.epochs, completed=done,
+        progress.note(f"estimate: distilling {cfg.student.arch} ~{format_duration(seconds)} "
+                      f"({d.epochs - done} epochs x {len(data.x_train)} samples)")
+    task = progress.add_task(f"distilling {cfg.student.arch} (T={d.temperature:g})", total=d.epochs, completed=done,
                              unit="epoch")
 
-    history = fit(student, data.x_train, batch_loss, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, seed=cfg.seed, device=device,
+    history = fit(student, data.x_train, batch_loss, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
+                  optimizer=d.optimizer, weight_decay=d.weight_decay, seed=d.seed, device=device,
                   checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data),
                   on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)))
     if world > 1:
@@ -300,8 +302,8 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
         if rank != 0:
             return None, history, device
     student = student.cpu().eval()
-    if cfg.bias_correction:
-        shift_class_bias(student, *parse_correction(cfg.bias_correction, data.labels))
+    if cfg.distill.bias_correction:
+        shift_class_bias(student, *parse_correction(cfg.distill.bias_correction, data.labels))
     return student, history, device
 
 
@@ -309,20 +311,21 @@ def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], s
                         tmp_dir: Path, progress: Progress, profile: dict | None = None) -> tuple[dict, Exported]:
     """Stages 5 and 6: the student into ``tmp_dir`` in the target's format, then every row measured (with
     the device profile's runner options)."""
-    task = progress.add_task(f"exporting to {cfg.target}", total=1)
+    task = progress.add_task(f"exporting to {cfg.export.target}", total=1)
     info = ModelInfo(name=name, labels=data.labels, normalization=data.normalization, input_kind=data.input_kind,
-                     preprocessing=model_preprocessing(cfg, data),
-                     description=f"{cfg.student} distilled from {len(members)} teachers on {data.name}",
+                     preprocessing=model_preprocessing(cfg.export, data),
+                     description=f"{cfg.student.arch} distilled from {len(members)} teachers on {data.name}",
                      version=__version__)
-    exported = export_student(cfg, data, student, targets, info, tmp_dir,
+    exported = export_student(cfg.export, cfg.quantize, cfg.distill, data, student, targets, info, tmp_dir,
                               on_status=lambda text: progress.update(task, description=text))
     (tmp_dir / "labels.txt").write_text("\n".join(data.labels) + "\n")
     progress.update(task, completed=1)
     task = progress.add_task("validating and timing", total=len(members) + 3)
-    report = evaluate(cfg, data, members, student, exported, advance=lambda: progress.advance(task), profile=profile)
+    report = evaluate(cfg.export, cfg.device, data, members, student, exported, advance=lambda: progress.advance(task),
+                      profile=profile)
     if exported.fallback is not None:
         report["quantization_fallback"] = exported.fallback
-        report["checks"].append(fallback_check(exported.fallback, cfg.int8_budget))
+        report["checks"].append(fallback_check(exported.fallback, cfg.quantize.int8_budget))
         report["passed"] = all(c["passed"] for c in report["checks"])
     return report, exported
 
@@ -382,7 +385,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
                 report["run"]["student_from"] = ("compress search chose it on a validation split of the training data; "
                                                  "distilled here on the whole training split")
             report["run"].update(defaults_chosen=picked, augment=augmentation(cfg, data).describe(),
-                                 model_input=model_preprocessing(cfg, data) or "normalized float32 (the app normalizes)")
+                                 model_input=model_preprocessing(cfg.export, data) or "normalized float32 (the app normalizes)")
             with stage("report"):
                 write_outputs(cfg, data, members, student, report, tmp_dir, out_root / name, name)
         finally:  # an exception, Ctrl-C or SIGTERM anywhere in this window leaves nothing behind
@@ -426,15 +429,16 @@ def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: d
                train_threads: dict | None = None, warnings: list[str] = ()) -> dict:
     """The report's ``run`` section: what was run, on what, and how long it took (and with how many training
     threads, and why: ``train_threads``, ``train_threads_teachers``, ``train_threads_reason``)."""
+    d = cfg.distill
     return {
-        "name": name, "out_dir": str(final_dir), "target": cfg.target, "threads": cfg.threads,
+        "name": name, "out_dir": str(final_dir), "target": cfg.export.target, "threads": cfg.device.threads,
         "data": data.describe(), "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint,
                                                "cached": m.cached, "output": m.output, "training": m.training,
                                                "contract": m.contract.describe()} for m in members],
         "warnings": list(warnings),
-        "student": cfg.student, "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha,
-        "epochs": cfg.epochs, "teacher_epochs": cfg.teacher_epochs, "seed": cfg.seed, "device": str(device),
-        "world_size": world, "optimizer": cfg.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
+        "student": cfg.student.arch, "loss": d.loss, "temperature": d.temperature, "alpha": d.alpha,
+        "epochs": d.epochs, "teacher_epochs": cfg.teachers.epochs, "seed": d.seed, "device": str(device),
+        "world_size": world, "optimizer": d.optimizer, "profile": None if profile is None else {k: profile.get(k) for k in (
             "name", "description", "runtime", "precision", "threads", "cpu", "budgets", "source")},
         "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
         "wall_time_s": round(time.perf_counter() - started, 2), **(train_threads or {}),
@@ -451,7 +455,7 @@ def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student
             (tmp_dir / "search.json").write_text(json.dumps(report["search"], indent=2))
 
         html_report.write(report, tmp_dir / "report.html")
-        manifest = _manifest(cfg, data, members, student, tmp_dir, registry.TARGETS[cfg.target].file_name, name)
+        manifest = _manifest(cfg, data, members, student, tmp_dir, registry.TARGETS[cfg.export.target].file_name, name)
         (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         replace_path(tmp_dir, final_dir)
     finally:
@@ -460,8 +464,9 @@ def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student
 
 def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact: Path, data: Dataset) -> list[dict]:
     """The device profile's budgets and the --max-* options against what this run measured."""
-    budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
-                               "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
+    b = cfg.budgets
+    budgets = gather(profile, {"max_accuracy_drop": b.max_accuracy_drop, "latency_ms": b.max_latency_ms,
+                               "size_kb": b.max_size_kb, "peak_memory_mb": b.max_peak_memory_mb})
     if not budgets:
         return []
     student = report["rows"][-1]
@@ -470,7 +475,7 @@ def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact:
                 "size_kb": path_size(artifact) / 1024, "peak_memory_mb": None}
     notes = {"latency_ms": f"{student['runtime']} does not run on this machine"}
     if "peak_memory_mb" in budgets and student["latency_ms"] is not None:
-        mem = peak_memory(cfg.target, artifact, data.x_test[:20], cfg.threads, profile)
+        mem = peak_memory(cfg.export.target, artifact, data.x_test[:20], cfg.device.threads, profile)
         measured["peak_memory_mb"] = mem.get("peak_memory_mb")
         notes["peak_memory_mb"] = mem.get("note")
         report["peak_memory"] = mem
@@ -491,7 +496,7 @@ def _front_end(student: torch.nn.Module) -> dict | None:
 
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
               file_name: str, name: str) -> dict:
-    recipe = asdict(cfg)
+    recipe = cfg.settings()
     files = {p.name: {"sha256": file_sha256(p), "bytes": path_size(p)} for p in sorted(folder.iterdir())}
     return {
         "schema": "compress.manifest/1",
@@ -499,17 +504,17 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool": {"name": "compress", "version": __version__},
         "versions": versions(),
-        "target": cfg.target,
+        "target": cfg.export.target,
         "artifact": file_name,
         "input_kind": data.input_kind,
-        **registry.TARGETS[cfg.target].describe_io(folder / file_name),
+        **registry.TARGETS[cfg.export.target].describe_io(folder / file_name),
         "output_meaning": "unnormalized class scores (logits) in labels.txt order; softmax gives probabilities",
         "normalization": data.normalization,
-        "preprocessing": {"inside_model": bool(model_preprocessing(cfg, data)), **model_preprocessing(cfg, data)},
+        "preprocessing": {"inside_model": bool(model_preprocessing(cfg.export, data)), **model_preprocessing(cfg.export, data)},
         "front_end": _front_end(student),
         "labels": data.labels,
         "labels_file": "labels.txt",
-        "student": {"arch": cfg.student, "params": models.count_params(student),
+        "student": {"arch": cfg.student.arch, "params": models.count_params(student),
                     "macs": models.count_macs(student, data.input_shape)},
         "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint, "output": m.output,
                       "contract": m.contract.describe()} for m in members],

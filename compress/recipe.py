@@ -1,13 +1,14 @@
 """Recipes: ``compress.toml`` holds everything a run needs; every CLI flag overrides it.
 
-One table, ``schema()``, says which key lives in which section, which ``RunConfig`` field it sets, its type
+One table, ``schema()``, says which key lives in which section (the ``RunConfig`` section of the same name,
+field of the same name), which flat setting it is (``compress.config.SETTINGS``: the flag's name), its type
 and its help text. Parsing, the errors for unknown keys and wrong types, and ``compress init``'s commented
 file are all generated from it, so the three can never disagree. A recipe maps one-to-one to a run
 configuration, as torchdistill's YAML maps to objects.
 
 A target's own options (``TargetOption`` records in ``export/<target>/``) are ``[export]`` keys generated from
 the registry each time the table is asked for, so a target registered later (a plugin, a test) has its keys
-too; their values travel together as ``RunConfig.target_options`` (``take_target_options``).
+too; their values travel together as one table, ``RunConfig.export.options`` (``take_target_options``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ FINITE = Range()
 
 @dataclass(frozen=True)
 class Key:
-    """One recipe key: the RunConfig field it sets, the TOML type(s) it accepts, and what it means; for a
+    """One recipe key: the flat setting it sets (``compress.config.SETTINGS``), the TOML type(s) it accepts, and what it means; for a
     numeric key, the values it accepts (``bounds``: checked once, in ``check_ranges``, for the recipe and
     every command's flags alike)."""
 
@@ -233,7 +234,7 @@ def _check_type(where: str, key: Key, value: Any) -> Any:
 
 
 def parse(text: str, source: str = RECIPE_FILE) -> dict[str, Any]:
-    """TOML text -> {RunConfig field: value}. Unknown keys and wrong types raise InputError (one line)."""
+    """TOML text -> {flat setting: value}. Unknown keys and wrong types raise InputError (one line)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -138,7 +138,7 @@ def test_mnist_sample_models_reproduce_host_outputs_via_validate(emulator, tmp_p
     from tests.conftest import require_mnist
 
     mnist = require_mnist()
-    report = run(RunConfig(target=target, quantize=quantize, data=str(mnist), limit_train=2000, limit_test=300,
+    report = run(RunConfig.from_settings(target=target, quantize=quantize, data=str(mnist), limit_train=2000, limit_test=300,
                            teachers=["mlp-small"], teacher_epochs=1, epochs=3, latency_runs=3, out=str(tmp_path)),
                  quiet=True)
     checked = validate(report["run"]["out_dir"], arm64_samples=100, latency_runs=3)

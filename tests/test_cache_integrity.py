@@ -63,7 +63,7 @@ def _config(tmp_path, **over):
     settings = dict(target="onnx", teachers=["mlp-small"], student="mlp-small", teacher_epochs=1, epochs=2,
                     limit_train=300, limit_test=100, latency_runs=3, out=str(tmp_path / "dist"), name="t")
     settings.update(over)
-    return RunConfig(**settings)
+    return RunConfig.from_settings(**settings)
 
 
 def _mlp(digits, seed: int = 0) -> torch.nn.Module:

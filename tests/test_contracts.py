@@ -92,7 +92,7 @@ def test_declared_contracts_reproduce_each_members_own_accuracy(members, tmp_pat
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     specs = [f"{folder / name}?{query}" for name, (query, _) in expected.items()]
     extra = {"target_options": {"deployment_target": "iOS17"}} if target == "coreml" else {}
-    report = run(RunConfig(target=target, teachers=specs, out=str(tmp_path / "dist"), name="c", **FAST, **extra),
+    report = run(RunConfig.from_settings(target=target, teachers=specs, out=str(tmp_path / "dist"), name="c", **FAST, **extra),
                  quiet=True)
     rows = _member_rows(report)
     for name, (_, own) in expected.items():
@@ -115,14 +115,14 @@ def test_the_recipe_declares_contracts_and_a_wrong_one_fires_the_warning(members
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     contracts = {str(folder / "flat.ts"): {"scale": "1/16", "shape": "64"},
                  str(folder / "nhwc.onnx"): {"scale": "1/255", "mean": 0.5, "layout": "nhwc"}}  # wrong: not centred
-    report = run(RunConfig(teachers=[str(folder / "flat.ts"), str(folder / "nhwc.onnx")], teacher_contracts=contracts,
+    report = run(RunConfig.from_settings(teachers=[str(folder / "flat.ts"), str(folder / "nhwc.onnx")], teacher_contracts=contracts,
                            out=str(tmp_path / "dist"), name="w", **FAST), quiet=True)
     (warning,) = report["run"]["warnings"]
     assert "'nhwc.onnx'" in warning and "check its input contract" in warning and '"mean": [0.5]' in warning
     rows = _member_rows(report)
     assert abs(rows["flat.ts"]["accuracy"] - expected["flat.ts"][1]) <= 0.001
     with pytest.raises(InputError, match="nhwc.onnx.*--strict"):
-        run(RunConfig(teachers=[str(folder / "flat.ts"), str(folder / "nhwc.onnx")], teacher_contracts=contracts,
+        run(RunConfig.from_settings(teachers=[str(folder / "flat.ts"), str(folder / "nhwc.onnx")], teacher_contracts=contracts,
                       strict_teachers=True, out=str(tmp_path / "dist"), name="s", **FAST), quiet=True)
 
 
@@ -131,7 +131,7 @@ def test_a_declared_accuracy_that_is_missed_is_an_error(members, tmp_path, monke
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     spec = f"{folder / 'flat.ts'}?scale=1/255&shape=64&accuracy=99"  # x/255 instead of x/16: far below 99%
     with pytest.raises(InputError, match=r"declares 99%; check its input contract"):
-        run(RunConfig(teachers=[spec], out=str(tmp_path / "dist"), **FAST), quiet=True)
+        run(RunConfig.from_settings(teachers=[spec], out=str(tmp_path / "dist"), **FAST), quiet=True)
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 

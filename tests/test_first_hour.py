@@ -9,14 +9,14 @@ import pytest
 
 
 def test_the_timing_note_names_every_runtime_the_teachers_ran_in():
+    from compress.config import DeviceSection, ExportSection
     from compress.stages.evaluate import comparison
 
-    cfg = SimpleNamespace(target="onnx", threads=1, latency_runs=5)
     student = SimpleNamespace(engine="ONNX Runtime 1.32.0", measured=True)
     ens = {"params": None, "macs": None, "accuracy": 0.9}
     s_row = {"latency_ms": {"p50": 0.1}, "params": 10, "macs": 100, "accuracy": 0.9}
     onnx_member = (SimpleNamespace(engine="ONNX Runtime 1.32.0"), None)
-    out = comparison(cfg, ens, None, s_row, student, [onnx_member], ["onnx"], 2,
+    out = comparison(ExportSection(target="onnx"), DeviceSection(threads=1, latency_runs=5), ens, None, s_row, student, [onnx_member], ["onnx"], 2,
                      ["ONNX Runtime 1.32.0", "torch 2.13.0+cpu"])
     note = out["timing_note"]
     assert not out["same_runtime"] and out["mac_ratio"] is None and out["param_ratio"] is None
@@ -100,12 +100,10 @@ def test_help_in_a_pipe_crops_nothing(command):
 # -- 7. smaller ones --------------------------------------------------------------------------------------------
 
 def test_every_commented_line_compress_init_writes_loads_when_uncommented():
-    from dataclasses import asdict
-
     from compress import recipe
     from compress.pipeline import RunConfig
 
-    text = recipe.render({**asdict(RunConfig()), "targets": [RunConfig.target]})
+    text = recipe.render({**RunConfig().settings(), "targets": [RunConfig().export.target]})
     lines = text.splitlines()
     keys = [i for i, line in enumerate(lines) if line.startswith("# ") and " = " in line
             and line[2:].split(" = ")[0].isidentifier()]

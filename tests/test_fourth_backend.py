@@ -148,11 +148,11 @@ def test_a_scheme_the_backend_lacks_is_refused_before_training(torchscript, tmp_
     from compress.pipeline import RunConfig
 
     with pytest.raises(InputError, match=r"--quantize 'int8': not supported for target 'torchscript'"):
-        RunConfig(target="torchscript", quantize="int8").validate()
+        RunConfig.from_settings(target="torchscript", quantize="int8").validate()
     with pytest.raises(InputError, match="only the coreml target"):
-        RunConfig(target="torchscript", target_options={"precision": "fp32"}).validate()
+        RunConfig.from_settings(target="torchscript", target_options={"precision": "fp32"}).validate()
     with pytest.raises(InputError, match="--qat"):
-        RunConfig(target="torchscript", qat=True).validate()
+        RunConfig.from_settings(target="torchscript", qat=True).validate()
 
 
 def test_the_backends_own_scheme_and_option_flow_through_every_command_and_the_recipe(torchscript, tmp_path,

@@ -137,7 +137,7 @@ def test_a_failure_between_export_and_the_final_move_leaves_nothing(tmp_path, mo
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     cfg = dict(teachers=["mlp-small"], teacher_epochs=1, epochs=2, limit_train=300, latency_runs=3,
                out=str(tmp_path / "dist"), name="run")
-    pipeline.run(pipeline.RunConfig(**cfg), quiet=True)
+    pipeline.run(pipeline.RunConfig.from_settings(**cfg), quiet=True)
     before = (tmp_path / "dist" / "run" / "model.onnx").read_bytes()
 
     def interrupted(*args, **kwargs):
@@ -145,7 +145,7 @@ def test_a_failure_between_export_and_the_final_move_leaves_nothing(tmp_path, mo
 
     monkeypatch.setattr(pipeline, "_check_budgets", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(pipeline.RunConfig(**cfg), quiet=True)
+        pipeline.run(pipeline.RunConfig.from_settings(**cfg), quiet=True)
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["run"]
     assert (tmp_path / "dist" / "run" / "model.onnx").read_bytes() == before
 

@@ -28,11 +28,11 @@ def teacher_student_confusion(cfg: RunConfig, report: dict) -> dict:
     from compress.core import metrics as validation
     from compress.export import TARGETS
 
-    data = load_data(cfg.data, cfg.data_format, limit_train=cfg.limit_train, limit_test=cfg.limit_test, seed=cfg.seed)
-    members = load_teachers(cfg.teachers, data, epochs=cfg.teacher_epochs, seed=cfg.seed)
+    data = load_data(cfg.data.path, cfg.data.format, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test, seed=cfg.distill.seed)
+    members = load_teachers(cfg.teachers.members, data, epochs=cfg.teachers.epochs, seed=cfg.distill.seed)
     teacher_pred = np.argmax(ensemble_probs(members, data.x_test), axis=1)
-    artifact = Path(report["run"]["out_dir"]) / TARGETS[cfg.target].file_name
-    student_pred = np.argmax(validation.batched(TARGETS[cfg.target].open(artifact, 1).predict, data.x_test), axis=1)
+    artifact = Path(report["run"]["out_dir"]) / TARGETS[cfg.export.target].file_name
+    student_pred = np.argmax(validation.batched(TARGETS[cfg.export.target].open(artifact, 1).predict, data.x_test), axis=1)
     exported = next(r for r in report["rows"] if r["model"].startswith("student ("))
     return {"reference": "teacher ensemble", "candidate": exported["model"], "labels": list(data.labels),
             "matrix": confusion_matrix(teacher_pred, student_pred, labels=list(range(data.num_classes))).tolist()}
@@ -40,7 +40,7 @@ def teacher_student_confusion(cfg: RunConfig, report: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    cfg = RunConfig(target="onnx", out=str(tmp_path_factory.mktemp("html-run")), **CHEAP)
+    cfg = RunConfig.from_settings(target="onnx", out=str(tmp_path_factory.mktemp("html-run")), **CHEAP)
     rep = run(cfg, quiet=True)
     conf = teacher_student_confusion(cfg, rep)
     if "confusion" in rep:  # newer pipelines write it themselves: it must agree with the independent count

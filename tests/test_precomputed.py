@@ -75,8 +75,8 @@ def test_the_file_records_outputs_and_input_hashes(folder):
 
 def test_outputs_computed_elsewhere_distil_the_same_student_bit_for_bit(folder):
     ds = data()
-    live = run(RunConfig(teachers=["mlp-small"], out=str(folder / "live"), name="s", **FAST), quiet=True)
-    pre = run(RunConfig(teachers=[str(folder / "mlp.npz")], out=str(folder / "pre"), name="s", **FAST), quiet=True)
+    live = run(RunConfig.from_settings(teachers=["mlp-small"], out=str(folder / "live"), name="s", **FAST), quiet=True)
+    pre = run(RunConfig.from_settings(teachers=[str(folder / "mlp.npz")], out=str(folder / "pre"), name="s", **FAST), quiet=True)
     assert pre["run"]["teachers"][0]["kind"] == "precomputed"
     assert pre["run"]["final_train_loss"] == live["run"]["final_train_loss"]
     assert np.array_equal(exported_outputs(pre, ds.x_test), exported_outputs(live, ds.x_test))
@@ -174,7 +174,7 @@ def test_a_label_only_member_mixes_with_a_soft_member(folder):
     one_hot = np.eye(10)[f["train"]]
     soft = softmax(np.load(folder / "mlp.npz")["train"], 4.0)
     assert np.allclose(ensemble_probs(members, ds.x_train, 4.0), (one_hot + soft) / 2, atol=1e-6)
-    report = run(RunConfig(teachers=[str(labels), "mlp-small"], out=str(folder / "mixed"), name="m", temperature=4.0,
+    report = run(RunConfig.from_settings(teachers=[str(labels), "mlp-small"], out=str(folder / "mixed"), name="m", temperature=4.0,
                            **FAST), quiet=True)
     assert (Path(report["run"]["out_dir"]) / TARGETS["onnx"].file_name).is_file()
     assert rows(report)["member labels.npz"]["accuracy"] == float(np.mean(f["test"] == ds.y_test))
@@ -196,7 +196,7 @@ def test_inputs_only_then_outputs_from_a_model_run_elsewhere(folder):
     f["test"] = outside.decision_function(f["x_test"].reshape(100, -1)).astype(np.float32)
     f["output"] = np.array("logits")
     np.savez(folder / "outside.npz", **f)
-    report = run(RunConfig(teachers=[str(folder / "outside.npz")], out=str(folder / "outside"), name="o", **FAST),
+    report = run(RunConfig.from_settings(teachers=[str(folder / "outside.npz")], out=str(folder / "outside"), name="o", **FAST),
                  quiet=True)
     expected = float(outside.score(ds.x_test.reshape(100, -1), ds.y_test))
     assert rows(report)["member outside.npz"]["accuracy"] == pytest.approx(expected)
@@ -211,7 +211,7 @@ def test_a_file_without_test_outputs_is_listed_not_measured(folder, monkeypatch)
         member.logits(ds.x_test[:8])
     assert "notest.npz" in str(err.value) and "\n" not in str(err.value)
     # load_teachers' 8-sample probe of the test split skips such a member (checked at load instead)
-    report = run(RunConfig(teachers=[str(path), "mlp-small"], out=str(folder / "notest"), name="n", **FAST),
+    report = run(RunConfig.from_settings(teachers=[str(path), "mlp-small"], out=str(folder / "notest"), name="n", **FAST),
                  quiet=True)
     row = rows(report)["member notest.npz"]
     assert row["accuracy"] is None and row["latency_ms"] is None and "not measured" in row["note"]

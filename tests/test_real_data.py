@@ -114,7 +114,7 @@ def test_augmentation_never_sees_the_test_split(tmp_path, monkeypatch):
     real = train.augment_batch
     monkeypatch.setattr(train, "augment_batch", lambda x, a, g: seen.append(x.clone()) or real(x, a, g))
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
-    report = run(RunConfig(data=str(tmp_path / "data"), augment="crop=2,flip", teachers=["cnn"], teacher_epochs=2,
+    report = run(RunConfig.from_settings(data=str(tmp_path / "data"), augment="crop=2,flip", teachers=["cnn"], teacher_epochs=2,
                            student="cnn-small", epochs=2, latency_runs=3, out=str(tmp_path / "dist")), quiet=True)
     ds = load_data(str(tmp_path / "data"))
     assert len(seen) >= 4, "teachers and student were augmented"
@@ -167,30 +167,30 @@ def test_defaults_follow_the_data_and_keep_what_the_user_set():
 
     given = RunConfig()
     small, picked = defaults.choose(given, load_data(), "cpu")
-    assert (small.teachers, small.student, small.teacher_epochs, small.epochs) == (
+    assert (small.teachers.members, small.student.arch, small.teachers.epochs, small.distill.epochs) == (
         ["mlp-1200", "cnn", "resnet"], "mlp-small", 10, 100)
     assert given == RunConfig(), "a new configuration; the one given is not changed"
     big, picked = defaults.choose(RunConfig(), _large((1, 28, 28)), "cpu")
-    assert big.teachers == ["cnn", "resnet", "mlp-1200"] and big.student == "mlp-800"
-    assert 2 <= big.teacher_epochs <= 15 and 3 <= big.epochs < 100
+    assert big.teachers.members == ["cnn", "resnet", "mlp-1200"] and big.student.arch == "mlp-800"
+    assert 2 <= big.teachers.epochs <= 15 and 3 <= big.distill.epochs < 100
     assert "60,000 training samples" in defaults.describe(picked)
     again, _ = defaults.choose(RunConfig(), _large((1, 28, 28)), "cpu")
-    assert (again.teacher_epochs, again.epochs) == (big.teacher_epochs, big.epochs), "deterministic"
+    assert (again.teachers.epochs, again.distill.epochs) == (big.teachers.epochs, big.distill.epochs), "deterministic"
     cuda, _ = defaults.choose(RunConfig(), _large((1, 28, 28)), "cuda")
-    assert cuda.epochs >= big.epochs and cuda.teacher_epochs >= big.teacher_epochs
-    mine, picked = defaults.choose(RunConfig(teachers=["resnet"], epochs=7), _large((1, 28, 28)), "cpu")
-    assert mine.teachers == ["resnet"] and mine.epochs == 7 and "teachers" not in picked and "epochs" not in picked
+    assert cuda.distill.epochs >= big.distill.epochs and cuda.teachers.epochs >= big.teachers.epochs
+    mine, picked = defaults.choose(RunConfig.from_settings(teachers=["resnet"], epochs=7), _large((1, 28, 28)), "cpu")
+    assert mine.teachers.members == ["resnet"] and mine.distill.epochs == 7 and "teachers" not in picked and "epochs" not in picked
     audio, _ = defaults.choose(RunConfig(), _large((8000,), n=3000, kind="audio"), "cpu")
-    assert audio.teachers[0].startswith("speech-") and audio.student.startswith("ds-cnn")
+    assert audio.teachers.members[0].startswith("speech-") and audio.student.arch.startswith("ds-cnn")
     flat, _ = defaults.choose(RunConfig(), _large((20,), n=500, kind="features"), "cpu")
-    assert set(flat.teachers) == {"mlp-1200"}
+    assert set(flat.teachers.members) == {"mlp-1200"}
 
 
 def test_a_run_reports_member_curves_and_the_chosen_defaults(tmp_path, monkeypatch):
     from compress.pipeline import RunConfig, run
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
-    report = run(RunConfig(teachers=["mlp-small", "cnn-small"], teacher_epochs=3, latency_runs=3, limit_train=300,
+    report = run(RunConfig.from_settings(teachers=["mlp-small", "cnn-small"], teacher_epochs=3, latency_runs=3, limit_train=300,
                            out=str(tmp_path / "dist")), quiet=True)
     run_facts = report["run"]
     assert run_facts["defaults_chosen"]["student"] == "mlp-small" and run_facts["defaults_chosen"]["epochs"] == 100

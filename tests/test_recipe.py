@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import string
-from dataclasses import asdict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -103,7 +103,7 @@ def test_init_writes_a_recipe_that_loads_back_to_the_defaults(tmp_path):
     text = (tmp_path / "compress.toml").read_text()
     assert all(f"[{sec}]" in text for sec in recipe.schema() if sec)
     values = recipe.load(tmp_path / "compress.toml")
-    defaults = {**asdict(RunConfig()), "targets": ["onnx"]}
+    defaults = {**RunConfig().settings(), "targets": ["onnx"]}
     assert values and all(defaults[k] == v for k, v in values.items())
     # every key is written, either set or commented out with an example
     for sec, name, _ in ALL_KEYS:
@@ -117,8 +117,41 @@ def test_flags_override_the_recipe_which_overrides_defaults(tmp_path):
     path.write_text('name = "r"\n[distill]\nepochs = 7\ntemperature = 4\n[export]\ntargets = ["onnx", "tflite"]\n'
                     '[data]\noptions = { test_fraction = 0.3 }\n')
     configs = _run_configs(str(path), {"epochs": 2})
-    assert [(c.target, c.name, c.epochs, c.temperature, c.alpha) for c in configs] == [
-        ("onnx", "r-onnx", 2, 4.0, RunConfig().alpha), ("tflite", "r-tflite", 2, 4.0, RunConfig().alpha)]
-    assert configs[0].data_options == {"test_fraction": 0.3} and configs[0].recipe_path == str(path)
+    assert [(c.export.target, c.name, c.distill.epochs, c.distill.temperature, c.distill.alpha) for c in configs] == [
+        ("onnx", "r-onnx", 2, 4.0, RunConfig().distill.alpha), ("tflite", "r-tflite", 2, 4.0, RunConfig().distill.alpha)]
+    assert configs[0].data.options == {"test_fraction": 0.3} and configs[0].recipe_path == str(path)
     only = _run_configs(str(path), {"target": "coreml"})
-    assert [c.target for c in only] == ["coreml"] and only[0].name == "r"
+    assert [c.export.target for c in only] == ["coreml"] and only[0].name == "r"
+
+
+def test_every_recipe_key_is_the_field_of_the_same_name_in_its_section():
+    """A recipe maps one-to-one to the run configuration: ``[distill] epochs`` is ``cfg.distill.epochs``, and
+    each key's flag name (``--epochs``) reaches that same field (``SETTINGS``)."""
+    from compress.config import SETTINGS
+
+    target_options = set(recipe.target_option_keys())
+    seen = set()
+    for section, keys in recipe.schema().items():
+        if section == "search":  # compress search's own section: a SearchSpace, not a run setting
+            continue
+        for name, key in keys.items():
+            if name in target_options or key.field == "targets":  # one table (export.options); one target per run
+                continue
+            assert SETTINGS[key.field] == (section, name), (section, name, key.field)
+            seen.add(key.field)
+    assert set(SETTINGS) - seen == {"target", "target_options", "recipe_path"}  # the CLI's --target, the table
+
+
+def test_settings_resolve_into_a_new_configuration_and_back():
+    from compress.config import RunConfig
+
+    base = RunConfig()
+    cfg = base.with_settings(epochs=7, teachers=["cnn"], target="tflite", target_options={"min_runtime": "2.14"})
+    assert (cfg.distill.epochs, cfg.teachers.members, cfg.export.target, cfg.export.options) == \
+           (7, ["cnn"], "tflite", {"min_runtime": "2.14"})
+    assert base == RunConfig() and base.distill.epochs is None, "with_settings gives a new value"
+    assert RunConfig.from_settings(**cfg.settings()) == cfg
+    with pytest.raises(TypeError, match="epoch"):
+        base.with_settings(epoch=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.distill.epochs = 1

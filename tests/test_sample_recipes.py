@@ -31,44 +31,44 @@ def test_sample_recipe_builds_valid_run_configs(path):
     values = recipe.load(path)
     assert values, f"{path} sets nothing"
     configs = _run_configs(str(path), {})
-    assert configs and [c.target for c in configs] == values.get("targets", ["onnx"])
+    assert configs and [c.export.target for c in configs] == values.get("targets", ["onnx"])
     for cfg in configs:
         cfg.validate()
         assert cfg.recipe_path == str(path)
-        for spec in cfg.teachers:
+        for spec in cfg.teachers.members:
             if teacher_format(spec) == "builtin":
                 assert spec in models.MODELS
-        assert cfg.student in models.MODELS
-        assert cfg.data_format is None or cfg.data_format in DATASETS
-        if cfg.profile:
+        assert cfg.student.arch in models.MODELS
+        assert cfg.data.format is None or cfg.data.format in DATASETS
+        if cfg.device.profile:
             from compress.devices.profiles import load_profile
 
-            assert load_profile(cfg.profile)["runtime"] == cfg.target
+            assert load_profile(cfg.device.profile)["runtime"] == cfg.export.target
 
 
 def test_fsdd_recipe_is_the_documented_run():
-    configs = {c.target: c for c in _run_configs(str(ROOT / "samples/fsdd_speech/compress.toml"), {})}
+    configs = {c.export.target: c for c in _run_configs(str(ROOT / "samples/fsdd_speech/compress.toml"), {})}
     assert sorted(configs) == ["coreml", "onnx", "tflite"]
     for cfg in configs.values():
-        assert (cfg.data_format, cfg.student, cfg.temperature, cfg.teacher_epochs, cfg.epochs, cfg.lr) == \
+        assert (cfg.data.format, cfg.student.arch, cfg.distill.temperature, cfg.teachers.epochs, cfg.distill.epochs, cfg.distill.lr) == \
                ("audio-folder", "ds-cnn", 4.0, 15, 40, 1e-2)
-        assert cfg.teachers == ["speech-cnn", "speech-resnet", "speech-wide-cnn"]
-        assert cfg.data_options["split"] == "index<5"
-    assert configs["coreml"].target_options == {"precision": "fp32"}
-    assert configs["onnx"].target_options == configs["tflite"].target_options == {"precision": "fp32"}  # fixed there
+        assert cfg.teachers.members == ["speech-cnn", "speech-resnet", "speech-wide-cnn"]
+        assert cfg.data.options["split"] == "index<5"
+    assert configs["coreml"].export.options == {"precision": "fp32"}
+    assert configs["onnx"].export.options == configs["tflite"].export.options == {"precision": "fp32"}  # fixed there
     run_sh = (ROOT / "samples/fsdd_speech/run.sh").read_text()
     assert "--recipe samples/fsdd_speech/compress.toml" in run_sh
 
 
 def test_mnist_recipe_is_the_distilled_row():
     (cfg,) = _run_configs(str(ROOT / "samples/mnist_hinton/compress.toml"), {})
-    assert (cfg.student, cfg.temperature, cfg.alpha, cfg.data_format) == ("mlp-800", 20.0, 0.1, "idx")
-    assert cfg.teachers == ["mlp-1200", "cnn"] and cfg.jitter == 2
+    assert (cfg.student.arch, cfg.distill.temperature, cfg.distill.alpha, cfg.data.format) == ("mlp-800", 20.0, 0.1, "idx")
+    assert cfg.teachers.members == ["mlp-1200", "cnn"] and cfg.teachers.jitter == 2
 
 
 def test_cli_flags_override_a_sample_recipe():
     configs = _run_configs(str(ROOT / "samples/fsdd_speech/compress.toml"), {"target": "tflite", "epochs": 2})
-    assert [(c.target, c.epochs) for c in configs] == [("tflite", 2)]
+    assert [(c.export.target, c.distill.epochs) for c in configs] == [("tflite", 2)]
 
 
 SHOWN = [p for p in sorted((ROOT / "samples").rglob("README.md"))
@@ -106,4 +106,4 @@ def test_ci_recipe_fits_the_workflow_device_profile():
                            {"profile": "pixel-class", "max_accuracy_drop": 2.0, "max_size_kb": 500.0})
     for cfg in configs:
         cfg.validate()
-        assert load_profile(cfg.profile)["runtime"] == cfg.target
+        assert load_profile(cfg.device.profile)["runtime"] == cfg.export.target

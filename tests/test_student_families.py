@@ -184,12 +184,12 @@ def test_teacher_specs_recognise_family_names_only_when_they_parse():
 def test_run_config_accepts_family_students():
     from compress.pipeline import RunConfig
 
-    RunConfig(student="mobilenet:0.5:0.5").validate()
-    RunConfig(student="ds-cnn-m").validate()
+    RunConfig.from_settings(student="mobilenet:0.5:0.5").validate()
+    RunConfig.from_settings(student="ds-cnn-m").validate()
     with pytest.raises(InputError, match=r"^--student 'mobilenet:0': width 0 is out of range"):
-        RunConfig(student="mobilenet:0").validate()
+        RunConfig.from_settings(student="mobilenet:0").validate()
     with pytest.raises(InputError, match=r"^--student 'nope': unknown; expected one of .*mobilenet:0\.35"):
-        RunConfig(student="nope").validate()
+        RunConfig.from_settings(student="nope").validate()
 
 
 def test_cli_bad_student_exits_2_with_one_line(tmp_path):

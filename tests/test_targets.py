@@ -26,7 +26,7 @@ def student_rows(report):
 
 @pytest.mark.parametrize("quantize", ["none", "fp16", "int8-weights", "int8"])
 def test_tflite_variants_on_digits(tmp_path, quantize):
-    report = run(RunConfig(target="tflite", quantize=quantize, out=str(tmp_path), **FAST), quiet=True)
+    report = run(RunConfig.from_settings(target="tflite", quantize=quantize, out=str(tmp_path), **FAST), quiet=True)
     torch_row, tfl = student_rows(report)
     assert tfl["runtime"].startswith("LiteRT ") and tfl["latency_ms"]["runs"] == 20
     assert tfl["parity"]["passed"], tfl["parity"]
@@ -40,11 +40,11 @@ def test_tflite_variants_on_digits(tmp_path, quantize):
 
 
 def test_tflite_min_runtime_gate(tmp_path):
-    report = run(RunConfig(target="tflite", quantize="int8-weights", target_options={"min_runtime": "2.14"}, out=str(tmp_path), **FAST),
+    report = run(RunConfig.from_settings(target="tflite", quantize="int8-weights", target_options={"min_runtime": "2.14"}, out=str(tmp_path), **FAST),
                  quiet=True)
     gate = next(c for c in report["checks"] if c["name"] == "loads in TFLite 2.14")
     assert not gate["passed"] and "FULLY_CONNECTED v12" in gate["detail"] and not report["passed"]
-    report = run(RunConfig(target="tflite", target_options={"min_runtime": "2.14"}, out=str(tmp_path), **FAST), quiet=True)
+    report = run(RunConfig.from_settings(target="tflite", target_options={"min_runtime": "2.14"}, out=str(tmp_path), **FAST), quiet=True)
     assert report["passed"]
 
 
@@ -55,7 +55,7 @@ def _precision(precision: str | None) -> dict:
 @pytest.mark.parametrize("quantize, precision", [("none", "fp32"), ("none", "fp16"), ("int8-weights", None),
                                                  ("palettize-4", None)])
 def test_coreml_variants_on_digits(tmp_path, quantize, precision):
-    report = run(RunConfig(target="coreml", quantize=quantize, target_options=_precision(precision), out=str(tmp_path), **FAST),
+    report = run(RunConfig.from_settings(target="coreml", quantize=quantize, target_options=_precision(precision), out=str(tmp_path), **FAST),
                  quiet=True)
     torch_row, ml = student_rows(report)
     assert ml["runtime"] == "Core ML (macOS)" or ml["runtime"].startswith("MIL reference (Linux")
@@ -85,7 +85,7 @@ MNIST = dict(limit_train=3000, limit_test=1000, teachers=["mlp-1200", "cnn-small
     ("coreml", "palettize-4", None),
 ])
 def test_targets_on_mnist(tmp_path, mnist, target, quantize, precision):
-    report = run(RunConfig(target=target, quantize=quantize, target_options=_precision(precision), data=mnist, out=str(tmp_path),
+    report = run(RunConfig.from_settings(target=target, quantize=quantize, target_options=_precision(precision), data=mnist, out=str(tmp_path),
                            **MNIST), quiet=True)
     torch_row, exported = student_rows(report)
     assert report["run"]["data"]["input_shape"] == [1, 28, 28]
@@ -97,7 +97,7 @@ def test_targets_on_mnist(tmp_path, mnist, target, quantize, precision):
 
 @pytest.mark.parametrize("quantize", ["fp16", "int8-weights", "int8"])
 def test_onnx_quantized_variants_on_digits(tmp_path, quantize):
-    report = run(RunConfig(target="onnx", quantize=quantize, out=str(tmp_path), **FAST), quiet=True)
+    report = run(RunConfig.from_settings(target="onnx", quantize=quantize, out=str(tmp_path), **FAST), quiet=True)
     torch_row, exported = student_rows(report)
     assert exported["model"] == f"student (onnx {quantize})" and exported["parity"]["passed"], exported["parity"]
     assert exported["size_bytes"] < 0.75 * next(r for r in report["rows"] if r["model"] == "member mlp-800")["size_bytes"]
@@ -109,13 +109,13 @@ def test_unsupported_combination_names_what_the_target_supports():
 
     with pytest.raises(InputError, match=r"--quantize 'palettize-4': not supported for target 'onnx'; expected one of "
                                          r"\['fp16', 'int8', 'int8-weights', 'none'\]"):
-        RunConfig(target="onnx", quantize="palettize-4").validate()
+        RunConfig.from_settings(target="onnx", quantize="palettize-4").validate()
     with pytest.raises(InputError, match="--qat: quantization-aware distillation is available for --target tflite"):
-        RunConfig(target="onnx", quantize="int8", qat=True).validate()
+        RunConfig.from_settings(target="onnx", quantize="int8", qat=True).validate()
 
 
 def test_qat_tflite_int8_is_checked_against_its_own_int8_graph(tmp_path):
-    report = run(RunConfig(target="tflite", quantize="int8", qat=True, qat_epochs=1, out=str(tmp_path), **FAST),
+    report = run(RunConfig.from_settings(target="tflite", quantize="int8", qat=True, qat_epochs=1, out=str(tmp_path), **FAST),
                  quiet=True)
     torch_row, exported = student_rows(report)
     assert exported["model"] == "student (tflite int8-qat)"
@@ -130,9 +130,9 @@ def test_debug_quant_names_layers_worst_first(tmp_path):
     from compress.cli import app
 
     common = dict(out=str(tmp_path), name="m", **FAST)
-    run(RunConfig(target="onnx", **common), quiet=True)
+    run(RunConfig.from_settings(target="onnx", **common), quiet=True)
     (tmp_path / "m" / "model.onnx").rename(tmp_path / "fp32.onnx")
-    run(RunConfig(target="onnx", quantize="int8", **common), quiet=True)
+    run(RunConfig.from_settings(target="onnx", quantize="int8", **common), quiet=True)
     result = CliRunner().invoke(app, ["debug-quant", str(tmp_path / "m" / "model.onnx"), "--fp32",
                                       str(tmp_path / "fp32.onnx"), "--json"])
     assert result.exit_code == 0, result.output
@@ -154,9 +154,9 @@ def test_debug_quant_on_tflite_names_torch_modules(tmp_path):
     from compress import models
 
     common = dict(out=str(tmp_path), name="m", **FAST)
-    run(RunConfig(target="tflite", **common), quiet=True)
+    run(RunConfig.from_settings(target="tflite", **common), quiet=True)
     (tmp_path / "m" / "model.tflite").rename(tmp_path / "fp32.tflite")
-    run(RunConfig(target="tflite", quantize="int8", **common), quiet=True)
+    run(RunConfig.from_settings(target="tflite", quantize="int8", **common), quiet=True)
     result = CliRunner().invoke(app, ["debug-quant", str(tmp_path / "m" / "model.tflite"), "--fp32",
                                       str(tmp_path / "fp32.tflite"), "--json"])
     assert result.exit_code == 0, result.output
@@ -170,7 +170,7 @@ def test_debug_quant_on_tflite_names_torch_modules(tmp_path):
 
 
 def test_int8_budget_reports_the_fallback(tmp_path):
-    report = run(RunConfig(target="onnx", quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST),
+    report = run(RunConfig.from_settings(target="onnx", quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST),
                  quiet=True)
     fb = report["quantization_fallback"]
     assert fb["eval_samples"] > 0 and fb["attempts"][0]["excluded"] == []
@@ -180,14 +180,14 @@ def test_int8_budget_reports_the_fallback(tmp_path):
     from compress.core.errors import InputError
 
     with pytest.raises(InputError, match="--int8-budget: the float fallback applies to --quantize int8, not --quantize fp16"):
-        RunConfig(target="tflite", quantize="fp16", int8_budget=1.0).validate()
-    RunConfig(target="tflite", quantize="int8", int8_budget=1.0).validate()  # every int8 target has the fallback
+        RunConfig.from_settings(target="tflite", quantize="fp16", int8_budget=1.0).validate()
+    RunConfig.from_settings(target="tflite", quantize="int8", int8_budget=1.0).validate()  # every int8 target has the fallback
 
 
 @pytest.mark.parametrize("target, extra", [("tflite", {}), ("coreml", {"target_options": {"deployment_target": "iOS17"}})])
 def test_int8_budget_on_tflite_and_coreml(tmp_path, target, extra):
     """The pipeline's --int8-budget reaches the TFLite and Core ML fallbacks; the shipped file is the int8 one."""
-    report = run(RunConfig(target=target, quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST, **extra),
+    report = run(RunConfig.from_settings(target=target, quantize="int8", int8_budget=0.5, out=str(tmp_path), name="q", **FAST, **extra),
                  quiet=True)
     fb = report["quantization_fallback"]
     assert fb["target"] == target and fb["eval_samples"] > 0
@@ -211,7 +211,7 @@ def test_onnx_file_teacher_stays_in_onnx_runtime_for_another_target(tmp_path, di
     y = torch.as_tensor(digits.y_train)
     fit(teacher, digits.x_train, lambda z, i: torch.nn.functional.cross_entropy(z, y[i]), epochs=5)
     export(teacher, torch.as_tensor(digits.x_test[:1]), tmp_path / "t.onnx", ModelInfo("t", digits.labels))
-    report = run(RunConfig(target="tflite", teachers=[str(tmp_path / "t.onnx"), "cnn-small"], teacher_epochs=2,
+    report = run(RunConfig.from_settings(target="tflite", teachers=[str(tmp_path / "t.onnx"), "cnn-small"], teacher_epochs=2,
                            epochs=10, latency_runs=5, out=str(tmp_path)), quiet=True)
     members = {r["model"]: r for r in report["rows"] if r["role"] == "member"}
     assert members["member t.onnx"]["runtime"].startswith("ONNX Runtime")

@@ -200,15 +200,16 @@ def _ensemble_accuracy(members, timed: bool) -> float:
     from types import SimpleNamespace
 
     from compress.teachers.ensemble import output_probs
+    from compress.config import DeviceSection
     from compress.stages.evaluate import ensemble_row
 
     x = np.arange(N, dtype=np.float32).reshape(N, 1)
     data = SimpleNamespace(x_test=x, y_test=Y)
-    cfg = SimpleNamespace(latency_runs=2, threads=1)
+    device = DeviceSection(threads=1, latency_runs=2)
     probs = np.mean([output_probs(m.output, m.predict(x)) for m in members], axis=0).astype(np.float32)
     m_rows = [{"params": 1, "macs": None, "size_bytes": None} for _ in members]
     runners = [(SimpleNamespace(predict=m.predict, engine="fake"), m) for m in members] if timed else []
-    row, _ = ensemble_row(cfg, data, probs, np.argmax(probs, axis=1), m_rows, runners)
+    row, _ = ensemble_row(device, data, probs, np.argmax(probs, axis=1), m_rows, runners)
     return row["accuracy"]
 
 

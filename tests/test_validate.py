@@ -34,7 +34,7 @@ def folder(tmp_path_factory):
     from compress.pipeline import RunConfig, run
 
     out = tmp_path_factory.mktemp("validate")
-    report = run(RunConfig(target="onnx", epochs=5, teacher_epochs=2, limit_train=600, out=str(out)), quiet=True)
+    report = run(RunConfig.from_settings(target="onnx", epochs=5, teacher_epochs=2, limit_train=600, out=str(out)), quiet=True)
     return Path(report["run"]["out_dir"])
 
 
@@ -241,7 +241,7 @@ def fp16_folder(folder):
     """The same student as ``folder`` (same recipe, cached student), exported as fp16 ONNX beside it."""
     from compress.pipeline import RunConfig, run
 
-    report = run(RunConfig(target="onnx", quantize="fp16", epochs=5, teacher_epochs=2, limit_train=600,
+    report = run(RunConfig.from_settings(target="onnx", quantize="fp16", epochs=5, teacher_epochs=2, limit_train=600,
                            out=str(folder.parent)), quiet=True)
     return Path(report["run"]["out_dir"])
 

@@ -75,12 +75,10 @@ def quiet_libraries() -> None:
 
 def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     """defaults <- recipe (given, or ./compress.toml when present) <- CLI flags; one RunConfig per target."""
-    from dataclasses import asdict
-
     from compress import recipe
     from compress.config import RunConfig
 
-    path, merged = recipe.resolve(recipe_path, flags, {**asdict(RunConfig()), "targets": [RunConfig.target]})
+    path, merged = recipe.resolve(recipe_path, flags, {**RunConfig().settings(), "targets": [RunConfig().export.target]})
     for key in recipe.SEARCH_FIELDS:  # the [search] section is compress search's
         merged.pop(key, None)
     if "target" in flags:  # --target picks one target over the recipe's list
@@ -97,7 +95,8 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
     for t in targets:
         own = registry.options_for(t, options) if len(targets) > 1 and t in TARGETS else options
         name = f"{merged['name']}-{t}" if merged.get("name") and len(targets) > 1 else merged.get("name")
-        configs.append(RunConfig(**{**merged, "name": name, "target": t, "target_options": own, "recipe_path": path}))
+        configs.append(RunConfig.from_settings(**{**merged, "name": name, "target": t, "target_options": own,
+                                                  "recipe_path": path}))
     return configs
 
 
@@ -198,7 +197,6 @@ def init(
     force: bool = typer.Option(False, help="Overwrite an existing file."),
 ) -> None:
     """Write a commented recipe with every key and its default."""
-    from dataclasses import asdict
     from pathlib import Path
 
     from compress import recipe
@@ -212,7 +210,7 @@ def init(
         fail(f"{exc} (e.g. {dest / 'compress.toml'})", 2)
     if dest.exists() and not force:
         fail(f"{dest}: already exists; expected a new path (or pass --force to overwrite)", 2)
-    text = recipe.render({**asdict(RunConfig()), "targets": [RunConfig.target]})
+    text = recipe.render({**RunConfig().settings(), "targets": [RunConfig().export.target]})
     recipe.parse(text, str(dest))  # what init writes must load back
     try:
         with atomic_path(dest) as tmp:

@@ -32,14 +32,13 @@ def _numbers(flag: str, text: str) -> list[float]:
 
 def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
     """(RunConfig, SearchSpace, SearchOptions): defaults <- recipe (its [search] section too) <- flags."""
-    from dataclasses import asdict
-
     from compress import recipe
     from compress.config import RunConfig
     from compress.search import SearchOptions
     from compress.search.space import SearchSpace
 
-    defaults = {**asdict(RunConfig()), "targets": [RunConfig.target], **{f: None for f in recipe.SEARCH_FIELDS}}
+    defaults = {**RunConfig().settings(), "targets": [RunConfig().export.target],
+                **{f: None for f in recipe.SEARCH_FIELDS}}
     path, merged = recipe.resolve(recipe_path, {**flags, **search_flags}, defaults)
     targets = [flags["target"]] if "target" in flags else merged["targets"]
     if len(targets) != 1:
@@ -52,7 +51,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
                         temperatures=search["search_temperatures"], alphas=search["search_alphas"])
     options = SearchOptions(**{k: v for k, v in (("time_budget_min", search["search_time_budget"]),
                                                  ("prune_margin", search["search_prune_margin"])) if v is not None})
-    return RunConfig(**{**merged, "target": targets[0], "recipe_path": path}), space, options
+    return RunConfig.from_settings(**{**merged, "target": targets[0], "recipe_path": path}), space, options
 
 
 @with_target_options

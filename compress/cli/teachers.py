@@ -11,7 +11,6 @@ interrupted (nothing written).
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
@@ -27,9 +26,9 @@ def _run_config(recipe_path: Optional[str], flags: dict):
     from compress import recipe
     from compress.config import RunConfig
 
-    _, merged = recipe.resolve(recipe_path, flags, asdict(RunConfig()))
+    _, merged = recipe.resolve(recipe_path, flags, RunConfig().settings())
     merged.pop("targets", None)
-    return RunConfig(**merged)
+    return RunConfig.from_settings(**merged)
 
 
 def _load_member(cfg, teacher: str, dataset, quiet: bool):
@@ -42,15 +41,16 @@ def _load_member(cfg, teacher: str, dataset, quiet: bool):
 
     trains = models.is_known(teacher.split("?", 1)[0])
     with make_progress(err, quiet=quiet or not trains, interactive=is_interactive(err)) as progress:
-        task = progress.add_task(f"teacher {teacher}", total=cfg.teacher_epochs, unit="epoch")
+        task = progress.add_task(f"teacher {teacher}", total=cfg.teachers.epochs, unit="epoch")
         done = [0]
 
         def on_epoch(spec: str, epoch: int, val_accuracy: float | None) -> None:
             done[0] = epoch + 1
             progress.update(task, completed=epoch + 1)
 
-        (member,) = load_teachers([teacher], dataset, epochs=cfg.teacher_epochs, seed=cfg.seed, device=cfg.device,
-                                  contracts=cfg.teacher_contracts, recipe=teacher_recipe(cfg, dataset), on_epoch=on_epoch)
+        (member,) = load_teachers([teacher], dataset, epochs=cfg.teachers.epochs, seed=cfg.distill.seed,
+                                  device=cfg.distill.train_device,
+                                  contracts=cfg.teachers.contract, recipe=teacher_recipe(cfg, dataset), on_epoch=on_epoch)
         if done[0]:
             progress.update(task, total=done[0], completed=done[0])  # early stopping ends before the budget
         else:
@@ -100,7 +100,7 @@ def soft_targets_command(
         if inputs_only:
             arrays = {**precomputed.input_arrays(dataset), "x_train": dataset.x_train, "x_test": dataset.x_test}
         else:
-            cfg, _ = resolve_defaults(replace(cfg, teachers=[teacher]), dataset, None)  # trained as the run would
+            cfg, _ = resolve_defaults(cfg.with_settings(teachers=[teacher]), dataset, None)  # trained as the run would
             member = _load_member(cfg, teacher, dataset, quiet)
             arrays = precomputed.output_arrays(member, dataset, output)
         precomputed.write(dest, arrays)

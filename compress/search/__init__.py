@@ -108,38 +108,39 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
         if data.y_train is None:
             raise InputError("--unlabelled: compress search measures each candidate's accuracy on a validation "
                              "split of the labelled training data; expected labelled training data")
-        plan = space_trials(space, data.input_shape, data.num_classes, data.input_kind, cfg.temperature, cfg.alpha)
-        user_epochs = cfg.epochs  # the defaults' teacher choice and epochs do not depend on the student
-        cfg, picked = defaults.choose(replace(cfg, student=plan[-1].student), data,
-                                      "cpu" if cfg.device in (None, "cpu") else "cuda")
-        schemes = space_schemes(space, TARGETS[cfg.target].schemes, cfg.target)
+        plan = space_trials(space, data.input_shape, data.num_classes, data.input_kind, cfg.distill.temperature, cfg.distill.alpha)
+        user_epochs = cfg.distill.epochs  # the defaults' teacher choice and epochs do not depend on the student
+        cfg, picked = defaults.choose(cfg.with_settings(student=plan[-1].student), data,
+                                      "cpu" if cfg.distill.train_device in (None, "cpu") else "cuda")
+        schemes = space_schemes(space, TARGETS[cfg.export.target].schemes, cfg.export.target)
         for scheme in schemes:  # every scheme's options checked before any training
-            replace(cfg, quantize=scheme).validate()
-        name = check_name(cfg.name) if cfg.name else safe_name(f"{data.name}-search-{cfg.target}")
-        output_folder(replace(cfg, name=name), data, 0)
+            cfg.with_settings(quantize=scheme).validate()
+        name = check_name(cfg.name) if cfg.name else safe_name(f"{data.name}-search-{cfg.export.target}")
+        output_folder(cfg.with_settings(name=name), data, 0)
     epochs = {t.key: user_epochs or _trial_epochs(t.student, data, cfg) for t in plan}
     progress.note(f"search: {len(plan)} students x {len(schemes)} schemes ({', '.join(schemes)}) on "
-                  f"{cfg.target}, cheapest first; teachers {', '.join(cfg.teachers)}"
+                  f"{cfg.export.target}, cheapest first; teachers {', '.join(cfg.teachers.members)}"
                   + ("" if "teachers" not in picked else " (default for this data)")
                   + f"; time budget {options.time_budget_min:g} min" + "".join(f"; {n}" for n in space.notes))
     threads = _train_threads(cfg, data)
     targets = {}
     with stage("teachers"), torch_threads(threads.teachers or threads.student):
         for t in sorted({tr.temperature for tr in plan}):
-            members, soft, _ = teachers_and_soft_targets(replace(cfg, temperature=t), data, progress, 0, 1)
+            members, soft, _ = teachers_and_soft_targets(cfg.with_settings(temperature=t), data, progress, 0, 1)
             targets[t] = soft
     recipe = TeacherRecipe()
-    train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, cfg.seed, recipe.val_max)
+    train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, cfg.distill.seed, recipe.val_max)
     if not len(val_rows):
-        raise InputError(f"data {cfg.data or 'digits'}: a class has under 2 training samples; compress search "
+        raise InputError(f"data {cfg.data.path or 'digits'}: a class has under 2 training samples; compress search "
                          "needs a validation split of the training data (expected at least 2 samples per class)")
     split = replace(data, x_train=data.x_train[train_rows], y_train=data.y_train[train_rows],
                     x_test=data.x_train[val_rows], y_test=data.y_train[val_rows])
     targets = {t: np.asarray(soft[train_rows]) for t, soft in targets.items()}
     teacher_pred, reference_acc = _reference(members, split)
 
-    budgets = gather(profile, {"max_accuracy_drop": cfg.max_accuracy_drop, "latency_ms": cfg.max_latency_ms,
-                               "size_kb": cfg.max_size_kb, "peak_memory_mb": cfg.max_peak_memory_mb})
+    b = cfg.budgets
+    budgets = gather(profile, {"max_accuracy_drop": b.max_accuracy_drop, "latency_ms": b.max_latency_ms,
+                               "size_kb": b.max_size_kb, "peak_memory_mb": b.max_peak_memory_mb})
     ctx = Context(cfg, data, split, train_rows, members, targets, teacher_pred, reference_acc, budgets, profile,
                   schemes, options, started, progress, console, epochs)
     return ctx, plan, name
@@ -147,9 +148,9 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
 
 def _trial_epochs(student: str, data, cfg: RunConfig) -> int:
     """Epochs for one student when the user set none: what ``distill-and-export`` would choose for it."""
-    alone, _ = defaults.choose(replace(cfg, student=student, epochs=None, teacher_epochs=cfg.teacher_epochs or 1),
-                               data, "cpu" if cfg.device in (None, "cpu") else "cuda")
-    return alone.epochs
+    alone, _ = defaults.choose(cfg.with_settings(student=student, epochs=None, teacher_epochs=cfg.teachers.epochs or 1),
+                               data, "cpu" if cfg.distill.train_device in (None, "cpu") else "cuda")
+    return alone.distill.epochs
 
 
 def _reference(members: list, split) -> tuple[np.ndarray, float]:
@@ -170,10 +171,11 @@ def _state_key(ctx: Context) -> str:
     with its architecture, T, alpha and epochs: ``_stored_name``)."""
     c = ctx.cfg
     return content_key("search", SEARCH_VERSION, __version__, ctx.data.fingerprint(),
-                       [m.fingerprint for m in ctx.members], c.target,
-                       sorted(replace(c, quantize="none").export_options().items()),  # the target's options, resolved
-                       c.model_input, c.calibration_samples, c.loss, float(c.lr), c.optimizer, float(c.weight_decay),
-                       c.batch_size, c.seed, c.threads, c.latency_runs, c.augment)
+                       [m.fingerprint for m in ctx.members], c.export.target,
+                       sorted(c.export.export_options("none").items()),  # the target's options, resolved
+                       c.export.input, c.quantize.calibration_samples, c.distill.loss, float(c.distill.lr),
+                       c.distill.optimizer, float(c.distill.weight_decay), c.distill.batch_size, c.distill.seed,
+                       c.device.threads, c.device.latency_runs, c.teachers.augment)
 
 
 def _stored_name(ctx: Context, trial: Trial) -> str:
@@ -344,10 +346,10 @@ def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
         handle.set_user_attr("epochs", epoch + 1)
         if handle.should_prune():
             floor = accuracy_floor(ctx)
-            raise optuna.TrialPruned(f"best validation accuracy {100 * best[0]:.2f}% after {epoch + 1} of {cfg.epochs} "
+            raise optuna.TrialPruned(f"best validation accuracy {100 * best[0]:.2f}% after {epoch + 1} of {cfg.distill.epochs} "
                                      f"epochs, over {ctx.options.prune_margin:g} points below the accuracy budget's "
                                      f"{100 * floor:.2f}%")
-        if may_stop and epoch + 1 < cfg.epochs and _spent(ctx):
+        if may_stop and epoch + 1 < cfg.distill.epochs and _spent(ctx):
             raise OutOfTime()
 
     threads = _train_threads(cfg, ctx.split)
@@ -376,10 +378,11 @@ def _retime_finalists(ctx: Context, plan: list[Trial], rows: dict, time_one=None
             with torch_threads(_train_threads(trained, ctx.split).student):  # loads the finished checkpoint
                 student, _, _ = distill_student(trained, ctx.split, initial_student(trained, ctx.split), ctx.members,
                                                 ctx.targets[trial.temperature], ctx.progress, ctx.console, 0, 1)
-            exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
+            exported = export_student(cfg.export, cfg.quantize, cfg.distill, ctx.split, student,
+                                      ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder) / row["id"].replace("/", "-"))
-            predicts[row["id"]] = open_artifact(cfg.target, exported.artifact, cfg.threads, ctx.profile).predict
-        timed = time_interleaved(predicts, ctx.split.x_test, ctx.cfg.latency_runs, time_one=time_one)
+            predicts[row["id"]] = open_artifact(cfg.export.target, exported.artifact, cfg.device.threads, ctx.profile).predict
+        timed = time_interleaved(predicts, ctx.split.x_test, ctx.cfg.device.latency_runs, time_one=time_one)
     for row in chosen:
         t = timed[row["id"]]
         row.update(latency_ms=t["p50"], latency_interval_ms=[t["low"], t["high"]], retimed_rounds=t["rounds"])
@@ -398,7 +401,7 @@ def _write_chosen(ctx: Context, plan: list[Trial], result: dict, name: str, cons
     refit after a hyper-parameter search), exported, and validated once on the test split against the
     ensemble in the same runtime. Its training is checkpointed like any run: a rerun trains nothing."""
     trial, scheme = _chosen_trial(plan, result)
-    return run(replace(trial_config(ctx, trial, scheme), name=name), console=console, quiet=quiet, search=result)
+    return run(trial_config(ctx, trial, scheme).with_settings(name=name), console=console, quiet=quiet, search=result)
 
 
 def _write_failed(cfg: RunConfig, name: str, result: dict) -> None:

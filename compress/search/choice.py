@@ -81,12 +81,12 @@ def summarize(ctx: Context, plan: list[Trial], rows: dict, counts: dict, space: 
     chosen = best_feasible(flat)
     counts = {**counts, "pruned": len({r["student"] + str(r["temperature"]) + str(r["alpha"])
                                        for r in flat if r["status"] == "pruned"})}
-    target = TARGETS[ctx.cfg.target]
-    latency_label = (f"host p50, batch 1, {ctx.cfg.threads} thread(s), measured on this machine in the target "
+    target = TARGETS[ctx.cfg.export.target]
+    latency_label = (f"host p50, batch 1, {ctx.cfg.device.threads} thread(s), measured on this machine in the target "
                      f"runtime (not the device)" if measured and measured[0]["latency_ms"] is not None
                      else f"not measured here ({target.name} does not run on this machine)")
-    return {"schema": "compress.search/1", "target": ctx.cfg.target,
-            "runtime": measured[0].get("runtime") if measured else None, "threads": ctx.cfg.threads,
+    return {"schema": "compress.search/1", "target": ctx.cfg.export.target,
+            "runtime": measured[0].get("runtime") if measured else None, "threads": ctx.cfg.device.threads,
             "latency_label": latency_label, "device_factor": device_factor(ctx),
             "reference": {"name": "teacher ensemble", "val_accuracy": ctx.reference_acc,
                           "validation_samples": int(len(ctx.split.y_test)),

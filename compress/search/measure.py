@@ -11,7 +11,7 @@ budgets of *this* run (stored measurements are judged again, so a rerun with oth
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -77,10 +77,11 @@ def probe(ctx: Context, trial: Trial, schemes: list[str]) -> dict:
     out = {}
     with scratch_folder() as folder:
         for scheme in schemes:
-            exported = export_student(trial_config(ctx, trial, scheme), ctx.split, student, None,
+            cfg = trial_config(ctx, trial, scheme)
+            exported = export_student(cfg.export, cfg.quantize, cfg.distill, ctx.split, student, None,
                                       model_info(ctx, trial), Path(folder) / scheme)
-            runner = open_artifact(ctx.cfg.target, exported.artifact, ctx.cfg.threads, ctx.profile)
-            latency = (host_latency(runner, ctx.split.x_test, ctx.cfg.latency_runs) or {}).get("p50")
+            runner = open_artifact(ctx.cfg.export.target, exported.artifact, ctx.cfg.device.threads, ctx.profile)
+            latency = (host_latency(runner, ctx.split.x_test, ctx.cfg.device.latency_runs) or {}).get("p50")
             out[scheme] = {"latency_ms": latency, "size_kb": path_size(exported.artifact) / 1024}
     return out
 
@@ -108,13 +109,13 @@ def probe_verdict(ctx: Context, probe: dict | None, best: dict | None) -> str | 
 def trial_config(ctx: Context, trial: Trial, scheme: str = "none") -> RunConfig:
     """The run settings of one candidate: the search's, with this trial's student, T, alpha and epochs and
     ``scheme`` (what ``distill-and-export`` would be given for it)."""
-    return replace(ctx.cfg, student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
+    return ctx.cfg.with_settings(student=trial.student, temperature=trial.temperature, alpha=trial.alpha,
                    epochs=ctx.epochs[trial.key], quantize=scheme)
 
 
 def model_info(ctx: Context, trial: Trial) -> ModelInfo:
     return ModelInfo(name=safe_name(trial.student), labels=ctx.data.labels, normalization=ctx.data.normalization,
-                     input_kind=ctx.data.input_kind, preprocessing=model_preprocessing(ctx.cfg, ctx.data),
+                     input_kind=ctx.data.input_kind, preprocessing=model_preprocessing(ctx.cfg.export, ctx.data),
                      description=f"{trial.student} (compress search candidate)", version=__version__)
 
 
@@ -123,14 +124,16 @@ def measure_trial(ctx: Context, trial: Trial, scheme: str, student, epochs: int)
     cfg = trial_config(ctx, trial, scheme)
     with scratch_folder() as folder:
         try:
-            exported = export_student(cfg, ctx.split, student, ctx.targets[trial.temperature], model_info(ctx, trial),
+            exported = export_student(cfg.export, cfg.quantize, cfg.distill, ctx.split, student,
+                                      ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder))
-            _, row, runner, _, parity = student_rows(cfg, ctx.split, student, exported, ctx.teacher_pred, ctx.profile)
+            _, row, runner, _, parity = student_rows(cfg.export, cfg.device, ctx.split, student, exported,
+                                                     ctx.teacher_pred, ctx.profile)
         except InputError as exc:
             return candidate_row(ctx, trial, scheme, "failed", f"export or runtime: {exc}", epochs=epochs)
         memory = None
         if "peak_memory_mb" in ctx.budgets and runner.measured:
-            memory = peak_memory(cfg.target, exported.artifact, ctx.split.x_test[:20], cfg.threads,
+            memory = peak_memory(cfg.export.target, exported.artifact, ctx.split.x_test[:20], cfg.device.threads,
                                  ctx.profile).get("peak_memory_mb")
     measured = {"val_accuracy": row["accuracy"], "accuracy_drop": 100 * (ctx.reference_acc - row["accuracy"]),
                 "size_kb": row["size_bytes"] / 1024, "latency_ms": None if row["latency_ms"] is None else

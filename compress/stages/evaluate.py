@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from compress import __version__, models
-from compress.config import RunConfig
+from compress.config import DeviceSection, ExportSection
 from compress.core import metrics
 from compress.core.cache import cache_dir, content_key, path_size, read_verified, write_entry
 from compress.core.errors import InputError
@@ -86,13 +86,13 @@ def row(model: str, role: str, runtime: str, logits: np.ndarray | None, y: np.nd
     }
 
 
-def member_rows(cfg: RunConfig, data, members: list[Teacher], teacher_pred, advance,
+def member_rows(export: ExportSection, device: DeviceSection, data, members: list[Teacher], teacher_pred, advance,
                 profile: dict | None = None) -> tuple[list[dict], list, list[str]]:
     """Each member in the student's runtime where it can be exported (else in torch, with the reason),
     fed its own input contract, timed the same way (the profile's runner options too). Returns
     (rows, [(runner, member)], targets)."""
-    threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
-    m_target = member_target(cfg.target)
+    threads, runs, x = device.threads, device.latency_runs, data.x_test
+    m_target = member_target(export.target)
     rows, runners, targets = [], [], []
     for m in members:
         if m.module is None and m.artifact is None:  # outputs computed elsewhere: listed, nothing to time here
@@ -100,7 +100,7 @@ def member_rows(cfg: RunConfig, data, members: list[Teacher], teacher_pred, adva
             advance()
             continue
         torch_logits = m.logits(x)
-        exported = member_artifact(m, data, m_target, model_preprocessing(cfg, data))
+        exported = member_artifact(m, data, m_target, model_preprocessing(export, data))
         macs = models.count_macs(m.module, m.own_input(x[:1]).shape[1:]) if m.module is not None and m.kind != "pt2" else None
         if isinstance(exported, str):
             with torch_threads(threads):
@@ -109,7 +109,7 @@ def member_rows(cfg: RunConfig, data, members: list[Teacher], teacher_pred, adva
                                teacher_pred, m.params, macs, None, lat, threads), "timing_note": exported})
         else:
             path, runs_in = exported
-            runner = open_artifact(runs_in, path, threads, profile if runs_in == cfg.target else None)
+            runner = open_artifact(runs_in, path, threads, profile if runs_in == export.target else None)
             runners.append((runner, m))
             targets.append(runs_in)
             own = m.own_input(x)
@@ -133,7 +133,7 @@ def _precomputed_row(m: Teacher, data, teacher_pred, threads: int) -> dict:
             "note": "accuracy from the file's test outputs; no model runs here, so no latency or size"}
 
 
-def ensemble_row(cfg: RunConfig, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list) -> tuple[dict, dict | None]:
+def ensemble_row(device: DeviceSection, data, teacher_probs, teacher_pred, m_rows: list[dict], runners: list) -> tuple[dict, dict | None]:
     """The ensemble as the app would run it: every member in the same runtime, probabilities averaged.
     Timed only when every member runs in that runtime."""
     x = data.x_test
@@ -143,46 +143,46 @@ def ensemble_row(cfg: RunConfig, data, teacher_probs, teacher_pred, m_rows: list
             return scores_from_probs(np.mean([output_probs(m.output, r.predict(m.own_input(b))) for r, m in runners], axis=0))
 
         logits = metrics.batched(ensemble_predict, x)
-        latency = metrics.measure_latency(ensemble_predict, x, runs=cfg.latency_runs)
+        latency = metrics.measure_latency(ensemble_predict, x, runs=device.latency_runs)
         engines = {r.engine for r, _ in runners}
         runtime = engines.pop() if len(engines) == 1 else "mixed runtimes"
     else:
         logits, latency, runtime = scores_from_probs(teacher_probs), None, "mixed (not timed)"
     r = row("teacher ensemble", "teacher", runtime, logits, data.y_test, teacher_pred,
             total([m["params"] for m in m_rows]), total([m["macs"] for m in m_rows]),
-            total([m["size_bytes"] for m in m_rows]), latency, cfg.threads)
+            total([m["size_bytes"] for m in m_rows]), latency, device.threads)
     return r, latency
 
 
-def student_rows(cfg: RunConfig, data, student, exported, teacher_pred,
+def student_rows(export: ExportSection, device: DeviceSection, data, student, exported, teacher_pred,
                  profile: dict | None = None) -> tuple[dict, dict, Runner, np.ndarray, dict]:
     """The torch student and the exported one (parity against the torch model the artifact came from),
     opened with the device profile's runner options."""
-    threads, runs, x = cfg.threads, cfg.latency_runs, data.x_test
+    threads, runs, x = device.threads, device.latency_runs, data.x_test
     s_params, s_macs = models.count_params(student), models.count_macs(student, data.input_shape)
     s_logits = predict_logits(student, x)
     with torch_threads(threads), torch.inference_mode():
         torch_lat = metrics.measure_latency(lambda b: student(torch.from_numpy(b)), x, runs=runs)
     torch_row = row("student", "student", f"torch {torch.__version__}", s_logits, data.y_test, teacher_pred,
                     s_params, s_macs, None, torch_lat, threads)
-    backend = TARGETS[cfg.target]
-    runner = open_artifact(cfg.target, exported.artifact, threads, profile)
+    backend = TARGETS[export.target]
+    runner = open_artifact(export.target, exported.artifact, threads, profile)
     r_logits = metrics.batched(runner.predict, x)
     if exported.source is student:
         ref_logits = s_logits
     else:  # a QAT int8 graph: the converter should reproduce its int8 arithmetic closely
         ref_logits = backend.qat.predict(exported.source, x)
-    par = metrics.parity(ref_logits, r_logits, tolerance_for(cfg.target, exported.variant.removesuffix("-qat")))
+    par = metrics.parity(ref_logits, r_logits, tolerance_for(export.target, exported.variant.removesuffix("-qat")))
     r_lat = host_latency(runner, x, runs)
-    exported_row = row(f"student ({cfg.target} {exported.variant})", "student", runner.engine, r_logits, data.y_test,
+    exported_row = row(f"student ({export.target} {exported.variant})", "student", runner.engine, r_logits, data.y_test,
                        teacher_pred, s_params, s_macs, path_size(exported.artifact), r_lat, threads, par)
     return torch_row, exported_row, runner, r_logits, par
 
 
-def comparison(cfg: RunConfig, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list,
+def comparison(export: ExportSection, device: DeviceSection, ens: dict, ens_lat, student_row: dict, runner: Runner, runners: list,
                member_targets: list[str], n_members: int, member_runtimes: list[str] | None = None) -> dict:
     """Student vs ensemble: ratios, and whether latency was compared in the same runtime (and why not)."""
-    comparable = len(runners) == n_members and set(member_targets) == {cfg.target} and runner.measured
+    comparable = len(runners) == n_members and set(member_targets) == {export.target} and runner.measured
     r_lat = student_row["latency_ms"]
     s_params, s_macs = student_row["params"], student_row["macs"]
     return {
@@ -191,8 +191,8 @@ def comparison(cfg: RunConfig, ens: dict, ens_lat, student_row: dict, runner: Ru
         "latency_ratio_p50": (ens_lat["p50"] / r_lat["p50"]) if ens_lat and r_lat and comparable else None,
         "accuracy_gap": ens["accuracy"] - student_row["accuracy"],
         "same_runtime": comparable,
-        "timing_note": (f"both exported to {cfg.target} and timed in {runner.engine}, {cfg.threads} thread(s), batch 1, "
-                        f"{cfg.latency_runs} runs after warm-up" if comparable else
+        "timing_note": (f"both exported to {export.target} and timed in {runner.engine}, {device.threads} thread(s), batch 1, "
+                        f"{device.latency_runs} runs after warm-up" if comparable else
                         f"NOT compared: the student runs in {runner.engine}"
                         + ("" if runner.measured else " (no latency measured here)")
                         + f", the teachers in {_teacher_runtimes(member_runtimes or [])}"),
@@ -215,7 +215,7 @@ def confusion(data, teacher_pred, candidate: str, logits) -> dict:
                                        labels=list(range(data.num_classes))).tolist()}
 
 
-def evaluate(cfg: RunConfig, data, members: list[Teacher], student, exported, advance=lambda: None,
+def evaluate(export: ExportSection, device: DeviceSection, data, members: list[Teacher], student, exported, advance=lambda: None,
              profile: dict | None = None) -> dict:
     """Measure every row and check parity; returns the report (``compress.report/1``) without run facts.
     The artifact and the members exported into its runtime run with the device profile's runner options."""
@@ -225,24 +225,24 @@ def evaluate(cfg: RunConfig, data, members: list[Teacher], student, exported, ad
                          "expected at least one member that runs here or a file with 'test' outputs")
     teacher_probs = ensemble_probs(scored, data.x_test)
     teacher_pred = np.argmax(teacher_probs, axis=1)
-    m_rows, runners, m_targets = member_rows(cfg, data, members, teacher_pred, advance, profile)
-    ens, ens_lat = ensemble_row(cfg, data, teacher_probs, teacher_pred, m_rows, runners)
+    m_rows, runners, m_targets = member_rows(export, device, data, members, teacher_pred, advance, profile)
+    ens, ens_lat = ensemble_row(device, data, teacher_probs, teacher_pred, m_rows, runners)
     if len(scored) < len(members):
         ens["note"] = f"averages the {len(scored)} of {len(members)} members with test-split outputs"
         ens["runtime"] += f"; {len(scored)} of {len(members)} members"
     advance()
-    torch_row, s_row, runner, r_logits, par = student_rows(cfg, data, student, exported, teacher_pred, profile)
+    torch_row, s_row, runner, r_logits, par = student_rows(export, device, data, student, exported, teacher_pred, profile)
     advance()
     advance()
     reference = "torch student" if exported.source is student else "torch QAT int8 graph"
-    checks = [{"name": f"{cfg.target} {exported.variant} parity vs {reference}", "passed": par["passed"],
+    checks = [{"name": f"{export.target} {exported.variant} parity vs {reference}", "passed": par["passed"],
                "detail": f"{metrics.describe_parity(par)} on {len(data.x_test)} real test samples, engine {runner.engine}"}]
     checks += [{"name": f"{r['model']} parity vs torch ({r['runtime']})", "passed": r["parity"]["passed"],
                 "detail": metrics.describe_parity(r["parity"])} for r in m_rows if r["parity"] is not None]
-    backend = TARGETS[cfg.target]
+    backend = TARGETS[export.target]
     compatibility = None if backend.check_artifact is None else backend.check_artifact(exported.artifact, exported.options, checks)
     return report_skeleton([ens, *m_rows, torch_row, s_row],
-                           comparison(cfg, ens, ens_lat, s_row, runner, runners, m_targets, len(members),
+                           comparison(export, device, ens, ens_lat, s_row, runner, runners, m_targets, len(members),
                                       [r["runtime"] for r in m_rows]),
                            compatibility, checks, confusion=confusion(data, teacher_pred, s_row["model"], r_logits))
 

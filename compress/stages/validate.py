@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.config import RunConfig
+from compress.config import SETTINGS, RunConfig
 from compress.core import metrics as validation
 from compress.core.cache import file_sha256, path_size
 from compress.core.errors import InputError
@@ -258,12 +258,9 @@ def _reference_members(specs: list, ds, recipe: dict, recipe_like: bool) -> list
 def _teacher_recipe(recipe: dict, ds):
     """How the run trained its built-in members (augmentation, patience, epochs), from its recorded recipe,
     so the same members come out of the cache instead of being trained differently."""
-    from dataclasses import fields
-
-
-    known = {f.name for f in fields(RunConfig)}
-    recorded = {k: v for k, v in recipe.items() if k in known}
-    return teacher_recipe(RunConfig(**{**recorded, "teacher_epochs": recorded.get("teacher_epochs") or 10}), ds)
+    recorded = {k: v for k, v in recipe.items() if k in SETTINGS}
+    recorded["teacher_epochs"] = recorded.get("teacher_epochs") or 10
+    return teacher_recipe(RunConfig.from_settings(**recorded), ds)
 
 
 def _member_runtime(m) -> str:
