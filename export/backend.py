@@ -151,6 +151,9 @@ class Backend:
       evaluator and no latency is reported)
     op_list() -> {"ops": [{"op", "family", "opsets", "definitions"}], "opsets", "not_supported", ...}: the ops a
       reference evaluator of this target runs (``compress devices <name>-ops`` prints it)
+    export_streaming(step, state_shapes, path, contract, name) -> Path: a keyword spotter's streaming form as
+      a file of the one I/O contract (``compress.export.common.streaming``); None: the target has none yet
+    open_streaming(path, threads=1, **runner_options) -> a ``StreamRunner`` (``step(audio, states)``)
     """
 
     name: str
@@ -179,6 +182,8 @@ class Backend:
     runs_here: bool = True
     op_list: Callable[[], dict] | None = None
     stderr_noise: tuple[str, ...] = ()  # regexes of runtime/converter lines that say nothing to a user (core.noise)
+    export_streaming: Callable | None = None
+    open_streaming: Callable | None = None
 
     @property
     def defaults(self) -> dict[str, object]:

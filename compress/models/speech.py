@@ -32,6 +32,7 @@ from torch import nn
 from compress.core.errors import InputError
 from compress.models.frontend import LogMel
 from compress.models.scaling import Family, member_name, scaled
+from compress.models.streaming import ds_cnn_stream
 
 FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}
 
@@ -180,10 +181,14 @@ SPEECH_MODELS = {
     "ds-cnn-s": lambda s, n: ds_cnn_size(s, n, "s"),
     "ds-cnn-m": lambda s, n: ds_cnn_size(s, n, "m"),
     "ds-cnn-l": lambda s, n: ds_cnn_size(s, n, "l"),
+    "ds-cnn-stream": lambda s, n: ds_cnn_stream(s, n),  # streamable: compress.models.streaming
 }
 
 # Parametrized speech students: family -> Family, as compress.models.FAMILIES.
 SPEECH_FAMILIES = {
     "ds-cnn": Family(ds_cnn_family, ("ds-cnn:0.5", "ds-cnn:2:0.5"),
                      search={"width": (0.25, 0.5, 1.0, 1.6), "depth": (0.5, 1.0)}, searched_for=("audio",)),
+    # not in the default clip search: its place is the keyword-spotting task's streaming search
+    "ds-cnn-stream": Family(ds_cnn_stream, ("ds-cnn-stream:0.5", "ds-cnn-stream:1:0.67"),
+                            search={"width": (0.5, 1.0), "depth": (0.67, 1.0)}),
 }

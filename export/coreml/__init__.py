@@ -77,5 +77,7 @@ BACKEND = Backend(
     layer_errors=lazy("compress.export.coreml.debug", "layer_errors"),
     runtime_module="compress.export.coreml.mil.evaluator",
     runs_here=platform.system() == "Darwin",
+    export_streaming=lazy("compress.export.coreml.streaming", "export_streaming"),
+    open_streaming=lazy("compress.export.coreml.streaming", "open_streaming"),
     op_list=lazy("compress.export.coreml.mil.op_list", "load"),
 )

@@ -30,10 +30,8 @@ input (a conv whose output pair feeds it); ``keepable`` is False where there is 
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -36,3 +36,11 @@ def describe_io(path: Path) -> dict:
     return {"inputs": inputs, "outputs": [entry(f) for f in desc.output],
             "note": "classLabel_probs maps each label to the model's score (logits; Core ML adds no softmax)"
             if desc.predictedProbabilitiesName else ""}
+
+
+def user_metadata(path: Path | str) -> dict[str, str]:
+    """The package's user-defined metadata (what the tool wrote beside the model: labels, preprocessing, the
+    streaming contract), read from its spec alone."""
+    from coremltools.models.utils import load_spec
+
+    return dict(load_spec(str(path)).description.metadata.userDefined)

@@ -35,5 +35,7 @@ BACKEND = Backend(
     emulated_runner=Path(__file__).with_name("emulated.py"),
     emulator_wheel="onnxruntime",
     # onnxruntime.quantization logs this through logging.warning (the root logger) on every quantize call
+    export_streaming=lazy("compress.export.onnx.streaming", "export_streaming"),
+    open_streaming=lazy("compress.export.onnx.streaming", "open_streaming"),
     stderr_noise=(r"Please consider to run pre-processing before quantization",),
 )

@@ -56,5 +56,7 @@ BACKEND = Backend(
     runtime_module="ai_edge_litert.interpreter",
     emulated_runner=Path(__file__).with_name("emulated.py"),
     emulator_wheel="ai-edge-litert",
+    export_streaming=lazy("compress.export.tflite.streaming", "export_streaming"),
+    open_streaming=lazy("compress.export.tflite.streaming", "open_streaming"),
     stderr_noise=STDERR_NOISE,
 )

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

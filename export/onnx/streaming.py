@@ -1,0 +1,80 @@
+"""The ONNX streaming file (``compress.export.common.streaming``'s contract) and its ONNX Runtime runner.
+
+The streaming step (``(audio, *states) -> (probs, *states_out)``, batch 1, static shapes) is exported with
+the dynamo exporter like the clip model; the contract goes into ``metadata_props`` under ``streaming``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from compress import __version__
+from compress.core.atomic import atomic_path
+from compress.core.errors import InputError
+from compress.export.common.mode import converts_model
+from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_OUTPUT, StreamingContract,
+                                              state_output)
+
+
+@converts_model
+def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, ...]], path: Path | str,
+                     contract: StreamingContract, name: str) -> Path:
+    """Write ``step`` to ``path`` (atomically) as a streaming ONNX file; inputs ``audio`` then the states in
+    ``state_shapes``' order, outputs ``probs`` then ``<state>_out``."""
+    example = (torch.zeros(1, contract.hop_samples), *(torch.zeros(s) for s in state_shapes.values()))
+    inputs = [AUDIO_INPUT, *state_shapes]
+    outputs = [PROBS_OUTPUT, *(state_output(s) for s in state_shapes)]
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(step, example, dynamo=True, input_names=inputs, output_names=outputs,
+                                        external_data=False, verbose=False)
+        except Exception as exc:
+            raise InputError(f"model {name!r}: its streaming form cannot be converted to target 'onnx' "
+                             f"({str(exc).splitlines()[0][:200]})") from None
+        proto = program.model_proto
+        del proto.metadata_props[:]
+        for key, value in {METADATA_KEY: contract.to_json(), "labels": json.dumps(list(contract.labels)),
+                           "producer": f"compress {__version__} (torch {torch.__version__}, onnx {onnx.__version__})"}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"{name}: streaming keyword spotter, {contract.hop_samples} samples per hop"
+        onnx.save_model(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return path
+
+
+class OnnxStreamRunner:
+    """A streaming ONNX file in an ONNX Runtime CPU session: ``step(audio, states) -> (probs, states)``."""
+
+    def __init__(self, path: Path | str, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            raise InputError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise InputError(f"{path}: no {METADATA_KEY!r} metadata; expected a streaming file written by compress")
+        self.contract = StreamingContract.from_json(meta[METADATA_KEY], str(path))
+        self.state_shapes = {i.name: tuple(i.shape) for i in self.session.get_inputs() if i.name != AUDIO_INPUT}
+        self.outputs = [PROBS_OUTPUT, *(state_output(s) for s in self.state_shapes)]
+        self.engine = f"ONNX Runtime {ort.__version__}"
+
+    def step(self, audio, states: dict) -> tuple:
+        probs, *new = self.session.run(self.outputs, {AUDIO_INPUT: audio, **states})
+        return probs, dict(zip(self.state_shapes, new))
+
+
+def open_streaming(path: Path | str, threads: int = 1) -> OnnxStreamRunner:
+    return OnnxStreamRunner(path, threads)
