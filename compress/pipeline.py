@@ -159,7 +159,9 @@ def augmentation(cfg: RunConfig, data: Dataset):
     changes class: ask for it with ``crop,flip`` where mirrored images keep theirs); ``--jitter N`` is a
     crop of N for the teachers."""
     if cfg.teachers.augment != "auto":
-        return parse_augment(cfg.teachers.augment)
+        augment = parse_augment(cfg.teachers.augment)
+        return replace(augment, sample_rate=int(data.normalization.get("sample_rate") or 0)) if (
+            data.input_kind == "audio") else augment
     if data.input_kind == "image" and data.raw_dtype == "uint8" and min(data.input_shape[1:]) >= 16:
         return Augment(crop=max(1, min(data.input_shape[1:]) // 10))
     return Augment()

@@ -104,8 +104,10 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "epochs": Key("teacher_epochs", _INT, "Most training epochs for built-in members; early stopping on a validation split "
                       "usually ends sooner (default: chosen for the data size; cached).", 10, bounds=AT_LEAST_1),
         "patience": Key("teacher_patience", _INT, "Early stopping: epochs without a better validation accuracy before a built-in member stops.", bounds=AT_LEAST_1),
-        "augment": Key("augment", _STR, "Image augmentation when training (teachers and student): auto (crop for 8-bit "
-                       "images of 16px and up, none for others), none, or crop[=PIXELS],flip (flip only where mirrored images keep their class)."),
+        "augment": Key("augment", _STR, "Augmentation when training (teachers and student): auto (crop for 8-bit "
+                       "images of 16px and up, none for others), none, or a comma list of crop[=PIXELS],flip for images "
+                       "(flip only where mirrored images keep their class) and shift=MS,noise=LOW:HIGH for audio "
+                       "(a random time shift; pink noise at a random SNR in dB)."),
         "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members.", bounds=NON_NEGATIVE),
     },
     "student": {

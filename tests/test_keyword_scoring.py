@@ -121,3 +121,51 @@ def test_tallies_add_up_across_streams():
     a = Tally({"yes": 2}, {"yes": 1}, {"yes": 3}, 100.0)
     a.add(Tally({"yes": 1}, {"yes": 1}, {"yes": 0}, 50.0))
     assert (a.spans, a.hits, a.false_accepts, a.non_keyword_s) == ({"yes": 3}, {"yes": 2}, {"yes": 3}, 150.0)
+
+
+def _audio_dataset(n_per_label: int = 30, labels=("0", "1", "2", "3", "4")):
+    from compress.data.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(len(labels)), n_per_label)
+    x = (0.05 * rng.standard_normal((len(y), 800))).astype(np.float32)
+    return Dataset("words", "synthetic", x, y, x[::3].copy(), y[::3].copy(), list(labels), {"scale": 1.0},
+                   input_kind="audio", label_source="test labels")
+
+
+def test_the_keyword_task_keeps_every_keyword_and_balances_unknown_words_and_silence():
+    from compress.keywords.task import SILENCE_GAIN_DB, keyword_dataset
+
+    ds = _audio_dataset()
+    kws = keyword_dataset(ds, ["3", "1"], seed=0)
+    assert kws.labels == ["_silence_", "_unknown_", "3", "1"] and kws.num_classes == 4
+    counts = np.bincount(kws.y_train, minlength=4)
+    assert counts[2] == counts[3] == 30 and counts[1] == 90  # every keyword clip and every other word kept
+    assert counts[0] / counts.sum() == pytest.approx(0.1, abs=0.01)
+    sampled = np.bincount(keyword_dataset(ds, ["3", "1"], seed=0, unknown_share=0.1).y_train, minlength=4)
+    assert sampled[2] == sampled[3] == 30 and sampled[1] / sampled.sum() == pytest.approx(0.1, abs=0.01)
+    test_counts = np.bincount(kws.y_test, minlength=4)
+    assert test_counts[1] == int((~np.isin(ds.y_test, [1, 3])).sum())  # the test split keeps every unknown word
+    silence = kws.x_train[kws.y_train == 0]
+    rms_db = 20 * np.log10(np.sqrt(np.mean(silence.astype(np.float64) ** 2, axis=1)))
+    assert SILENCE_GAIN_DB[0] - 1 <= rms_db.min() and rms_db.max() <= SILENCE_GAIN_DB[1] + 1
+    assert kws.normalization["keyword_task"]["silence_from"].startswith("generated pink noise")
+    again = keyword_dataset(ds, ["3", "1"], seed=0)
+    assert np.array_equal(again.x_train, kws.x_train) and np.array_equal(again.y_train, kws.y_train)
+    assert not np.array_equal(keyword_dataset(ds, ["3", "1"], seed=1).x_train, kws.x_train)
+
+
+def test_the_keyword_task_refuses_what_it_cannot_spot():
+    from compress.keywords.task import keyword_dataset
+
+    ds = _audio_dataset()
+    with pytest.raises(InputError, match="did you mean '3'"):
+        keyword_dataset(ds, ["33"])
+    with pytest.raises(InputError, match="leave other words"):
+        keyword_dataset(ds, list(ds.labels))
+    with pytest.raises(InputError, match="at least one keyword"):
+        keyword_dataset(ds, [])
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match="expected audio clips"):
+        keyword_dataset(replace(ds, input_kind="features"), ["3"])

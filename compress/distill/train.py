@@ -54,40 +54,101 @@ def jitter(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Te
 
 @dataclass(frozen=True)
 class Augment:
-    """Training-time augmentation of image batches (never applied outside ``fit``, so never to the test
-    split): a random crop after padding each side by ``crop`` pixels (the background value fills the
-    border: the paper's jitter), and a random horizontal flip where mirrored images keep their class."""
+    """Training-time augmentation (never applied outside ``fit``, so never to the test split).
+
+    Images: a random crop after padding each side by ``crop`` pixels (the background value fills the border:
+    the paper's jitter), and a random horizontal flip where mirrored images keep their class. Audio clips
+    (``(batch, samples)``): a random time shift of up to ``shift_ms`` either way (zeros fill; the clips'
+    ``sample_rate`` turns it into samples), and, with
+    probability ``noise_prob``, generated pink noise mixed in at a signal-to-noise ratio drawn uniformly from
+    ``noise_snr`` dB (the Speech Commands recipe's time shift and background mixing)."""
 
     crop: int = 0
     flip: bool = False
+    shift_ms: int = 0
+    sample_rate: int = 0  # of the audio clips (set from the data: compress.pipeline.augmentation)
+    noise_snr: tuple[float, float] | None = None
+    noise_prob: float = 0.8
 
     def __bool__(self) -> bool:
-        return self.crop > 0 or self.flip
+        return self.crop > 0 or self.flip or self.shift_ms > 0 or self.noise_snr is not None
 
     def describe(self) -> str:
         parts = ([f"random crop after padding {self.crop}px"] if self.crop else []) + (["horizontal flip"] if self.flip else [])
+        parts += [f"time shift up to {self.shift_ms} ms"] if self.shift_ms else []
+        if self.noise_snr is not None:
+            parts.append(f"pink noise at {self.noise_snr[0]:g}..{self.noise_snr[1]:g} dB SNR "
+                         f"({100 * self.noise_prob:g}% of clips)")
         return ", ".join(parts) or "none"
 
 
 def parse_augment(spec: str | None, *, where: str = "--augment") -> Augment:
-    """``none``, ``crop``, ``crop=4``, ``flip``, ``crop=2,flip`` -> ``Augment``."""
+    """``none``, ``crop``, ``crop=4``, ``flip``, ``crop=2,flip``; for audio ``shift=MS`` (milliseconds) and
+    ``noise=LOW:HIGH`` (SNR range, dB) -> ``Augment``."""
     if spec in (None, "", "none", "off"):
         return Augment()
-    crop, flip = 0, False
+    fields: dict = {}
     for part in str(spec).split(","):
         key, _, value = part.strip().partition("=")
         if key == "flip" and not value:
-            flip = True
+            fields["flip"] = True
         elif key == "crop" and (not value or value.isdigit()):
-            crop = int(value) if value else 2
+            fields["crop"] = int(value) if value else 2
+        elif key == "shift" and value.isdigit():
+            fields["shift_ms"] = int(value)
+        elif key == "noise" and _snr_range(value) is not None:
+            fields["noise_snr"] = _snr_range(value)
         else:
             raise InputError(f"{where} {spec!r}: expected 'none', 'auto' or a comma list of crop[=PIXELS] and flip "
-                             "(e.g. 'crop=4,flip')")
-    return Augment(crop, flip)
+                             "(images), shift=MS and noise=LOW:HIGH (audio, SNR in dB) (e.g. 'crop=4,flip', "
+                             "'shift=100,noise=5:20')")
+    return Augment(**fields)
+
+
+def _snr_range(text: str) -> tuple[float, float] | None:
+    low, sep, high = text.partition(":")
+    try:
+        pair = (float(low), float(high)) if sep else None
+    except ValueError:
+        return None
+    return pair if pair is not None and pair[0] <= pair[1] and all(abs(v) < 200 for v in pair) else None
+
+
+def _pink_noise(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Unit-RMS pink (1/f power) noise per row, made from white noise by shaping its spectrum."""
+    spectrum = torch.fft.rfft(torch.randn(shape, generator=generator), dim=1)
+    spectrum = spectrum / torch.arange(spectrum.shape[1]).clamp_min(1).sqrt()
+    noise = torch.fft.irfft(spectrum, n=shape[1], dim=1)
+    return noise / noise.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+
+
+def augment_audio(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """``augment``'s time shift and noise mixing on a batch of clips ``(batch, samples)``."""
+    n, length = x.shape
+    shift = int(round(augment.shift_ms * augment.sample_rate / 1000))
+    if augment.shift_ms and augment.sample_rate <= 0:
+        raise InputError("--augment shift: the clips' sample rate is unknown; expected audio from a loader that "
+                         "records its sample_rate")
+    if shift > 0:
+        offset = torch.randint(-shift, shift + 1, (n,), generator=generator).to(x.device)
+        source = torch.arange(length, device=x.device)[None, :] - offset[:, None]
+        inside = (source >= 0) & (source < length)
+        x = torch.where(inside, x.gather(1, source.clamp(0, length - 1)), torch.zeros((), dtype=x.dtype, device=x.device))
+    if augment.noise_snr is not None:
+        low, high = augment.noise_snr
+        snr = low + (high - low) * torch.rand(n, generator=generator)
+        mixed = (torch.rand(n, generator=generator) < augment.noise_prob).float()
+        noise = _pink_noise((n, length), generator).to(x.device, x.dtype)
+        level = x.pow(2).mean(dim=1).sqrt().clamp_min(1e-4) * (10 ** (-snr / 20) * mixed).to(x.device, x.dtype)
+        x = x + level[:, None] * noise
+    return x
 
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """``augment`` applied to one training batch of images (other shapes pass through)."""
+    """``augment`` applied to one training batch: images ``(batch, C, H, W)`` or audio clips ``(batch, samples)``
+    (other shapes pass through)."""
+    if x.dim() == 2 and (augment.shift_ms or augment.noise_snr is not None):
+        return augment_audio(x, augment, generator)
     if x.dim() != 4:
         return x
     x = jitter(x, augment.crop, generator)
