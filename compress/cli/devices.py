@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compress.cli.options import with_check_options
+from compress.cli.options import run_option, with_check_options
 from compress.cli.output import err, fail, guarded, help_markup_mode, print_failures
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS, suffixes
@@ -145,12 +145,12 @@ def validate_command(
     max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest model size, kB (1024 bytes)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory of load + run, MiB."),
     data: Optional[str] = typer.Option(None, help="Data to evaluate on: a path, or digits for scikit-learn's digits (needed for a bare model file; default for a folder: the data it was made from)."),
-    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    data_format: Optional[str] = run_option("data_format"),
     reference: Optional[list[str]] = typer.Option(None, "--reference", help="Reference model (repeat for a teacher ensemble): .onnx, TorchScript, .pt2, built-in name, a model file of the artifact's target or a folder compress wrote (its float export). Default for a folder: its teachers."),
     max_logit_diff: Optional[float] = typer.Option(None, "--max-logit-diff", help="Fail unless the max abs logit difference from the one --reference is at most this, on the same real test inputs. Default: the variant's parity tolerance when the reference is the artifact's float twin (or the same file); agreement only for a different model."),
     threads: Optional[int] = typer.Option(None, help="Runtime threads (default: the profile's, else 1)."),
     latency_runs: int = typer.Option(100, help="Timed batch-1 runs after warm-up."),
-    limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    limit_test: Optional[int] = run_option("limit_test"),
     arm64_emulator: Optional[int] = typer.Option(None, help="Also run N real test samples on emulated aarch64 (QEMU, the ARM wheels of the runtime) and compare with this host's outputs; needs `compress devices setup arm64-emu`."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     report_dir: Optional[str] = typer.Option(None, help="Also write the report to DIR/validate-<device or host>.json."),

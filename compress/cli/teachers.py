@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from compress.cli.options import run_option
 from compress.cli.output import err, guarded
 from compress.core.errors import InputError
 
@@ -65,7 +66,7 @@ def soft_targets_command(
     inputs_only: bool = typer.Option(False, "--inputs-only", help="Write only the inputs (x_train, x_test) and their hashes, for a model run elsewhere: add train/test/output arrays to the file."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe whose data settings to use (default: ./compress.toml when present). Flags override it."),
     data: Optional[str] = typer.Option(None, help="Data, as for distill-and-export (default: scikit-learn's digits)."),
-    data_format: Optional[str] = typer.Option(None, help="Force a loader: digits, idx, image-folder, npz, audio-folder."),
+    data_format: Optional[str] = run_option("data_format"),
     limit_train: Optional[int] = typer.Option(None, help="Use only the first N training samples (as the run will)."),
     limit_test: Optional[int] = typer.Option(None, help="Use only the first N test samples (as the run will)."),
     seed: Optional[int] = typer.Option(None, help="Data split seed and a built-in member's training seed (default 0; the run trains member i with seed + i)."),

@@ -45,10 +45,10 @@ def synthetic_background(kind: str, num_samples: int, rng: np.random.Generator) 
         noise = np.fft.irfft(spectrum, n=num_samples)
     else:
         raise InputError(f"background {kind!r}: expected white or pink (generated), or a folder of recordings")
-    return (noise / max(float(np.sqrt(np.mean(noise ** 2))), 1e-12)).astype(np.float32)
+    return (noise / max(rms(noise), 1e-12)).astype(np.float32)
 
 
-def _rms(x: np.ndarray) -> float:
+def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
 
 
@@ -77,8 +77,8 @@ def build_stream(clips: np.ndarray, labels: list[str], sample_rate: int, *, snr_
         noise, name = synthetic_background(background_kind, len(speech), rng), f"{background_kind} noise (generated)"
     else:
         noise, name = np.resize(np.asarray(background, np.float32), len(speech)), "recorded"
-        noise = noise / max(_rms(noise), 1e-12)
-    level = float(np.mean([_rms(c) for c in clips])) / (10 ** (snr_db / 20))
+        noise = noise / max(rms(noise), 1e-12)
+    level = float(np.mean([rms(c) for c in clips])) / (10 ** (snr_db / 20))
     audio = speech + level * noise
     peak = float(np.max(np.abs(audio)))
     if peak > 1.0:

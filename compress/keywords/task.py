@@ -21,7 +21,7 @@ import numpy as np
 from compress.core.errors import InputError
 from compress.core.registry import nearest
 from compress.data.dataset import Dataset
-from compress.keywords.streams import synthetic_background
+from compress.keywords.streams import rms, synthetic_background
 
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
 SILENCE_SHARE = 0.1  # Speech Commands' silence_percentage
@@ -52,7 +52,7 @@ def _silence(count: int, num_samples: int, background: np.ndarray | None, rng: n
         source = synthetic_background("pink", max(num_samples * 8, 80000), rng)
     else:
         source = np.resize(np.asarray(background, np.float32), max(len(background), num_samples))
-        source = source / max(float(np.sqrt(np.mean(np.square(source, dtype=np.float64)))), 1e-12)
+        source = source / max(rms(source), 1e-12)
     starts = rng.integers(0, len(source) - num_samples + 1, size=count)
     gains = 10 ** (rng.uniform(*SILENCE_GAIN_DB, size=count) / 20)
     clips = np.stack([source[s:s + num_samples] for s in starts]) * gains[:, None]

@@ -15,7 +15,7 @@ Each target writes and runs such a file (``Backend.export_streaming`` / ``Backen
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -52,8 +52,7 @@ class StreamingContract:
     def from_json(cls, text: str, where: str) -> StreamingContract:
         try:
             table = json.loads(text)
-            return cls(**{k: table[k] for k in ("sample_rate", "hop_samples", "window_samples", "labels", "keywords",
-                                                 "threshold", "smoothing_hops", "refractory_hops")})
+            return cls(**{f.name: table[f.name] for f in fields(cls)})
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{where}: metadata {METADATA_KEY!r} is not a streaming contract ({exc}); expected the "
                              "JSON this tool writes (sample_rate, hop_samples, window_samples, labels, ...)") from None

@@ -59,12 +59,7 @@ def export_fp32(model: nn.Module, example: torch.Tensor, path: Path | str, info:
             raise InputError(f"model {info.name!r}: cannot be converted to target 'onnx' ({reason}); expected only ops "
                              "the torch.onnx (dynamo) exporter translates: rewrite that layer or pick another target") from None
         proto = program.model_proto
-        del proto.metadata_props[:]  # the exporter's internal bookkeeping; ours follows
-        for key, value in info.metadata().items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "producer", f"compress {__version__} (torch {torch.__version__}, onnx {onnx.__version__})"
+        set_metadata(proto, info.metadata())
         proto.doc_string = info.description or f"{info.name}: classifier over {len(info.labels)} classes"
         onnx.save_model(proto, str(tmp))
         try:
@@ -72,6 +67,16 @@ def export_fp32(model: nn.Module, example: torch.Tensor, path: Path | str, info:
         except onnx.checker.ValidationError as exc:
             raise InputError(f"model {info.name!r}: exported ONNX fails onnx.checker ({_first_line(exc)})") from None
     return path
+
+
+def set_metadata(proto, entries: dict[str, str]) -> None:
+    """``proto``'s metadata_props: ``entries`` then ``producer`` (this tool's, torch's and onnx's versions),
+    in place of the exporter's internal bookkeeping."""
+    del proto.metadata_props[:]
+    for key, value in {**entries, "producer": f"compress {__version__} (torch {torch.__version__}, "
+                                              f"onnx {onnx.__version__})"}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def read_metadata(path: Path | str) -> dict[str, str]:

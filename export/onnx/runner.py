@@ -16,8 +16,9 @@ from compress.core.runner import Runner
 from compress.export.common.preprocess import from_metadata, runner_input
 
 
-def open_onnx(path: Path | str, threads: int = 1) -> Runner:
-    """Load ``path`` in an ONNX Runtime CPU session with ``threads`` intra-op threads."""
+def cpu_session(path: Path | str, threads: int = 1):
+    """``path`` in an ONNX Runtime CPU session with ``threads`` intra-op threads (sequential, quiet); a file
+    that does not load is an InputError naming it."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -26,9 +27,16 @@ def open_onnx(path: Path | str, threads: int = 1) -> Runner:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types per failure
         raise InputError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+
+
+def open_onnx(path: Path | str, threads: int = 1) -> Runner:
+    """Load ``path`` in an ONNX Runtime CPU session with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    session = cpu_session(path, threads)
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
     preprocessing = from_metadata(session.get_modelmeta().custom_metadata_map)

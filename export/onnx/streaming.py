@@ -13,12 +13,13 @@ from pathlib import Path
 import onnx
 import torch
 
-from compress import __version__
 from compress.core.atomic import atomic_path
 from compress.core.errors import InputError
 from compress.export.common.mode import converts_model
 from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_OUTPUT, StreamingContract,
                                               state_output)
+from compress.export.onnx.fp32 import set_metadata
+from compress.export.onnx.runner import cpu_session
 
 
 @converts_model
@@ -39,11 +40,7 @@ def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, .
             raise InputError(f"model {name!r}: its streaming form cannot be converted to target 'onnx' "
                              f"({str(exc).splitlines()[0][:200]})") from None
         proto = program.model_proto
-        del proto.metadata_props[:]
-        for key, value in {METADATA_KEY: contract.to_json(), "labels": json.dumps(list(contract.labels)),
-                           "producer": f"compress {__version__} (torch {torch.__version__}, onnx {onnx.__version__})"}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        set_metadata(proto, {METADATA_KEY: contract.to_json(), "labels": json.dumps(list(contract.labels))})
         proto.doc_string = f"{name}: streaming keyword spotter, {contract.hop_samples} samples per hop"
         onnx.save_model(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -56,13 +53,7 @@ class OnnxStreamRunner:
     def __init__(self, path: Path | str, threads: int = 1):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types per failure
-            raise InputError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        self.session = cpu_session(path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise InputError(f"{path}: no {METADATA_KEY!r} metadata; expected a streaming file written by compress")

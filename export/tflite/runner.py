@@ -26,9 +26,9 @@ from compress.export.tflite.io import read_preprocessing
 from compress.export.tflite.tolerances import TOLERANCES  # noqa: E402,F401  (re-exported)
 
 
-def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Runner:
-    """Load ``path`` in ai-edge-litert's Interpreter with ``threads`` threads (XNNPACK delegate unless off)."""
-    import ai_edge_litert
+def load_interpreter(path: Path | str, threads: int = 1, xnnpack: bool = True):
+    """``path`` in ai-edge-litert's Interpreter with ``threads`` threads (XNNPACK delegate unless off), tensors
+    allocated; a missing or unloadable file is an InputError naming it."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     path = Path(path)
@@ -44,7 +44,23 @@ def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Run
             interpreter.allocate_tensors()
     except Exception as exc:  # the wrapper raises ValueError/RuntimeError with the runtime's message
         raise InputError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0]})") from None
+    return interpreter
 
+
+def engine_name(interpreter, threads: int, xnnpack: bool) -> str:
+    """What a report says ran the model: the runtime, whether XNNPACK took the graph, the threads."""
+    import ai_edge_litert
+
+    kernels = "builtin kernels"
+    if xnnpack:
+        kernels = "XNNPACK" if _delegated(interpreter) else "XNNPACK requested, not applied: builtin kernels"
+    return f"LiteRT {ai_edge_litert.__version__} ({kernels}, {threads} thread{'s' if threads != 1 else ''})"
+
+
+def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Runner:
+    """Load ``path`` in ai-edge-litert's Interpreter with ``threads`` threads (XNNPACK delegate unless off)."""
+    path = Path(path)
+    interpreter = load_interpreter(path, threads, xnnpack)
     preprocessing = read_preprocessing(path)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -93,11 +109,7 @@ def open_tflite(path: Path | str, threads: int = 1, xnnpack: bool = True) -> Run
             return np.concatenate([run(x[i : i + 1]).copy() for i in range(n)], axis=0)
         raise InputError(f"input: {path.name} has a fixed batch of {state['batch']}, got a batch of {n}")
 
-    kernels = "builtin kernels"
-    if xnnpack:
-        kernels = "XNNPACK" if _delegated(interpreter) else "XNNPACK requested, not applied: builtin kernels"
-    engine = f"LiteRT {ai_edge_litert.__version__} ({kernels}, {threads} thread{'s' if threads != 1 else ''})"
-    return Runner(engine=engine, predict=predict, threads=int(threads))
+    return Runner(engine=engine_name(interpreter, threads, xnnpack), predict=predict, threads=int(threads))
 
 
 def _delegated(interpreter) -> bool:

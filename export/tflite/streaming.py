@@ -21,6 +21,7 @@ from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_O
 from compress.export.tflite import STDERR_NOISE
 from compress.export.tflite.convert import add_metadata, quiet_progress
 from compress.export.tflite.io import LABELS_KEY, read_metadata
+from compress.export.tflite.runner import engine_name, load_interpreter
 
 
 class _NamedStep(torch.nn.Module):
@@ -60,24 +61,15 @@ class TfliteStreamRunner:
     """A streaming ``.tflite`` in LiteRT's interpreter (XNNPACK unless off): ``step(audio, states)``."""
 
     def __init__(self, path: Path | str, threads: int = 1, xnnpack: bool = True):
-        import ai_edge_litert
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
+        interpreter = load_interpreter(path, threads, xnnpack)
         meta = read_metadata(path)
         if METADATA_KEY not in meta:
             raise InputError(f"{path}: no {METADATA_KEY!r} metadata; expected a streaming file written by compress")
         self.contract = StreamingContract.from_json(meta[METADATA_KEY], str(path))
-        resolver = OpResolverType.BUILTIN if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        try:
-            with native_stderr_filtered(STDERR_NOISE):
-                interpreter = Interpreter(model_path=str(path), num_threads=int(threads),
-                                          experimental_op_resolver_type=resolver)
-                self.runner = interpreter.get_signature_runner()
-        except Exception as exc:  # the wrapper raises ValueError/RuntimeError with the runtime's message
-            raise InputError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0]})") from None
+        self.runner = interpreter.get_signature_runner()
         details = self.runner.get_input_details()
         self.state_shapes = {n: tuple(int(d) for d in details[n]["shape"]) for n in details if n != AUDIO_INPUT}
-        self.engine = f"LiteRT {ai_edge_litert.__version__}"
+        self.engine = engine_name(interpreter, threads, xnnpack)
 
     def step(self, audio, states: dict) -> tuple:
         out = self.runner(**{AUDIO_INPUT: audio}, **states)
