@@ -128,12 +128,41 @@ class DeviceSection:
 
 @dataclass(frozen=True)
 class BudgetsSection:
-    """``[budgets]``: a breach fails the run (exit 1)."""
+    """``[budgets]``: a breach fails the run (exit 1). The keyword-spotting ones gate the streaming student
+    on the test streams (``max_false_accepts_per_hour`` also sets where the threshold is chosen)."""
 
     max_accuracy_drop: float | None = None
     max_latency_ms: float | None = None
     max_size_kb: float | None = None
     max_peak_memory_mb: float | None = None
+    max_false_accepts_per_hour: float | None = None  # unset: the threshold meets 1.0 on validation, no gate
+    max_false_reject_rate: float | None = None  # a fraction of the keyword spans, in [0, 1]
+    max_macs_per_second: float | None = None  # of audio, the streaming student's front-end included
+
+
+TASKS = ("classify", "keyword-spotting")
+
+
+@dataclass(frozen=True)
+class StreamingSection:
+    """``[streaming]``: the keyword-spotting task (``compress.keywords``, ``compress.stages.streaming``): which
+    labels are keywords, the background audio, how training mixes it, and how the streams that measure the
+    streaming student are built and scored."""
+
+    task: str = "classify"
+    keywords: list[str] | None = None
+    background: str | None = None  # a folder (or file) of long ambient recordings; None: generated noise
+    background_snr: list[float] = field(default_factory=lambda: [0.0, 20.0])  # training mix, dB (low, high)
+    time_shift_ms: int = 100  # training: clips shifted up to this either way
+    silence_share: float = 0.1
+    unknown_share: float | None = None  # None: every other word kept as _unknown_
+    validation_share: float = 0.1  # training clips held out for the validation streams (the threshold)
+    test_snr: list[float] = field(default_factory=lambda: [10.0, 20.0])  # one test stream per SNR, dB
+    test_streams: str | None = None  # a folder of long recordings + labels.csv (file,start_s,end_s,label)
+    stream_hours: float = 0.0  # built streams: re-mixed (new order, gaps, noise) until this long per SNR; 0: one pass
+    smoothing_hops: int = 3
+    refractory_hops: int = 50
+    tolerance_s: float | None = None  # a hit may come this long after its word ends (None: one window)
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,7 @@ class RunConfig:
     export: ExportSection = field(default_factory=ExportSection)
     device: DeviceSection = field(default_factory=DeviceSection)
     budgets: BudgetsSection = field(default_factory=BudgetsSection)
+    streaming: StreamingSection = field(default_factory=StreamingSection)
     out: str = "dist"
     name: str | None = None
     recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
@@ -211,6 +241,26 @@ class RunConfig:
             parse_augment(self.teachers.augment)
         if self.data.image_size is not None:
             parse_image_size(self.data.image_size)
+        self._validate_streaming()
+
+    def _validate_streaming(self) -> None:
+        """The keyword task's settings that can be checked before the data is read."""
+        s = self.streaming
+        if s.task not in TASKS:
+            raise InputError(f"--task {s.task!r}: expected one of {', '.join(TASKS)}")
+        if s.task != "keyword-spotting":
+            if s.keywords:
+                raise InputError("--keywords: keywords belong to --task keyword-spotting; expected that task too")
+            return
+        if not s.keywords:
+            raise InputError("--task keyword-spotting: expected --keywords WORD[,WORD...] (labels of the data)")
+        if len(s.background_snr) != 2 or s.background_snr[0] > s.background_snr[1]:
+            raise InputError(f"--background-snr {s.background_snr}: expected two numbers LOW,HIGH (dB, LOW <= HIGH)")
+        if not s.test_snr:
+            raise InputError("--test-snr: expected at least one SNR in dB (one test stream each)")
+        if self.student.arch is not None and not models.is_streamable(self.student.arch):
+            raise InputError(f"--student {self.student.arch!r}: --task keyword-spotting needs a streaming family; "
+                             f"expected one of {', '.join(models.STREAMING_FAMILIES)}")
 
 
 def _settings_table() -> dict[str, tuple[str, str]]:

@@ -34,18 +34,22 @@ SETS = {  # (kind, size) -> teachers, student
     ("image", "large-colour"): (["resnet", "resnet"], "mobilenet:0.35:0.5"),  # two seeds: cnn trailed by 2.5 pts
     ("audio", "small"): (["speech-cnn", "speech-resnet", "speech-wide-cnn"], "ds-cnn"),
     ("audio", "large"): (["speech-cnn", "speech-resnet"], "ds-cnn"),
+    ("keyword-spotting", "small"): (["speech-cnn", "speech-resnet", "speech-wide-cnn"], "ds-cnn-stream"),
+    ("keyword-spotting", "large"): (["speech-cnn", "speech-resnet"], "ds-cnn-stream"),
     ("features", "small"): (["mlp-1200", "mlp-1200"], "mlp-small"),
     ("features", "large"): (["mlp-1200", "mlp-1200"], "mlp-800"),
 }
 
 
-def size_class(data) -> tuple[str, str]:
-    """(kind, size) of the data: which row of ``SETS`` applies."""
+def size_class(data, task: str = "classify") -> tuple[str, str]:
+    """(kind, size) of the data: which row of ``SETS`` applies (the keyword task: a streaming student)."""
     kind = data.input_kind if data.input_kind in ("image", "audio") else "features"
+    if task == "keyword-spotting":
+        kind = task
     work = len(data.x_train) * math.prod(data.input_shape)
     if work <= SMALL_WORK:
         return kind, "small"
-    if kind == "image":
+    if data.input_kind == "image":
         return kind, "large-colour" if data.input_shape[0] > 1 else "large-gray"
     return kind, "large"
 
@@ -62,7 +66,7 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None) -> tu
     what was chosen: ``{}`` when the user set everything). A new configuration; ``cfg`` is not changed.
     ``seconds_per_epoch(name, data, batch, device_type)`` models one training epoch of a registry model
     (default: ``_modelled_epoch_seconds``)."""
-    kind, size = size_class(data)
+    kind, size = size_class(data, cfg.streaming.task)
     teachers, student = SETS[(kind, size)]
     picked: dict = {}
     if cfg.teachers.members is None:

@@ -45,11 +45,14 @@ from compress.progress import is_interactive, make_progress
 from compress.stages.evaluate import evaluate
 from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing
 from compress.stages.measure import peak_memory
+from compress.stages.streaming import (KeywordTask, is_keyword_task, keyword_augment, keyword_task,
+                                       measure_streaming, streaming_measured)
 from compress.teachers import Teacher, contract_warnings, load_teachers
 from compress.teachers.soft_targets import soft_targets
 from compress.teachers.training import cached_weights_path, TeacherRecipe
 
-__all__ = ["RunConfig", "check_name", "run", "versions"]  # RunConfig lives in compress.config; re-exported
+__all__ = ["RunConfig", "check_name", "run", "versions"]
+STATEFUL_TOP1 = 0.99  # a stateful file's float16 states may flip a near-tie hop, not more  # RunConfig lives in compress.config; re-exported
 
 
 def _train_threads(cfg: RunConfig, data: Dataset):
@@ -157,11 +160,19 @@ def augmentation(cfg: RunConfig, data: Dataset):
     """The training augmentation: ``auto`` is a random crop (padding 1/10 of the side) for 8-bit images of
     16 px and up (not for the digits' 8x8, nor features or audio), never a flip (a mirrored digit or letter
     changes class: ask for it with ``crop,flip`` where mirrored images keep theirs); ``--jitter N`` is a
-    crop of N for the teachers."""
+    crop of N for the teachers. The keyword task's ``auto`` is its time shift and background mixing
+    (``compress.stages.streaming.keyword_augment``)."""
+    if cfg.teachers.augment == "auto" and is_keyword_task(cfg):
+        return keyword_augment(cfg, int(data.normalization.get("sample_rate") or 0))
     if cfg.teachers.augment != "auto":
         augment = parse_augment(cfg.teachers.augment)
-        return replace(augment, sample_rate=int(data.normalization.get("sample_rate") or 0)) if (
-            data.input_kind == "audio") else augment
+        if data.input_kind != "audio":
+            return augment
+        rate = int(data.normalization.get("sample_rate") or 0)
+        if is_keyword_task(cfg):  # its noise is the background recordings' training part, where given
+            task = keyword_augment(cfg, rate)
+            augment = replace(augment, background=task.background, background_name=task.background_name)
+        return replace(augment, sample_rate=rate)
     if data.input_kind == "image" and data.raw_dtype == "uint8" and min(data.input_shape[1:]) >= 16:
         return Augment(crop=max(1, min(data.input_shape[1:]) // 10))
     return Augment()
@@ -332,6 +343,32 @@ def export_and_validate(cfg: RunConfig, data: Dataset, members: list[Teacher], s
     return report, exported
 
 
+def streaming_stage(cfg: RunConfig, task: KeywordTask, student, members: list[Teacher], report: dict, tmp_dir: Path,
+                    name: str, progress: Progress) -> None:
+    """Stage 6b (``--task keyword-spotting``): the streaming file, its threshold and its streams
+    (``compress.stages.streaming``), into ``report["streaming"]`` with its parity check."""
+    bar = progress.add_task("streaming file", total=1)
+    section = measure_streaming(cfg, task, student, members, report["rows"], tmp_dir, name,
+                                on_status=lambda text: progress.update(bar, description=text))
+    progress.update(bar, completed=1, description="streaming file")
+    report["streaming"] = section
+    parity = section["parity"]
+    detail = ("no whole window in the first test stream" if parity["max_abs_diff"] is None else
+              f"max abs diff {parity['max_abs_diff']:.2e}, top-1 agreement {100 * parity['top1_agreement']:.2f}% over "
+              f"{parity['windows']} windows ({parity['bounds']} bound {parity['tolerance']:g})")
+    report["checks"].append({"name": f"streaming {cfg.export.target} {section['scheme']} file vs the PyTorch student "
+                                     f"({section['runtime']})", "passed": bool(parity["passed"]),
+                             "detail": f"{detail}; against {parity.get('against', 'the student')}"})
+    stateful = section.get("stateful")
+    if stateful:
+        report["checks"].append({"name": f"stateful {cfg.export.target} file vs the explicit-state file "
+                                         f"({stateful['runtime']})", "passed": stateful["top1_agreement"] >= STATEFUL_TOP1,
+                                 "detail": f"max abs diff {stateful['max_abs_diff']:.2e}, top-1 agreement "
+                                           f"{100 * stateful['top1_agreement']:.2f}% over {stateful['hops']} hops "
+                                           f"(bound: top-1 >= {100 * STATEFUL_TOP1:g}%; {stateful['note']})"})
+    report["passed"] = all(c["passed"] for c in report["checks"])
+
+
 def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, search: dict | None = None,
         started: float | None = None) -> dict | None:
     """Run the whole pipeline; returns the report (also written to ``<out>/<name>/report.json``).
@@ -352,6 +389,8 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         rank, world = _init_distributed()
     with stage("data"):
         data = load_run_data(cfg)
+        task = keyword_task(cfg, data) if is_keyword_task(cfg) else None
+        data = data if task is None else task.data
         for message in class_coverage_warnings(data):
             if rank == 0:
                 console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
@@ -377,6 +416,9 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
             with stage("export and validation"):
                 report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,
                                                        progress, profile)
+            if task is not None:
+                with stage("streaming"), torch_threads(threads.student):
+                    streaming_stage(cfg, task, student, members, report, tmp_dir, name, progress)
             with stage("budgets"):
                 report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
             report["passed"] = report["passed"] and all(b["passed"] for b in report["budgets"])
@@ -468,14 +510,19 @@ def _check_budgets(cfg: RunConfig, profile: dict | None, report: dict, artifact:
     """The device profile's budgets and the --max-* options against what this run measured."""
     b = cfg.budgets
     budgets = gather(profile, {"max_accuracy_drop": b.max_accuracy_drop, "latency_ms": b.max_latency_ms,
-                               "size_kb": b.max_size_kb, "peak_memory_mb": b.max_peak_memory_mb})
+                               "size_kb": b.max_size_kb, "peak_memory_mb": b.max_peak_memory_mb,
+                               "max_false_accepts_per_hour": b.max_false_accepts_per_hour,
+                               "max_false_reject_rate": b.max_false_reject_rate,
+                               "max_macs_per_second": b.max_macs_per_second})
     if not budgets:
         return []
     student = report["rows"][-1]
     measured = {"accuracy_drop": 100 * report["comparison"]["accuracy_gap"],
                 "latency_ms": None if student["latency_ms"] is None else student["latency_ms"]["p50"],
                 "size_kb": path_size(artifact) / 1024, "peak_memory_mb": None}
-    notes = {"latency_ms": f"{student['runtime']} does not run on this machine"}
+    keyword_measured, keyword_notes = streaming_measured(report)
+    measured.update(keyword_measured)
+    notes = {"latency_ms": f"{student['runtime']} does not run on this machine", **keyword_notes}
     if "peak_memory_mb" in budgets and student["latency_ms"] is not None:
         mem = peak_memory(cfg.export.target, artifact, data.x_test[:20], cfg.device.threads, profile)
         measured["peak_memory_mb"] = mem.get("peak_memory_mb")
@@ -494,6 +541,17 @@ def _front_end(student: torch.nn.Module) -> dict | None:
                     "n_fft": module.n_fft, "hop": module.hop, "n_mels": module.n_mels, "fmin": module.fmin,
                     "fmax": module.fmax, "log_epsilon": module.eps}
     return None
+
+
+def streaming_manifest(folder: Path) -> dict | None:
+    """The streaming file's entry (its contract, read back from report.json's section), or None."""
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    section = report.get("streaming")
+    if not section:
+        return None
+    return {"file": section["file"], "contract": section["contract"], "io": section["io"],
+            "detection_rule": "a keyword fires when the mean of its probs over the last smoothing_hops hops reaches "
+                              "threshold, then cannot fire again for refractory_hops hops"}
 
 
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
@@ -516,6 +574,7 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "front_end": _front_end(student),
         "labels": data.labels,
         "labels_file": "labels.txt",
+        "streaming": streaming_manifest(folder),
         "student": {"arch": cfg.student.arch, "params": models.count_params(student),
                     "macs": models.count_macs(student, data.input_shape)},
         "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint, "output": m.output,

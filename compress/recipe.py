@@ -106,8 +106,10 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "patience": Key("teacher_patience", _INT, "Early stopping: epochs without a better validation accuracy before a built-in member stops.", bounds=AT_LEAST_1),
         "augment": Key("augment", _STR, "Augmentation when training (teachers and student): auto (crop for 8-bit "
                        "images of 16px and up, none for others), none, or a comma list of crop[=PIXELS],flip for images "
-                       "(flip only where mirrored images keep their class) and shift=MS,noise=LOW:HIGH for audio "
-                       "(a random time shift; pink noise at a random SNR in dB)."),
+                       "(flip only where mirrored images keep their class) and shift=MS,noise=LOW:HIGH,gain=LOW:HIGH,"
+                       "speed=LOW:HIGH for audio (a random time shift; noise at a random SNR in dB, the --background "
+                       "recordings where given; a gain in dB; a speed factor); --task keyword-spotting's auto is "
+                       "its time shift and background mixing."),
         "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members.", bounds=NON_NEGATIVE),
     },
     "student": {
@@ -151,6 +153,43 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "max_latency_ms": Key("max_latency_ms", _NUM, "Largest accepted p50 batch-1 latency of the student, ms (measured on this host).", 5.0, bounds=POSITIVE),
         "max_size_kb": Key("max_size_kb", _NUM, "Largest accepted artifact size, kB.", 500, bounds=POSITIVE),
         "max_peak_memory_mb": Key("max_peak_memory_mb", _NUM, "Largest accepted peak memory of loading and running the model, MB.", 200, bounds=POSITIVE),
+        "max_false_accepts_per_hour": Key("max_false_accepts_per_hour", _NUM, "Keyword spotting: the threshold is the "
+                                          "lowest-FRR one within this many false accepts per hour on the validation "
+                                          "streams (default 1.0); set, it also gates the test streams' rate.", 1.0, bounds=NON_NEGATIVE),
+        "max_false_reject_rate": Key("max_false_reject_rate", _NUM, "Keyword spotting: largest accepted share of "
+                                     "keywords missed on the test streams (0.1 = 10%).", 0.1, bounds=FRACTION),
+        "max_macs_per_second": Key("max_macs_per_second", _NUM, "Keyword spotting: largest accepted multiply-accumulates "
+                                   "per second of audio of the streaming student (front-end included).", 2e6, bounds=POSITIVE),
+    },
+    "streaming": {
+        "task": Key("task", _STR, "classify (clips) or keyword-spotting (a streaming student on continuous audio: "
+                    "--keywords, _unknown_ for every other label, _silence_ from the background)."),
+        "keywords": Key("keywords", _LIST, "Keyword spotting: the labels that are keywords (flag: a comma list).", ["3"]),
+        "background": Key("background", _STR, "Keyword spotting: a folder (or file) of long background recordings, "
+                          "resampled; unset: generated pink noise, and the report says so.", "noise/"),
+        "background_snr": Key("background_snr", _NUMS, "Keyword spotting: training mixes background into clips at an "
+                              "SNR drawn from [LOW, HIGH] dB (flag: LOW,HIGH).", bounds=Range(-50, 100)),
+        "time_shift_ms": Key("time_shift_ms", _INT, "Keyword spotting: training shifts clips by up to this many ms "
+                             "either way.", bounds=NON_NEGATIVE),
+        "silence_share": Key("silence_share", _NUM, "Keyword spotting: share of _silence_ clips in each split.",
+                             bounds=Range(0, 1, high_open=True)),
+        "unknown_share": Key("unknown_share", _NUM, "Keyword spotting: share of _unknown_ clips in training "
+                             "(unset: every other word is kept).", 0.3, bounds=Range(0, 1, high_open=True)),
+        "validation_share": Key("validation_share", _NUM, "Keyword spotting: share of training clips held out for "
+                                "the validation streams the threshold is chosen on.", bounds=Range(0, 1, True, True)),
+        "test_snr": Key("test_snr", _NUMS, "Keyword spotting: one generated test stream per SNR, dB (flag: a comma "
+                        "list).", bounds=Range(-50, 100)),
+        "test_streams": Key("test_streams", _STR, "Keyword spotting: a folder of your long test recordings with "
+                            "labels.csv (file,start_s,end_s,label); unset: streams built from the test split.", "streams/"),
+        "stream_hours": Key("stream_hours", _NUM, "Keyword spotting: built validation and test streams are re-mixed "
+                            "(new order, gaps and noise) until each SNR has this many hours (0: each clip once); "
+                            "one false accept in h hours is 1/h per hour, so a 1/h budget needs hours.", 2.0, bounds=NON_NEGATIVE),
+        "smoothing_hops": Key("smoothing_hops", _INT, "Detection rule: a keyword fires when its probability averaged "
+                              "over this many hops reaches the threshold.", bounds=AT_LEAST_1),
+        "refractory_hops": Key("refractory_hops", _INT, "Detection rule: hops after a detection before the keyword "
+                               "can fire again.", bounds=NON_NEGATIVE),
+        "tolerance_s": Key("tolerance_s", _NUM, "Scoring: a detection up to this many seconds after a keyword ends "
+                           "still hits it (default: one window).", 1.0, bounds=NON_NEGATIVE),
     },
     "search": {  # compress search only; distill-and-export ignores this section
         "families": Key("search_families", _LIST, "compress search: student families to try (compress.models.FAMILIES; "
@@ -205,6 +244,17 @@ def key_for(field: str) -> Key:
             if key.field == field:
                 return key
     raise InternalError(f"no recipe key sets {field!r}")
+
+
+def section_fields(section: str, prefix: str = "") -> list[str]:
+    """The settings of one recipe section (those whose flag name starts with ``prefix``), in declaration order."""
+    return [k.field for k in _FIXED[section].values() if k.field.startswith(prefix)]
+
+
+def list_fields() -> dict[str, type]:
+    """Settings whose recipe value is a list, with their item type (a flag types them as one comma list)."""
+    return {k.field: (str if k.types == _LIST else float) for keys in _FIXED.values() for k in keys.values()
+            if k.types in (_LIST, _NUMS) and k.field != "teachers"}
 
 
 def take_target_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.runner import Runner
+from compress.export.common.streaming import run_stream
 
 CPU = "neoverse-n1"  # QEMU_CPU: ~10x faster to emulate than the default "max" (no SVE, fewer features)
 SUITE = "bookworm"
@@ -362,6 +363,23 @@ def compare_with_host(path: Path | str, x: np.ndarray, threads: int = 1) -> dict
         "host_engine": host_runner.engine,
         "seconds": meta["wall_seconds"],
     }
+
+
+def compare_stream_with_host(path: Path | str, audio: np.ndarray, threads: int = 1) -> dict:
+    """Feed ``audio`` hop by hop to a streaming file (``compress.export.common.streaming``) on the host runtime
+    and on the emulator (one qemu process for the whole stream); how closely the per-hop ``probs`` agree."""
+    path = Path(path)
+    host_runner = _backend(path).open_streaming(path, threads)
+    hop = host_runner.contract.hop_samples
+    hops = np.ascontiguousarray(np.asarray(audio, np.float32)[:len(audio) // hop * hop].reshape(-1, hop))
+    host = run_stream(host_runner.step, host_runner.state_shapes, hops.reshape(-1), hop)
+    emu, meta = _run(path, hops, threads, 1200)
+    if emu.shape != host.shape:
+        raise RuntimeError(f"{path.name}: emulator output shape {emu.shape} differs from the host's {host.shape}")
+    diff = np.abs(emu.astype(np.float64) - host.astype(np.float64))
+    return {"bit_exact": bool(np.array_equal(emu.view(np.uint32), host.astype(np.float32).view(np.uint32))),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0, "hops": int(len(hops)),
+            "engine": _engine(meta), "host_engine": host_runner.engine, "seconds": meta["wall_seconds"]}
 
 
 def open_arm64(path: Path | str, threads: int = 1) -> Runner:

@@ -3,7 +3,8 @@
 ``check_budgets(measured, budgets) -> list[check]``.
 
 measured: ``accuracy_drop`` (points: reference accuracy minus the artifact's, in percent), ``latency_ms``
-(host p50, batch 1), ``size_kb`` (1 kB = 1024 bytes), ``peak_memory_mb`` (MiB); a value that is missing or
+(host p50, batch 1), ``size_kb`` (1 kB = 1024 bytes), ``peak_memory_mb`` (MiB); for a keyword spotter
+``false_accepts_per_hour``, ``false_reject_rate`` (a share) and ``macs_per_second`` (of audio); a value that is missing or
 None was not measured here, and ``notes[key]`` may say why (e.g. "Core ML does not run on Linux").
 
 budgets: budget key (``max_accuracy_drop``, ``latency_ms``, ``size_kb``, ``peak_memory_mb``) -> either a
@@ -24,9 +25,14 @@ BUDGET_KEYS = {
     "latency_ms": ("latency_ms", "latency p50", "ms"),
     "size_kb": ("size_kb", "size", "kB"),
     "peak_memory_mb": ("peak_memory_mb", "peak memory", "MB"),
+    # keyword spotting (the streaming student on the test streams)
+    "max_false_accepts_per_hour": ("false_accepts_per_hour", "false accepts per hour", "/h"),
+    "max_false_reject_rate": ("false_reject_rate", "false-reject rate", "of keywords"),
+    "max_macs_per_second": ("macs_per_second", "MACs per second of audio", "MAC/s"),
 }
 FLAGS = {"max_accuracy_drop": "--max-accuracy-drop", "latency_ms": "--max-latency-ms", "size_kb": "--max-size-kb",
-         "peak_memory_mb": "--max-peak-memory-mb"}
+         "peak_memory_mb": "--max-peak-memory-mb", "max_false_accepts_per_hour": "--max-false-accepts-per-hour",
+         "max_false_reject_rate": "--max-false-reject-rate", "max_macs_per_second": "--max-macs-per-second"}
 
 
 def _num(v: float) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from compress.devices.streaming_report import console_lines
 from rich.console import Console
 from rich.table import Table
 
@@ -105,6 +106,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
     compat = report.get("compatibility")
     if compat and compat.get("summary"):  # each target's own format checks say themselves in one line
         console.print(compat["summary"], highlight=False, soft_wrap=True, markup=False)
+    for line in console_lines(report["streaming"]) if report.get("streaming") else []:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
     for c in report["checks"]:
         mark = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
         console.print(f"{mark} {c['name']}: {c['detail']}")

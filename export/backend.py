@@ -151,8 +151,13 @@ class Backend:
       evaluator and no latency is reported)
     op_list() -> {"ops": [{"op", "family", "opsets", "definitions"}], "opsets", "not_supported", ...}: the ops a
       reference evaluator of this target runs (``compress devices <name>-ops`` prints it)
-    export_streaming(step, state_shapes, path, contract, name) -> Path: a keyword spotter's streaming form as
-      a file of the one I/O contract (``compress.export.common.streaming``); None: the target has none yet
+    export_streaming(step, state_shapes, path, contract, name, scheme="none", calibration=None) -> Path: a
+      keyword spotter's streaming form as a file of the one I/O contract (``compress.export.common.streaming``);
+      ``calibration``: real per-hop input feeds (``{input name: array}``) for a scheme that needs them; None:
+      the target has none yet
+    streaming_schemes: the quantization schemes its streaming files take (float32 always)
+    export_stateful_streaming(step, state_shapes, path, contract, name, options) -> Path | None: the runtime's
+      own stateful form (states kept inside the model), where the target's ``options`` allow it; None: none
     open_streaming(path, threads=1, **runner_options) -> a ``StreamRunner`` (``step(audio, states)``)
     """
 
@@ -184,6 +189,8 @@ class Backend:
     stderr_noise: tuple[str, ...] = ()  # regexes of runtime/converter lines that say nothing to a user (core.noise)
     export_streaming: Callable | None = None
     open_streaming: Callable | None = None
+    streaming_schemes: tuple[str, ...] = ("none",)
+    export_stateful_streaming: Callable | None = None
 
     @property
     def defaults(self) -> dict[str, object]:

@@ -51,7 +51,31 @@ def test_the_audio_spelling_and_its_errors():
     assert parse_augment("shift=100,noise=5:20") == Augment(shift_ms=100, noise_snr=(5.0, 20.0))
     assert "time shift up to 100 ms" in parse_augment("shift=100").describe()
     for bad in ("shift=-5", "noise=20:5", "noise=5", "shift=fast"):
-        with pytest.raises(InputError, match="shift=MS and noise=LOW:HIGH"):
+        with pytest.raises(InputError, match="shift=MS, noise=LOW:HIGH"):
             parse_augment(bad)
     with pytest.raises(InputError, match="sample rate is unknown"):
         augment_batch(torch.zeros(2, 100), parse_augment("shift=10"), torch.Generator())
+
+
+def test_gain_scales_each_clip_by_a_gain_drawn_in_its_range():
+    x = 0.1 * torch.randn(300, 1000, generator=torch.Generator().manual_seed(3))
+    y = augment_batch(x, parse_augment("gain=-6:6"), torch.Generator().manual_seed(4))
+    gains_db = 20 * torch.log10(y.pow(2).mean(1).sqrt() / x.pow(2).mean(1).sqrt())
+    assert gains_db.min() >= -6.001 and gains_db.max() <= 6.001 and gains_db.std() > 2.5
+    ratio = y / x
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4)  # one gain per clip
+
+
+def test_speed_resamples_each_clip_and_keeps_its_length():
+    """A 100 Hz sine played at x0.8..x1.25 keeps its length; its zero crossings move to the speed drawn."""
+    t = torch.arange(8000) / 8000
+    x = torch.sin(2 * torch.pi * 100 * t)[None].repeat(32, 1) * 0.5
+    augment = replace(parse_augment("speed=0.8:1.25"), sample_rate=8000)
+    y = augment_batch(x, augment, torch.Generator().manual_seed(5))
+    assert y.shape == x.shape
+    crossings = ((y[:, 1:3000] > 0) != (y[:, :2999] > 0)).sum(dim=1).float()  # 100 Hz: 75 in 0.375 s
+    speeds = crossings / 75
+    assert speeds.min() >= 0.75 and speeds.max() <= 1.3 and speeds.std() > 0.05
+    with pytest.raises(InputError, match="speed=LOW:HIGH"):
+        parse_augment("speed=0.1:3")
+    assert "speed x0.8..1.25" in augment.describe() and "gain -6..6 dB" in parse_augment("gain=-6:6").describe()

@@ -104,15 +104,32 @@ def test_streaming_costs_a_frame_per_hop_not_a_window():
     assert models.count_macs(model, (model.window_samples,)) >= 20 * per_hop
 
 
+def test_the_recurrent_streaming_form_reproduces_the_model_on_the_stream_so_far(recording):
+    """crnn-stream carries a GRU's hidden state across windows: hop t from zero states equals the model run on
+    the first (t + 1) hops of the stream (causal framing and padding, compress.models.streaming)."""
+    model = _trained_like(models.build("crnn-stream", (CLIP,), 12))
+    step, shapes = _torch_step(model.streaming_step())
+    streamed = run_stream(step, shapes, recording, model.hop_samples)
+    hops = [0, 1, 4, 5, 30, len(streamed) // 2, len(streamed) - 1]
+    with torch.no_grad():
+        prefix = [torch.softmax(model(torch.from_numpy(recording[None, :(t + 1) * model.hop_samples])), 1)[0].numpy()
+                  for t in hops]
+    diff = max(float(np.abs(streamed[t] - p).max()) for t, p in zip(hops, prefix))
+    assert diff <= tolerance_for("onnx", "fp32")["max_abs"], diff
+    assert model.window_samples == CLIP and model.carries_state
+    assert models.is_streamable("crnn-stream:0.5") and not models.is_streamable("ds-cnn")
+
+
+@pytest.mark.parametrize("family", ["ds-cnn-stream:0.5", "crnn-stream:0.5"])
 @pytest.mark.parametrize("target", STREAMING_TARGETS)
-def test_each_target_writes_the_contract_and_streams_as_torch_does(recording, tmp_path, target):
+def test_each_target_writes_the_contract_and_streams_as_torch_does(recording, tmp_path, target, family):
     backend = TARGETS[target]
-    model = _trained_like(models.build("ds-cnn-stream:0.5", (CLIP,), 12), seed=1)
-    step = StreamingStep(model)
+    model = _trained_like(models.build(family, (CLIP,), 12), seed=1)
+    step = model.streaming_step()
     torch_step, shapes = _torch_step(step)
     labels = ["_silence_", "_unknown_", *[str(d) for d in range(10)]]
     contract = StreamingContract(8000, model.hop_samples, model.window_samples, labels, ["3", "7"], 0.6, 3, 25)
-    path = backend.export_streaming(step, shapes, tmp_path / f"stream{backend.suffix}", contract, "ds-cnn-stream:0.5")
+    path = backend.export_streaming(step, shapes, tmp_path / f"stream{backend.suffix}", contract, family)
     runner = backend.open_streaming(path)
     assert runner.contract == contract and runner.state_shapes == shapes
     got = run_stream(runner.step, runner.state_shapes, recording, model.hop_samples)
@@ -153,3 +170,24 @@ def test_the_detection_rule_smooths_thresholds_and_waits_out_the_refractory_hops
     assert detections(p, c) == [(0, "yes"), (5, "yes"), (9, "no"), (10, "yes")]
     assert detections(p, StreamingContract(8000, 160, 800, labels, ["yes"], 0.5, 1, 0)) == \
            [(0, "yes"), (1, "yes"), (5, "yes"), (7, "yes"), (10, "yes"), (11, "yes")]
+
+
+@pytest.mark.parametrize("family", ["ds-cnn-stream:0.5", "crnn-stream:0.5"])
+def test_core_mls_stateful_form_streams_as_torch_does_with_float16_states(recording, tmp_path, family):
+    """iOS18: the states inside the model (ct.StateType), run by the MIL evaluator's read/write_state; Core ML
+    stores states in float16, so the bound is fp16 rounding of the stored frames, not the fp32 one."""
+    backend = TARGETS["coreml"]
+    model = _trained_like(models.build(family, (CLIP,), 12), seed=2)
+    step = model.streaming_step()
+    torch_step, shapes = _torch_step(step)
+    contract = StreamingContract(8000, model.hop_samples, model.window_samples, [str(i) for i in range(12)], ["3"])
+    assert backend.export_stateful_streaming(step, shapes, tmp_path / "old.mlpackage", contract, family,
+                                             {"deployment_target": "iOS17"}) is None  # states need iOS18
+    path = backend.export_stateful_streaming(step, shapes, tmp_path / "s.mlpackage", contract, family,
+                                             {"deployment_target": "iOS18"})
+    runner = backend.open_streaming(path)
+    assert runner.stateful and runner.contract == contract and set(runner.program.states) == set(shapes)
+    audio = recording[:200 * model.hop_samples]
+    got = run_stream(runner.step, runner.state_shapes, audio, model.hop_samples)
+    want = run_stream(torch_step, shapes, audio, model.hop_samples)
+    assert float(np.abs(got - want).max()) <= 1e-2 and (got.argmax(1) == want.argmax(1)).mean() >= 0.99

@@ -17,12 +17,13 @@ import typer
 from rich.console import Console
 
 from compress.cli.devices import devices_app, validate_command
-from compress.cli.options import run_option, typed_flags, with_target_options
+from compress.cli.options import run_option, typed_flags, with_settings, with_target_options
 from compress.cli.output import err, fail, guarded, help_markup_mode, print_failures
 from compress.cli.search import search_command
 from compress.cli.teachers import soft_targets_command
 from compress.core.errors import InputError
 from compress.export import registry
+from compress.recipe import section_fields
 from compress.export.registry import TARGETS, suffixes
 
 TARGET_NAMES = ", ".join(TARGETS)
@@ -102,6 +103,7 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
 
 @app.command("distill-and-export")
 @with_target_options
+@with_settings(section_fields("streaming") + section_fields("budgets", "max_false") + ["max_macs_per_second"])
 def distill_and_export(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present). Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target: {TARGET_NAMES} (default onnx; a recipe may list several)."),
@@ -147,18 +149,23 @@ def distill_and_export(
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     quiet: bool = typer.Option(False, help="No progress: no bars on a terminal, no progress lines in a log."),
     target_options: Optional[dict] = None,  # the target's own flags (generated from export/<target>/: with_target_options)
+    setting_flags: Optional[dict] = None,  # the keyword task's flags (generated from [streaming]: with_settings)
 ) -> None:
     """Train/load the teacher ensemble, distill the student, export it and validate it in its runtime.
 
+    With --task keyword-spotting --keywords WORD[,WORD...] the student is a streaming keyword spotter: a
+    streaming file (audio hop + state in, probabilities + state out) is written beside the clip model, its
+    threshold chosen on validation streams, and it is measured hop by hop on test streams in its runtime.
+
     Exit codes: 0 passed, 1 a check or budget failed, 2 bad input, 130 interrupted (run again to resume).
     """
-    flags = typed_flags(locals())  # first: locals() holds exactly the command's parameters here
+    params = dict(locals())  # first: locals() holds exactly the command's parameters here
     from compress.pipeline import run
 
     reports = []
     with guarded("the student is checkpointed after every epoch: run the same command to resume",
                  "distill-and-export"):
-        configs = _run_configs(recipe, flags)
+        configs = _run_configs(recipe, typed_flags(params))
         for cfg in configs:
             cfg.validate()  # every target's settings are checked before the first one trains
         from compress import STARTED

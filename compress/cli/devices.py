@@ -144,6 +144,10 @@ def validate_command(
     max_latency_ms: Optional[float] = typer.Option(None, help="Budget: largest host p50 latency (batch 1), ms."),
     max_size_kb: Optional[float] = typer.Option(None, help="Budget: largest model size, kB (1024 bytes)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Budget: largest peak memory of load + run, MiB."),
+    max_false_accepts_per_hour: Optional[float] = run_option("max_false_accepts_per_hour", help="Budget (a keyword "
+                                                             "folder): largest false accepts per hour on the rebuilt test streams."),
+    max_false_reject_rate: Optional[float] = run_option("max_false_reject_rate"),
+    max_macs_per_second: Optional[float] = run_option("max_macs_per_second"),
     data: Optional[str] = typer.Option(None, help="Data to evaluate on: a path, or digits for scikit-learn's digits (needed for a bare model file; default for a folder: the data it was made from)."),
     data_format: Optional[str] = run_option("data_format"),
     reference: Optional[list[str]] = typer.Option(None, "--reference", help="Reference model (repeat for a teacher ensemble): .onnx, TorchScript, .pt2, built-in name, a model file of the artifact's target or a folder compress wrote (its float export). Default for a folder: its teachers."),
@@ -171,7 +175,9 @@ def validate_command(
                               threads=threads, max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
                               max_size_kb=max_size_kb, max_peak_memory_mb=max_peak_memory_mb,
                               target_options=target_options, latency_runs=latency_runs, limit_test=limit_test,
-                              arm64_samples=arm64_emulator, max_logit_diff=max_logit_diff)
+                              arm64_samples=arm64_emulator, max_logit_diff=max_logit_diff,
+                              max_false_accepts_per_hour=max_false_accepts_per_hour,
+                              max_false_reject_rate=max_false_reject_rate, max_macs_per_second=max_macs_per_second)
         if report_dir:
             out = Path(report_dir)
             try:

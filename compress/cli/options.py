@@ -17,11 +17,14 @@ from typing import Callable, Optional
 import typer
 
 from compress.export.registry import declared_options, describe_option, describe_schemes
-from compress.recipe import key_for
+from compress.core.errors import InputError
+from compress.recipe import key_for, list_fields
 
 TARGET_OPTIONS = "target_options"  # the parameter of a wrapped command that receives the typed options
+SETTING_FLAGS = "setting_flags"  # the parameter of a ``with_settings`` command that receives them
 RENAMED = {"teacher": "teachers", "device": "profile", "train_device": "device", "strict": "strict_teachers"}  # flag -> RunConfig field
 NOT_SETTINGS = {"recipe", "json_output", "quiet"}  # parameters of a command that are not run settings
+LIST_FIELDS = list_fields()  # settings whose recipe value is a list: field -> item type (str or float)
 
 
 def typed_flags(params: dict) -> dict:
@@ -29,11 +32,26 @@ def typed_flags(params: dict) -> dict:
     ``RunConfig`` field, target options flat (``compress.recipe.resolve`` gathers them again)."""
     params = dict(params)
     options = params.pop(TARGET_OPTIONS, None) or {}
+    params.update(params.pop(SETTING_FLAGS, None) or {})
     flags = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS and v is not None}
     flags.update(options)
     if "teachers" in flags:
         flags["teachers"] = list(flags["teachers"]) or None
-    return {k: v for k, v in flags.items() if v is not None}
+    return {k: comma_list(k, v) for k, v in flags.items() if v is not None}
+
+
+def comma_list(field: str, value):
+    """A list-valued setting typed on the command line as one comma list (``--keywords yes,no``,
+    ``--test-snr 10,20``): split, numbers parsed, as the recipe's list would hold them."""
+    if not isinstance(value, str) or field not in LIST_FIELDS:
+        return value
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if LIST_FIELDS[field] is str:
+        return items
+    try:
+        return [float(v) for v in items]
+    except ValueError:
+        raise InputError(f"{key_for(field).flag} {value!r}: expected a comma list of numbers (e.g. 10,20)") from None
 
 
 def run_option(param: str, *aliases: str, help: str | None = None):
@@ -91,6 +109,44 @@ class with_target_options:  # noqa: N801 -- used as a decorator
         names = set(declared_options())
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
         return self.command(**kwargs, target_options={k: v for k, v in given.items() if v is not None})
+
+
+
+
+def _flag_type(types: tuple[type, ...]) -> type:
+    """The flag's type for a recipe key's TOML types: a list is typed as one comma list, a size as text."""
+    if list in types or str in types:
+        return str
+    return float if float in types else types[0]
+
+
+class with_settings:  # noqa: N801 -- used as a decorator
+    """A command with one flag per run setting in ``fields`` (their recipe keys: flag, type and help from the
+    one declaration, ``compress.recipe.key_for``), added after its own parameters as typer reads it; the
+    command takes ``setting_flags: dict`` (the flags typed; the others absent). For a whole recipe section of
+    settings (``[streaming]``) that would otherwise be retyped parameter by parameter."""
+
+    def __init__(self, fields: list[str]):
+        self.fields = list(fields)
+
+    def __call__(self, command: Callable):
+        fields = self.fields
+
+        def wrapped(**kwargs):
+            given = {f: kwargs.pop(f) for f in fields if f in kwargs}
+            return command(**kwargs, **{SETTING_FLAGS: {k: v for k, v in given.items() if v is not None}})
+
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != SETTING_FLAGS]
+        added = []
+        for name in fields:
+            key = key_for(name)
+            kind = _flag_type(key.types)
+            added.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[kind],
+                                           default=typer.Option(None, key.flag, help=key.help)))
+        wrapped.__signature__ = inspect.Signature([*own, *added])
+        wrapped.__name__, wrapped.__doc__, wrapped.__module__ = command.__name__, command.__doc__, command.__module__
+        wrapped.__qualname__ = command.__qualname__
+        return wrapped
 
 
 def with_check_options(command: Callable) -> with_target_options:

@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compress.cli.options import run_option, typed_flags, with_target_options
+from compress.cli.options import run_option, typed_flags, with_settings, with_target_options
 from compress.cli.output import err, fail, guarded
 from compress.core.errors import InputError
 from compress.export.registry import TARGETS
+from compress.recipe import section_fields
 
 TARGET_NAMES = ", ".join(TARGETS)
 LIST_FLAGS = {"widths": "search_widths", "depths": "search_depths", "temperatures": "search_temperatures",
@@ -55,6 +56,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
 
 
 @with_target_options
+@with_settings(section_fields("streaming") + section_fields("budgets", "max_false") + ["max_macs_per_second"])
 def search_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present); its [search] section sets the space. Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target to search for: {TARGET_NAMES} (default onnx)."),
@@ -95,11 +97,15 @@ def search_command(
     json_output: bool = typer.Option(False, "--json", help="Print search.json's content instead of tables."),
     quiet: bool = typer.Option(False, help="No progress."),
     target_options: Optional[dict] = None,  # the target's own flags (generated from export/<target>/: with_target_options)
+    setting_flags: Optional[dict] = None,  # the keyword task's flags (generated from [streaming]: with_settings)
 ) -> None:
     """Search students x quantization schemes for the fastest one meeting the budgets; write it to <out>/<name>/.
 
     Exit codes: 0 a candidate meets the budgets (and passed on the test split), 1 none does (the closest is
     named) or the chosen one failed a check on the test split, 2 bad input, 130 interrupted (rerun to continue).
+
+    With --task keyword-spotting the streaming families are searched (clip accuracy, latency and size on the
+    validation split); the chosen one's run measures the streams and gates the keyword budgets.
     """
     params = dict(locals())  # first: exactly the command's parameters
     search_flags = {"search_families": list(family) if family else None,

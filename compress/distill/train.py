@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -60,8 +60,13 @@ class Augment:
     the paper's jitter), and a random horizontal flip where mirrored images keep their class. Audio clips
     (``(batch, samples)``): a random time shift of up to ``shift_ms`` either way (zeros fill; the clips'
     ``sample_rate`` turns it into samples), and, with
-    probability ``noise_prob``, generated pink noise mixed in at a signal-to-noise ratio drawn uniformly from
-    ``noise_snr`` dB (the Speech Commands recipe's time shift and background mixing)."""
+    probability ``noise_prob``, noise mixed in at a signal-to-noise ratio drawn uniformly from ``noise_snr`` dB
+    (the Speech Commands recipe's time shift and background mixing): a random stretch of ``background`` (the
+    user's recordings, ``background_name`` says which) where given, else generated pink noise. ``gain_db``:
+    each clip scaled by a gain drawn uniformly from that range in dB (a near or far talker); ``speed``: each
+    clip played faster or slower by a factor drawn from that range (linear resampling, so pitch moves with
+    it, as kws_streaming's speed augmentation), cut or zero-padded back to its length. Order: speed, shift,
+    gain, then noise (the SNR is of the clip as heard)."""
 
     crop: int = 0
     flip: bool = False
@@ -69,15 +74,23 @@ class Augment:
     sample_rate: int = 0  # of the audio clips (set from the data: compress.pipeline.augmentation)
     noise_snr: tuple[float, float] | None = None
     noise_prob: float = 0.8
+    background: np.ndarray | None = field(default=None, compare=False, repr=False)
+    background_name: str = ""  # what ``background`` is (and its content hash): part of ``describe``
+    gain_db: tuple[float, float] | None = None
+    speed: tuple[float, float] | None = None
 
     def __bool__(self) -> bool:
-        return self.crop > 0 or self.flip or self.shift_ms > 0 or self.noise_snr is not None
+        return (self.crop > 0 or self.flip or self.shift_ms > 0 or self.noise_snr is not None
+                or self.gain_db is not None or self.speed is not None)
 
     def describe(self) -> str:
         parts = ([f"random crop after padding {self.crop}px"] if self.crop else []) + (["horizontal flip"] if self.flip else [])
+        parts += [f"speed x{self.speed[0]:g}..{self.speed[1]:g}"] if self.speed else []
         parts += [f"time shift up to {self.shift_ms} ms"] if self.shift_ms else []
+        parts += [f"gain {self.gain_db[0]:g}..{self.gain_db[1]:g} dB"] if self.gain_db else []
         if self.noise_snr is not None:
-            parts.append(f"pink noise at {self.noise_snr[0]:g}..{self.noise_snr[1]:g} dB SNR "
+            source = self.background_name if self.background is not None else "pink noise"
+            parts.append(f"{source} at {self.noise_snr[0]:g}..{self.noise_snr[1]:g} dB SNR "
                          f"({100 * self.noise_prob:g}% of clips)")
         return ", ".join(parts) or "none"
 
@@ -96,12 +109,14 @@ def parse_augment(spec: str | None, *, where: str = "--augment") -> Augment:
             fields["crop"] = int(value) if value else 2
         elif key == "shift" and value.isdigit():
             fields["shift_ms"] = int(value)
-        elif key == "noise" and _snr_range(value) is not None:
-            fields["noise_snr"] = _snr_range(value)
+        elif key in ("noise", "gain") and _snr_range(value) is not None:
+            fields["noise_snr" if key == "noise" else "gain_db"] = _snr_range(value)
+        elif key == "speed" and _snr_range(value) is not None and 0.5 <= _snr_range(value)[0] <= _snr_range(value)[1] <= 2:
+            fields["speed"] = _snr_range(value)
         else:
             raise InputError(f"{where} {spec!r}: expected 'none', 'auto' or a comma list of crop[=PIXELS] and flip "
-                             "(images), shift=MS and noise=LOW:HIGH (audio, SNR in dB) (e.g. 'crop=4,flip', "
-                             "'shift=100,noise=5:20')")
+                             "(images), shift=MS, noise=LOW:HIGH (SNR, dB), gain=LOW:HIGH (dB) and speed=LOW:HIGH "
+                             "(a factor in [0.5, 2]) for audio (e.g. 'crop=4,flip', 'shift=100,noise=5:20,speed=0.9:1.1')")
     return Augment(**fields)
 
 
@@ -122,9 +137,33 @@ def _pink_noise(shape: tuple[int, int], generator: torch.Generator) -> torch.Ten
     return noise / noise.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
-def augment_audio(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """``augment``'s time shift and noise mixing on a batch of clips ``(batch, samples)``."""
+def _background_noise(background: np.ndarray, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Unit-RMS random stretches of ``background`` (looped where shorter than a clip), one per row."""
+    n, length = shape
+    source = torch.as_tensor(np.resize(background, max(len(background), length)), dtype=torch.float32)
+    starts = torch.randint(0, len(source) - length + 1, (n,), generator=generator)
+    noise = source[starts[:, None] + torch.arange(length)[None, :]]
+    return noise / noise.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-6)
+
+
+def _change_speed(x: torch.Tensor, speed: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """Each clip resampled by a factor from ``speed`` (> 1: faster, shorter), then cut or zero-padded at the end
+    back to its length (the clips' own convention: left-aligned)."""
     n, length = x.shape
+    factors = speed[0] + (speed[1] - speed[0]) * torch.rand(n, generator=generator)
+    out = torch.zeros_like(x)
+    for i, factor in enumerate(factors.tolist()):
+        size = max(2, int(round(length / factor)))
+        stretched = torch.nn.functional.interpolate(x[i][None, None], size=size, mode="linear", align_corners=True)[0, 0]
+        out[i, :min(size, length)] = stretched[:length]
+    return out
+
+
+def augment_audio(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """``augment``'s speed change, time shift, gain and noise mixing on a batch of clips ``(batch, samples)``."""
+    n, length = x.shape
+    if augment.speed is not None:
+        x = _change_speed(x, augment.speed, generator)
     shift = int(round(augment.shift_ms * augment.sample_rate / 1000))
     if augment.shift_ms and augment.sample_rate <= 0:
         raise InputError("--augment shift: the clips' sample rate is unknown; expected audio from a loader that "
@@ -134,11 +173,15 @@ def augment_audio(x: torch.Tensor, augment: Augment, generator: torch.Generator)
         source = torch.arange(length, device=x.device)[None, :] - offset[:, None]
         inside = (source >= 0) & (source < length)
         x = torch.where(inside, x.gather(1, source.clamp(0, length - 1)), torch.zeros((), dtype=x.dtype, device=x.device))
+    if augment.gain_db is not None:
+        low, high = augment.gain_db
+        x = x * (10 ** ((low + (high - low) * torch.rand(n, generator=generator)) / 20)).to(x.device, x.dtype)[:, None]
     if augment.noise_snr is not None:
         low, high = augment.noise_snr
         snr = low + (high - low) * torch.rand(n, generator=generator)
         mixed = (torch.rand(n, generator=generator) < augment.noise_prob).float()
-        noise = _pink_noise((n, length), generator).to(x.device, x.dtype)
+        noise = (_pink_noise((n, length), generator) if augment.background is None
+                 else _background_noise(augment.background, (n, length), generator)).to(x.device, x.dtype)
         level = x.pow(2).mean(dim=1).sqrt().clamp_min(1e-4) * (10 ** (-snr / 20) * mixed).to(x.device, x.dtype)
         x = x + level[:, None] * noise
     return x
@@ -147,7 +190,8 @@ def augment_audio(x: torch.Tensor, augment: Augment, generator: torch.Generator)
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
     """``augment`` applied to one training batch: images ``(batch, C, H, W)`` or audio clips ``(batch, samples)``
     (other shapes pass through)."""
-    if x.dim() == 2 and (augment.shift_ms or augment.noise_snr is not None):
+    if x.dim() == 2 and (augment.shift_ms or augment.noise_snr is not None or augment.gain_db is not None
+                         or augment.speed is not None):
         return augment_audio(x, augment, generator)
     if x.dim() != 4:
         return x

@@ -94,7 +94,8 @@ def summarize(tally: Tally) -> dict:
 
 
 def det_curve(stream_probs: list[np.ndarray], stream_spans: list[list[Span]], durations: list[float],
-              contract: StreamingContract, thresholds: np.ndarray | None = None) -> list[dict]:
+              contract: StreamingContract, thresholds: np.ndarray | None = None,
+              tolerance_s: float | None = None) -> list[dict]:
     """The DET curve: for each threshold (the contract's rule otherwise unchanged), the false-reject rate and
     false accepts per hour over all streams (``stream_probs``: ``(hops, classes)`` per stream)."""
     thresholds = np.round(np.linspace(0.05, 0.99, 48), 4) if thresholds is None else np.asarray(thresholds)
@@ -103,7 +104,7 @@ def det_curve(stream_probs: list[np.ndarray], stream_spans: list[list[Span]], du
         rule = StreamingContract(**{**contract.__dict__, "threshold": float(threshold)})
         tally = Tally()
         for probs, spans, duration in zip(stream_probs, stream_spans, durations):
-            tally.add(score_stream(detections(probs, rule), spans, duration, rule))
+            tally.add(score_stream(detections(probs, rule), spans, duration, rule, tolerance_s))
         rows.append({"threshold": float(threshold), **summarize(tally)["all"]})
     return rows
 

@@ -25,8 +25,8 @@ class Stream:
     audio: np.ndarray
     spans: list[Span]
     sample_rate: int
-    snr_db: float
-    seed: int
+    snr_db: float | None  # None: a recording (its own level)
+    seed: int | None  # None: a recording, not built
     background: str
 
     @property

@@ -99,3 +99,24 @@ def keyword_dataset(ds: Dataset, keywords: list[str], *, seed: int = 0, backgrou
     return replace(ds, name=f"{ds.name}-kws", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
                    labels=keyword_labels(keywords), label_source=f"--keywords over {ds.label_source or ds.name}",
                    normalization={**ds.normalization, "keyword_task": task})
+
+
+def hold_out(ds: Dataset, share: float, seed: int) -> tuple[Dataset, np.ndarray, list[str]]:
+    """(``ds`` without a seeded, per-label ``share`` of its training clips; those clips; their label names):
+    the held-out clips build the validation streams the threshold is chosen on, so the test streams never
+    choose it and the student never trained on them. Every label with two clips or more gives at least one."""
+    if not 0 < share < 1:
+        raise InputError(f"--validation-share {share}: expected a share in (0, 1)")
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in range(len(ds.labels)):
+        rows = np.flatnonzero(ds.y_train == label)
+        if len(rows) >= 2:
+            held.append(rng.permutation(rows)[:max(1, int(round(share * len(rows))))])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    if not len(held):
+        raise InputError(f"--task keyword-spotting: {ds.name} has too few training clips to hold out validation "
+                         "streams; expected two clips or more per label")
+    keep = np.setdiff1d(np.arange(len(ds.x_train)), held)
+    names = [ds.labels[int(v)] for v in ds.y_train[held]]
+    return replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep]), ds.x_train[held], names

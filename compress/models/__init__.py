@@ -60,6 +60,8 @@ FAMILIES = Registry("student family", "--family", {
 })
 MULTIPLIER_RANGE = (0.0, 4.0)  # (exclusive, inclusive): 4x is already ~16x the compute; larger is a typo
 
+STREAMING_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.streaming)
+
 DEFAULT_TEACHERS = ("mlp-1200", "cnn", "resnet")
 DEFAULT_STUDENT = "mlp-small"
 
@@ -103,6 +105,12 @@ def _parse_family(name: str) -> tuple[str, tuple[float, ...]] | str | None:
 def is_known(name: str) -> bool:
     """True for a registry name or a family name with valid arguments (``mobilenet``, ``mobilenet:0.35``)."""
     return name in MODELS or isinstance(_parse_family(name), tuple)
+
+
+def is_streamable(name: str) -> bool:
+    """True for a member of a streaming family (its models give ``streaming_step()``), ``ds-cnn-stream:0.5``."""
+    parsed = _parse_family(name)
+    return isinstance(parsed, tuple) and FAMILIES[parsed[0]].streaming
 
 
 def describe_names() -> str:

@@ -20,12 +20,15 @@ class Family:
     search: the multipliers ``compress search`` tries when the user gives none, per parameter name (wide
       enough to reach from "tiny" to the registry's usual student).
     searched_for: the data kinds ("image", "audio", "features") whose default search includes the family.
+    streaming: its models convert to a hop-by-hop step with explicit state (``model.streaming_step()``), as
+      ``--task keyword-spotting`` needs (``compress.models.streaming``).
     """
 
     factory: Callable
     examples: tuple[str, ...]
     search: dict[str, tuple[float, ...]] = field(default_factory=dict)
     searched_for: tuple[str, ...] = ()
+    streaming: bool = False
 
 
 def scaled(base: int, multiplier: float, minimum: int) -> int:

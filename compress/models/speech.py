@@ -32,7 +32,7 @@ from torch import nn
 from compress.core.errors import InputError
 from compress.models.frontend import LogMel
 from compress.models.scaling import Family, member_name, scaled
-from compress.models.streaming import ds_cnn_stream
+from compress.models.streaming import crnn_stream, ds_cnn_stream
 
 FRONTEND = {"sample_rate": 8000, "n_fft": 200, "hop": 160, "n_mels": 40, "fmin": 20.0, "fmax": None}
 
@@ -182,13 +182,17 @@ SPEECH_MODELS = {
     "ds-cnn-m": lambda s, n: ds_cnn_size(s, n, "m"),
     "ds-cnn-l": lambda s, n: ds_cnn_size(s, n, "l"),
     "ds-cnn-stream": lambda s, n: ds_cnn_stream(s, n),  # streamable: compress.models.streaming
+    "crnn-stream": lambda s, n: crnn_stream(s, n),  # streamable, with a GRU's hidden state
 }
 
 # Parametrized speech students: family -> Family, as compress.models.FAMILIES.
 SPEECH_FAMILIES = {
     "ds-cnn": Family(ds_cnn_family, ("ds-cnn:0.5", "ds-cnn:2:0.5"),
                      search={"width": (0.25, 0.5, 1.0, 1.6), "depth": (0.5, 1.0)}, searched_for=("audio",)),
-    # not in the default clip search: its place is the keyword-spotting task's streaming search
+    # the streaming families: searched for --task keyword-spotting, not in the default clip search
     "ds-cnn-stream": Family(ds_cnn_stream, ("ds-cnn-stream:0.5", "ds-cnn-stream:1:0.67"),
-                            search={"width": (0.5, 1.0), "depth": (0.67, 1.0)}),
+                            search={"width": (0.5, 1.0), "depth": (0.67, 1.0)}, searched_for=("keyword-spotting",),
+                            streaming=True),
+    "crnn-stream": Family(crnn_stream, ("crnn-stream:0.5", "crnn-stream:1.5"), search={"width": (0.5, 1.0)},
+                          searched_for=("keyword-spotting",), streaming=True),
 }

@@ -83,6 +83,10 @@ class StreamableDSCNN(nn.Module):
                                     for _ in range(blocks))
         self.classifier = nn.Linear(channels, num_classes)
 
+    def streaming_step(self) -> StreamingStep:
+        """The hop-by-hop form over these weights (what every streaming family's model gives)."""
+        return StreamingStep(self)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Log-mel ``(batch, 1, bands, frames)`` -> per-frame features ``(batch, channels, frames')``."""
         h = self.first(self.input_norm(x))
@@ -155,3 +159,107 @@ def ds_cnn_stream(input_shape, num_classes, width: float = 1.0, depth: float = 1
         raise InputError(f"model {name!r}: input shape {shape} does not fit; expects raw audio (samples,)")
     return StreamableDSCNN(shape[0], num_classes, channels=scaled(STREAM_CHANNELS, width, minimum=4),
                            blocks=scaled(STREAM_BLOCKS, depth, minimum=1), name=name)
+
+
+CRNN_CHANNELS, CRNN_HIDDEN = 32, 64  # the registered crnn-stream: the family's base
+
+
+class GRUCell(nn.Module):
+    """``torch.nn.GRUCell``'s equations from two linear layers and elementwise ops: every converter lowers
+    these the same way (the recurrent ops themselves are lowered differently by each, or not at all)."""
+
+    def __init__(self, inputs: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.from_input = nn.Linear(inputs, 3 * hidden)
+        self.from_hidden = nn.Linear(hidden, 3 * hidden)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        gx, gh, n = self.from_input(x), self.from_hidden(h), self.hidden
+        reset = torch.sigmoid(gx[:, :n] + gh[:, :n])
+        update = torch.sigmoid(gx[:, n:2 * n] + gh[:, n:2 * n])
+        new = torch.tanh(gx[:, 2 * n:] + reset * gh[:, 2 * n:])
+        return (1 - update) * new + update * h
+
+
+class StreamableCRNN(nn.Module):
+    """A convolutional-recurrent keyword spotter (a CRNN, Arik et al. 2017): a causal convolution over the
+    log-mel frames, a GRU over time, the class scores from its last hidden state.
+
+    Causal end to end, so its streaming form is exact: the audio is left-padded with the ``n_fft - hop``
+    samples a stream's first hop lacks, and the normalized frames with the ``k - 1`` zero frames the
+    convolution's ring buffer starts with; the GRU starts from zeros. ``forward(x)`` is the model on the
+    stream so far: the streaming step at hop ``t`` (``CRNNStep``, from zero states) equals ``forward`` of the
+    first ``(t + 1) * hop`` samples (``carries_state``: unlike the DS-CNN, whose output depends on the last
+    window only, the GRU remembers the whole stream; trained on clips from zero state, as kws_streaming's
+    GRU models are)."""
+
+    carries_state = True
+
+    def __init__(self, num_samples: int, num_classes: int, channels: int = CRNN_CHANNELS, hidden: int = CRNN_HIDDEN,
+                 frontend: dict | None = None, name: str = "crnn-stream"):
+        super().__init__()
+        self.frontend = LogMel(**(frontend or STREAM_FRONTEND))
+        fe = self.frontend
+        frames = fe.output_shape(num_samples + fe.n_fft - fe.hop)[2]
+        if frames < FIRST_KERNEL[1]:
+            raise InputError(f"model {name!r}: clips of {num_samples} samples give {frames} frames; expected at "
+                             f"least {FIRST_KERNEL[1]}")
+        self.hop_samples = fe.hop
+        self.window_samples = frames * fe.hop  # what one training clip covers (the causal framing)
+        self.time_kernels = (FIRST_KERNEL[1],)
+        self.input_norm = nn.BatchNorm2d(1)
+        self.first = _cbr(1, channels, FIRST_KERNEL, (2, 1))
+        self.bands = (fe.n_mels + 2 * ((FIRST_KERNEL[0] - 1) // 2) - FIRST_KERNEL[0]) // 2 + 1
+        self.cell = GRUCell(channels * self.bands, hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def streaming_step(self) -> CRNNStep:
+        return CRNNStep(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fe = self.frontend
+        frames = self.input_norm(fe(nn.functional.pad(x, (fe.n_fft - fe.hop, 0))))
+        h = self.first(nn.functional.pad(frames, (self.time_kernels[0] - 1, 0)))
+        features = h.flatten(1, 2)  # (batch, channels * bands, frames)
+        state = x.new_zeros(x.shape[0], self.cell.hidden)
+        for t in range(features.shape[2]):
+            state = self.cell(features[:, :, t], state)
+        return self.classifier(state)
+
+
+class CRNNStep(nn.Module):
+    """One hop of ``StreamableCRNN`` with explicit state: the audio tail, the convolution's ring buffer of
+    normalized frames, the GRU's hidden state."""
+
+    def __init__(self, model: StreamableCRNN):
+        super().__init__()
+        self.model = model.eval()
+        fe = model.frontend
+        self.state_specs = (StateSpec("audio_tail", (1, fe.n_fft - fe.hop)),
+                            StateSpec("first_frames", (1, 1, fe.n_mels, model.time_kernels[0] - 1)),
+                            StateSpec("gru_hidden", (1, model.cell.hidden)))
+
+    def zero_states(self) -> list[torch.Tensor]:
+        return [torch.zeros(spec.shape) for spec in self.state_specs]
+
+    def forward(self, audio: torch.Tensor, tail: torch.Tensor, first: torch.Tensor,
+                hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        samples, tail_out = StreamingStep._push(tail, audio, m.hop_samples)
+        frame = m.input_norm(m.frontend(samples))
+        window, first_out = StreamingStep._push(first, frame, 1)
+        hidden_out = m.cell(m.first(window).flatten(1), hidden)
+        return torch.softmax(m.classifier(hidden_out), dim=1), tail_out, first_out, hidden_out
+
+
+def crnn_stream(input_shape, num_classes, width: float = 1.0) -> nn.Module:
+    """Streaming CRNN keyword spotter: a causal convolution and a GRU, stepped hop by hop with its hidden state.
+
+    Width multiplies the 32 channels and the 64 GRU units (at least 4 and 8)."""
+    shape = tuple(input_shape)
+    name = member_name("crnn-stream", width)
+    if len(shape) != 1:
+        raise InputError(f"model {name!r}: input shape {shape} does not fit; expects raw audio (samples,)")
+    return StreamableCRNN(shape[0], num_classes, channels=scaled(CRNN_CHANNELS, width, minimum=4),
+                          hidden=scaled(CRNN_HIDDEN, width, minimum=8), name=name)

@@ -56,6 +56,7 @@ from compress.search.measure import (FINALIST_ROUNDS, Context, accuracy_floor, c
                                      scratch_folder, time_interleaved, trial_config, worth_probing)
 from compress.search.space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
 from compress.stages.export import export_student
+from compress.stages.streaming import is_keyword_task, keyword_task
 from compress.stages.measure import open_artifact
 from compress.teachers.training import TeacherRecipe, validation_split
 from compress.devices.budgets import gather
@@ -108,7 +109,10 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
         if data.y_train is None:
             raise InputError("--unlabelled: compress search measures each candidate's accuracy on a validation "
                              "split of the labelled training data; expected labelled training data")
-        plan = space_trials(space, data.input_shape, data.num_classes, data.input_kind, cfg.distill.temperature, cfg.distill.alpha)
+        keyword = is_keyword_task(cfg)  # the task's classes; the streaming families; streams in the final run
+        data = keyword_task(cfg, data).data if keyword else data
+        plan = space_trials(space, data.input_shape, data.num_classes, cfg.streaming.task if keyword else data.input_kind,
+                            cfg.distill.temperature, cfg.distill.alpha)
         user_epochs = cfg.distill.epochs  # the defaults' teacher choice and epochs do not depend on the student
         cfg, picked = defaults.choose(cfg.with_settings(student=plan[-1].student), data,
                                       "cpu" if cfg.distill.train_device in (None, "cpu") else "cuda")

@@ -55,8 +55,9 @@ class Trial:
 
 
 def default_families(input_kind: str) -> list[str]:
-    """The families a search tries for this kind of data when the user names none (registration order)."""
-    kind = input_kind if input_kind in ("image", "audio") else "features"
+    """The families a search tries for this kind of data when the user names none (registration order);
+    ``keyword-spotting``: the streaming families."""
+    kind = input_kind if input_kind in ("image", "audio", "keyword-spotting") else "features"
     return [name for name, family in models.FAMILIES.items() if kind in family.searched_for] or ["mlp"]
 
 

@@ -51,9 +51,10 @@ from compress.devices import arm64_emu
 from compress.devices.budgets import FLAGS, check_budgets, gather
 from compress.devices.profiles import load_profile
 from compress.export.registry import by_suffix, check_option, recorded_options, suffixes, TARGETS, tolerance_for, variant_name
-from compress.pipeline import teacher_recipe
+from compress.pipeline import load_run_data, teacher_recipe
 from compress.stages.evaluate import report_skeleton
 from compress.stages.measure import host_latency, open_artifact, peak_memory
+from compress.stages.streaming import is_keyword_task, keyword_task, remeasure_streaming, streaming_measured
 from compress.teachers import Teacher, check_members, load_teachers, teacher_format, ensemble_probs
 
 
@@ -174,8 +175,12 @@ def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, ref
             notes.append(f"data {data!r} given: evaluated on it instead of the recipe's data")
         specs = reference or list(recipe.get("teachers") or [])
         lt = limit_test if limit_test is not None else recipe.get("limit_test")
-        ds = load_data(data_spec, fmt, limit_train=recipe.get("limit_train"), limit_test=lt,
-                       unlabelled=bool(recipe.get("unlabelled")), seed=int(recipe.get("seed", 0)))
+        cfg = recorded_config(recipe).with_settings(data=data_spec, data_format=fmt, limit_test=lt)
+        ds = load_run_data(cfg)  # the run's own split, loader options and image size
+        task = keyword_task(cfg, ds) if is_keyword_task(cfg) else None
+        if not specs and max_accuracy_drop is not None:
+            raise InputError("--max-accuracy-drop: the manifest names no teachers and no --reference was given")
+        return (ds if task is None else task.data), specs, lt, (cfg, task)
     else:
         if data is None:
             raise InputError(f"{path}: a model file needs --data (the labelled data to evaluate it on: a path, "
@@ -189,7 +194,12 @@ def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, ref
         ds = load_data(data, data_format, limit_test=limit_test, seed=0)
     if not specs and max_accuracy_drop is not None:
         raise InputError("--max-accuracy-drop: the manifest names no teachers and no --reference was given")
-    return ds, specs, lt
+    return ds, specs, lt, None
+
+
+def recorded_config(recipe: dict) -> RunConfig:
+    """The run configuration a folder's manifest recorded (settings this version does not know are left out)."""
+    return RunConfig.from_settings(**{k: v for k, v in recipe.items() if k in SETTINGS})
 
 
 def _declared_sample_shape(backend, artifact: Path) -> tuple | None:
@@ -258,9 +268,8 @@ def _reference_members(specs: list, ds, recipe: dict, recipe_like: bool) -> list
 def _teacher_recipe(recipe: dict, ds):
     """How the run trained its built-in members (augmentation, patience, epochs), from its recorded recipe,
     so the same members come out of the cache instead of being trained differently."""
-    recorded = {k: v for k, v in recipe.items() if k in SETTINGS}
-    recorded["teacher_epochs"] = recorded.get("teacher_epochs") or 10
-    return teacher_recipe(RunConfig.from_settings(**recorded), ds)
+    config = recorded_config(recipe)
+    return teacher_recipe(config.with_settings(teacher_epochs=config.teachers.epochs or 10), ds)
 
 
 def _member_runtime(m) -> str:
@@ -357,7 +366,7 @@ def _relation(specs: list, artifact: Path, target: str, from_manifest: bool) -> 
 def _reference_relation(specs: list, artifact: Path, target: str, from_manifest: bool, max_logit_diff) -> dict:
     """``report["reference"]``: what the reference is, and which parity bound applies (None: agreement only)."""
     if max_logit_diff is not None and len(specs) != 1:
-        raise InputError(f"--max-logit-diff: compares the artifact's logits with one reference model; "
+        raise InputError("--max-logit-diff: compares the artifact's logits with one reference model; "
                          + (f"the reference is an ensemble of {len(specs)}; give one --reference" if specs else
                             "give --reference (the float export of this model, or a teacher .onnx)"))
     relation, why, variant = _relation(specs, artifact, target, from_manifest)
@@ -489,20 +498,22 @@ def _student_row(artifact: Path, target: str, runner, logits: np.ndarray, ds, re
 
 def validate(path, *, profile=None, data=None, data_format=None, reference=None, threads=None,
              max_accuracy_drop=None, max_latency_ms=None, max_size_kb=None, max_peak_memory_mb=None,
-             target_options=None, latency_runs=100, limit_test=None, arm64_samples=None, max_logit_diff=None) -> dict:
+             target_options=None, latency_runs=100, limit_test=None, arm64_samples=None, max_logit_diff=None,
+             max_false_accepts_per_hour=None, max_false_reject_rate=None, max_macs_per_second=None) -> dict:
     """Validate an artifact folder or model file in its runtime; see the module docstring. InputError on bad input."""
     path = Path(path)
     mode, artifact, target, manifest = _resolve(path)
     backend = TARGETS[target]
     prof = None if profile is None else profile if isinstance(profile, dict) else load_profile(profile)
     explicit = {"max_accuracy_drop": max_accuracy_drop, "latency_ms": max_latency_ms, "size_kb": max_size_kb,
-                "peak_memory_mb": max_peak_memory_mb}
+                "peak_memory_mb": max_peak_memory_mb, "max_false_accepts_per_hour": max_false_accepts_per_hour,
+                "max_false_reject_rate": max_false_reject_rate, "max_macs_per_second": max_macs_per_second}
     threads = _check_arguments(target, artifact, prof, threads, latency_runs, explicit, target_options or {},
                                max_logit_diff)
     reference = _reference_specs([reference] if isinstance(reference, str) else list(reference) if reference else None)
     notes: list[str] = []
     recipe = (manifest or {}).get("recipe", {})
-    ds, specs, lt = _evaluation_data(mode, path, recipe, data, data_format, reference, limit_test, max_accuracy_drop,
+    ds, specs, lt, keyword = _evaluation_data(mode, path, recipe, data, data_format, reference, limit_test, max_accuracy_drop,
                                      notes)
     relation = (_reference_relation(specs, artifact, target, mode == "folder" and not reference, max_logit_diff)
                 if specs or max_logit_diff is not None else None)
@@ -526,19 +537,34 @@ def validate(path, *, profile=None, data=None, data_format=None, reference=None,
                 _recorded_checks(path, artifact, manifest, ds, data, lt, recipe, accuracy, runner, checks, notes, prof))
     compatibility = (None if backend.check_artifact is None else
                      backend.check_artifact(artifact, {**backend.defaults, **(target_options or {})}, checks))
+    streaming = _streaming_section(path, manifest, keyword, threads, arm64_samples, checks)
+    keyword_measured, keyword_why = streaming_measured({"streaming": streaming})
     measured = {"accuracy_drop": None if ref_acc is None else 100 * (ref_acc - accuracy),
                 "latency_ms": None if lat is None else lat["p50"],
-                "size_kb": size_bytes / 1024, "peak_memory_mb": mem.get("peak_memory_mb")}
+                "size_kb": size_bytes / 1024, "peak_memory_mb": mem.get("peak_memory_mb"), **keyword_measured}
     why = {"accuracy_drop": "no reference: pass --reference", "latency_ms": _not_measured(backend),
-           "peak_memory_mb": mem_note}
+           "peak_memory_mb": mem_note, **keyword_why}
     budget_checks = check_budgets(measured, gather(prof, explicit), notes=why)
     report = report_skeleton(rows, None, compatibility, checks, kind="validate", budgets=budget_checks,
                              measured=measured, latency=latency, peak_memory=mem, arm64_emulator=emulator,
                              size={"bytes": size_bytes, "kb": size_bytes / 1024, "kb_unit": "1024 bytes"},
-                             reference=relation, recorded=recorded, notes=notes)
+                             reference=relation, recorded=recorded, notes=notes,
+                             **({"streaming": streaming} if streaming else {}))
     report["run"] = _run_section(path, mode, artifact, target, threads, latency_runs, ds, members, prof)
     report["passed"] = report["passed"] and all(b["passed"] for b in budget_checks)
     return report
+
+
+def _streaming_section(path: Path, manifest: dict | None, keyword, threads: int, arm64_samples, checks: list) -> dict | None:
+    """A keyword folder's streaming file re-measured on the rebuilt test streams (``remeasure_streaming``)."""
+    entry = (manifest or {}).get("streaming")
+    if not entry or keyword is None or keyword[1] is None:
+        return None
+    recorded = json.loads((path / "report.json").read_text()).get("streaming") if (path / "report.json").is_file() else None
+    section, stream_checks = remeasure_streaming(keyword[0], keyword[1], path / entry["file"], recorded, threads,
+                                                 arm64_hops=max(200, int(arm64_samples)) if arm64_samples else None)
+    checks.extend(stream_checks)
+    return section
 
 
 def _run_section(path: Path, mode: str, artifact: Path, target: str, threads: int, latency_runs: int, ds,

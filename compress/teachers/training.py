@@ -47,8 +47,10 @@ class TeacherRecipe:
     warmup_epochs: float = 1.0
 
     def key(self) -> list:
+        a = self.augment
+        audio = [a.describe()] if a.shift_ms or a.noise_snr is not None or a.gain_db or a.speed else []
         return [self.epochs, self.patience, self.val_fraction, self.val_max, self.augment.crop, self.augment.flip,
-                self.lr, self.weight_decay, self.batch_size, self.warmup_epochs]
+                self.lr, self.weight_decay, self.batch_size, self.warmup_epochs, *audio]
 
 
 def validation_split(y: np.ndarray, fraction: float, seed: int, cap: int = 5000) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,7 @@ class StreamRunner(Protocol):
     contract: StreamingContract
     state_shapes: dict[str, tuple[int, ...]]
     engine: str
+    measured: bool  # its per-hop timings are the runtime's (False: a reference evaluator, not timed)
 
     def step(self, audio: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One hop: ``audio`` [1, hop] -> (probs [1, classes], the states for the next hop)."""

@@ -79,5 +79,6 @@ BACKEND = Backend(
     runs_here=platform.system() == "Darwin",
     export_streaming=lazy("compress.export.coreml.streaming", "export_streaming"),
     open_streaming=lazy("compress.export.coreml.streaming", "open_streaming"),
+    export_stateful_streaming=lazy("compress.export.coreml.streaming", "export_stateful"),
     op_list=lazy("compress.export.coreml.mil.op_list", "load"),
 )

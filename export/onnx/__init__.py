@@ -37,5 +37,6 @@ BACKEND = Backend(
     # onnxruntime.quantization logs this through logging.warning (the root logger) on every quantize call
     export_streaming=lazy("compress.export.onnx.streaming", "export_streaming"),
     open_streaming=lazy("compress.export.onnx.streaming", "open_streaming"),
+    streaming_schemes=("none", "int8-weights", "int8"),
     stderr_noise=(r"Please consider to run pre-processing before quantization",),
 )

@@ -3,7 +3,8 @@
 It runs inside the ARM64 emulator's Python (``compress.devices.arm64_emu_child`` loads this file by path),
 which has only numpy and the runtimes' aarch64 wheels, so it imports nothing from this project: the input
 handling mirrors ``compress.export.onnx.runner`` line for line (the emulator tests compare both on real inputs).
-``run(path, x, threads) -> (scores, engine)``; ``InputProblem`` means a bad model file or input batch.
+``run(path, x, threads) -> (scores, engine)``; ``InputProblem`` means a bad model file or input batch. A
+streaming file (inputs ``audio`` and states) takes ``x`` as consecutive hops and returns each hop's ``probs``.
 A file that records raw-pixel preprocessing gets uint8 pixels: ``x`` as given when it is uint8, else the
 pixels the normalized ``x`` came from (``to_raw``, a copy of ``compress.export.common.preprocess.to_raw``).
 """
@@ -13,6 +14,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
+
+STREAM_AUDIO, STREAM_PROBS = "audio", "probs"  # compress.export.common.streaming's contract (copied)
 
 
 class InputProblem(Exception):
@@ -34,6 +38,9 @@ def run(path: str, x: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
     engine = f"ONNX Runtime {ort.__version__}"
     if x.size == 0 and x.ndim == 1:  # probe: the model loads, nothing to run
         return np.zeros((0,), np.float32), engine
+    names = [i.name for i in session.get_inputs()]
+    if STREAM_AUDIO in names and len(names) > 1:  # a streaming file: x holds consecutive hops
+        return _stream(session, np.asarray(x, dtype=np.float32)), engine
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
     preprocessing = json.loads(session.get_modelmeta().custom_metadata_map.get("preprocessing") or "{}")
@@ -43,6 +50,18 @@ def run(path: str, x: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
         x = to_raw(x, preprocessing)
     y = session.run([output_name], {input_name: np.ascontiguousarray(x)})[0]
     return y, engine
+
+
+def _stream(session, hops: np.ndarray) -> np.ndarray:
+    """A streaming file fed ``hops`` ``(n, hop_samples)`` one by one from zero states: ``(n, classes)`` probs."""
+    states = {i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs() if i.name != STREAM_AUDIO}
+    outputs = [STREAM_PROBS, *(f"{name}_out" for name in states)]
+    rows = []
+    for hop in hops:
+        probs, *new = session.run(outputs, {STREAM_AUDIO: np.ascontiguousarray(hop[None]), **states})
+        states = dict(zip(states, new))
+        rows.append(probs[0])
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 def to_raw(x: np.ndarray, preprocessing: dict) -> np.ndarray:

@@ -44,6 +44,8 @@ def export_fp32(model: nn.Module, example: torch.Tensor, path: Path | str, info:
                 opset: int | None = None) -> Path:
     """The fp32 export of ``model`` exactly as given (already wrapped when the file takes raw pixels)."""
     example = example.detach().cpu().contiguous()  # a strided example loses the dynamic batch axis
+    if example.shape[0] == 1:  # torch.export specializes a size-1 dimension wherever a model's ops can tell
+        example = torch.cat([example, example])  # (0/1 specialization): trace with two rows
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

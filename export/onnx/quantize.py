@@ -65,9 +65,34 @@ def _reader_class():
     return type("CalibrationSamples", (SampleReader, CalibrationDataReader), {})
 
 
-def calibration_reader(model_path: Path | str, samples: np.ndarray, batch_size: int = 32):
-    """A calibration data reader feeding ``samples`` to the model's first input."""
+class FeedReader:
+    """A ``CalibrationDataReader`` over whole input feeds (``{input name: array}``): a model with several
+    inputs, such as a streaming file's hop and states."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self._next = list(feeds), 0
+
+    def get_next(self) -> dict | None:
+        if self._next >= len(self.feeds):
+            return None
+        self._next += 1
+        return self.feeds[self._next - 1]
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def calibration_reader(model_path: Path | str, samples, batch_size: int = 32):
+    """A calibration data reader feeding ``samples`` to the model's first input (``samples`` a list of feed
+    dicts: each feed as given, for a model with several inputs)."""
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+
+    if isinstance(samples, list):
+        return type("CalibrationFeeds", (FeedReader, CalibrationDataReader), {})(samples)
 
     model = onnx.load(str(model_path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
@@ -181,7 +206,7 @@ def quantize(fp32_path: Path | str, out_path: Path | str, scheme: str, *, calibr
         raise InputError(f"scheme {scheme!r}: expected one of {', '.join(SCHEMES)} for target 'onnx'")
     if not fp32_path.is_file():
         raise InputError(f"{fp32_path}: no such ONNX model")
-    if scheme == "int8":
+    if scheme == "int8" and not isinstance(calibration, list):  # a list: whole feeds of a multi-input model
         calibration = check_calibration(calibration, scheme)
     excluded = list(float_layers or [])
 

@@ -7,6 +7,7 @@ the dynamo exporter like the clip model; the contract goes into ``metadata_props
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,14 +20,30 @@ from compress.export.common.mode import converts_model
 from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_OUTPUT, StreamingContract,
                                               state_output)
 from compress.export.onnx.fp32 import set_metadata
+from compress.export.onnx.quantize import quantize
 from compress.export.onnx.runner import cpu_session
 
 
-@converts_model
 def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, ...]], path: Path | str,
-                     contract: StreamingContract, name: str) -> Path:
+                     contract: StreamingContract, name: str, scheme: str = "none",
+                     calibration: list[dict] | None = None) -> Path:
     """Write ``step`` to ``path`` (atomically) as a streaming ONNX file; inputs ``audio`` then the states in
-    ``state_shapes``' order, outputs ``probs`` then ``<state>_out``."""
+    ``state_shapes``' order, outputs ``probs`` then ``<state>_out``. ``int8-weights`` / ``int8``: the float
+    file quantized by ONNX Runtime (``compress.export.onnx.quantize``; static int8 calibrated on
+    ``calibration``, real per-hop feeds of every input, states included)."""
+    if scheme == "none":
+        return _export_float(step, state_shapes, path, contract, name)
+    if scheme == "int8" and not calibration:
+        raise InputError("streaming int8: expected calibration feeds (real hops with their states)")
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="onnx-stream-") as work:
+        float_path = _export_float(step, state_shapes, Path(work) / "float.onnx", contract, name)
+        return quantize(float_path, path, scheme, calibration=calibration)
+
+
+@converts_model
+def _export_float(step: torch.nn.Module, state_shapes: dict[str, tuple[int, ...]], path: Path | str,
+                  contract: StreamingContract, name: str) -> Path:
     example = (torch.zeros(1, contract.hop_samples), *(torch.zeros(s) for s in state_shapes.values()))
     inputs = [AUDIO_INPUT, *state_shapes]
     outputs = [PROBS_OUTPUT, *(state_output(s) for s in state_shapes)]
@@ -60,6 +77,7 @@ class OnnxStreamRunner:
         self.contract = StreamingContract.from_json(meta[METADATA_KEY], str(path))
         self.state_shapes = {i.name: tuple(i.shape) for i in self.session.get_inputs() if i.name != AUDIO_INPUT}
         self.outputs = [PROBS_OUTPUT, *(state_output(s) for s in self.state_shapes)]
+        self.measured = True
         self.engine = f"ONNX Runtime {ort.__version__}"
 
     def step(self, audio, states: dict) -> tuple:

@@ -3,7 +3,9 @@
 It runs inside the ARM64 emulator's Python (``compress.devices.arm64_emu_child`` loads this file by path),
 which has only numpy and the runtimes' aarch64 wheels, so it imports nothing from this project: the input
 handling mirrors ``compress.export.tflite.runner`` line for line (the emulator tests compare both on real inputs).
-``run(path, x, threads) -> (scores, engine)``; ``InputProblem`` means a bad model file or input batch.
+``run(path, x, threads) -> (scores, engine)``; ``InputProblem`` means a bad model file or input batch. A
+streaming file (signature inputs ``audio`` and states) takes ``x`` as consecutive hops and returns each hop's
+``probs``.
 A file that records raw-pixel preprocessing gets uint8 pixels: ``x`` as given when it is uint8, else the
 pixels the normalized ``x`` came from (``to_raw``); the preprocessing is read from the file's metadata with
 ``struct`` (the emulated Python has no ``flatbuffers``): copies of ``compress.export.common.preprocess.to_raw``
@@ -16,6 +18,9 @@ import json
 import struct
 
 import numpy as np
+
+
+STREAM_AUDIO, STREAM_PROBS = "audio", "probs"  # compress.export.common.streaming's contract (copied)
 
 
 class InputProblem(Exception):
@@ -41,6 +46,11 @@ def run(path: str, x: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
     engine = f"LiteRT {ai_edge_litert.__version__} ({kernels}, {threads} thread{'s' if threads != 1 else ''})"
     if x.size == 0 and x.ndim == 1:
         return np.zeros((0,), np.float32), engine
+
+    signatures = interpreter.get_signature_list()  # names only: a runner is made for a streaming file alone
+    names = next(iter(signatures.values()), {}).get("inputs", []) if signatures else []
+    if STREAM_AUDIO in names and len(names) > 1:  # a streaming file: x holds consecutive hops
+        return _stream(interpreter.get_signature_runner(), np.asarray(x, dtype=np.float32)), engine
 
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -86,6 +96,18 @@ def run(path: str, x: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
     if batch == 1:
         return np.concatenate([run(x[i : i + 1]) for i in range(n)], axis=0), engine
     raise InputProblem(f"input: {name} has a fixed batch of {batch}, got a batch of {n}")
+
+
+def _stream(signature, hops: np.ndarray) -> np.ndarray:
+    """A streaming file fed ``hops`` ``(n, hop_samples)`` one by one from zero states: ``(n, classes)`` probs."""
+    details = signature.get_input_details()
+    states = {n: np.zeros(d["shape"], np.float32) for n, d in details.items() if n != STREAM_AUDIO}
+    rows = []
+    for hop in hops:
+        out = signature(**{STREAM_AUDIO: np.ascontiguousarray(hop[None])}, **states)
+        states = {n: out[f"{n}_out"] for n in states}
+        rows.append(np.asarray(out[STREAM_PROBS])[0])
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 def _model_input(path: str, x: np.ndarray) -> np.ndarray:

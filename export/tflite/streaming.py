@@ -69,6 +69,7 @@ class TfliteStreamRunner:
         self.runner = interpreter.get_signature_runner()
         details = self.runner.get_input_details()
         self.state_shapes = {n: tuple(int(d) for d in details[n]["shape"]) for n in details if n != AUDIO_INPUT}
+        self.measured = True
         self.engine = engine_name(interpreter, threads, xnnpack)
 
     def step(self, audio, states: dict) -> tuple:

@@ -40,7 +40,7 @@ from compress.export.common.preprocess import from_metadata, runner_input
 from compress.export.coreml.mil import ops as _ops
 from compress.export.coreml.mil.blocks import Block, Op, Parser, check_declared, walk
 from compress.export.coreml.mil.control_flow import CONTROL_FLOW
-from compress.export.coreml.mil.values import BlobFiles, tensor_type_of
+from compress.export.coreml.mil.values import BlobFiles, StateBuffer, is_state, tensor_type_of
 
 
 class UnsupportedOpError(InputError):
@@ -124,9 +124,12 @@ class MILProgram:
         block = fn.block_specializations[fn.opset]
         self.opset = fn.opset
         self.inputs: dict[str, tuple[Any, tuple[int, ...] | None]] = {}
+        self.states: set[str] = set()  # inputs that are Core ML states: fed a StateBuffer kept across calls
         for inp in fn.inputs:
             np_dtype, _, shape = tensor_type_of(inp.type)
             self.inputs[inp.name] = (np_dtype, shape)
+            if is_state(inp.type):
+                self.states.add(inp.name)
         self.outputs = list(block.outputs)
         desc = spec.description
         self.preprocessing = from_metadata(dict(desc.metadata.userDefined))
@@ -245,6 +248,12 @@ class MILProgram:
         for name, (dtype, shape) in self.inputs.items():
             if name not in feeds:
                 raise InputError(f"{self.path}: input '{name}' is missing (model inputs: {sorted(self.inputs)})")
+            if name in self.states:
+                if not isinstance(feeds[name], StateBuffer):
+                    raise InputError(f"{self.path}: input '{name}' is a Core ML state; expected a StateBuffer kept "
+                                     "across calls (compress.export.coreml.mil.values)")
+                env[name] = feeds[name]
+                continue
             x = np.asarray(feeds[name])
             if shape is not None and tuple(x.shape) != tuple(shape):
                 raise InputError(f"{self.path}: input '{name}' has shape {tuple(x.shape)}, expected {tuple(shape)}")

@@ -74,9 +74,23 @@ def mil_dtype(code: int) -> tuple[type, str]:
         raise InputError(f"MIL data type code {code}: not supported by the MIL reference evaluator") from None
 
 
+class StateBuffer:
+    """A Core ML state (iOS18 ``MLState``): a value that persists across predictions, read by ``read_state`` and
+    replaced by ``coreml_update_state``. Make one per state input (zeros at the start of a stream) and pass the
+    same objects to every call."""
+
+    def __init__(self, value: np.ndarray):
+        self.value = np.array(value)
+
+
+def is_state(value_type) -> bool:
+    return value_type.WhichOneof("type") == "stateType"
+
+
 def tensor_type_of(value_type) -> tuple[type, str, tuple[int, ...] | None]:
-    """(numpy dtype, MIL dtype name, static shape or None) of a ``ValueType`` holding a tensor."""
-    tt = value_type.tensorType
+    """(numpy dtype, MIL dtype name, static shape or None) of a ``ValueType`` holding a tensor (or a state
+    wrapping one)."""
+    tt = value_type.stateType.wrappedType.tensorType if is_state(value_type) else value_type.tensorType
     np_dtype, name = mil_dtype(tt.dataType)
     shape: list[int] | None = []
     for dim in tt.dimensions:
