@@ -499,7 +499,8 @@ def write_outputs(cfg: RunConfig, data: Dataset, members: list[Teacher], student
             (tmp_dir / "search.json").write_text(json.dumps(report["search"], indent=2))
 
         html_report.write(report, tmp_dir / "report.html")
-        manifest = _manifest(cfg, data, members, student, tmp_dir, registry.TARGETS[cfg.export.target].file_name, name)
+        manifest = _manifest(cfg, data, members, student, tmp_dir, registry.TARGETS[cfg.export.target].file_name, name,
+                             report.get("streaming"))
         (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         replace_path(tmp_dir, final_dir)
     finally:
@@ -543,10 +544,8 @@ def _front_end(student: torch.nn.Module) -> dict | None:
     return None
 
 
-def streaming_manifest(folder: Path) -> dict | None:
-    """The streaming file's entry (its contract, read back from report.json's section), or None."""
-    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
-    section = report.get("streaming")
+def streaming_manifest(section: dict | None) -> dict | None:
+    """The streaming file's entry (from the report's ``streaming`` section), or None."""
     if not section:
         return None
     return {"file": section["file"], "contract": section["contract"], "io": section["io"],
@@ -555,7 +554,7 @@ def streaming_manifest(folder: Path) -> dict | None:
 
 
 def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: torch.nn.Module, folder: Path,
-              file_name: str, name: str) -> dict:
+              file_name: str, name: str, streaming: dict | None = None) -> dict:
     recipe = cfg.settings()
     files = {p.name: {"sha256": file_sha256(p), "bytes": path_size(p)} for p in sorted(folder.iterdir())}
     return {
@@ -574,7 +573,7 @@ def _manifest(cfg: RunConfig, data: Dataset, members: list[Teacher], student: to
         "front_end": _front_end(student),
         "labels": data.labels,
         "labels_file": "labels.txt",
-        "streaming": streaming_manifest(folder),
+        "streaming": streaming_manifest(streaming),
         "student": {"arch": cfg.student.arch, "params": models.count_params(student),
                     "macs": models.count_macs(student, data.input_shape)},
         "teachers": [{"name": m.name, "kind": m.kind, "fingerprint": m.fingerprint, "output": m.output,

@@ -38,7 +38,7 @@ from compress.data import Dataset
 from compress.devices import arm64_emu
 from compress.distill.train import Augment
 from compress.export import registry
-from compress.export.common.streaming import StreamingContract, detections
+from compress.export.common.streaming import StreamingContract, detections, run_stream
 from compress.keywords.recordings import load_background, load_labelled_streams
 from compress.keywords.scoring import Tally, choose_threshold, det_curve, score_stream, summarize
 from compress.keywords.streams import Stream, build_stream
@@ -77,16 +77,15 @@ def is_keyword_task(cfg: RunConfig) -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _background(path: str, sample_rate: int) -> tuple[tuple[np.ndarray, ...], str]:
-    """The recordings under ``path`` split by ``BACKGROUND_PARTS`` (read once per run), and their description."""
+    """The recordings under ``path`` split by ``BACKGROUND_PARTS`` (read once per run), and what they are
+    (files, minutes, a content hash: part of the augmentation's description, hence of the cache keys)."""
     audio, files = load_background(path, sample_rate)
     cuts = np.cumsum([int(len(audio) * p) for p in BACKGROUND_PARTS[:-1]])
     parts = tuple(np.ascontiguousarray(p) for p in np.split(audio, cuts))
     for p in parts:
         p.flags.writeable = False
     minutes = len(audio) / sample_rate / 60
-    return parts, (f"recorded: {len(files)} file(s), {minutes:.1f} min from {path} (content "
-                   f"{content_key(audio.tobytes())[:12]}; first 70% for training, 15% under validation streams, "
-                   "15% under test streams)")
+    return parts, f"recorded: {len(files)} file(s), {minutes:.1f} min from {path} (content {content_key(audio.tobytes())[:12]}"
 
 
 def keyword_task(cfg: RunConfig, raw: Dataset) -> KeywordTask:
@@ -98,8 +97,9 @@ def keyword_task(cfg: RunConfig, raw: Dataset) -> KeywordTask:
     if rate <= 0:
         raise InputError(f"--task {KEYWORD_TASK}: {raw.name} does not record its sample rate; expected audio from a "
                          "loader that does (audio-folder)")
-    parts, source = _background(str(s.background), rate) if s.background else (None, "generated pink noise (no "
-                                                                                 "--background given)")
+    parts, source = _background(str(s.background), rate) if s.background else (None, None)
+    source = ("generated pink noise (no --background given)" if source is None else
+              f"{source}; first 70% for training, 15% under validation streams, 15% under test streams)")
     trained, val_clips, val_labels = hold_out(raw, s.validation_share, cfg.distill.seed)
     data = keyword_dataset(trained, list(s.keywords), seed=cfg.distill.seed,
                            background=None if parts is None else parts[0], silence_share=s.silence_share,
@@ -117,7 +117,7 @@ def keyword_augment(cfg: RunConfig, sample_rate: int) -> Augment:
     parts, source = _background(str(s.background), sample_rate) if s.background else (None, "")
     return Augment(shift_ms=s.time_shift_ms, sample_rate=sample_rate, noise_snr=tuple(s.background_snr),
                    background=None if parts is None else parts[0],
-                   background_name=source.split(" (first")[0] if source else "")
+                   background_name=f"{source})" if source else "")
 
 
 def make_streams(cfg: RunConfig, task: KeywordTask) -> tuple[list[Stream], list[Stream]]:
@@ -154,19 +154,26 @@ def _mixes(clips: np.ndarray, labels: list[str], rate: int, snr: float, seed: in
 
 
 def run_timed(runner, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(``(hops, classes)`` probabilities, seconds per hop): ``audio`` fed hop by hop to a streaming file."""
-    from compress.export.common.streaming import zero_states
+    """(``(hops, classes)`` probabilities, seconds per hop): ``audio`` fed hop by hop to a streaming file
+    (``run_stream``), each step timed."""
+    seconds: list[float] = []
 
-    hop = runner.contract.hop_samples
-    states, rows = zero_states(runner.state_shapes), []
-    seconds = np.empty(len(audio) // hop)
-    for t in range(len(seconds)):
-        chunk = np.ascontiguousarray(audio[t * hop:(t + 1) * hop], dtype=np.float32)[None]
+    def timed_step(chunk: np.ndarray, states: dict) -> tuple:
         start = time.perf_counter()
-        probs, states = runner.step(chunk, states)
-        seconds[t] = time.perf_counter() - start
-        rows.append(np.asarray(probs, dtype=np.float32).reshape(-1))
-    return np.stack(rows), seconds
+        out = runner.step(chunk, states)
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    probs = run_stream(timed_step, runner.state_shapes, audio, runner.contract.hop_samples)
+    return probs, np.asarray(seconds)
+
+
+def hop_latency(seconds: np.ndarray | None) -> dict | None:
+    """p50/p99 per hop in ms and the hops timed (None: not timed, a reference evaluator)."""
+    if seconds is None:
+        return None
+    return {"p50": float(np.percentile(seconds, 50) * 1e3), "p99": float(np.percentile(seconds, 99) * 1e3),
+            "hops": len(seconds)}
 
 
 def sliding_windows(audio: np.ndarray, hop: int, window: int):
@@ -235,11 +242,6 @@ def score(probs_per_stream: list[np.ndarray], streams: list[Stream], contract: S
     return summarize(tally)
 
 
-def at_budget(curve: list[dict], budget: float) -> dict:
-    """The lowest-FRR point of a DET curve within ``budget`` false accepts per hour (for comparisons)."""
-    return choose_threshold(curve, budget)
-
-
 def describe_streams(streams: list[Stream]) -> list[dict]:
     return [{"duration_s": round(s.duration_s, 2), "snr_db": s.snr_db, "seed": s.seed, "background": s.background,
              "words": len(s.spans)} for s in streams]
@@ -260,16 +262,14 @@ def streaming_cost(step, student: torch.nn.Module, members: list[Teacher], data:
     sliding = models.count_macs(student, data.input_shape)
     member_macs = [models.count_macs(m.module, data.input_shape) if m.module is not None else None for m in members]
     ensemble = None if any(v is None for v in member_macs) else int(sum(member_macs))
-    timed = hop_seconds is not None
-    p50, p99 = (float(np.percentile(hop_seconds, q) * 1e3) if timed else None for q in (50, 99))
+    latency = hop_latency(hop_seconds)
     by_role = {r["role"]: r for r in rows}
     clip_latency = lambda role: (by_role.get(role) or {}).get("latency_ms")  # noqa: E731
     return {
         "hops_per_second": hops_per_s,
         "streaming_student": {"macs_per_hop": per_hop, "macs_per_second": per_hop * hops_per_s,
-                              "latency_ms_per_hop": None if not timed else {"p50": p50, "p99": p99,
-                                                                            "hops": len(hop_seconds)},
-                              "real_time_factor": None if not timed else p50 / 1e3 * hops_per_s,
+                              "latency_ms_per_hop": latency,
+                              "real_time_factor": None if latency is None else latency["p50"] / 1e3 * hops_per_s,
                               "state_bytes": int(sum(4 * np.prod(s.shape) for s in step.state_specs))},
         "sliding_window_student": {"macs_per_window": sliding, "macs_per_second": sliding * hops_per_s,
                                    "latency_ms_per_window": clip_latency("student"),
@@ -369,7 +369,8 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
                       "validation": {k: chosen[k] for k in ("frr", "fa_per_hour", "fa_per_hour_95", "false_accepts",
                                                             "spans", "non_keyword_hours")}},
         "test": result, "det": {"student": curve, "teacher_ensemble": teacher_curve, "validation_student": val_curve},
-        "at_budget_on_test_det": {"student": at_budget(curve, budget), "teacher_ensemble": at_budget(teacher_curve, budget),
+        "at_budget_on_test_det": {"student": choose_threshold(curve, budget),
+                                  "teacher_ensemble": choose_threshold(teacher_curve, budget),
                                   "note": "the lowest FRR each reaches within the budget on the test streams' own "
                                           "DET curve (an oracle threshold, for comparing student and teachers only)"},
         "teacher_ensemble": {"runtime": "PyTorch / the members' own runtimes, on the sliding window ending at every hop "
@@ -458,9 +459,7 @@ def remeasure_streaming(cfg: RunConfig, task: KeywordTask, path: Path, recorded:
                                  f"(recorded: {was['hits']}/{was['spans']}, {was['false_accepts']}) on "
                                  f"{len(streams)} test stream(s), {runner.engine}"})
     section = {"file": path.name, "runtime": runner.engine, "contract": dict(runner.contract.__dict__), "test": result,
-               "latency_ms_per_hop": None if hop_seconds is None else {
-                   "p50": float(np.percentile(hop_seconds, 50) * 1e3), "p99": float(np.percentile(hop_seconds, 99) * 1e3),
-                   "hops": len(hop_seconds)},
+               "latency_ms_per_hop": hop_latency(hop_seconds),
                "streams": describe_streams(streams),
                "cost": {"streaming_student": {"macs_per_second": None if not recorded else
                                               recorded["cost"]["streaming_student"]["macs_per_second"],

@@ -168,7 +168,8 @@ def _check_arguments(target: str, artifact: Path, prof: dict | None, threads, la
 
 def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, reference, limit_test,
                      max_accuracy_drop, notes: list[str]):
-    """(data set, teacher specs, limit_test used): the recipe's for a folder, the user's for a bare file."""
+    """(data set, teacher specs, limit_test used, (run configuration, keyword task) of a folder or None): the
+    recipe's for a folder, the user's for a bare file."""
     if mode == "folder":
         data_spec, fmt = (data, data_format) if data is not None else (recipe.get("data"), recipe.get("data_format"))
         if data is not None:
@@ -178,9 +179,7 @@ def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, ref
         cfg = recorded_config(recipe).with_settings(data=data_spec, data_format=fmt, limit_test=lt)
         ds = load_run_data(cfg)  # the run's own split, loader options and image size
         task = keyword_task(cfg, ds) if is_keyword_task(cfg) else None
-        if not specs and max_accuracy_drop is not None:
-            raise InputError("--max-accuracy-drop: the manifest names no teachers and no --reference was given")
-        return (ds if task is None else task.data), specs, lt, (cfg, task)
+        ds, keyword = (ds if task is None else task.data), (cfg, task)
     else:
         if data is None:
             raise InputError(f"{path}: a model file needs --data (the labelled data to evaluate it on: a path, "
@@ -190,11 +189,11 @@ def _evaluation_data(mode: str, path: Path, recipe: dict, data, data_format, ref
             raise InputError("--max-accuracy-drop: an accuracy drop needs a reference; give --reference "
                              "(a teacher: .onnx, TorchScript, .pt2 or a built-in name) or validate the folder "
                              "compress wrote (its manifest names the teachers)")
-        specs, lt = reference or [], limit_test
+        specs, lt, keyword = reference or [], limit_test, None
         ds = load_data(data, data_format, limit_test=limit_test, seed=0)
     if not specs and max_accuracy_drop is not None:
         raise InputError("--max-accuracy-drop: the manifest names no teachers and no --reference was given")
-    return ds, specs, lt, None
+    return ds, specs, lt, keyword
 
 
 def recorded_config(recipe: dict) -> RunConfig:
