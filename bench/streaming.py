@@ -4,15 +4,19 @@ Scenarios (each run through the CLI as a user would: ``compress distill-and-expo
 
   wake-word     one keyword (``3``); the other nine digits are ``_unknown_``.
   commands      five keywords (``0,1,2,3,4``); the other five digits are ``_unknown_``.
-  wake-word-unseen-speaker  the wake word with one speaker held out entirely (``split = "speaker=..."``): a
+  wake-word-unseen-speaker  the wake word with one speaker held out entirely (``split = "speaker=theo"``): a
                 voice the models never heard, the phone's everyday case.
 
-Each scenario is measured per condition (test streams with generated pink background at 10 dB and 20 dB SNR)
-and per target (ONNX Runtime, LiteRT, the Core ML MIL reference evaluator; fp32 streaming files). The hours
-of non-keyword audio per condition come from re-mixing the test split's clips (``--stream-hours``: new
-order, gaps and noise each pass) over generated background: FSDD's test split holds a few minutes of speech,
-and no other real speech or background recordings are available here, so false accepts are measured on
-FSDD's words and generated noise only (said in every row). No speech synthesizer is used.
+One run per scenario, target and scheme measures both conditions (test streams with generated pink background
+at 10 dB and 20 dB SNR, ``--test-snr 10,20``); the report's ``by_condition`` gives a row per SNR. Targets:
+ONNX Runtime, LiteRT, the Core ML MIL reference evaluator; schemes: fp32 and ``--quantize int8`` (what each
+target's streaming files take: ONNX static int8, calibrated on real hops; LiteRT and Core ML int8 weights).
+The hours of non-keyword audio per condition come from re-mixing the test split's clips (``--stream-hours``:
+new order, gaps and noise each pass) over generated background: FSDD's test split holds a few minutes of
+speech, and no other real speech or background recordings are available here, so false accepts are
+measured on FSDD's words and generated noise only (said in every row). No speech synthesizer is used. The
+Core ML evaluator runs the program op by op in numpy (milliseconds per hop), so its rows use
+``--coreml-hours`` (default 0.25 h per condition; said in the row).
 
 Printed and written to ``bench/results/streaming.json``: for the teacher ensemble on sliding windows and the
 streaming student in each runtime, FRR at <= 1 FA/h on the test DET curve (each with its FA/h interval),
@@ -21,8 +25,13 @@ relative to the ensemble's and to the same student on sliding windows. Goals (ea
 student FRR at 1 FA/h within 2 points of the ensemble's; MACs/s >= 20x lower than the sliding-window
 student and >= 500x lower than the ensemble; streaming vs sliding-window outputs within tolerance.
 
-    python bench/streaming.py [--hours 2] [--targets onnx tflite coreml] [--scenarios wake-word commands
-                               wake-word-unseen-speaker] [--snr 10 20] [--quick]
+``--ablation`` measures what each training augmentation adds (the wake word, ONNX fp32, ``--ablation-hours``
+per condition; teachers and student both trained with it): none, time shift, + background noise (the task's
+``auto``), + gain, + speed. Written to ``bench/results/streaming-ablation.json``.
+
+    python bench/streaming.py [--hours 2] [--coreml-hours 0.25] [--targets onnx tflite coreml]
+                              [--schemes none int8] [--scenarios wake-word commands wake-word-unseen-speaker]
+                              [--cache DIR] [--ablation [--ablation-hours 0.5]] [--quick]
 
 ``--quick`` (a smoke run of the bench itself: 0 extra hours, small slices, 2 epochs) is not a result.
 """
@@ -45,16 +54,32 @@ SCENARIOS = {
     "commands": {"keywords": "0,1,2,3,4"},
     "wake-word-unseen-speaker": {"keywords": "3", "split": "speaker=theo"},
 }
+# the ablation's steps, each adding one augmentation to the one before (the task's "auto" is shift + noise)
+ABLATION = {"none": "none", "shift": "shift=100", "shift+noise (auto)": "shift=100,noise=0:20",
+            "+gain": "shift=100,noise=0:20,gain=-6:6", "+speed": "shift=100,noise=0:20,gain=-6:6,speed=0.9:1.1"}
 GOALS = {"frr_points_vs_ensemble": 2.0, "sliding_over_streaming": 20.0, "ensemble_over_streaming": 500.0}
+HOURS_MADE_OF = ("each condition's streams re-mix the test split's clips (new order, gaps of generated pink "
+                 "background, new noise each pass) until they hold the hours; FSDD words and generated noise "
+                 "only: no other real speech or background audio is available here, and no speech synthesizer")
 
 
-def run_one(scenario: str, target: str, snr: float, args, cache: Path, out: Path) -> dict:
-    """One CLI run; its report's streaming section and wall time."""
+def run_one(scenario: str, target: str, scheme: str, hours: float, args, cache: Path, out: Path,
+            augment: str | None = None, tag: str = "") -> dict:
+    """One CLI run (both SNR conditions); its report's streaming section and wall time."""
+    from compress.export.registry import TARGETS
+
     spec = SCENARIOS[scenario]
+    if scheme == "int8" and "int8" not in TARGETS[target].streaming_schemes:
+        scheme = "int8-weights"  # the target's int8 streaming file (its static int8 is said in its folder)
+    name = f"{scenario}-{target}-{scheme}{tag}" + (f"-{args.student.replace(':', '-')}" if args.student else "")
     cmd = [sys.executable, "-m", "compress.cli", "distill-and-export", "--data", str(args.data), "--task",
-           "keyword-spotting", "--keywords", spec["keywords"], "--target", target, "--test-snr", f"{snr:g}",
-           "--stream-hours", f"{args.hours:g}", "--out", str(out), "--name", f"{scenario}-{target}-{snr:g}db",
-           "--json", "--quiet"]
+           "keyword-spotting", "--keywords", spec["keywords"], "--target", target, "--quantize", scheme,
+           "--test-snr", ",".join(f"{v:g}" for v in args.snr), "--stream-hours", f"{hours:g}", "--out", str(out),
+           "--name", name, "--json", "--quiet"]
+    if augment:
+        cmd += ["--augment", augment]
+    if args.student:
+        cmd += ["--student", args.student]
     if "split" in spec:
         recipe = out / f"{scenario}.toml"
         recipe.write_text(f'[data]\noptions = {{ split = "{spec["split"]}" }}\n')
@@ -68,90 +93,142 @@ def run_one(scenario: str, target: str, snr: float, args, cache: Path, out: Path
     if proc.returncode not in (0, 1):
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
     report = json.loads(proc.stdout)
-    return {"streaming": report["streaming"], "rows": report["rows"], "wall_s": wall}
+    student = next((r["model"] for r in report["rows"] if r["role"] == "student"), None)
+    return {"streaming": report["streaming"], "student": student, "wall_s": wall, "hours_asked": hours}
 
 
-def summarize(scenario: str, target: str, snr: float, result: dict) -> dict:
-    """The bench's row: the numbers the issue asks for, and which goals were met."""
+def summarize(scenario: str, target: str, scheme: str, result: dict) -> list[dict]:
+    """The bench's rows (one per SNR condition): the numbers the issue asks for, and which goals were met."""
     if "error" in result:
-        return {"scenario": scenario, "target": target, "snr_db": snr, **result}
+        return [{"scenario": scenario, "target": target, "scheme": scheme, "snr_db": None, **result}]
     s = result["streaming"]
-    cost, at = s["cost"], s["at_budget_on_test_det"]
-    student, teacher = at["student"], at["teacher_ensemble"]
+    cost = s["cost"]
     ratios = cost["ratios"]
-    gap = 100 * (student["frr"] - teacher["frr"])
-    return {
-        "scenario": scenario, "target": target, "snr_db": snr, "runtime": s["runtime"],
-        "non_keyword_hours": s["test"]["all"]["non_keyword_hours"], "keyword_spans": s["test"]["all"]["spans"],
-        "ensemble_frr_at_1fa": teacher["frr"], "ensemble_fa_per_hour": teacher["fa_per_hour"],
-        "ensemble_fa_per_hour_95": teacher["fa_per_hour_95"],
-        "student_frr_at_1fa": student["frr"], "student_fa_per_hour": student["fa_per_hour"],
-        "student_fa_per_hour_95": student["fa_per_hour_95"],
-        "shipped_threshold": s["threshold"]["value"], "shipped": s["test"]["all"],
-        "hop_p50_ms": (cost["streaming_student"]["latency_ms_per_hop"] or {}).get("p50"),
-        "macs_per_second": cost["streaming_student"]["macs_per_second"],
-        "sliding_over_streaming": ratios["sliding_over_streaming"],
-        "ensemble_over_streaming": ratios["ensemble_over_streaming"],
-        "parity_max_abs_diff": s["parity"]["max_abs_diff"], "parity_passed": s["parity"]["passed"],
-        "goals": {"frr_within_2_points": gap <= GOALS["frr_points_vs_ensemble"],
-                  "20x_below_sliding": ratios["sliding_over_streaming"] >= GOALS["sliding_over_streaming"],
-                  "500x_below_ensemble": (ratios["ensemble_over_streaming"] or 0) >= GOALS["ensemble_over_streaming"],
-                  "parity": s["parity"]["passed"]},
-        "background": s["background"], "notes": s["notes"], "wall_s": result["wall_s"],
-    }
+    rows = []
+    for condition in s["by_condition"]:
+        at = condition["at_budget_on_test_det"]
+        student, teacher, shipped = at["student"], at["teacher_ensemble"], condition["shipped"]
+        gap = 100 * (student["frr"] - teacher["frr"])
+        rows.append({
+            "scenario": scenario, "student": result["student"], "target": target, "scheme": s["scheme"], "asked": scheme,
+            "snr_db": condition["snr_db"], "runtime": s["runtime"],
+            "non_keyword_hours": shipped["non_keyword_hours"], "keyword_spans": shipped["spans"],
+            "ensemble_frr_at_1fa": teacher["frr"], "ensemble_fa_per_hour": teacher["fa_per_hour"],
+            "ensemble_fa_per_hour_95": teacher["fa_per_hour_95"],
+            "student_frr_at_1fa": student["frr"], "student_fa_per_hour": student["fa_per_hour"],
+            "student_fa_per_hour_95": student["fa_per_hour_95"], "frr_points_vs_ensemble": gap,
+            "shipped_threshold": s["threshold"]["value"], "shipped": shipped,
+            "hop_p50_ms": (cost["streaming_student"]["latency_ms_per_hop"] or {}).get("p50"),
+            "macs_per_second": cost["streaming_student"]["macs_per_second"],
+            "ensemble_macs_per_second": cost["ensemble"]["macs_per_second"],
+            "sliding_over_streaming": ratios["sliding_over_streaming"],
+            "ensemble_over_streaming": ratios["ensemble_over_streaming"],
+            "parity": {k: s["parity"].get(k) for k in ("max_abs_diff", "top1_agreement", "tolerance", "bounds",
+                                                        "passed")},
+            "goals": {"frr_within_2_points": gap <= GOALS["frr_points_vs_ensemble"],
+                      "20x_below_sliding": ratios["sliding_over_streaming"] >= GOALS["sliding_over_streaming"],
+                      "500x_below_ensemble": (ratios["ensemble_over_streaming"] or 0) >= GOALS["ensemble_over_streaming"],
+                      "parity": s["parity"]["passed"]},
+            "background": s["background"], "notes": s["notes"], "wall_s": result["wall_s"],
+        })
+    return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="streaming keyword spotting on FSDD (FRR at <= 1 FA/h on the test DET curve)")
-    for head in ("scenario", "target", "SNR", "h", "ensemble FRR", "student FRR", "shipped FRR / FA/h", "hop p50 ms",
-                 "MACs/s", "x sliding", "x ensemble", "parity", "goals met"):
+    table = Table(title=title)
+    for head in ("scenario", "target", "scheme", "SNR", "h", "ensemble FRR", "student FRR", "gap pts",
+                 "shipped FRR / FA/h", "hop p50 ms", "MACs/s", "x sliding", "x ensemble", "parity", "goals met"):
         table.add_column(head)
     for r in rows:
         if "error" in r:
-            table.add_row(r["scenario"], r["target"], f"{r['snr_db']:g}", *["—"] * 9, f"error: {r['error'][:60]}")
+            table.add_row(r["scenario"], r["target"], r["scheme"], "—", *["—"] * 10, f"error: {r['error'][:60]}")
             continue
         shipped = r["shipped"]
-        table.add_row(r["scenario"], r["target"], f"{r['snr_db']:g}", f"{r['non_keyword_hours']:.2f}",
+        table.add_row(r["scenario"], r["target"], r["scheme"], f"{r['snr_db']:g}", f"{r['non_keyword_hours']:.2f}",
                       f"{100 * r['ensemble_frr_at_1fa']:.1f}%", f"{100 * r['student_frr_at_1fa']:.1f}%",
+                      f"{r['frr_points_vs_ensemble']:+.1f}",
                       f"{100 * shipped['frr']:.1f}% / {shipped['fa_per_hour']:.2f}",
                       "not timed" if r["hop_p50_ms"] is None else f"{r['hop_p50_ms']:.3f}",
                       f"{r['macs_per_second'] / 1e6:.2f}M", f"{r['sliding_over_streaming']:.0f}",
-                      f"{r['ensemble_over_streaming'] or 0:.0f}", "ok" if r["parity_passed"] else "FAIL",
+                      f"{r['ensemble_over_streaming'] or 0:.0f}", "ok" if r["parity"]["passed"] else "FAIL",
                       ", ".join(k for k, v in r["goals"].items() if v) or "none")
-    Console(width=220).print(table)
+    Console(width=230).print(table)
+
+
+def merged(name: str, rows: list[dict]) -> list[dict]:
+    """``rows`` with the rows of ``name``'s other (scenario, target, scheme) runs kept (``--merge``: a bench
+    run in parts, one invocation each)."""
+    path = ROOT / "bench" / "results" / name
+    if not path.is_file():
+        return rows
+    key = lambda r: (r["scenario"], r.get("student"), r["target"], r.get("asked", r["scheme"]))  # noqa: E731
+    ran = {key(r) for r in rows}
+    return [r for r in json.loads(path.read_text())["rows"] if key(r) not in ran] + rows
+
+
+def write(name: str, payload: dict) -> None:
+    dest = ROOT / "bench" / "results" / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {dest}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=FSDD)
     parser.add_argument("--hours", type=float, default=2.0, help="hours of test (and validation) audio per condition")
+    parser.add_argument("--coreml-hours", type=float, default=0.25,
+                        help="hours per condition for the Core ML evaluator (a numpy reference, ms per hop)")
     parser.add_argument("--targets", nargs="+", default=["onnx", "tflite", "coreml"])
+    parser.add_argument("--schemes", nargs="+", default=["none", "int8"])
+    parser.add_argument("--student", help="the streaming student (default: the task's, ds-cnn-stream)")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--snr", nargs="+", type=float, default=[10.0, 20.0])
+    parser.add_argument("--cache", type=Path, help="keep the cache here (teachers, students, ensemble outputs)")
+    parser.add_argument("--ablation", action="store_true", help="only the augmentation ablation")
+    parser.add_argument("--ablation-hours", type=float, default=0.5)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results file's rows of the scenarios/targets/schemes not run now")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the bench (not a result)")
     args = parser.parse_args()
     if args.quick:
-        args.hours = 0.0
+        args.hours = args.coreml_hours = args.ablation_hours = 0.0
     if not (args.data / "recordings").is_dir():
         sys.exit(f"{args.data}: FSDD not found (expected recordings/*.wav)")
-    rows = []
+    suffix = "-quick" if args.quick else ""
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
-        cache, out = Path(tmp) / "cache", Path(tmp) / "out"
+        cache, out = args.cache or Path(tmp) / "cache", Path(tmp) / "out"
         out.mkdir()
+        if args.ablation:
+            rows = []
+            for i, (step, augment) in enumerate(ABLATION.items()):
+                result = run_one("wake-word", "onnx", "none", args.ablation_hours, args, cache, out, augment=augment,
+                                 tag=f"-ablation{i}")
+                rows += [{**r, "augment": step, "augment_spec": augment} for r in
+                         summarize("wake-word", "onnx", "none", result)]
+                print(json.dumps({"augment": step, "wall_s": result["wall_s"]}), flush=True)
+            print_table([{**r, "scenario": r["augment"]} for r in rows], "augmentation ablation: the wake word, ONNX fp32")
+            write(f"streaming-ablation{suffix}.json", {"quick": args.quick, "hours_per_condition": args.ablation_hours,
+                                                       "hours_made_of": HOURS_MADE_OF, "steps": ABLATION, "rows": rows})
+            return
+        rows = []
         for scenario in args.scenarios:
             for target in args.targets:
-                for snr in args.snr:
-                    rows.append(summarize(scenario, target, snr, run_one(scenario, target, snr, args, cache, out)))
-                    print(json.dumps({k: rows[-1].get(k) for k in ("scenario", "target", "snr_db", "wall_s")}),
-                          flush=True)
-    print_table(rows)
-    dest = ROOT / "bench" / "results" / ("streaming-quick.json" if args.quick else "streaming.json")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"quick": args.quick, "hours_per_condition": args.hours, "rows": rows}, indent=2))
-    print(f"wrote {dest}")
+                for scheme in args.schemes:
+                    hours = args.coreml_hours if target == "coreml" else args.hours
+                    result = run_one(scenario, target, scheme, hours, args, cache, out)
+                    rows += [{**r, "hours_asked": hours} for r in summarize(scenario, target, scheme, result)]
+                    print(json.dumps({"scenario": scenario, "target": target, "scheme": scheme,
+                                      "wall_s": result["wall_s"]}), flush=True)
+    if args.merge:
+        rows = merged(f"streaming{suffix}.json", rows)
+    print_table(rows, "streaming keyword spotting on FSDD (FRR at <= 1 FA/h on each condition's test DET curve)")
+    write(f"streaming{suffix}.json", {"quick": args.quick, "hours_per_condition": args.hours,
+                                      "coreml_hours_per_condition": args.coreml_hours, "hours_made_of": HOURS_MADE_OF,
+                                      "goals": GOALS, "rows": rows})
 
 
 if __name__ == "__main__":

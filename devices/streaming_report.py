@@ -51,11 +51,20 @@ def console_lines(section: dict) -> list[str]:
     lines.append(f"on the test DET curve at <= {t['max_false_accepts_per_hour']:g}/h: student FRR "
                  f"{100 * at['student']['frr']:.1f}%, teacher ensemble (sliding windows) FRR "
                  f"{100 * at['teacher_ensemble']['frr']:.1f}%")
+    conditions = section.get("by_condition") or []
+    for row in conditions if len(conditions) > 1 else []:
+        at = row["at_budget_on_test_det"]
+        lines.append(f"  at {row['snr_db']:g} dB SNR: {_rate(row['shipped'])}; on its DET curve student FRR "
+                     f"{100 * at['student']['frr']:.1f}%, ensemble {100 * at['teacher_ensemble']['frr']:.1f}%")
     ens_macs = "unknown" if ens["macs_per_second"] is None else f"{ens['macs_per_second'] / 1e6:.1f} M"
     lines.append(f"cost per second of audio: streaming {s['macs_per_second'] / 1e6:.2f} M MACs, sliding-window student "
                  f"{sliding['macs_per_second'] / 1e6:.1f} M, ensemble {ens_macs}; {_per_hop(s['latency_ms_per_hop'])}"
                  + ("" if s["real_time_factor"] is None else f", real-time factor {s['real_time_factor']:.4f}")
                  + f"; state {s['state_bytes'] / 1024:.1f} kB")
+    if cost.get("frontend"):
+        fe = cost["frontend"]
+        lines.append(f"front-end: {fe['form']}, n_fft {fe['n_fft']}, hop {fe['hop']}, {fe['n_mels']} mels: "
+                     f"{fe['macs_per_hop'] / 1e3:.0f} k of the {s['macs_per_hop'] / 1e3:.0f} k MACs per hop")
     lines += [f"note: {n}" for n in section.get("notes", [])]
     return lines
 

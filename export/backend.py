@@ -149,6 +149,8 @@ class Backend:
       emulator_wheel: the runtime's pip distribution it needs there
     runs_here: False where the device runtime cannot run on this host (numbers come from a reference
       evaluator and no latency is reported)
+    batches: its runner's ``predict`` takes a batch of any size in one call (the teacher ensemble's hours of
+      sliding windows run in such a runtime: thousands of calls instead of hundreds of thousands)
     op_list() -> {"ops": [{"op", "family", "opsets", "definitions"}], "opsets", "not_supported", ...}: the ops a
       reference evaluator of this target runs (``compress devices <name>-ops`` prints it)
     export_streaming(step, state_shapes, path, contract, name, scheme="none", calibration=None) -> Path: a
@@ -185,6 +187,7 @@ class Backend:
     emulated_runner: Path | None = None
     emulator_wheel: str | None = None
     runs_here: bool = True
+    batches: bool = False
     op_list: Callable[[], dict] | None = None
     stderr_noise: tuple[str, ...] = ()  # regexes of runtime/converter lines that say nothing to a user (core.noise)
     export_streaming: Callable | None = None

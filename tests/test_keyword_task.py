@@ -167,6 +167,27 @@ def test_the_ensembles_stream_outputs_are_cached_and_a_damaged_entry_is_recomput
     assert len(calls) > seen and np.array_equal(first, repaired)
 
 
+def test_the_result_per_condition_splits_the_streams_by_snr_and_adds_up_to_the_whole():
+    from compress.export.common.streaming import StreamingContract
+    from compress.keywords.streams import build_stream
+    from compress.stages.streaming import by_condition, score
+
+    rng = np.random.default_rng(0)
+    clips = rng.uniform(-0.3, 0.3, (6, 1600)).astype(np.float32)
+    labels = ["3", "1", "3", "2", "3", "1"]
+    streams = [build_stream(clips, labels, RATE, snr_db=snr, seed=seed) for snr, seed in ((10, 0), (20, 1), (10, 2))]
+    contract = StreamingContract(RATE, 160, 1600, ["_silence_", "_unknown_", "1", "2", "3"], ["3"], 0.5, 3, 50)
+    student = [rng.dirichlet(np.ones(5) * 0.3, len(st.audio) // 160).astype(np.float32) for st in streams]
+    teachers = [rng.dirichlet(np.ones(5) * 0.3, len(st.audio) // 160).astype(np.float32) for st in streams]
+    rows = by_condition(streams, student, teachers, contract, None, budget=1.0)
+    assert [(r["snr_db"], r["streams"]) for r in rows] == [(10.0, 2), (20.0, 1)]
+    whole = score(student, streams, contract, None)["all"]
+    for key in ("spans", "hits", "false_accepts"):
+        assert sum(r["shipped"][key] for r in rows) == whole[key]
+    assert rows[1]["shipped"] == score(student[1:2], streams[1:2], contract, None)["all"]
+    assert set(rows[0]["at_budget_on_test_det"]) == {"student", "teacher_ensemble"}
+
+
 def test_keyword_budgets_on_a_clip_run_say_why_they_are_not_measured():
     measured, notes = streaming_measured({"rows": []})
     assert measured == {} and "not --task keyword-spotting" in notes["false_accepts_per_hour"]
@@ -235,6 +256,14 @@ def test_streaming_matches_the_sliding_window_student_and_costs_less(keyword_run
     cost = section["cost"]
     assert cost["ratios"]["sliding_over_streaming"] > 20  # the point of streaming
     assert cost["streaming_student"]["latency_ms_per_hop"]["hops"] > 1000
+    frontend = cost["frontend"]  # the front-end computes one frame per hop: n_fft x (n_fft + 2) + mel MACs
+    assert frontend["hop"] == section["contract"]["hop_samples"]
+    assert frontend["n_fft"] * (frontend["n_fft"] + 2) <= frontend["macs_per_hop"] < cost["streaming_student"]["macs_per_hop"]
+    conditions = section["by_condition"]  # one row per SNR: the same streams as the whole
+    assert [c["snr_db"] for c in conditions] == [20.0]  # SMALL_RUN: --test-snr 20
+    assert sum(c["shipped"]["spans"] for c in conditions) == section["test"]["all"]["spans"]
+    assert sum(c["shipped"]["false_accepts"] for c in conditions) == section["test"]["all"]["false_accepts"]
+    assert set(section["teacher_ensemble"]) >= {"runtime", "same_runtime_as_student"}
     check = [c for c in report["checks"] if c["name"].startswith("streaming onnx none file vs the PyTorch student")]
     assert check and check[0]["passed"]
 
@@ -341,6 +370,22 @@ def test_an_int8_streaming_file_is_calibrated_on_real_hops_and_agrees_with_the_f
 
     ops = {n.op_type for n in onnx.load(str(cwd / "out" / "kws-int8" / "stream.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+def test_int8_on_litert_quantizes_the_clip_model_and_streams_int8_weights_as_said(keyword_run):
+    """LiteRT's streaming file takes int8 weights (static int8 would make the contract's float I/O int8): the
+    run's --quantize int8 gives a full-int8 clip model (its log-mel kept float) and an int8-weights streaming
+    file, said in the notes, agreeing with the float student."""
+    cwd, _ = keyword_run
+    proc = compress("distill-and-export", *SMALL_RUN, "--target", "tflite", "--name", "kws-tflite-int8",
+                    "--quantize", "int8", cwd=cwd)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    section = report["streaming"]
+    assert section["scheme"] == "int8-weights" and section["calibration_hops"] is None
+    assert any("streaming file is int8-weights" in n for n in section["notes"])
+    assert section["parity"]["passed"] and section["parity"]["top1_agreement"] >= 0.97
+    assert any(r["role"] == "student" and "int8" in r["runtime"] + str(r.get("model")) for r in report["rows"])
 
 
 def test_search_tries_the_streaming_families_and_its_choice_is_measured_on_streams(keyword_run):

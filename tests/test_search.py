@@ -274,6 +274,27 @@ def test_the_space_is_ordered_by_macs_and_refuses_what_the_data_or_target_cannot
         schemes(SearchSpace(schemes=["palettize-4"]), TARGETS["onnx"].schemes, "onnx")
 
 
+def test_a_keyword_search_counts_streaming_macs_per_second_and_leaves_out_students_over_the_budget():
+    """The streaming students are ordered and budgeted by MACs per second of audio hop by hop (what the battery
+    pays), not by their window model's MACs; a budget none meets is refused before any training."""
+    from compress import models
+    from compress.search.space import SearchSpace, trials
+
+    space = SearchSpace(families=["ds-cnn-stream", "crnn-stream"], widths=[0.5, 1.0], depths=[1.0])
+    every = trials(space, (8000,), 3, "keyword-spotting", 2.0, 0.1)
+    assert all(t.macs_per_second is not None for t in every)
+    assert [t.macs_per_second for t in every] == sorted(t.macs_per_second for t in every)
+    assert every[0].macs_per_second == models.streaming_macs_per_second(models.build(every[0].student, (8000,), 3))
+    budget = (every[0].macs_per_second + every[-1].macs_per_second) / 2
+    budgeted = SearchSpace(families=space.families, widths=space.widths, depths=space.depths)
+    kept = trials(budgeted, (8000,), 3, "keyword-spotting", 2.0, 0.1, max_macs_per_second=budget)
+    assert 0 < len(kept) < len(every) and all(t.macs_per_second <= budget for t in kept)
+    assert any(n.startswith("left out over --max-macs-per-second") for n in budgeted.notes)
+    with pytest.raises(InputError, match="--max-macs-per-second 1000: every student of the search space costs more"):
+        trials(SearchSpace(families=["ds-cnn-stream"], widths=[0.5]), (8000,), 3, "keyword-spotting", 2.0, 0.1,
+               max_macs_per_second=1000)
+
+
 def test_the_recipe_search_section_sets_the_space_and_distill_and_export_ignores_it(tmp_path):
     from compress.cli import _run_configs
     from compress.cli.search import _configs

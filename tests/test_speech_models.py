@@ -92,3 +92,46 @@ def test_ds_cnn_export_parity_on_fsdd(tmp_path, fsdd_student, target, precision)
 
         assert parity_error(ref, got) <= COREML_FP16_REL, parity_error(ref, got)
         assert top1_agreement(ref, got) >= 0.98
+
+
+def test_full_int8_onnx_keeps_the_log_mel_in_float_and_agrees_with_torch(tmp_path, fsdd_student):
+    """ONNX Runtime's static int8 of the log-mel (power spectrum over ten decades, one scale) cost the DS-CNN most
+    of its accuracy; the model's ``float_under_int8`` keeps its nodes float, the network after it is int8."""
+    import onnx
+
+    from compress.export.onnx.quantize import module_nodes
+    from compress.export.registry import TARGETS
+
+    ds, model, x, ref = fsdd_student
+    info = ModelInfo(name="ds-cnn", labels=ds.labels, normalization=ds.normalization, input_kind="audio")
+    fp32 = TARGETS["onnx"].export(model, torch.as_tensor(x[:2]), tmp_path / "fp32.onnx", info)
+    frontend = set(module_nodes(fp32, ["frontend"]))
+    assert {"Conv", "Log"} <= {n.op_type for n in onnx.load(str(fp32)).graph.node if n.name in frontend}
+    path = TARGETS["onnx"].export(model, torch.as_tensor(x[:2]), tmp_path / "int8.onnx", info, scheme="int8",
+                                  calibration=np.ascontiguousarray(ds.x_train[:200:2]))
+    graph = onnx.load(str(path)).graph
+    quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 3  # the network is int8 ...
+    assert not any(i in quantized_inputs for n in graph.node if n.name in frontend for i in n.input)  # ... not its front-end
+    got = TARGETS["onnx"].open(path).predict(x)
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9
+
+
+def test_full_int8_tflite_keeps_the_log_mel_in_float_and_agrees_with_torch(tmp_path, fsdd_student):
+    """LiteRT's converter refuses a quantized log-mel (its power spectrum spans ten decades; the reshape after
+    it breaks the same-scale rule): the model's ``float_under_int8`` keeps the front-end float, the network
+    after it is int8, and the file agrees with torch on real test clips."""
+    from compress.export.registry import TARGETS
+    from compress.export.tflite.runner import load_interpreter
+
+    ds, model, x, ref = fsdd_student
+    info = ModelInfo(name="ds-cnn", labels=ds.labels, normalization=ds.normalization, input_kind="audio")
+    path = TARGETS["tflite"].export(model, torch.as_tensor(x[:1]), tmp_path / "int8.tflite", info, scheme="int8",
+                                    calibration=np.ascontiguousarray(ds.x_train[:200:2]))
+    interpreter = load_interpreter(path, 1, False)
+    kinds = {d["dtype"].__name__ for d in interpreter.get_tensor_details()}
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32  # the audio goes into the float front-end
+    assert "int8" in kinds  # ... and the network after it is quantized
+    runner = TARGETS["tflite"].open(path)
+    got = np.concatenate([runner.predict(x[i:i + 1]) for i in range(len(x))])
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9

@@ -44,6 +44,12 @@ from compress.core.errors import InputError
 # float32 rounding of the DFT sums, which the log amplifies where a band's power is near eps (silence).
 LIBROSA_TOLERANCE = 1e-3
 
+# A model's ``float_under_int8``: the modules a full-int8 export keeps in float (targets that take
+# ``float_layers`` read it). The log-mel's power spectrum spans ten decades before the log: one int8 scale
+# cannot hold it, and LiteRT's converter refuses the reshape after it outright (kws_streaming quantizes after
+# the feature extractor too). What follows the front-end is quantized as usual.
+FLOAT_UNDER_INT8 = ("frontend",)
+
 
 def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale (librosa ``hz_to_mel(htk=False)``): linear below 1 kHz, logarithmic above."""

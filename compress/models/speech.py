@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from compress.core.errors import InputError
-from compress.models.frontend import LogMel
+from compress.models.frontend import FLOAT_UNDER_INT8, LogMel
 from compress.models.scaling import Family, member_name, scaled
 from compress.models.streaming import crnn_stream, ds_cnn_stream
 
@@ -46,6 +46,8 @@ def _need_audio(input_shape, name: str) -> int:
 
 class SpeechModel(nn.Module):
     """``LogMel`` front-end followed by a network over ``(batch, 1, n_mels, frames)``."""
+
+    float_under_int8 = FLOAT_UNDER_INT8  # the log-mel stays float in a full-int8 file
 
     def __init__(self, frontend: LogMel, body: nn.Module):
         super().__init__()

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from compress.core.errors import InputError
-from compress.models.frontend import LogMel
+from compress.models.frontend import FLOAT_UNDER_INT8, LogMel
 from compress.models.scaling import member_name, scaled
 
 # 8 kHz, 25 ms windows every 20 ms: each 160-sample hop completes one 200-sample frame
@@ -59,6 +59,8 @@ class StreamableDSCNN(nn.Module):
     ``window_samples`` is the largest window of the front-end's framing that fits the clips (``center=False``:
     trailing samples that do not fill a frame are left out); the input may hold more samples, whose extra tail
     is ignored as a clip model's front-end ignores it."""
+
+    float_under_int8 = FLOAT_UNDER_INT8  # the log-mel stays float in a full-int8 file
 
     def __init__(self, num_samples: int, num_classes: int, channels: int = STREAM_CHANNELS,
                  blocks: int = STREAM_BLOCKS, frontend: dict | None = None, name: str = "ds-cnn-stream"):
@@ -193,6 +195,8 @@ class StreamableCRNN(nn.Module):
     first ``(t + 1) * hop`` samples (``carries_state``: unlike the DS-CNN, whose output depends on the last
     window only, the GRU remembers the whole stream; trained on clips from zero state, as kws_streaming's
     GRU models are)."""
+
+    float_under_int8 = FLOAT_UNDER_INT8  # the log-mel stays float in a full-int8 file
 
     carries_state = True
 

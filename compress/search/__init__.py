@@ -112,7 +112,8 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
         keyword = is_keyword_task(cfg)  # the task's classes; the streaming families; streams in the final run
         data = keyword_task(cfg, data).data if keyword else data
         plan = space_trials(space, data.input_shape, data.num_classes, cfg.streaming.task if keyword else data.input_kind,
-                            cfg.distill.temperature, cfg.distill.alpha)
+                            cfg.distill.temperature, cfg.distill.alpha,
+                            cfg.budgets.max_macs_per_second if keyword else None)
         user_epochs = cfg.distill.epochs  # the defaults' teacher choice and epochs do not depend on the student
         cfg, picked = defaults.choose(cfg.with_settings(student=plan[-1].student), data,
                                       "cpu" if cfg.distill.train_device in (None, "cpu") else "cuda")

@@ -206,6 +206,7 @@ def candidate_row(ctx: Context, trial: Trial, scheme: str, status: str, note: st
     """One candidate's entry of ``search.json`` (values not measured stay None)."""
     row = {"id": trial.candidate_id(scheme), "student": trial.student, "scheme": scheme,
            "temperature": trial.temperature, "alpha": trial.alpha, "macs": trial.macs, "params": trial.params,
+           "macs_per_second": trial.macs_per_second,
            "status": status, "note": note, "epochs_trained": epochs, "val_accuracy": None, "accuracy_drop": None,
            "size_kb": None, "latency_ms": None, "device_latency_ms": None, "peak_memory_mb": None,
            "meets_budgets": None, "breaks": [], "pareto": False}

@@ -45,6 +45,7 @@ class Trial:
     alpha: float
     macs: int
     params: int
+    macs_per_second: float | None = None  # a streaming student's, hop by hop (keyword spotting)
 
     @property
     def key(self) -> str:
@@ -98,9 +99,11 @@ def _name(family: str, values: tuple[float, ...]) -> str:
 
 
 def trials(space: SearchSpace, input_shape: tuple[int, ...], num_classes: int, input_kind: str,
-           temperature: float, alpha: float) -> list[Trial]:
+           temperature: float, alpha: float, max_macs_per_second: float | None = None) -> list[Trial]:
     """Every trial of the space, cheapest (fewest MACs) first; duplicates (two multipliers that round to
-    the same network) kept once. Families that do not fit the data are recorded in ``space.notes``."""
+    the same network) kept once. Families that do not fit the data are recorded in ``space.notes``. For
+    keyword spotting each streaming student's MACs per second of audio is counted, and those over
+    ``max_macs_per_second`` are left out before any training (a count, not a measurement: it cannot change)."""
     seen: dict[tuple, Trial] = {}
     for family, fixed in _families(space, input_kind):
         for values in _multipliers(family, fixed, space):
@@ -111,12 +114,33 @@ def trials(space: SearchSpace, input_shape: tuple[int, ...], num_classes: int, i
                 space.notes.append(f"{family}: left out ({exc})")
                 break
             macs, params = models.count_macs(model, input_shape), models.count_params(model)
+            per_second = models.streaming_macs_per_second(model) if models.is_streamable(name) else None
             shape_key = (family, params, macs)  # multipliers that round to the same network
             for t, a in itertools.product(space.temperatures or [temperature], space.alphas or [alpha]):
-                seen.setdefault(shape_key + (t, a), Trial(name, float(t), float(a), macs, params))
+                seen.setdefault(shape_key + (t, a), Trial(name, float(t), float(a), macs, params, per_second))
     if not seen:
         raise InputError("search space: no family fits this data; " + "; ".join(space.notes))
-    return sorted(seen.values(), key=lambda tr: (tr.macs, tr.params, tr.student, tr.temperature, tr.alpha))
+    return _within_macs_per_second(sorted(seen.values(), key=lambda tr: (tr.macs_per_second or tr.macs, tr.macs,
+                                                                          tr.params, tr.student, tr.temperature,
+                                                                          tr.alpha)),
+                                   max_macs_per_second, space)
+
+
+def _within_macs_per_second(plan: list[Trial], budget: float | None, space: SearchSpace) -> list[Trial]:
+    """The trials within ``--max-macs-per-second`` (those without the count are kept); the rest said in
+    ``space.notes``, or refused when none is left."""
+    if budget is None:
+        return plan
+    kept = [t for t in plan if t.macs_per_second is None or t.macs_per_second <= budget]
+    over = sorted({t.student for t in plan} - {t.student for t in kept})
+    if not kept:
+        cheapest = plan[0]
+        raise InputError(f"--max-macs-per-second {budget:g}: every student of the search space costs more (the "
+                         f"cheapest, {cheapest.student}, {cheapest.macs_per_second / 1e6:.2f} M MACs per second of "
+                         "audio); expected a larger budget or smaller --widths/--depths")
+    if over:
+        space.notes.append(f"left out over --max-macs-per-second {budget:g}: {', '.join(over)}")
+    return kept
 
 
 def schemes(space: SearchSpace, supported: dict[str, str], target: str) -> list[str]:

@@ -184,11 +184,37 @@ def sliding_windows(audio: np.ndarray, hop: int, window: int):
         yield np.ascontiguousarray(view[start:start + WINDOW_BATCH])
 
 
-def ensemble_on_stream(members: list[Teacher], audio: np.ndarray, hop: int, window: int) -> np.ndarray:
+def members_for_streams(members: list[Teacher], data: Dataset) -> tuple[list[Teacher], list[str]]:
+    """The members as run on the streams' sliding windows, and each one's runtime: a torch member (fed the data
+    as is, answering logits) exported fp32 to a registered runtime that runs here in batches (the same float
+    math; on these CNNs 1.4-3x faster than torch on a CPU, and hours of windows are the run's longest wait),
+    the others as they are. Where none batches, or a member does not convert, it runs in torch. Threads:
+    torch's (all cores, as the members would run in torch): this is throughput, not a device timing."""
+    from compress.stages.evaluate import member_artifact
+
+    batch_target = next((name for name, b in registry.TARGETS.items() if b.runs_here and b.batches), None)
+    out, runtimes = [], []
+    for m in members:
+        found = (member_artifact(m, data, batch_target) if batch_target and m.module is not None and m.view is None
+                 and m.output == "logits" else None)
+        if isinstance(found, tuple) and found[1] == batch_target:
+            runner = registry.get(batch_target).open(found[0], torch.get_num_threads())
+            out.append(replace(m, logits=runner.predict))
+            runtimes.append(runner.engine)
+        else:
+            out.append(m)
+            runtimes.append("PyTorch" if m.module is not None else "its own file's runtime")
+    return out, runtimes
+
+
+def ensemble_on_stream(members: list[Teacher], audio: np.ndarray, hop: int, window: int,
+                       runtimes: list[str] | None = None) -> np.ndarray:
     """The teacher ensemble's probabilities on the sliding window ending at every hop. Cached by the members'
-    fingerprints and the stream's content (the same streams are measured for every target, and the ensemble
-    on an hour of sliding windows costs minutes); a damaged entry is discarded and recomputed."""
-    key = content_key("teacher-stream", 1, [m.fingerprint for m in members], audio.tobytes(), hop, window)
+    fingerprints, the runtimes they ran in and the stream's content (the same streams are measured for every
+    target, and the ensemble on an hour of sliding windows costs minutes); a damaged entry is discarded and
+    recomputed."""
+    key = content_key("teacher-stream", 2, [m.fingerprint for m in members], runtimes or [], audio.tobytes(), hop,
+                      window)
     entry = cache_dir("streams") / f"ensemble-{key[:32]}.npy"
     cached = read_verified(entry, lambda p: np.load(p, allow_pickle=False))
     if cached is not None and cached.shape[0] == len(audio) // hop:
@@ -252,13 +278,8 @@ def streaming_cost(step, student: torch.nn.Module, members: list[Teacher], data:
     """Per-hop latency and real-time factor in the runtime (None where the runtime is a reference evaluator,
     whose timings say nothing about a device); MACs per second of audio of the streaming student, the same
     student on a sliding window every hop, and the ensemble (also every hop); state size."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     hops_per_s = contract.sample_rate / contract.hop_samples
-    zeros = [torch.zeros(1, contract.hop_samples), *step.zero_states()]
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        step(*zeros)
-    per_hop = int(counter.get_total_flops() // 2)
+    per_hop = round(models.streaming_macs_per_second(student) / hops_per_s)
     sliding = models.count_macs(student, data.input_shape)
     member_macs = [models.count_macs(m.module, data.input_shape) if m.module is not None else None for m in members]
     ensemble = None if any(v is None for v in member_macs) else int(sum(member_macs))
@@ -274,6 +295,7 @@ def streaming_cost(step, student: torch.nn.Module, members: list[Teacher], data:
         "sliding_window_student": {"macs_per_window": sliding, "macs_per_second": sliding * hops_per_s,
                                    "latency_ms_per_window": clip_latency("student"),
                                    "note": "the clip model re-run on the whole window every hop"},
+        "frontend": frontend_cost(student.frontend),
         "ensemble": {"macs_per_window": ensemble, "macs_per_second": None if ensemble is None else ensemble * hops_per_s,
                      "latency_ms_per_window": clip_latency("teacher"),
                      "note": "every member on the whole window every hop"
@@ -281,6 +303,21 @@ def streaming_cost(step, student: torch.nn.Module, members: list[Teacher], data:
         "ratios": {"sliding_over_streaming": sliding / max(per_hop, 1),
                    "ensemble_over_streaming": None if ensemble is None else ensemble / max(per_hop, 1)},
     }
+
+
+def frontend_cost(frontend: torch.nn.Module) -> dict:
+    """What the streaming student's front-end is and costs per hop (one new frame), said in the report: the
+    DFT as a dense convolution, the form every target converts and the fastest measured where alternatives
+    convert (``bench/frontend.py``: ONNX ``DFT`` 3x slower per frame at n_fft 200, LiteRT cannot convert
+    ``rfft``, Core ML lowers it to a matmul)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        frontend(torch.zeros(1, frontend.n_fft))
+    return {"form": "log-mel, DFT as a dense convolution (in every target)", **frontend.describe(),
+            "macs_per_hop": int(counter.get_total_flops() // 2),
+            "why": "every target converts it, and it was the fastest per frame where another form converts "
+                   "(bench/frontend.py)"}
 
 
 def _export(backend, step, path: Path, contract: StreamingContract, name: str, threads: int, scheme: str = "none",
@@ -329,7 +366,7 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
     contract = StreamingContract(task.sample_rate, student.hop_samples, student.window_samples, task.data.labels,
                                  list(s.keywords), 0.5, s.smoothing_hops, s.refractory_hops)
     path = tmp_dir / ("stream" + Path(registry.TARGETS[cfg.export.target].file_name).suffix)
-    scheme = cfg.quantize.scheme if cfg.quantize.scheme in backend.streaming_schemes else "none"
+    scheme = streaming_scheme(backend, cfg.quantize.scheme)
     feeds = calibration_feeds(step, task, cfg) if scheme == "int8" else None
     on_status(f"writing the streaming {cfg.export.target} file" + ("" if scheme == "none" else f" ({scheme})"))
     export = functools.partial(_export, backend, step, path, name=name, threads=cfg.device.threads, scheme=scheme,
@@ -351,11 +388,13 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
                       tolerance_s=s.tolerance_s)
     on_status("teacher ensemble on sliding windows of the test streams")
     window = task.data.input_shape[0]
-    teacher_probs = [ensemble_on_stream(members, st.audio, contract.hop_samples, window) for st in test]
+    stream_members, runtimes = members_for_streams(members, task.data)
+    teacher_probs = [ensemble_on_stream(stream_members, st.audio, contract.hop_samples, window, runtimes)
+                     for st in test]
     teacher_curve = det_curve(teacher_probs, [st.spans for st in test], [st.duration_s for st in test], contract,
                               tolerance_s=s.tolerance_s)
     parity = student_parity(student, test[0], test_probs[0], contract.hop_samples)
-    parity.update(_parity_bound(cfg.export.target, scheme, parity))
+    parity.update(_parity_bound(backend, scheme, parity))
     result = score(test_probs, test, contract, s.tolerance_s)
     stateful = _stateful_form(cfg, backend, step, contract, tmp_dir, name, test[0], test_probs[0], on_status)
     return {
@@ -369,12 +408,15 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
                       "validation": {k: chosen[k] for k in ("frr", "fa_per_hour", "fa_per_hour_95", "false_accepts",
                                                             "spans", "non_keyword_hours")}},
         "test": result, "det": {"student": curve, "teacher_ensemble": teacher_curve, "validation_student": val_curve},
+        "by_condition": by_condition(test, test_probs, teacher_probs, contract, s.tolerance_s, budget),
         "at_budget_on_test_det": {"student": choose_threshold(curve, budget),
                                   "teacher_ensemble": choose_threshold(teacher_curve, budget),
                                   "note": "the lowest FRR each reaches within the budget on the test streams' own "
                                           "DET curve (an oracle threshold, for comparing student and teachers only)"},
-        "teacher_ensemble": {"runtime": "PyTorch / the members' own runtimes, on the sliding window ending at every hop "
-                                        f"({window} samples)", "same_streams": True},
+        "teacher_ensemble": {"runtime": "; ".join(f"{m.name}: {r}" for m, r in zip(members, runtimes))
+                                        + f", on the sliding window ending at every hop ({window} samples, batches of "
+                                          f"{WINDOW_BATCH})", "same_streams": True,
+                             "same_runtime_as_student": set(runtimes) == {runner.engine}},
         "parity": parity,
         "cost": streaming_cost(step, student, members, task.data, np.concatenate([t for _, t in timed])
                                if getattr(runner, "measured", True) else None, contract, rows),
@@ -406,15 +448,45 @@ def _stateful_form(cfg: RunConfig, backend, step, contract: StreamingContract, t
             "note": "Core ML keeps states in float16: each stored frame is rounded, hence a small difference"}
 
 
-def _parity_bound(target: str, scheme: str, parity: dict) -> dict:
+def streaming_scheme(backend, requested: str) -> str:
+    """What the streaming file is written as: the run's ``--quantize`` where the target's streaming files take
+    it; ``int8`` falls back to ``int8-weights`` where only that is offered; else float32 (``_notes`` says so)."""
+    if requested in backend.streaming_schemes:
+        return requested
+    if requested == "int8" and "int8-weights" in backend.streaming_schemes:
+        return "int8-weights"
+    return "none"
+
+
+def by_condition(streams: list[Stream], student: list[np.ndarray], teachers: list[np.ndarray],
+                 contract: StreamingContract, tolerance_s: float | None, budget: float) -> list[dict]:
+    """The test result per SNR of the built streams (one condition each; the user's recordings are one): the
+    shipped threshold's FRR and FA/h, and each DET curve's lowest FRR within the budget, student and ensemble."""
+    groups: dict = {}
+    for i, stream in enumerate(streams):
+        groups.setdefault(stream.snr_db, []).append(i)
+    rows = []
+    for snr, index in groups.items():
+        picked = [streams[i] for i in index]
+        spans, seconds = [st.spans for st in picked], [st.duration_s for st in picked]
+        curves = {role: det_curve([probs[i] for i in index], spans, seconds, contract, tolerance_s=tolerance_s)
+                  for role, probs in (("student", student), ("teacher_ensemble", teachers))}
+        rows.append({"snr_db": snr, "streams": len(picked),
+                     "shipped": score([student[i] for i in index], picked, contract, tolerance_s)["all"],
+                     "at_budget_on_test_det": {role: choose_threshold(curve, budget) for role, curve in curves.items()},
+                     "det": curves})
+    return rows
+
+
+def _parity_bound(backend, scheme: str, parity: dict) -> dict:
     """The streaming file's parity check: float32 within the target's fp32 bound on every window; a quantized
     file by its top-1 agreement with the float student, at the variant's stated minimum (its logit bounds do
     not apply to probabilities)."""
     if scheme == "none":
-        bound = registry.tolerance_for(target, "fp32")["max_abs"]
+        bound = backend.tolerance("fp32")["max_abs"]
         ok = parity["max_abs_diff"] is not None and parity["max_abs_diff"] <= bound
         return {"tolerance": bound, "bounds": "max abs difference of probs", "passed": bool(ok)}
-    minimum = registry.tolerance_for(target, scheme).get("top1") or 0.97
+    minimum = backend.tolerance(backend.variant(scheme, {})).get("top1") or 0.97
     ok = parity.get("top1_agreement") is not None and parity["top1_agreement"] >= minimum
     return {"tolerance": minimum, "bounds": "top-1 agreement (a quantized file)", "passed": bool(ok)}
 
@@ -433,10 +505,11 @@ def _notes(cfg: RunConfig, task: KeywordTask, validation_hours: float, test: lis
         notes.append("false accepts were measured without real background audio (generated pink noise); a phone "
                      "hears kitchens, cars and television: pass --background with recordings of them")
     backend = registry.get(cfg.export.target)
-    if cfg.quantize.scheme != "none" and cfg.quantize.scheme not in backend.streaming_schemes:
-        notes.append(f"the streaming file is float32: target {cfg.export.target}'s streaming files take "
-                     f"{', '.join(backend.streaming_schemes)}; --quantize {cfg.quantize.scheme} applies to the clip "
-                     "model only")
+    written = streaming_scheme(backend, cfg.quantize.scheme)
+    if written != cfg.quantize.scheme:
+        notes.append(f"the streaming file is {'float32' if written == 'none' else written}: target "
+                     f"{cfg.export.target}'s streaming files take {', '.join(backend.streaming_schemes)}; "
+                     f"--quantize {cfg.quantize.scheme} applies to the clip model")
     return notes
 
 

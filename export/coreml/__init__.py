@@ -17,6 +17,11 @@ from compress.export.coreml.tolerances import TOLERANCES
 COMPRESSIONS = ("int8-weights", "palettize-4", "palettize-6", "palettize-8", "int4-block", "int8")
 
 
+# what a streaming .mlpackage is written as; int8 activations (iOS17) are not offered yet: the evaluator's
+# calibration (``convert.activation_ranges``) feeds one input, a streaming file has the audio and its states
+STREAMING_SCHEMES = ("none", "int8-weights")
+
+
 def variant(scheme: str, options: dict) -> str:
     return scheme if scheme in COMPRESSIONS else "fp16" if scheme == "fp16" else options.get("precision", "fp16")
 
@@ -79,6 +84,7 @@ BACKEND = Backend(
     runs_here=platform.system() == "Darwin",
     export_streaming=lazy("compress.export.coreml.streaming", "export_streaming"),
     open_streaming=lazy("compress.export.coreml.streaming", "open_streaming"),
+    streaming_schemes=STREAMING_SCHEMES,
     export_stateful_streaming=lazy("compress.export.coreml.streaming", "export_stateful"),
     op_list=lazy("compress.export.coreml.mil.op_list", "load"),
 )

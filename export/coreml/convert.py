@@ -155,7 +155,7 @@ def _convert(model, example, info: ModelInfo, precision: str, target, max_batch:
                          "coremltools converts: rewrite that layer or pick another target") from exc
 
 
-def _weight_config(compression: str, float_layers: Sequence[str] = ()):
+def weight_config(compression: str, float_layers: Sequence[str] = ()):
     import coremltools.optimize.coreml as cto
 
     # op_name_configs {op: None}: the op's weights (consts feeding it) stay uncompressed
@@ -309,8 +309,8 @@ def _compress(mlmodel, compression: str, calibration, example_shape, float_layer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if compression in ("int8-weights", "int8", "int4-block"):
-            return cto.linear_quantize_weights(mlmodel, _weight_config(compression, float_layers))
-        return cto.palettize_weights(mlmodel, _weight_config(compression, float_layers))
+            return cto.linear_quantize_weights(mlmodel, weight_config(compression, float_layers))
+        return cto.palettize_weights(mlmodel, weight_config(compression, float_layers))
 
 
 def _set_metadata(mlmodel, info: ModelInfo) -> None:

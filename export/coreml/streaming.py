@@ -25,6 +25,7 @@ from compress.core.errors import InputError
 from compress.export.common.mode import converts_model
 from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_OUTPUT, StreamingContract,
                                               state_output)
+from compress.export.coreml import STREAMING_SCHEMES
 
 DEPLOYMENT_TARGET = "iOS16"  # the Core ML target's default (export/coreml/__init__.py)
 STATEFUL_FROM = 18  # Core ML states (MLState) need iOS18
@@ -53,10 +54,14 @@ def _ios_version(target: str) -> int:
 
 
 def _convert_and_save(module: torch.nn.Module, example: tuple, path: Path | str, contract: StreamingContract,
-                      name: str, what: str, target: str, **io) -> Path:
-    """Trace ``module`` on ``example``, convert it (fp32 compute, ``io``: the inputs/outputs/states), write the
-    contract into its metadata and save it at ``path`` atomically."""
+                      name: str, what: str, target: str, scheme: str = "none", **io) -> Path:
+    """Trace ``module`` on ``example``, convert it (fp32 compute, ``io``: the inputs/outputs/states; weights
+    linear int8 per channel for ``scheme`` int8-weights), write the contract into its metadata and save it at
+    ``path`` atomically."""
     import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    from compress.export.coreml.convert import weight_config
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -68,6 +73,8 @@ def _convert_and_save(module: torch.nn.Module, example: tuple, path: Path | str,
         except Exception as exc:
             raise InputError(f"model {name!r}: its {what} form cannot be converted to target 'coreml' "
                              f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+        if scheme == "int8-weights":
+            mlmodel = cto.linear_quantize_weights(mlmodel, weight_config(scheme))
     mlmodel.user_defined_metadata[METADATA_KEY] = contract.to_json()
     mlmodel.short_description = f"{name}: {what} keyword spotter, {contract.hop_samples} samples per hop"
     path = Path(path)
@@ -97,13 +104,19 @@ def export_stateful(step: torch.nn.Module, state_shapes: dict[str, tuple[int, ..
 
 @converts_model
 def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, ...]], path: Path | str,
-                     contract: StreamingContract, name: str) -> Path:
-    """Write ``step`` to ``path`` (an ``.mlpackage``, atomically) at fp32 compute precision."""
+                     contract: StreamingContract, name: str, scheme: str = "none",
+                     calibration: list[dict] | None = None) -> Path:
+    """Write ``step`` to ``path`` (an ``.mlpackage``, atomically) at fp32 compute precision; ``scheme``
+    int8-weights stores the weights linear int8 per channel (``calibration`` is not needed)."""
     import coremltools as ct
+
+    if scheme not in STREAMING_SCHEMES:
+        raise InputError(f"streaming scheme {scheme!r}: expected one of {', '.join(STREAMING_SCHEMES)} for target "
+                         "'coreml'")
 
     example = (torch.zeros(1, contract.hop_samples), *(torch.zeros(s) for s in state_shapes.values()))
     return _convert_and_save(
-        step, example, path, contract, name, "streaming", DEPLOYMENT_TARGET,
+        step, example, path, contract, name, "streaming", DEPLOYMENT_TARGET, scheme,
         inputs=[ct.TensorType(name=AUDIO_INPUT, shape=(1, contract.hop_samples), dtype=np.float32),
                 *(ct.TensorType(name=n, shape=s, dtype=np.float32) for n, s in state_shapes.items())],
         outputs=[ct.TensorType(name=PROBS_OUTPUT, dtype=np.float32),

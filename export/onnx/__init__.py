@@ -38,5 +38,6 @@ BACKEND = Backend(
     export_streaming=lazy("compress.export.onnx.streaming", "export_streaming"),
     open_streaming=lazy("compress.export.onnx.streaming", "open_streaming"),
     streaming_schemes=("none", "int8-weights", "int8"),
+    batches=True,
     stderr_noise=(r"Please consider to run pre-processing before quantization",),
 )

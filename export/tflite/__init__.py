@@ -17,10 +17,15 @@ from compress.export.tflite.tolerances import TOLERANCES
 # and litert-torch's pytree use write to stderr on every run: said nothing the user can act on
 STDERR_NOISE = (r"All log messages before absl::InitializeLog\(\) is called", r"port\.cc:\d+\] oneDNN custom operations",
                 r"Created TensorFlow Lite XNNPACK delegate for CPU", r"isinstance\(treespec, LeafSpec\)` is deprecated",
-                r"^\s*return cls\.__new__\(cls, \*args\)\s*$")
+                r"^\s*return cls\.__new__\(cls, \*args\)\s*$",
+                r"warning: Missing quantization parameter on the output might introduce quantization error")
 
 # --quantize scheme -> the converter's variant (the numeric form written, and the tolerance key)
 VARIANTS = {"none": "fp32", "fp16": "fp16", "int8-weights": "int8-dynamic", "int8": "int8"}
+
+# what a streaming .tflite is written as: static int8 would turn the contract's float32 inputs, outputs and
+# states into int8 tensors at the file's boundary (the converter folds the boundary quantize/dequantize)
+STREAMING_SCHEMES = ("none", "int8-weights")
 
 
 def runner_options(profile: dict | None) -> dict:
@@ -58,5 +63,6 @@ BACKEND = Backend(
     emulator_wheel="ai-edge-litert",
     export_streaming=lazy("compress.export.tflite.streaming", "export_streaming"),
     open_streaming=lazy("compress.export.tflite.streaming", "open_streaming"),
+    streaming_schemes=STREAMING_SCHEMES,
     stderr_noise=STDERR_NOISE,
 )

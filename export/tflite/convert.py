@@ -61,7 +61,8 @@ def export(
 
     ``float_layers``: for ``int8``/``int8-dynamic``, torch module names (as in ``model.named_modules()``,
     e.g. ``"fc2"``, ``"blocks.3"``) whose ops stay in float (the PT2E quantizer does not annotate them; the
-    converter puts DEQUANTIZE/QUANTIZE around them). A name also covers its submodules.
+    converter puts DEQUANTIZE/QUANTIZE around them). A name also covers its submodules. For ``int8`` the
+    model's own ``float_under_int8`` (e.g. an audio model's log-mel front-end) joins them.
 
     ``example``: an input batch in the model's normalized input space (only ``example[:1]`` is used: the
     TFLite model has a fixed batch of 1). ``calibration``: float samples shaped like ``example`` rows
@@ -76,6 +77,8 @@ def export(
         raise InputError("example: expected a torch.Tensor batch with at least one sample")
     sample = example[:1].detach().to(torch.float32)
     float_layers = [str(n) for n in (float_layers or [])]
+    if variant == "int8":
+        float_layers = list(dict.fromkeys([*float_layers, *getattr(model, "float_under_int8", ())]))
     if float_layers:
         if variant not in ("int8", "int8-dynamic"):
             raise InputError(f"float_layers: only variants 'int8' and 'int8-dynamic' quantize layers, not {variant!r}")
@@ -162,6 +165,18 @@ def _convert_pt2e(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: 
     return bytes(edge.model_content())
 
 
+def dynamic_int8_keywords(model: torch.nn.Module, kwargs: dict) -> bytes:
+    """``model`` called with keyword tensors (the names become the file's signature) as a dynamic-range int8
+    flatbuffer: int8 per-channel weights, float inputs and outputs (``int8-dynamic``)."""
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    graph, quantizer = _pt2e_quantize(model, (), dynamic=True, calib=None, kwargs=kwargs)
+    edge = litert_torch.convert(graph, sample_args=(), sample_kwargs=kwargs,
+                                quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    return bytes(edge.model_content())
+
+
 def module_path(node) -> str | None:
     """The torch module name (``named_modules()`` form, e.g. ``"blocks.0.conv"``) an exported fx node came
     from, or None for ops of the root module itself."""
@@ -211,10 +226,11 @@ def _quantizer_class():
 
 
 def _pt2e_quantize(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib: np.ndarray | None,
-                   float_layers: Sequence[str] = ()):
+                   float_layers: Sequence[str] = (), kwargs: dict | None = None):
     """PT2E quantization with litert-torch's quantizer: (quantized torch graph, quantizer).
 
-    ``float_layers``: module names whose ops are not annotated (stay float)."""
+    ``float_layers``: module names whose ops are not annotated (stay float). ``kwargs``: keyword inputs of
+    a model called by name (a streaming step; dynamic only: no per-row calibration to feed them)."""
     from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -222,11 +238,11 @@ def _pt2e_quantize(model: torch.nn.Module, args: tuple, *, dynamic: bool, calib:
     quantizer = _quantizer_class()(float_layers).set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     )
-    graph = torch.export.export(model, args).module()
+    graph = torch.export.export(model, args, kwargs=kwargs).module()
     graph = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         if dynamic:
-            graph(*args)  # weight observers only (activations are quantized at run time)
+            graph(*args, **(kwargs or {}))  # weight observers only (activations are quantized at run time)
         else:
             # The exported graph has the fixed batch of the example (1): calibrate sample by sample.
             for row in calib:

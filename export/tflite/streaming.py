@@ -18,8 +18,8 @@ from compress.core.noise import native_stderr_filtered
 from compress.export.common.mode import converting, converts_model
 from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_OUTPUT, StreamingContract,
                                               state_output)
-from compress.export.tflite import STDERR_NOISE
-from compress.export.tflite.convert import add_metadata, quiet_progress
+from compress.export.tflite import STDERR_NOISE, STREAMING_SCHEMES
+from compress.export.tflite.convert import add_metadata, dynamic_int8_keywords, quiet_progress
 from compress.export.tflite.io import LABELS_KEY, read_metadata
 from compress.export.tflite.runner import engine_name, load_interpreter
 
@@ -38,16 +38,23 @@ class _NamedStep(torch.nn.Module):
 
 @converts_model
 def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, ...]], path: Path | str,
-                     contract: StreamingContract, name: str) -> Path:
-    """Write ``step`` to ``path`` (atomically) as a streaming ``.tflite`` (fp32)."""
+                     contract: StreamingContract, name: str, scheme: str = "none",
+                     calibration: list[dict] | None = None) -> Path:
+    """Write ``step`` to ``path`` (atomically) as a streaming ``.tflite``: fp32, or ``scheme`` int8-weights
+    (dynamic range: int8 weights, float activations, so the inputs, outputs and states stay float32 as the
+    contract says; ``calibration`` is not needed)."""
     import litert_torch
 
+    if scheme not in STREAMING_SCHEMES:
+        raise InputError(f"streaming scheme {scheme!r}: expected one of {', '.join(STREAMING_SCHEMES)} for target "
+                         "'tflite'")
     named = _NamedStep(step, list(state_shapes)).eval()
     kwargs = {AUDIO_INPUT: torch.zeros(1, contract.hop_samples), **{k: torch.zeros(s) for k, s in state_shapes.items()}}
     path = Path(path)
     with converting(step), quiet_progress(), native_stderr_filtered(STDERR_NOISE):
         try:
-            data = bytes(litert_torch.convert(named, sample_args=(), sample_kwargs=kwargs).model_content())
+            data = (dynamic_int8_keywords(named, kwargs) if scheme == "int8-weights" else
+                    bytes(litert_torch.convert(named, sample_args=(), sample_kwargs=kwargs).model_content()))
         except Exception as exc:
             raise InputError(f"model {name!r}: its streaming form cannot be converted to target 'tflite' "
                              f"({str(exc).splitlines()[0][:200]})") from None
