@@ -197,6 +197,9 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "widths": Key("search_widths", _NUMS, "compress search: width multipliers (default: per family, "
                       "compress.models.FAMILIES' search defaults).", [0.25, 0.5, 1.0], bounds=POSITIVE),
         "depths": Key("search_depths", _NUMS, "compress search: depth multipliers for families that take one.", [0.5, 1.0], bounds=POSITIVE),
+        "frames": Key("search_frames", _NUMS, "compress search: frame multipliers for the streaming families (the "
+                      "front-end's frame and hop, 25 ms and 20 ms at 1; a longer hop runs the network fewer times "
+                      "a second).", [1.0, 1.5], bounds=POSITIVE),
         "schemes": Key("search_schemes", _LIST, "compress search: quantization schemes to measure each student in "
                        "(default: none, int8-weights, int8 where the target has them).", ["none", "int8"]),
         "temperatures": Key("search_temperatures", _NUMS, "compress search: temperatures to try (default: [distill] temperature).", [2.0, 4.0], bounds=POSITIVE),

@@ -290,6 +290,11 @@ def test_a_keyword_search_counts_streaming_macs_per_second_and_leaves_out_studen
     kept = trials(budgeted, (8000,), 3, "keyword-spotting", 2.0, 0.1, max_macs_per_second=budget)
     assert 0 < len(kept) < len(every) and all(t.macs_per_second <= budget for t in kept)
     assert any(n.startswith("left out over --max-macs-per-second") for n in budgeted.notes)
+    framed = trials(SearchSpace(families=["ds-cnn-stream"], widths=[1.0], depths=[1.0], frames=[1.0, 1.5]), (8000,),
+                    3, "keyword-spotting", 2.0, 0.1)  # a longer frame and hop: fewer network runs a second
+    assert [t.student for t in framed] == ["ds-cnn-stream:1:1:1.5", "ds-cnn-stream:1:1:1"]
+    assert framed[0].macs_per_second < 0.85 * framed[1].macs_per_second
+    assert models.build(framed[0].student, (8000,), 3).hop_samples == 240
     with pytest.raises(InputError, match="--max-macs-per-second 1000: every student of the search space costs more"):
         trials(SearchSpace(families=["ds-cnn-stream"], widths=[0.5]), (8000,), 3, "keyword-spotting", 2.0, 0.1,
                max_macs_per_second=1000)

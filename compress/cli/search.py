@@ -16,8 +16,8 @@ from compress.export.registry import TARGETS
 from compress.recipe import section_fields
 
 TARGET_NAMES = ", ".join(TARGETS)
-LIST_FLAGS = {"widths": "search_widths", "depths": "search_depths", "temperatures": "search_temperatures",
-              "alphas": "search_alphas"}
+LIST_FLAGS = {"widths": "search_widths", "depths": "search_depths", "frames": "search_frames",
+              "temperatures": "search_temperatures", "alphas": "search_alphas"}
 
 
 def _numbers(flag: str, text: str) -> list[float]:
@@ -48,7 +48,7 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
     merged.pop("targets")
     search = {k: merged.pop(k) for k in recipe.SEARCH_FIELDS}
     space = SearchSpace(families=search["search_families"], widths=search["search_widths"],
-                        depths=search["search_depths"], schemes=search["search_schemes"],
+                        depths=search["search_depths"], frames=search["search_frames"], schemes=search["search_schemes"],
                         temperatures=search["search_temperatures"], alphas=search["search_alphas"])
     options = SearchOptions(**{k: v for k, v in (("time_budget_min", search["search_time_budget"]),
                                                  ("prune_margin", search["search_prune_margin"])) if v is not None})
@@ -63,6 +63,7 @@ def search_command(
     family: Optional[list[str]] = typer.Option(None, "--family", help="A student family to try (repeat): mlp, cnn-small, cnn, mobilenet, ds-cnn, or one with fixed multipliers, e.g. mlp:1.25 (default: chosen for the data's kind)."),
     widths: Optional[str] = typer.Option(None, help="Width multipliers, comma-separated (default: per family)."),
     depths: Optional[str] = typer.Option(None, help="Depth multipliers, comma-separated, for families that take one."),
+    frames: Optional[str] = typer.Option(None, help="Frame multipliers, comma-separated, for the streaming families (front-end frame and hop; default 1)."),
     schemes: Optional[str] = typer.Option(None, help="Quantization schemes to measure, comma-separated (default: none,int8-weights,int8 where the target has them)."),
     temperatures: Optional[str] = typer.Option(None, help="Temperatures to try, comma-separated (default: --temperature)."),
     alphas: Optional[str] = typer.Option(None, help="Alphas to try, comma-separated (default: --alpha)."),

@@ -151,16 +151,25 @@ class StreamingStep(nn.Module):
         return (probs, tail_out, first_out, *outs, pooled_out)
 
 
-def ds_cnn_stream(input_shape, num_classes, width: float = 1.0, depth: float = 1.0) -> nn.Module:
+def stream_frontend(frame: float) -> dict:
+    """The streaming front-end with its frame (``n_fft``) and hop both scaled by ``frame``: a longer hop runs
+    the network fewer times per second of audio (the always-on cost), a shorter frame costs less per hop
+    (n_fft x (n_fft + 2) MACs); both change what the model hears, so they are a search axis, not a free win."""
+    return {**STREAM_FRONTEND, "n_fft": scaled(STREAM_FRONTEND["n_fft"], frame, minimum=16),
+            "hop": scaled(STREAM_FRONTEND["hop"], frame, minimum=8)}
+
+
+def ds_cnn_stream(input_shape, num_classes, width: float = 1.0, depth: float = 1.0, frame: float = 1.0) -> nn.Module:
     """Streaming DS-CNN keyword spotter: causal, unpadded in time, converts to a hop-by-hop step with state.
 
-    Width multiplies the 48 channels, depth the 3 depthwise-separable blocks (at least 4 channels, 1 block)."""
+    Width multiplies the 48 channels, depth the 3 depthwise-separable blocks (at least 4 channels, 1 block),
+    frame the front-end's 25 ms frame and 20 ms hop (``stream_frontend``)."""
     shape = tuple(input_shape)
-    name = member_name("ds-cnn-stream", width, depth)
+    name = member_name("ds-cnn-stream", width, depth, frame)
     if len(shape) != 1:
         raise InputError(f"model {name!r}: input shape {shape} does not fit; expects raw audio (samples,)")
     return StreamableDSCNN(shape[0], num_classes, channels=scaled(STREAM_CHANNELS, width, minimum=4),
-                           blocks=scaled(STREAM_BLOCKS, depth, minimum=1), name=name)
+                           blocks=scaled(STREAM_BLOCKS, depth, minimum=1), frontend=stream_frontend(frame), name=name)
 
 
 CRNN_CHANNELS, CRNN_HIDDEN = 32, 64  # the registered crnn-stream: the family's base
@@ -257,13 +266,14 @@ class CRNNStep(nn.Module):
         return torch.softmax(m.classifier(hidden_out), dim=1), tail_out, first_out, hidden_out
 
 
-def crnn_stream(input_shape, num_classes, width: float = 1.0) -> nn.Module:
+def crnn_stream(input_shape, num_classes, width: float = 1.0, frame: float = 1.0) -> nn.Module:
     """Streaming CRNN keyword spotter: a causal convolution and a GRU, stepped hop by hop with its hidden state.
 
-    Width multiplies the 32 channels and the 64 GRU units (at least 4 and 8)."""
+    Width multiplies the 32 channels and the 64 GRU units (at least 4 and 8), frame the front-end's 25 ms
+    frame and 20 ms hop (``stream_frontend``)."""
     shape = tuple(input_shape)
-    name = member_name("crnn-stream", width)
+    name = member_name("crnn-stream", width, frame)
     if len(shape) != 1:
         raise InputError(f"model {name!r}: input shape {shape} does not fit; expects raw audio (samples,)")
     return StreamableCRNN(shape[0], num_classes, channels=scaled(CRNN_CHANNELS, width, minimum=4),
-                          hidden=scaled(CRNN_HIDDEN, width, minimum=8), name=name)
+                          hidden=scaled(CRNN_HIDDEN, width, minimum=8), frontend=stream_frontend(frame), name=name)

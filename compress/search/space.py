@@ -24,12 +24,13 @@ DEFAULT_SCHEMES = ("none", "int8-weights", "int8")
 
 @dataclass
 class SearchSpace:
-    """The user's choices (None: the defaults above). ``widths``/``depths`` apply to every family that
-    takes that multiplier."""
+    """The user's choices (None: the defaults above). ``widths``/``depths``/``frames`` apply to every family
+    that takes that multiplier."""
 
     families: list[str] | None = None
     widths: list[float] | None = None
     depths: list[float] | None = None
+    frames: list[float] | None = None  # the streaming families' front-end frame and hop
     schemes: list[str] | None = None
     temperatures: list[float] | None = None
     alphas: list[float] | None = None
@@ -83,13 +84,13 @@ def _multipliers(family: str, fixed: tuple[float, ...], space: SearchSpace) -> l
     fixed ones as given, the others from ``--widths``/``--depths`` or the family's defaults."""
     params = models.family_params(family)  # the multipliers, in order
     defaults = models.FAMILIES[family].search
-    given = {"width": space.widths, "depth": space.depths}
+    given = {"width": space.widths, "depth": space.depths, "frame": space.frames}
     axes = [(fixed[i],) if i < len(fixed) else tuple(given.get(p) or defaults.get(p) or (1.0,))
             for i, p in enumerate(params)]
     for values in axes:
         for v in values:
             if not 0 < v <= models.MULTIPLIER_RANGE[1]:
-                raise InputError(f"--widths/--depths {v:g}: out of range; expected multipliers in "
+                raise InputError(f"--widths/--depths/--frames {v:g}: out of range; expected multipliers in "
                                  f"(0, {models.MULTIPLIER_RANGE[1]:g}]")
     return list(itertools.product(*axes))
 
