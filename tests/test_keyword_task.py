@@ -188,6 +188,40 @@ def test_the_result_per_condition_splits_the_streams_by_snr_and_adds_up_to_the_w
     assert set(rows[0]["at_budget_on_test_det"]) == {"student", "teacher_ensemble"}
 
 
+def test_a_streaming_file_that_disagrees_with_the_float_student_falls_back_to_the_next_scheme_down():
+    """A quantized streaming file whose top-1 agreement with the float step (a validation stream's first hops) is
+    under its variant's minimum is not shipped: int8 -> int8-weights -> float32, each attempt recorded."""
+    from types import SimpleNamespace
+
+    from compress import models
+    from compress.export.common.streaming import StreamingContract
+    from compress.stages.streaming import _export_falling_back, torch_stream
+
+    model = models.build("ds-cnn-stream:0.5", (RATE,), 5).eval()
+    step = model.streaming_step()
+    probe = np.random.default_rng(0).uniform(-0.3, 0.3, 60 * model.hop_samples).astype(np.float32)
+    want = torch_stream(step, probe, model.hop_samples)
+    contract = StreamingContract(RATE, model.hop_samples, model.window_samples, list("abcde"), ["a"], 0.5, 3, 50)
+    shapes = {spec.name: spec.shape for spec in step.state_specs}
+    exported = []
+
+    def export(contract, scheme):  # int8 answers the wrong class on every hop; the others are the float step
+        exported.append(scheme)
+        rows = iter(np.roll(want, 1, axis=1) if scheme == "int8" else want)
+        return SimpleNamespace(state_shapes=shapes, step=lambda audio, states: (next(rows)[None], states))
+
+    backend = SimpleNamespace(streaming_schemes=("none", "int8-weights", "int8"), variant=lambda s, o: s,
+                              tolerance=lambda variant: {"top1": 0.97})
+    runner, scheme, attempts = _export_falling_back(export, step, backend, "int8", contract, probe)
+    assert scheme == "int8-weights" and exported == ["int8", "int8-weights"]
+    assert [(a["scheme"], a["kept"]) for a in attempts] == [("int8", False), ("int8-weights", True)]
+    assert attempts[0]["top1_agreement"] < 0.5 and attempts[1]["top1_agreement"] == 1.0 and attempts[0]["hops"] == 60
+    exported.clear()
+    only_int8 = SimpleNamespace(**{**vars(backend), "streaming_schemes": ("none", "int8")})
+    _, scheme, attempts = _export_falling_back(export, step, only_int8, "int8", contract, probe)
+    assert scheme == "none" and exported == ["int8", "none"] and [a["kept"] for a in attempts] == [False]
+
+
 def test_keyword_budgets_on_a_clip_run_say_why_they_are_not_measured():
     measured, notes = streaming_measured({"rows": []})
     assert measured == {} and "not --task keyword-spotting" in notes["false_accepts_per_hour"]

@@ -55,6 +55,7 @@ WINDOW_BATCH = 256  # sliding windows per batch through the teachers
 STATEFUL_HOPS = 500  # hops of a test stream the stateful form is compared on
 CALIBRATION_HOPS = 400  # per-hop feeds that calibrate a static int8 streaming file
 CONTRACT_FILE = "stream.json"  # the streaming contract beside the file (the same JSON as its metadata)
+SCHEMES_DOWN = ("int8", "int8-weights", "none")  # a streaming file's fallback order
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,7 @@ def frontend_cost(frontend: torch.nn.Module) -> dict:
                    "(bench/frontend.py)"}
 
 
-def _export(backend, step, path: Path, contract: StreamingContract, name: str, threads: int, scheme: str = "none",
+def _export(backend, step, path: Path, contract: StreamingContract, name: str, threads: int, scheme: str,
             calibration: list[dict] | None = None):
     """Write the streaming file with ``contract`` (in ``scheme``) and open it in the target's runtime."""
     shapes = {spec.name: spec.shape for spec in step.state_specs}
@@ -369,17 +370,18 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
     scheme = streaming_scheme(backend, cfg.quantize.scheme)
     feeds = calibration_feeds(step, task, cfg) if scheme == "int8" else None
     on_status(f"writing the streaming {cfg.export.target} file" + ("" if scheme == "none" else f" ({scheme})"))
-    export = functools.partial(_export, backend, step, path, name=name, threads=cfg.device.threads, scheme=scheme,
+    export = functools.partial(_export, backend, step, path, name=name, threads=cfg.device.threads,
                                calibration=feeds)
-    runner = export(contract=contract)
     validation, test = make_streams(cfg, task)
+    runner, scheme, attempts = _export_falling_back(export, step, backend, scheme, contract,
+                                                    validation[0].audio[:PARITY_HOPS * contract.hop_samples])
     on_status(f"validation streams in {runner.engine}")
     val_probs = [run_timed(runner, st.audio)[0] for st in validation]
     val_curve = det_curve(val_probs, [st.spans for st in validation], [st.duration_s for st in validation],
                           contract, tolerance_s=s.tolerance_s)
     chosen = choose_threshold(val_curve, budget)
     contract = replace(contract, threshold=chosen["threshold"])
-    runner = export(contract=contract)  # the threshold into the metadata
+    runner = export(contract=contract, scheme=scheme)  # the threshold into the metadata
     (tmp_dir / CONTRACT_FILE).write_text(contract.to_json() + "\n")  # for apps that cannot read the metadata
     on_status(f"test streams in {runner.engine}")
     timed = [run_timed(runner, st.audio) for st in test]
@@ -400,6 +402,7 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
     return {
         "stateful": stateful,
         "file": path.name, "contract_file": CONTRACT_FILE, "runtime": runner.engine, "scheme": scheme,
+        "scheme_attempts": attempts,
         "calibration_hops": None if feeds is None else len(feeds), "contract": dict(contract.__dict__),
         "io": {"audio": [1, contract.hop_samples], "states": {k: list(v) for k, v in runner.state_shapes.items()},
                "probs": [1, len(contract.labels)]},
@@ -422,7 +425,10 @@ def measure_streaming(cfg: RunConfig, task: KeywordTask, student: torch.nn.Modul
                                if getattr(runner, "measured", True) else None, contract, rows),
         "streams": {"validation": describe_streams(validation), "test": describe_streams(test)},
         "background": task.background_source, "synthetic_background": task.background is None,
-        "notes": _notes(cfg, task, chosen["non_keyword_hours"], test, budget),
+        "notes": _notes(cfg, task, chosen["non_keyword_hours"], test, budget)
+                 + [f"the {a['scheme']} streaming file agreed with the float student on {100 * a['top1_agreement']:.1f}% "
+                    f"of {a['hops']} validation hops (< {100 * a['minimum']:.0f}%): not shipped, the next scheme "
+                    "down was" for a in attempts if not a["kept"]],
     }
 
 
@@ -446,6 +452,40 @@ def _stateful_form(cfg: RunConfig, backend, step, contract: StreamingContract, t
             "top1_agreement": float(np.mean(probs.argmax(1) == explicit[:hops].argmax(1))),
             "against": "the explicit-state file on the same hops of the first test stream",
             "note": "Core ML keeps states in float16: each stored frame is rounded, hence a small difference"}
+
+
+def torch_stream(step, audio: np.ndarray, hop: int) -> np.ndarray:
+    """The PyTorch streaming step fed ``audio`` hop by hop from zero states (``run_stream``'s rows)."""
+    names = [spec.name for spec in step.state_specs]
+
+    def run(chunk: np.ndarray, states: dict) -> tuple:
+        with torch.no_grad():
+            probs, *new = step(torch.from_numpy(chunk), *(torch.as_tensor(np.asarray(states[n])) for n in names))
+        return probs.numpy(), {n: v.numpy() for n, v in zip(names, new)}
+
+    return run_stream(run, {spec.name: spec.shape for spec in step.state_specs}, audio, hop)
+
+
+def _export_falling_back(export, step, backend, scheme: str, contract: StreamingContract, probe: np.ndarray):
+    """(runner, scheme shipped, attempts): the streaming file in ``scheme``, or, where a quantized file's top-1
+    agreement with the float step on ``probe`` (a validation stream's first hops) is under its variant's
+    minimum, the next scheme down (int8, int8-weights, float32; those the target streams): the int8 fallback
+    for a file whose layers cannot be kept float one by one. Every quantized attempt is recorded."""
+    if scheme == "none":
+        return export(contract=contract, scheme="none"), "none", []
+    reference = torch_stream(step, probe, contract.hop_samples)
+    attempts = []
+    for candidate in [scheme, *(d for d in SCHEMES_DOWN[SCHEMES_DOWN.index(scheme) + 1:-1]
+                                if d in backend.streaming_schemes)]:
+        runner = export(contract=contract, scheme=candidate)
+        got = run_stream(runner.step, runner.state_shapes, probe, contract.hop_samples)
+        agreement = float(np.mean(got.argmax(1) == reference.argmax(1)))
+        minimum = backend.tolerance(backend.variant(candidate, {})).get("top1") or 0.97
+        attempts.append({"scheme": candidate, "top1_agreement": agreement, "minimum": minimum, "hops": len(got),
+                         "kept": agreement >= minimum})
+        if agreement >= minimum:
+            return runner, candidate, attempts
+    return export(contract=contract, scheme="none"), "none", attempts
 
 
 def streaming_scheme(backend, requested: str) -> str:
