@@ -141,8 +141,9 @@ def test_each_target_writes_the_contract_and_streams_as_torch_does(recording, tm
 
 @pytest.mark.parametrize("target", [t for t in STREAMING_TARGETS if "int8-weights" in TARGETS[t].streaming_schemes])
 def test_an_int8_weights_streaming_file_keeps_the_float_contract_and_streams_close_to_torch(recording, tmp_path, target):
-    """Dynamic-range / linear int8 weights: the file is well under half the float one, its inputs, outputs and
-    states stay float32 (the contract), and its probabilities stay close to torch's hop by hop."""
+    """Dynamic-range / linear int8 weights: the network's weights shrink to int8 (the file loses at least half
+    their float bytes; the log-mel's constants may stay float), its inputs, outputs and states stay float32
+    (the contract), and its probabilities stay close to torch's hop by hop."""
     backend = TARGETS[target]
     model = _trained_like(models.build("ds-cnn-stream:0.5", (CLIP,), 12), seed=2)
     step = model.streaming_step()
@@ -153,7 +154,7 @@ def test_an_int8_weights_streaming_file_keeps_the_float_contract_and_streams_clo
     fp32 = backend.export_streaming(step, shapes, tmp_path / f"fp32{backend.suffix}", contract, "s")
     int8 = backend.export_streaming(step, shapes, tmp_path / f"int8{backend.suffix}", contract, "s",
                                     scheme="int8-weights")
-    assert size(int8) < 0.5 * size(fp32)
+    assert size(fp32) - size(int8) >= 0.5 * 4 * sum(p.numel() for p in model.parameters())
     runner = backend.open_streaming(int8)
     assert runner.contract == contract and runner.state_shapes == shapes
     probs, states = runner.step(recording[None, :model.hop_samples], {n: np.zeros(s, np.float32) for n, s in shapes.items()})

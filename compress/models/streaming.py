@@ -110,6 +110,8 @@ class StreamingStep(nn.Module):
     def __init__(self, model: StreamableDSCNN):
         super().__init__()
         self.model = model.eval()
+        # the model's float_under_int8 as this module names them: a quantized streaming file keeps them float
+        self.float_under_int8 = tuple(f"model.{n}" for n in model.float_under_int8)
         fe = model.frontend
         channels, bands = model.classifier.in_features, self._bands(model)
         self.state_specs = (StateSpec("audio_tail", (1, fe.n_fft - fe.hop)),
@@ -248,6 +250,8 @@ class CRNNStep(nn.Module):
     def __init__(self, model: StreamableCRNN):
         super().__init__()
         self.model = model.eval()
+        # the model's float_under_int8 as this module names them: a quantized streaming file keeps them float
+        self.float_under_int8 = tuple(f"model.{n}" for n in model.float_under_int8)
         fe = model.frontend
         self.state_specs = (StateSpec("audio_tail", (1, fe.n_fft - fe.hop)),
                             StateSpec("first_frames", (1, 1, fe.n_mels, model.time_kernels[0] - 1)),

@@ -20,7 +20,7 @@ from compress.export.common.mode import converts_model
 from compress.export.common.streaming import (AUDIO_INPUT, METADATA_KEY, PROBS_OUTPUT, StreamingContract,
                                               state_output)
 from compress.export.onnx.fp32 import set_metadata
-from compress.export.onnx.quantize import quantize
+from compress.export.onnx.quantize import module_nodes, quantize
 from compress.export.onnx.runner import cpu_session
 
 
@@ -30,7 +30,8 @@ def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, .
     """Write ``step`` to ``path`` (atomically) as a streaming ONNX file; inputs ``audio`` then the states in
     ``state_shapes``' order, outputs ``probs`` then ``<state>_out``. ``int8-weights`` / ``int8``: the float
     file quantized by ONNX Runtime (``compress.export.onnx.quantize``; static int8 calibrated on
-    ``calibration``, real per-hop feeds of every input, states included)."""
+    ``calibration``, real per-hop feeds of every input, states included), the step's ``float_under_int8``
+    (the log-mel, ``compress.models.frontend.FLOAT_UNDER_INT8``) kept float."""
     if scheme == "none":
         return _export_float(step, state_shapes, path, contract, name)
     if scheme == "int8" and not calibration:
@@ -38,7 +39,8 @@ def export_streaming(step: torch.nn.Module, state_shapes: dict[str, tuple[int, .
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="onnx-stream-") as work:
         float_path = _export_float(step, state_shapes, Path(work) / "float.onnx", contract, name)
-        return quantize(float_path, path, scheme, calibration=calibration)
+        return quantize(float_path, path, scheme, calibration=calibration,
+                        float_layers=module_nodes(float_path, getattr(step, "float_under_int8", ())))
 
 
 @converts_model
