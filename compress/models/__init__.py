@@ -154,13 +154,18 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def streaming_macs_per_second(model: nn.Module) -> float:
-    """Multiply-accumulates per second of audio of a streaming model run hop by hop (``streaming_step()``,
-    front-end included): one step's count (torch's FLOP counter, from zero states) times hops per second.
-    What an always-on model's battery pays; ``count_macs`` is the window model's, recomputed every hop."""
+def streaming_macs_per_hop(model: nn.Module) -> int:
+    """Multiply-accumulates of one hop of a streaming model (``streaming_step()``, front-end included), from
+    torch's FLOP counter on a step from zero states."""
     from torch.utils.flop_counter import FlopCounterMode
 
     step = model.eval().streaming_step()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         step(torch.zeros(1, model.hop_samples), *step.zero_states())
-    return int(counter.get_total_flops() // 2) * model.frontend.sample_rate / model.hop_samples
+    return int(counter.get_total_flops() // 2)
+
+
+def streaming_macs_per_second(model: nn.Module) -> float:
+    """Multiply-accumulates per second of audio of a streaming model run hop by hop: what an always-on model's
+    battery pays (``count_macs`` is the window model's, recomputed every hop)."""
+    return streaming_macs_per_hop(model) * model.frontend.sample_rate / model.hop_samples

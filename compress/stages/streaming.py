@@ -280,7 +280,7 @@ def streaming_cost(step, student: torch.nn.Module, members: list[Teacher], data:
     whose timings say nothing about a device); MACs per second of audio of the streaming student, the same
     student on a sliding window every hop, and the ensemble (also every hop); state size."""
     hops_per_s = contract.sample_rate / contract.hop_samples
-    per_hop = round(models.streaming_macs_per_second(student) / hops_per_s)
+    per_hop = models.streaming_macs_per_hop(student)
     sliding = models.count_macs(student, data.input_shape)
     member_macs = [models.count_macs(m.module, data.input_shape) if m.module is not None else None for m in members]
     ensemble = None if any(v is None for v in member_macs) else int(sum(member_macs))
@@ -311,12 +311,8 @@ def frontend_cost(frontend: torch.nn.Module) -> dict:
     DFT as a dense convolution, the form every target converts and the fastest measured where alternatives
     convert (``bench/frontend.py``: ONNX ``DFT`` 3x slower per frame at n_fft 200, LiteRT cannot convert
     ``rfft``, Core ML lowers it to a matmul)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        frontend(torch.zeros(1, frontend.n_fft))
     return {"form": "log-mel, DFT as a dense convolution (in every target)", **frontend.describe(),
-            "macs_per_hop": int(counter.get_total_flops() // 2),
+            "macs_per_hop": models.count_macs(frontend, (frontend.n_fft,)),
             "why": "every target converts it, and it was the fastest per frame where another form converts "
                    "(bench/frontend.py)"}
 
@@ -480,7 +476,7 @@ def _export_falling_back(export, step, backend, scheme: str, contract: Streaming
         runner = export(contract=contract, scheme=candidate)
         got = run_stream(runner.step, runner.state_shapes, probe, contract.hop_samples)
         agreement = float(np.mean(got.argmax(1) == reference.argmax(1)))
-        minimum = backend.tolerance(backend.variant(candidate, {})).get("top1") or 0.97
+        minimum = _top1_minimum(backend, candidate)
         attempts.append({"scheme": candidate, "top1_agreement": agreement, "minimum": minimum, "hops": len(got),
                          "kept": agreement >= minimum})
         if agreement >= minimum:
@@ -518,6 +514,12 @@ def by_condition(streams: list[Stream], student: list[np.ndarray], teachers: lis
     return rows
 
 
+def _top1_minimum(backend, scheme: str) -> float:
+    """The top-1 agreement a quantized streaming file must keep with the float student: its variant's stated
+    minimum (0.97 where the variant states none)."""
+    return backend.tolerance(backend.variant(scheme, {})).get("top1") or 0.97
+
+
 def _parity_bound(backend, scheme: str, parity: dict) -> dict:
     """The streaming file's parity check: float32 within the target's fp32 bound on every window; a quantized
     file by its top-1 agreement with the float student, at the variant's stated minimum (its logit bounds do
@@ -526,7 +528,7 @@ def _parity_bound(backend, scheme: str, parity: dict) -> dict:
         bound = backend.tolerance("fp32")["max_abs"]
         ok = parity["max_abs_diff"] is not None and parity["max_abs_diff"] <= bound
         return {"tolerance": bound, "bounds": "max abs difference of probs", "passed": bool(ok)}
-    minimum = backend.tolerance(backend.variant(scheme, {})).get("top1") or 0.97
+    minimum = _top1_minimum(backend, scheme)
     ok = parity.get("top1_agreement") is not None and parity["top1_agreement"] >= minimum
     return {"tolerance": minimum, "bounds": "top-1 agreement (a quantized file)", "passed": bool(ok)}
 
