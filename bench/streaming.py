@@ -96,7 +96,8 @@ def run_one(scenario: str, target: str, scheme: str, hours: float, args, cache: 
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
     report = json.loads(proc.stdout)
     student = next((r["model"] for r in report["rows"] if r["role"] == "student"), None)
-    return {"streaming": report["streaming"], "student": student, "wall_s": wall, "hours_asked": hours}
+    return {"streaming": report["streaming"], "student": student, "student_spec": args.student or "default",
+            "wall_s": wall, "hours_asked": hours}
 
 
 def summarize(scenario: str, target: str, scheme: str, result: dict) -> list[dict]:
@@ -112,7 +113,8 @@ def summarize(scenario: str, target: str, scheme: str, result: dict) -> list[dic
         student, teacher, shipped = at["student"], at["teacher_ensemble"], condition["shipped"]
         gap = 100 * (student["frr"] - teacher["frr"])
         rows.append({
-            "scenario": scenario, "student": result["student"], "target": target, "scheme": s["scheme"], "asked": scheme,
+            "scenario": scenario, "student": result["student"], "student_spec": result["student_spec"],
+            "target": target, "scheme": s["scheme"], "asked": scheme, "scheme_attempts": s.get("scheme_attempts"),
             "snr_db": condition["snr_db"], "runtime": s["runtime"],
             "non_keyword_hours": shipped["non_keyword_hours"], "keyword_spans": shipped["spans"],
             "ensemble_frr_at_1fa": teacher["frr"], "ensemble_fa_per_hour": teacher["fa_per_hour"],
@@ -141,7 +143,7 @@ def print_table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for head in ("scenario", "target", "scheme", "SNR", "h", "ensemble FRR", "student FRR", "gap pts",
+    for head in ("scenario", "target", "scheme (asked -> shipped)", "SNR", "h", "ensemble FRR", "student FRR", "gap pts",
                  "shipped FRR / FA/h", "hop p50 ms", "MACs/s", "x sliding", "x ensemble", "parity", "goals met"):
         table.add_column(head)
     for r in rows:
@@ -149,7 +151,8 @@ def print_table(rows: list[dict], title: str) -> None:
             table.add_row(r["scenario"], r["target"], r["scheme"], "—", *["—"] * 10, f"error: {r['error'][:60]}")
             continue
         shipped = r["shipped"]
-        table.add_row(r["scenario"], r["target"], r["scheme"], f"{r['snr_db']:g}", f"{r['non_keyword_hours']:.2f}",
+        scheme = r["scheme"] if r.get("asked", r["scheme"]) == r["scheme"] else f"{r['asked']} -> {r['scheme']}"
+        table.add_row(r["scenario"], r["target"], scheme, f"{r['snr_db']:g}", f"{r['non_keyword_hours']:.2f}",
                       f"{100 * r['ensemble_frr_at_1fa']:.1f}%", f"{100 * r['student_frr_at_1fa']:.1f}%",
                       f"{r['frr_points_vs_ensemble']:+.1f}",
                       f"{100 * shipped['frr']:.1f}% / {shipped['fa_per_hour']:.2f}",
@@ -166,7 +169,8 @@ def merged(name: str, rows: list[dict]) -> list[dict]:
     path = ROOT / "bench" / "results" / name
     if not path.is_file():
         return rows
-    key = lambda r: (r["scenario"], r.get("student"), r["target"], r.get("asked", r["scheme"]))  # noqa: E731
+    key = lambda r: (r["scenario"], r.get("student_spec", "default"), r["target"],  # noqa: E731
+                     r.get("asked", r["scheme"]))
     ran = {key(r) for r in rows}
     return [r for r in json.loads(path.read_text())["rows"] if key(r) not in ran] + rows
 
