@@ -210,19 +210,7 @@ def main() -> None:
         cache, out = args.cache or Path(tmp) / "cache", Path(tmp) / "out"
         out.mkdir()
         if args.ablation:
-            rows = []
-            for i, (step, augment) in enumerate(ABLATION.items()):
-                scenario = args.ablation_scenario
-                result = run_one(scenario, "onnx", "none", args.ablation_hours, args, cache, out, augment=augment,
-                                 tag=f"-ablation{i}")
-                rows += [{**r, "augment": step, "augment_spec": augment} for r in
-                         summarize(scenario, "onnx", "none", result)]
-                print(json.dumps({"augment": step, "wall_s": result["wall_s"]}), flush=True)
-            print_table([{**r, "scenario": r["augment"]} for r in rows],
-                        f"augmentation ablation: {args.ablation_scenario}, ONNX fp32")
-            write(f"streaming-ablation{suffix}.json", {"quick": args.quick, "scenario": args.ablation_scenario,
-                                                       "hours_per_condition": args.ablation_hours,
-                                                       "hours_made_of": HOURS_MADE_OF, "steps": ABLATION, "rows": rows})
+            run_ablation(args, cache, out, suffix)
             return
         rows = []
         for scenario in args.scenarios:
@@ -233,12 +221,34 @@ def main() -> None:
                     rows += [{**r, "hours_asked": hours} for r in summarize(scenario, target, scheme, result)]
                     print(json.dumps({"scenario": scenario, "target": target, "scheme": scheme,
                                       "wall_s": result["wall_s"]}), flush=True)
+                    written = write_rows(rows, args, suffix)  # after every run: a long bench stopped keeps its rows
+    print_table(written, "streaming keyword spotting on FSDD (FRR at <= 1 FA/h on each condition's test DET curve)")
+
+
+def write_rows(rows: list[dict], args, suffix: str) -> list[dict]:
+    """Write the rows measured so far (with ``--merge``, beside the file's other rows); returns what was written."""
     if args.merge:
         rows = merged(f"streaming{suffix}.json", rows)
-    print_table(rows, "streaming keyword spotting on FSDD (FRR at <= 1 FA/h on each condition's test DET curve)")
     write(f"streaming{suffix}.json", {"quick": args.quick, "hours_per_condition": args.hours,
                                       "coreml_hours_per_condition": args.coreml_hours, "hours_made_of": HOURS_MADE_OF,
                                       "goals": GOALS, "rows": rows})
+    return rows
+
+
+def run_ablation(args, cache: Path, out: Path, suffix: str) -> None:
+    """The augmentation ablation's steps in order, the results file rewritten after each (a stopped run keeps
+    the steps it finished: ``steps_done``)."""
+    rows, scenario = [], args.ablation_scenario
+    for i, (step, augment) in enumerate(ABLATION.items()):
+        result = run_one(scenario, "onnx", "none", args.ablation_hours, args, cache, out, augment=augment,
+                         tag=f"-ablation{i}")
+        rows += [{**r, "augment": step, "augment_spec": augment} for r in summarize(scenario, "onnx", "none", result)]
+        print(json.dumps({"augment": step, "wall_s": result["wall_s"]}), flush=True)
+        write(f"streaming-ablation{suffix}.json", {"quick": args.quick, "scenario": scenario,
+                                                   "hours_per_condition": args.ablation_hours,
+                                                   "hours_made_of": HOURS_MADE_OF, "steps": ABLATION,
+                                                   "steps_done": i + 1, "rows": rows})
+    print_table([{**r, "scenario": r["augment"]} for r in rows], f"augmentation ablation: {scenario}, ONNX fp32")
 
 
 if __name__ == "__main__":
