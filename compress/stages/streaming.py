@@ -246,10 +246,9 @@ def student_parity(student: torch.nn.Module, stream: Stream, probs: np.ndarray, 
     hops = list(range(first, min(len(probs), first + PARITY_HOPS)))
     if not hops:
         return {"windows": 0, "max_abs_diff": None}
-    with torch.no_grad():
-        ref = np.concatenate([torch.softmax(student.eval()(torch.from_numpy(np.stack(
-            [stream.audio[(t + 1) * hop - window:(t + 1) * hop] for t in hops[i:i + WINDOW_BATCH]]))), dim=1).numpy()
-            for i in range(0, len(hops), WINDOW_BATCH)])
+    with torch.no_grad():  # the windows of every hop up to the last compared (the first ones zero-padded)
+        ref = np.concatenate([torch.softmax(student.eval()(torch.from_numpy(w)), dim=1).numpy()
+                              for w in sliding_windows(stream.audio[:(hops[-1] + 1) * hop], hop, window)])[first:]
     return {"windows": len(hops), "max_abs_diff": float(np.max(np.abs(ref - probs[hops]))),
             "top1_agreement": float(np.mean(ref.argmax(1) == probs[hops].argmax(1))),
             "against": "the same student in PyTorch on the sliding window ending at each hop"}
