@@ -154,6 +154,7 @@ class StreamingSection:
     background: str | None = None  # a folder (or file) of long ambient recordings; None: generated noise
     background_snr: list[float] = field(default_factory=lambda: [0.0, 20.0])  # training mix, dB (low, high)
     time_shift_ms: int = 100  # training: clips shifted up to this either way
+    gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])  # training: each clip's gain, dB (low, high)
     silence_share: float = 0.1
     unknown_share: float | None = None  # None: every other word kept as _unknown_
     validation_share: float = 0.1  # training clips held out for the validation streams (the threshold)
@@ -256,6 +257,8 @@ class RunConfig:
             raise InputError("--task keyword-spotting: expected --keywords WORD[,WORD...] (labels of the data)")
         if len(s.background_snr) != 2 or s.background_snr[0] > s.background_snr[1]:
             raise InputError(f"--background-snr {s.background_snr}: expected two numbers LOW,HIGH (dB, LOW <= HIGH)")
+        if len(s.gain_db) != 2 or s.gain_db[0] > s.gain_db[1]:
+            raise InputError(f"--gain-db {s.gain_db}: expected two numbers LOW,HIGH (dB, LOW <= HIGH)")
         if not s.test_snr:
             raise InputError("--test-snr: expected at least one SNR in dB (one test stream each)")
         if self.student.arch is not None and not models.is_streamable(self.student.arch):

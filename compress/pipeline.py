@@ -160,7 +160,7 @@ def augmentation(cfg: RunConfig, data: Dataset):
     """The training augmentation: ``auto`` is a random crop (padding 1/10 of the side) for 8-bit images of
     16 px and up (not for the digits' 8x8, nor features or audio), never a flip (a mirrored digit or letter
     changes class: ask for it with ``crop,flip`` where mirrored images keep theirs); ``--jitter N`` is a
-    crop of N for the teachers. The keyword task's ``auto`` is its time shift and background mixing
+    crop of N for the teachers. The keyword task's ``auto`` is its time shift, gain and background mixing
     (``compress.stages.streaming.keyword_augment``)."""
     if cfg.teachers.augment == "auto" and is_keyword_task(cfg):
         return keyword_augment(cfg, int(data.normalization.get("sample_rate") or 0))

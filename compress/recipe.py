@@ -109,7 +109,7 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
                        "(flip only where mirrored images keep their class) and shift=MS,noise=LOW:HIGH,gain=LOW:HIGH,"
                        "speed=LOW:HIGH for audio (a random time shift; noise at a random SNR in dB, the --background "
                        "recordings where given; a gain in dB; a speed factor); --task keyword-spotting's auto is "
-                       "its time shift and background mixing."),
+                       "its time shift, gain and background mixing."),
         "jitter": Key("jitter", _INT, "Random shift of up to N pixels when training built-in members.", bounds=NON_NEGATIVE),
     },
     "student": {
@@ -171,6 +171,8 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
                               "SNR drawn from [LOW, HIGH] dB (flag: LOW,HIGH).", bounds=Range(-50, 100)),
         "time_shift_ms": Key("time_shift_ms", _INT, "Keyword spotting: training shifts clips by up to this many ms "
                              "either way.", bounds=NON_NEGATIVE),
+        "gain_db": Key("gain_db", _NUMS, "Keyword spotting: training scales each clip by a gain drawn from [LOW, HIGH] "
+                       "dB (a near or a far talker; flag: LOW,HIGH; 0,0 for none).", bounds=Range(-60, 60)),
         "silence_share": Key("silence_share", _NUM, "Keyword spotting: share of _silence_ clips in each split.",
                              bounds=Range(0, 1, high_open=True)),
         "unknown_share": Key("unknown_share", _NUM, "Keyword spotting: share of _unknown_ clips in training "

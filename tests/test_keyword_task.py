@@ -125,6 +125,21 @@ def test_training_mixes_the_users_background_not_generated_noise():
                                                background_name="constant").describe()
 
 
+def test_the_tasks_auto_augmentation_has_a_gain_the_user_sets_or_turns_off():
+    """auto = time shift + gain + background (the held-out-speaker ablation: gain is what generalises to a new
+    voice); --gain-db 0,0 turns the gain off, a reversed range is refused."""
+    from compress.stages.streaming import keyword_augment
+    base = RunConfig.from_settings(task="keyword-spotting", keywords=["3"])
+    assert keyword_augment(base, RATE).gain_db == (-6.0, 6.0)
+    assert "gain -6..6 dB" in keyword_augment(base, RATE).describe()
+    custom = RunConfig.from_settings(task="keyword-spotting", keywords=["3"], gain_db=[-3.0, 9.0])
+    assert keyword_augment(custom, RATE).gain_db == (-3.0, 9.0)
+    assert keyword_augment(RunConfig.from_settings(task="keyword-spotting", keywords=["3"], gain_db=[0.0, 0.0]),
+                           RATE).gain_db is None
+    with pytest.raises(InputError, match="--gain-db"):
+        RunConfig.from_settings(task="keyword-spotting", keywords=["3"], gain_db=[6.0, -6.0]).validate()
+
+
 # --- held-out validation clips ------------------------------------------------------------------------------------
 
 def test_validation_clips_are_held_out_per_label_and_leave_training():
