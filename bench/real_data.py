@@ -14,8 +14,9 @@ EMPTY cache (a fresh ``COMPRESS_CACHE_DIR``), on this machine:
 
 Reported per set: wall time of the whole command, what the defaults picked (the line the run prints),
 the teacher ensemble's and every member's accuracy, the student's accuracy in the exported runtime, its
-params/MACs, the early-stopping epochs of each member, and the model input (raw 8-bit pixels inside the
-model). A table is printed and everything goes to ``bench/results/real_data.json``.
+params/MACs, the early-stopping epochs of each member, the model input (raw 8-bit pixels inside the
+model), and each stage's measured seconds beside the estimate the run printed for it (``run.stages``). A
+table is printed and everything goes to ``bench/results/real_data.json``.
 
     python bench/real_data.py [--sets mnist colour-mnist] [--data ../shared/datasets/mnist]
                               [--colour-train 20000] [--colour-test 4000] [--target onnx] [--quick]
@@ -98,6 +99,7 @@ def summarize(name: str, result: dict) -> dict:
         "student": run["student"], "student_runtime": student["runtime"],
         "student_accuracy": 100 * student["accuracy"], "student_params": student["params"],
         "student_macs": student["macs"], "checks_passed": report["passed"],
+        "stages": run.get("stages") or [],  # each stage's measured seconds beside the run's own estimate
     }
     goals = GOALS.get(name, {})
     summary["goals"] = {
@@ -124,6 +126,18 @@ def table(rows: list[dict]) -> Table:
     return t
 
 
+def stage_table(row: dict) -> Table:
+    """Where one run's minutes went, stage by stage, and how far each estimate the run printed was off."""
+    t = Table(title=f"{row['set']}: stages (measured vs the run's estimate; {row['wall_s']:.0f} s end to end)")
+    for col in ("stage", "measured", "estimate", "measured / estimate"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for stage in row["stages"]:
+        estimate, ratio = stage["estimate_s"], stage["measured_over_estimate"]
+        t.add_row(stage["stage"], f"{stage['seconds']:.1f} s", "-" if estimate is None else f"{estimate:.1f} s",
+                  "-" if ratio is None else f"{ratio:.2f}")
+    return t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=["mnist", "colour-mnist"], choices=["mnist", "colour-mnist"])
@@ -147,6 +161,7 @@ def main() -> None:
                 mnist, work / "colour-mnist", *((2000, 500) if args.quick else (args.colour_train, args.colour_test)))
             rows.append(summarize(name, run_cli(data, work, args.target, extra)))
             Console().print(table(rows[-1:]))
+            Console().print(stage_table(rows[-1]))
     console = Console(width=200)
     console.print(table(rows))
     out = Path(args.out)

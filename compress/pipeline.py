@@ -42,6 +42,7 @@ from compress.export import registry
 from compress.export.common import ModelInfo
 from compress.models.frontend import LogMel
 from compress.progress import is_interactive, make_progress
+from compress.stages.clock import StageClock
 from compress.stages.evaluate import evaluate
 from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing
 from compress.stages.measure import peak_memory
@@ -63,11 +64,12 @@ def _train_threads(cfg: RunConfig, data: Dataset):
                         student_batch=cfg.distill.batch_size, teacher_batch=teacher_recipe(cfg, data).batch_size)
 
 
-def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
+def estimate_run(cfg: RunConfig, data: Dataset, threads, clock: StageClock | None = None) -> str | None:
     """One line before any training: how long the built-in members' and the student's training will take
     here, from a few timed steps of each (``compress.estimate``; RNG states untouched). Members stop early
     on their validation split, so the teachers' part is an upper bound. None when every built-in member is
-    cached (a warm run): the distillation stage estimates the student itself when it has epochs to train."""
+    cached (a warm run): the distillation stage estimates the student itself when it has epochs to train.
+    Both estimates go to ``clock`` (the report's stage table sets them beside the measured times)."""
     def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
         with rng_preserved(), torch_threads(threads_):
             model = models.build(spec, data.input_shape, data.num_classes)
@@ -82,6 +84,9 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads) -> str | None:
     n_members = int(round(len(data.x_train) * 0.9))
     teachers = sum(seconds(t, cfg.teachers.epochs, 64, n_members, threads.teachers or 1) for t in built_in)
     student = seconds(cfg.student.arch, cfg.distill.epochs, cfg.distill.batch_size, len(data.x_train), threads.student)
+    if clock is not None:
+        clock.expect("teachers", teachers)
+        clock.expect("distillation", student)
     parts = ([f"teachers at most ~{format_duration(teachers)} ({len(built_in)} built-in, {cfg.teachers.epochs} "
               f"epochs; early stopping and the cache make it less)"] if built_in else [])
     parts.append(f"student ~{format_duration(student)} ({cfg.distill.epochs} epochs)")
@@ -219,21 +224,25 @@ def output_folder(cfg: RunConfig, data: Dataset, rank: int) -> tuple[str, Path]:
 
 
 def teachers_and_soft_targets(cfg: RunConfig, data: Dataset, progress: Progress, rank: int, world: int,
-                              warnings: list[str] | None = None):
+                              warnings: list[str] | None = None, clock: StageClock | None = None):
     """Stages 2 and 3: the teacher members, then the ensemble's soft targets once per (teachers,
     transfer set, T). Rank 0 loads (trains and caches) the members first, then the other processes load
     them from the cache; every process then computes its share of the soft-target shards into the one
-    cached file and reads the finished entry (read-only memmap). The members' warnings go to ``warnings``."""
+    cached file and reads the finished entry (read-only memmap). The members' warnings go to ``warnings``;
+    the two stages' times to ``clock``."""
+    clock = clock or StageClock()
     if rank != 0:
         torch.distributed.barrier()
-    task = progress.add_task("teacher members", total=len(cfg.teachers.members))
-    members = load_members(cfg, data, progress, task, [] if warnings is None else warnings)
+    with clock.time("teachers"):
+        task = progress.add_task("teacher members", total=len(cfg.teachers.members))
+        members = load_members(cfg, data, progress, task, [] if warnings is None else warnings)
     if rank == 0 and world > 1:
         torch.distributed.barrier()
-    shards = progress.add_task("soft targets", total=None)
-    targets, cached = soft_targets(members, data.x_train, cfg.distill.temperature,
-                                   content_key(data.fingerprint(), len(data.x_train)), rank=rank, world=world,
-                                   on_shard=lambda done, total: progress.update(shards, completed=done, total=total))
+    with clock.time("soft targets"):
+        shards = progress.add_task("soft targets", total=None)
+        targets, cached = soft_targets(members, data.x_train, cfg.distill.temperature,
+                                       content_key(data.fingerprint(), len(data.x_train)), rank=rank, world=world,
+                                       on_shard=lambda done, total: progress.update(shards, completed=done, total=total))
     if cached:
         progress.update(shards, total=1, completed=1, description="soft targets (cached)")
     return members, targets, cached
@@ -274,7 +283,7 @@ def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
 
 def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
                     progress: Progress, console: Console, rank: int, world: int,
-                    after_epoch=None) -> tuple[torch.nn.Module | None, list, torch.device]:
+                    after_epoch=None, clock: StageClock | None = None) -> tuple[torch.nn.Module | None, list, torch.device]:
     """Stage 4: distillation, checkpointed every epoch (an interrupted run resumes from the last one).
     Returns (student on the CPU in eval mode, loss history, device); the student is None on ranks > 0.
     ``after_epoch(epoch)`` is called after each epoch's checkpoint (``compress search`` measures the
@@ -302,6 +311,8 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
                                        checkpoint_dir=checkpoint.parent)
         progress.note(f"estimate: distilling {cfg.student.arch} ~{format_duration(seconds)} "
                       f"({d.epochs - done} epochs x {len(data.x_train)} samples)")
+        if clock is not None:
+            clock.expect("distillation", seconds)
     task = progress.add_task(f"distilling {cfg.student.arch} (T={d.temperature:g})", total=d.epochs, completed=done,
                              unit="epoch")
 
@@ -382,12 +393,15 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
     """
     cfg.validate()
     console = console or Console(stderr=True)
-    started = time.perf_counter() if started is None else started  # the CLI passes its command's start
+    clock = StageClock()  # each stage's wall seconds beside its estimate: the report's run.stages
+    if started is not None:  # the CLI passes its command's start: imports and argument parsing took this
+        clock.record("start-up", time.perf_counter() - started)
+    started = time.perf_counter() if started is None else started
     warnings: list[str] = []  # what the run warned about (said, and carried by the report)
-    with stage("setup"):
+    with stage("setup"), clock.time("setup"):
         cfg, profile = _resolve_profile(cfg)
         rank, world = _init_distributed()
-    with stage("data"):
+    with stage("data"), clock.time("data"):
         data = load_run_data(cfg)
         task = keyword_task(cfg, data) if is_keyword_task(cfg) else None
         data = data if task is None else task.data
@@ -398,26 +412,27 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         cfg, picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
         name, out_root = output_folder(cfg, data, rank)
         student = initial_student(cfg, data)
-    with stage("setup"):
-        threads = _train_threads(cfg, data)
     with make_progress(console, quiet=quiet or rank != 0, interactive=is_interactive(console)) as progress:
-        estimate = estimate_run(cfg, data, threads) if rank == 0 and not quiet else None
+        with stage("setup"), clock.time("setup"):
+            threads = _train_threads(cfg, data)
+            estimate = estimate_run(cfg, data, threads, clock) if rank == 0 and not quiet else None
         if estimate:
             progress.note(estimate)
         with stage("teachers"), torch_threads(threads.teachers or threads.student):
-            members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world, warnings)
-        with stage("distillation"), torch_threads(threads.student):
+            members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world, warnings,
+                                                                         clock)
+        with stage("distillation"), clock.time("distillation"), torch_threads(threads.student):
             student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
-                                                       rank, world)
+                                                       rank, world, clock=clock)
         if student is None:
             return None
         tmp_dir = public_mkdtemp(temp_prefix(name), out_root)
         try:
-            with stage("export and validation"):
+            with stage("export and validation"), clock.time("export and validation"):
                 report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,
                                                        progress, profile)
             if task is not None:
-                with stage("streaming"), torch_threads(threads.student):
+                with stage("streaming"), clock.time("streaming"), torch_threads(threads.student):
                     streaming_stage(cfg, task, student, members, report, tmp_dir, name, progress)
             with stage("budgets"):
                 report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
@@ -430,6 +445,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
                                                  "distilled here on the whole training split")
             report["run"].update(defaults_chosen=picked, augment=augmentation(cfg, data).describe(),
                                  model_input=model_preprocessing(cfg.export, data) or "normalized float32 (the app normalizes)")
+            report["run"]["stages"] = clock.rows()  # up to here: writing the report itself is not in it
             with stage("report"):
                 write_outputs(cfg, data, members, student, report, tmp_dir, out_root / name, name)
         finally:  # an exception, Ctrl-C or SIGTERM anywhere in this window leaves nothing behind

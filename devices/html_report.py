@@ -430,6 +430,23 @@ def _training(report: dict) -> str:
             f"{rows}</table>{plot}</div>")
 
 
+def _stages(report: dict) -> str:
+    """Where the run's minutes went: each stage's wall seconds beside the estimate the run printed for it."""
+    stages = (report.get("run") or {}).get("stages") or []
+    if not stages:
+        return ""
+
+    def row(st: dict) -> str:
+        estimate, ratio = st.get("estimate_s"), st.get("measured_over_estimate")
+        return (f"<tr><td>{escape(st.get('stage'))}</td><td>{escape(st.get('seconds'))} s</td>"
+                f"<td>{'—' if estimate is None else f'{escape(estimate)} s'}</td>"
+                f"<td>{'—' if ratio is None else escape(ratio)}</td></tr>")
+
+    return ('<h2>Time per stage</h2><div class="card"><table><tr><th>stage</th><th>measured</th>'
+            "<th>estimate printed before it</th><th>measured / estimate</th></tr>"
+            f"{''.join(row(st) for st in stages)}</table></div>")
+
+
 def _details(report: dict) -> str:
     run = report.get("run") or {}
     settings = {k: v for k, v in run.items() if k not in ("data", "teachers", "name", "target")}
@@ -456,7 +473,7 @@ def render(report: dict) -> str:
         f"<h2>Trade-offs</h2>{_plots(report)}"
         f"<h2>Student vs teacher</h2>{_confusion(report)}"
         f"{streaming_section(report.get('streaming'))}"
-        f"{_training(report)}{_optional_sections(report)}{_details(report)}"
+        f"{_training(report)}{_stages(report)}{_optional_sections(report)}{_details(report)}"
         f"<footer>{escape(tool.get('name', 'compress'))} {escape(tool.get('version', ''))} · schema {escape(report.get('schema'))}"
         + (f" · artifacts in {escape(run.get('out_dir'))}" if run.get("out_dir") else "")
         + "</footer></main></body></html>\n")

@@ -128,9 +128,13 @@ def test_optional_sections_and_old_reports(report, hostile):
                  "FULLY_CONNECTED"):
         assert text in page
     old = copy.deepcopy(report)
+    assert [st["stage"] for st in report["run"]["stages"]][:4] == ["setup", "data", "teachers", "soft targets"]
+    assert "Time per stage" in page and "<td>distillation</td>" in page  # quiet: no estimate printed, none shown
     for key in ("confusion", "budgets", "quantization_fallback", "compatibility"):
         old.pop(key, None)
+    old["run"].pop("stages")
     old_page = html_report.render(old)
+    assert "Time per stage" not in old_page
     assert "no <code>confusion</code> field" in old_page
     curves = sum(bool((t.get("training") or {}).get("val_accuracy")) for t in old["run"]["teachers"]) > 0
     assert len(re.findall(r"<svg\b", old_page)) == 2 + curves

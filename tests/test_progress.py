@@ -158,12 +158,40 @@ def test_a_run_outside_a_terminal_prints_progress_lines_on_stderr_and_pure_json_
                      re.M), err
     assert re.search(r"^\[ *\d+s\] distilling mlp-small \(T=2\): done, epoch 3/3 in \d+:\d\d$", err, re.M), err
     assert re.search(r"^\[ *\d+s\] validating and timing: done", err, re.M), err
+    stages = {row["stage"]: row for row in report["run"]["stages"]}  # each stage's time beside its estimate
+    assert list(stages)[:5] == ["start-up", "setup", "data", "teachers", "soft targets"]
+    assert {"distillation", "export and validation"} <= set(stages)
+    assert all(row["seconds"] >= 0 for row in stages.values())
+    assert stages["distillation"]["estimate_s"] > 0 and stages["teachers"]["estimate_s"] > 0
+    assert stages["data"]["estimate_s"] is None  # only what the run estimated has an estimate
+    assert sum(row["seconds"] for row in stages.values()) <= report["run"]["wall_time_s"] + 1
 
 
 def test_quiet_prints_no_progress(tmp_path, monkeypatch):
     result = _invoke(["--name", "quiet", "--quiet"], tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert not re.search(r"^\[ *\d+s\]", result.stderr, re.M), result.stderr
+
+
+def test_the_stage_clock_adds_up_repeated_stages_and_keeps_the_latest_estimate():
+    from compress.stages.clock import StageClock
+
+    fake = FakeClock()
+    clock = StageClock(clock=fake)
+    clock.expect("distillation", 40.0)
+    with clock.time("setup"):
+        fake.now += 2
+    with clock.time("distillation"):
+        clock.expect("distillation", 50.0)  # the stage's own estimate, made closer to the work, replaces it
+        fake.now += 60
+    with pytest.raises(KeyboardInterrupt), clock.time("setup"):  # an interrupted stage still took its time
+        fake.now += 1
+        raise KeyboardInterrupt
+    clock.record("start-up", 3.5)
+    assert clock.rows() == [
+        {"stage": "setup", "seconds": 3.0, "estimate_s": None, "measured_over_estimate": None},
+        {"stage": "distillation", "seconds": 60.0, "estimate_s": 50.0, "measured_over_estimate": 1.2},
+        {"stage": "start-up", "seconds": 3.5, "estimate_s": None, "measured_over_estimate": None}]
 
 
 # --- the estimate before training -----------------------------------------------------------------------------
