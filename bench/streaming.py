@@ -134,6 +134,7 @@ def summarize(scenario: str, target: str, scheme: str, result: dict) -> list[dic
                       "500x_below_ensemble": (ratios["ensemble_over_streaming"] or 0) >= GOALS["ensemble_over_streaming"],
                       "parity": s["parity"]["passed"]},
             "background": s["background"], "notes": s["notes"], "wall_s": result["wall_s"],
+            "augment": (result.get("run") or {}).get("augment"),  # what the models trained with
         })
     return rows
 
@@ -196,6 +197,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="keep the cache here (teachers, students, ensemble outputs)")
     parser.add_argument("--ablation", action="store_true", help="only the augmentation ablation")
     parser.add_argument("--ablation-hours", type=float, default=0.5)
+    parser.add_argument("--ablation-steps", nargs="+", help=f"only these steps (default all: {', '.join(ABLATION)}); "
+                        "with --merge the file keeps the other steps' rows")
     parser.add_argument("--ablation-scenario", default="wake-word-unseen-speaker", choices=list(SCENARIOS))
     parser.add_argument("--merge", action="store_true",
                         help="keep the results file's rows of the scenarios/targets/schemes not run now")
@@ -227,27 +230,48 @@ def main() -> None:
 
 def write_rows(rows: list[dict], args, suffix: str) -> list[dict]:
     """Write the rows measured so far (with ``--merge``, beside the file's other rows); returns what was written."""
+    path, extra = ROOT / "bench" / "results" / f"streaming{suffix}.json", {}
     if args.merge:
         rows = merged(f"streaming{suffix}.json", rows)
+        if path.is_file() and "superseded" in (earlier := json.loads(path.read_text())):
+            extra = {"superseded": earlier["superseded"]}  # rows kept aside (e.g. an older augmentation's)
     write(f"streaming{suffix}.json", {"quick": args.quick, "hours_per_condition": args.hours,
                                       "coreml_hours_per_condition": args.coreml_hours, "hours_made_of": HOURS_MADE_OF,
-                                      "goals": GOALS, "rows": rows})
+                                      "goals": GOALS, "rows": rows, **extra})
     return rows
+
+
+def _earlier_ablation_rows(suffix: str, rerun: list[str]) -> list[dict]:
+    """``--merge``: the results file's rows of the steps not run now (labelled by today's step names)."""
+    path = ROOT / "bench" / "results" / f"streaming-ablation{suffix}.json"
+    if not path.is_file():
+        return []
+    names = {spec: step for step, spec in ABLATION.items()}
+    return [{**r, "augment": names[r["augment_spec"]]} for r in json.loads(path.read_text()).get("rows", [])
+            if r.get("augment_spec") in names and r["augment_spec"] not in rerun]
 
 
 def run_ablation(args, cache: Path, out: Path, suffix: str) -> None:
     """The augmentation ablation's steps in order, the results file rewritten after each (a stopped run keeps
     the steps it finished: ``steps_done``)."""
-    rows, scenario = [], args.ablation_scenario
-    for i, (step, augment) in enumerate(ABLATION.items()):
+    scenario, steps = args.ablation_scenario, args.ablation_steps or list(ABLATION)
+    unknown = [step for step in steps if step not in ABLATION]
+    if unknown:
+        raise SystemExit(f"--ablation-steps {' '.join(unknown)}: expected some of {', '.join(ABLATION)}")
+    kept = _earlier_ablation_rows(suffix, [ABLATION[step] for step in steps]) if args.merge else []
+    rows: list[dict] = []
+    for i, step in enumerate(steps):
+        augment = ABLATION[step]
         result = run_one(scenario, "onnx", "none", args.ablation_hours, args, cache, out, augment=augment,
-                         tag=f"-ablation{i}")
+                         tag=f"-ablation{list(ABLATION).index(step)}")
         rows += [{**r, "augment": step, "augment_spec": augment} for r in summarize(scenario, "onnx", "none", result)]
         print(json.dumps({"augment": step, "wall_s": result["wall_s"]}), flush=True)
+        done = sorted(kept + rows, key=lambda r: list(ABLATION.values()).index(r["augment_spec"]))
         write(f"streaming-ablation{suffix}.json", {"quick": args.quick, "scenario": scenario,
                                                    "hours_per_condition": args.ablation_hours,
                                                    "hours_made_of": HOURS_MADE_OF, "steps": ABLATION,
-                                                   "steps_done": i + 1, "rows": rows})
+                                                   "steps_done": len({r["augment_spec"] for r in done}),
+                                                   "rows": done})
     print_table([{**r, "scenario": r["augment"]} for r in rows], f"augmentation ablation: {scenario}, ONNX fp32")
 
 
