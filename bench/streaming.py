@@ -164,20 +164,27 @@ def print_table(rows: list[dict], title: str) -> None:
     Console(width=230).print(table)
 
 
-def merged(name: str, rows: list[dict]) -> list[dict]:
-    """``rows`` with the rows of ``name``'s other (scenario, target, scheme) runs kept (``--merge``: a bench
-    run in parts, one invocation each)."""
-    path = ROOT / "bench" / "results" / name
-    if not path.is_file():
-        return rows
+def results_file(name: str) -> Path:
+    return ROOT / "bench" / "results" / name
+
+
+def earlier_results(name: str) -> dict:
+    """The results file ``name`` as a previous invocation wrote it (``{}`` when there is none)."""
+    path = results_file(name)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def merged(earlier_rows: list[dict], rows: list[dict]) -> list[dict]:
+    """``rows`` with the earlier rows of the other (scenario, student, target, scheme) runs kept (``--merge``:
+    a bench run in parts, one invocation each)."""
     key = lambda r: (r["scenario"], r.get("student_spec", "default"), r["target"],  # noqa: E731
                      r.get("asked", r["scheme"]))
     ran = {key(r) for r in rows}
-    return [r for r in json.loads(path.read_text())["rows"] if key(r) not in ran] + rows
+    return [r for r in earlier_rows if key(r) not in ran] + rows
 
 
 def write(name: str, payload: dict) -> None:
-    dest = ROOT / "bench" / "results" / name
+    dest = results_file(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(payload, indent=2))
     print(f"wrote {dest}")
@@ -230,11 +237,10 @@ def main() -> None:
 
 def write_rows(rows: list[dict], args, suffix: str) -> list[dict]:
     """Write the rows measured so far (with ``--merge``, beside the file's other rows); returns what was written."""
-    path, extra = ROOT / "bench" / "results" / f"streaming{suffix}.json", {}
+    earlier = earlier_results(f"streaming{suffix}.json") if args.merge else {}
+    extra = {"superseded": earlier["superseded"]} if "superseded" in earlier else {}  # rows kept aside
     if args.merge:
-        rows = merged(f"streaming{suffix}.json", rows)
-        if path.is_file() and "superseded" in (earlier := json.loads(path.read_text())):
-            extra = {"superseded": earlier["superseded"]}  # rows kept aside (e.g. an older augmentation's)
+        rows = merged(earlier.get("rows", []), rows)
     write(f"streaming{suffix}.json", {"quick": args.quick, "hours_per_condition": args.hours,
                                       "coreml_hours_per_condition": args.coreml_hours, "hours_made_of": HOURS_MADE_OF,
                                       "goals": GOALS, "rows": rows, **extra})
@@ -243,11 +249,9 @@ def write_rows(rows: list[dict], args, suffix: str) -> list[dict]:
 
 def _earlier_ablation_rows(suffix: str, rerun: list[str]) -> list[dict]:
     """``--merge``: the results file's rows of the steps not run now (labelled by today's step names)."""
-    path = ROOT / "bench" / "results" / f"streaming-ablation{suffix}.json"
-    if not path.is_file():
-        return []
     names = {spec: step for step, spec in ABLATION.items()}
-    return [{**r, "augment": names[r["augment_spec"]]} for r in json.loads(path.read_text()).get("rows", [])
+    return [{**r, "augment": names[r["augment_spec"]]}
+            for r in earlier_results(f"streaming-ablation{suffix}.json").get("rows", [])
             if r.get("augment_spec") in names and r["augment_spec"] not in rerun]
 
 

@@ -398,10 +398,10 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         clock.record("start-up", time.perf_counter() - started)
     started = time.perf_counter() if started is None else started
     warnings: list[str] = []  # what the run warned about (said, and carried by the report)
-    with stage("setup"), clock.time("setup"):
+    with stage("setup", clock):
         cfg, profile = _resolve_profile(cfg)
         rank, world = _init_distributed()
-    with stage("data"), clock.time("data"):
+    with stage("data", clock):
         data = load_run_data(cfg)
         task = keyword_task(cfg, data) if is_keyword_task(cfg) else None
         data = data if task is None else task.data
@@ -413,7 +413,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         name, out_root = output_folder(cfg, data, rank)
         student = initial_student(cfg, data)
     with make_progress(console, quiet=quiet or rank != 0, interactive=is_interactive(console)) as progress:
-        with stage("setup"), clock.time("setup"):
+        with stage("setup", clock):
             threads = _train_threads(cfg, data)
             estimate = estimate_run(cfg, data, threads, clock) if rank == 0 and not quiet else None
         if estimate:
@@ -421,18 +421,18 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         with stage("teachers"), torch_threads(threads.teachers or threads.student):
             members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world, warnings,
                                                                          clock)
-        with stage("distillation"), clock.time("distillation"), torch_threads(threads.student):
+        with stage("distillation", clock), torch_threads(threads.student):
             student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
                                                        rank, world, clock=clock)
         if student is None:
             return None
         tmp_dir = public_mkdtemp(temp_prefix(name), out_root)
         try:
-            with stage("export and validation"), clock.time("export and validation"):
+            with stage("export and validation", clock):
                 report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,
                                                        progress, profile)
             if task is not None:
-                with stage("streaming"), clock.time("streaming"), torch_threads(threads.student):
+                with stage("streaming", clock), torch_threads(threads.student):
                     streaming_stage(cfg, task, student, members, report, tmp_dir, name, progress)
             with stage("budgets"):
                 report["budgets"] = _check_budgets(cfg, profile, report, exported.artifact, data)
@@ -454,12 +454,13 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
 
 
 @contextlib.contextmanager
-def stage(name: str):
+def stage(name: str, clock: StageClock | None = None):
     """Turn an unexpected exception inside the stage ``name`` into an ``InternalError`` that names the
     stage and points to its saved traceback; the user's errors (InputError, a failed check) and
-    interruptions pass through unchanged."""
+    interruptions pass through unchanged. With ``clock``, the stage's wall seconds are added to it."""
     try:
-        yield
+        with clock.time(name) if clock is not None else contextlib.nullcontext():
+            yield
     except (InputError, ValidationFailed, InternalError):
         raise
     except Exception as exc:

@@ -121,7 +121,7 @@ def keyword_augment(cfg: RunConfig, sample_rate: int) -> Augment:
     background mixed in at a random SNR (the user's recordings' training part where given, else pink noise)."""
     s = cfg.streaming
     parts, source = _background(str(s.background), sample_rate) if s.background else (None, "")
-    gain = tuple(s.gain_db) if s.gain_db[0] != 0 or s.gain_db[1] != 0 else None
+    gain = tuple(s.gain_db) if any(s.gain_db) else None  # 0,0: no gain
     return Augment(shift_ms=s.time_shift_ms, sample_rate=sample_rate, noise_snr=tuple(s.background_snr), gain_db=gain,
                    background=None if parts is None else parts[0],
                    background_name=f"{source})" if source else "")
