@@ -96,6 +96,7 @@ def summarize(name: str, result: dict) -> dict:
         "ensemble_accuracy": 100 * rows["teacher ensemble"]["accuracy"],
         "members": {m["model"]: 100 * m["accuracy"] for m in members},
         "member_epochs": {t["name"]: (t.get("training") or {}).get("epochs_run") for t in run["teachers"]},
+        "member_seconds": {t["name"]: (t.get("training") or {}).get("seconds") for t in run["teachers"]},
         "student": run["student"], "student_runtime": student["runtime"],
         "student_accuracy": 100 * student["accuracy"], "student_params": student["params"],
         "student_macs": student["macs"], "checks_passed": report["passed"],
@@ -110,12 +111,18 @@ def summarize(name: str, result: dict) -> dict:
     return summary
 
 
+def _member_cost(row: dict, name: str) -> str:
+    """``4 ep, 107 s``: a member's epochs and training seconds (older results have no seconds)."""
+    seconds = (row.get("member_seconds") or {}).get(name)
+    return f"{row['member_epochs'].get(name)} ep" + ("" if seconds is None else f", {seconds:.0f} s")
+
+
 def table(rows: list[dict]) -> Table:
     t = Table(title="real data on default settings, empty cache, this machine")
-    for col in ("set", "train/test", "wall", "defaults", "members (acc, epochs)", "ensemble", "student", "goals"):
+    for col in ("set", "train/test", "wall", "defaults", "members (acc, epochs, s)", "ensemble", "student", "goals"):
         t.add_column(col)
     for r in rows:
-        members = ", ".join(f"{k.removeprefix('member ')} {v:.2f}% ({r['member_epochs'].get(k.removeprefix('member '))} ep)"
+        members = ", ".join(f"{k.removeprefix('member ')} {v:.2f}% ({_member_cost(r, k.removeprefix('member '))})"
                             for k, v in r["members"].items())
         picked = r["defaults"] or {}
         t.add_row(r["set"], f"{r['train']}/{r['test']}", f"{r['wall_s']:.0f} s",

@@ -97,7 +97,7 @@ def run_one(scenario: str, target: str, scheme: str, hours: float, args, cache: 
     report = json.loads(proc.stdout)
     student = next((r["model"] for r in report["rows"] if r["role"] == "student"), None)
     return {"streaming": report["streaming"], "student": student, "student_spec": args.student or "default",
-            "wall_s": wall, "hours_asked": hours}
+            "wall_s": wall, "hours_asked": hours, "augment": report["run"].get("augment")}
 
 
 def summarize(scenario: str, target: str, scheme: str, result: dict) -> list[dict]:
@@ -134,7 +134,7 @@ def summarize(scenario: str, target: str, scheme: str, result: dict) -> list[dic
                       "500x_below_ensemble": (ratios["ensemble_over_streaming"] or 0) >= GOALS["ensemble_over_streaming"],
                       "parity": s["parity"]["passed"]},
             "background": s["background"], "notes": s["notes"], "wall_s": result["wall_s"],
-            "augment": (result.get("run") or {}).get("augment"),  # what the models trained with
+            "augment": result["augment"],  # what the models trained with
         })
     return rows
 
@@ -144,16 +144,16 @@ def print_table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for head in ("scenario", "target", "scheme (asked -> shipped)", "SNR", "h", "ensemble FRR", "student FRR", "gap pts",
+    for head in ("scenario", "student", "target", "scheme (asked -> shipped)", "SNR", "h", "ensemble FRR", "student FRR", "gap pts",
                  "shipped FRR / FA/h", "hop p50 ms", "MACs/s", "x sliding", "x ensemble", "parity", "goals met"):
         table.add_column(head)
     for r in rows:
         if "error" in r:
-            table.add_row(r["scenario"], r["target"], r["scheme"], "—", *["—"] * 10, f"error: {r['error'][:60]}")
+            table.add_row(r["scenario"], r.get("student_spec", "default"), r["target"], r["scheme"], "—", *["—"] * 10, f"error: {r['error'][:60]}")
             continue
         shipped = r["shipped"]
         scheme = r["scheme"] if r.get("asked", r["scheme"]) == r["scheme"] else f"{r['asked']} -> {r['scheme']}"
-        table.add_row(r["scenario"], r["target"], scheme, f"{r['snr_db']:g}", f"{r['non_keyword_hours']:.2f}",
+        table.add_row(r["scenario"], r.get("student_spec", "default"), r["target"], scheme, f"{r['snr_db']:g}", f"{r['non_keyword_hours']:.2f}",
                       f"{100 * r['ensemble_frr_at_1fa']:.1f}%", f"{100 * r['student_frr_at_1fa']:.1f}%",
                       f"{r['frr_points_vs_ensemble']:+.1f}",
                       f"{100 * shipped['frr']:.1f}% / {shipped['fa_per_hour']:.2f}",

@@ -253,16 +253,20 @@ def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task, warnin
     contract; a member that scores as if fed the wrong inputs is a warning (an error with --strict)."""
     epochs_task, epochs_done = {}, {}
 
-    def on_epoch(spec: str, epoch: int, val_accuracy: float | None) -> None:
+    def bar(spec: str):  # opened when the member's first training step starts (a cached member has none)
         if spec not in epochs_task:
             epochs_task[spec] = progress.add_task(f"training teacher {spec}", total=cfg.teachers.epochs, unit="epoch")
+        return epochs_task[spec]
+
+    def on_epoch(spec: str, epoch: int, val_accuracy: float | None) -> None:
         note = "" if val_accuracy is None else f" (validation {100 * val_accuracy:.2f}%)"
         epochs_done[spec] = epoch + 1
-        progress.update(epochs_task[spec], completed=epoch + 1, description=f"training teacher {spec}{note}")
+        progress.update(bar(spec), completed=epoch + 1, description=f"training teacher {spec}{note}")
 
     members = load_teachers(cfg.teachers.members, data, epochs=cfg.teachers.epochs, seed=cfg.distill.seed,
                             device=cfg.distill.train_device, contracts=cfg.teachers.contract,
                             recipe=teacher_recipe(cfg, data), on_epoch=on_epoch,
+                            on_progress=lambda spec, done: progress.update(bar(spec), completed=round(done, 2)),
                             on_member=lambda i, spec, fmt: progress.update(task, completed=i, description=f"teacher {spec}"))
     for spec, t in epochs_task.items():  # early stopping ends a member before its budget: close its bar
         progress.update(t, total=epochs_done[spec])
@@ -319,7 +323,8 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
     history = fit(student, data.x_train, batch_loss, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
                   optimizer=d.optimizer, weight_decay=d.weight_decay, seed=d.seed, device=device,
                   checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data),
-                  on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)))
+                  on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)),
+                  on_progress=lambda done: progress.update(task, completed=round(done, 2)))
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

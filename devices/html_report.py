@@ -419,15 +419,24 @@ def _training(report: dict) -> str:
     def row(name: str, c: dict) -> str:
         best = f"{100 * max(c['val_accuracy']):.2f}%" if c["val_accuracy"] else "—"
         return (f"<tr><td>{escape(name)}</td><td>{c['epochs_run']} / {c['epochs_planned']}</td><td>{c['best_epoch']}</td>"
-                f"<td>{best}</td><td>{c['val_samples']}</td><td>{escape(c['stopped'])}"
+                f"<td>{best}</td><td>{c['val_samples']}</td><td>{_trained_in(c)}</td><td>{escape(c['stopped'])}"
                 f"{' (cached)' if c.get('cached') else ''}</td></tr>")
 
     rows = "".join(row(name, c) for name, c in members)
     plotted = [(n, c) for n, c in members if c["val_accuracy"]]
     plot = f'<div class="plot">{_curves_svg(plotted, "curves")}</div>' if plotted else ""
     return ('<h2>Teacher training</h2><div class="card"><table><tr><th>member</th><th>epochs run / most</th>'
-            f"<th>epoch kept</th><th>best validation accuracy</th><th>validation samples</th><th>stopped</th></tr>"
+            f"<th>epoch kept</th><th>best validation accuracy</th><th>validation samples</th><th>training time</th>"
+            f"<th>stopped</th></tr>"
             f"{rows}</table>{plot}</div>")
+
+
+def _trained_in(curve: dict) -> str:
+    """The member's training wall time (from the run that trained it, when it came from the cache)."""
+    seconds = curve.get("seconds")
+    if seconds is None:  # cached by a version that did not record it
+        return "—"
+    return f"{seconds:.0f} s" + (" (when cached)" if curve.get("cached") else "")
 
 
 def _stages(report: dict) -> str:

@@ -152,6 +152,9 @@ def test_a_run_outside_a_terminal_prints_progress_lines_on_stderr_and_pure_json_
     assert report["run"]["epochs"] == 3
     err = result.stderr
     assert re.search(r"^\[ *\d+s\] teacher members: started", err, re.M), err
+    started = re.search(r"^\[ *\d+s\] training teacher mlp-1200: started$", err, re.M)
+    first_epoch = re.search(r"^\[ *\d+s\] training teacher mlp-1200 \(validation [\d.]+%\): done, epoch 1/1", err, re.M)
+    assert started and first_epoch and started.start() < first_epoch.start(), err  # the bar opens as training starts
     assert re.search(r"^\[ *\d+s\] estimate: distilling mlp-small ~\d+\w* \(3 epochs x 300 samples\)$", err, re.M), err
     assert re.search(r"^\[ *\d+s\] distilling mlp-small \(T=2\): started \(3 epochs\)$", err, re.M), err
     assert re.search(r"^\[ *\d+s\] distilling mlp-small \(T=2\): epoch 1/3, elapsed \d+:\d\d, ETA \d+:\d\d$", err,
@@ -165,6 +168,24 @@ def test_a_run_outside_a_terminal_prints_progress_lines_on_stderr_and_pure_json_
     assert stages["distillation"]["estimate_s"] > 0 and stages["teachers"]["estimate_s"] > 0
     assert stages["data"]["estimate_s"] is None  # only what the run estimated has an estimate
     assert sum(row["seconds"] for row in stages.values()) <= report["run"]["wall_time_s"] + 1
+
+
+def test_fit_reports_progress_from_its_first_step_and_inside_every_epoch():
+    """A 60k-sample epoch takes a minute on a 2-core CPU: the bar must open when training starts and move
+    inside each epoch, not first show up after epoch 1."""
+    from compress.distill.train import PROGRESS_CALLS_PER_EPOCH, fit
+
+    x = np.random.default_rng(0).normal(size=(640, 4)).astype(np.float32)
+    y = torch.as_tensor((x[:, 0] > 0).astype(np.int64))
+    seen, epochs_ended = [], []
+    fit(torch.nn.Linear(4, 2), x, lambda logits, idx: torch.nn.functional.cross_entropy(logits, y[idx]),
+        epochs=2, batch_size=8, on_progress=seen.append, on_epoch=lambda e, loss: epochs_ended.append((e, len(seen))))
+    assert seen[0] == 0.0  # before the first step
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert all(0 < v % 1 < 1 for v in seen[1:])  # inside an epoch; its end is on_epoch's
+    per_epoch = [sum(1 for v in seen[1:] if int(v) == e) for e in range(2)]
+    assert per_epoch == [PROGRESS_CALLS_PER_EPOCH - 1] * 2  # 80 steps: every 4th, not the last
+    assert epochs_ended == [(0, 1 + per_epoch[0]), (1, 1 + sum(per_epoch))]
 
 
 def test_quiet_prints_no_progress(tmp_path, monkeypatch):

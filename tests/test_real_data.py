@@ -152,6 +152,7 @@ def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, monkeypatch)
     assert curve["val_accuracy"][curve["best_epoch"] - 1] == max(curve["val_accuracy"])
     again, curve2, cached2 = train_builtin_module("mlp-small", ds, recipe=TeacherRecipe(epochs=40, patience=2), seed=0)
     assert cached2 and curve2["val_accuracy"] == curve["val_accuracy"]
+    assert curve["seconds"] > 0 and curve2["seconds"] == curve["seconds"]  # the training run's time, kept with it
     assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), again.state_dict().values()))
 
 

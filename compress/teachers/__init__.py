@@ -75,9 +75,10 @@ def _same_values(a: dict, b: dict) -> bool:
 
 def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str | None = None,
                   jitter_pixels: int = 0, on_member=None, contracts: dict | None = None, recipe=None,
-                  on_epoch=None) -> list[Teacher]:
+                  on_epoch=None, on_progress=None) -> list[Teacher]:
     """Resolve every teacher spec into a member (training built-ins when not cached), each fed its own
-    input contract (``SPEC?key=value&...``, ``contracts[spec]``, or what its file records)."""
+    input contract (``SPEC?key=value&...``, ``contracts[spec]``, or what its file records). A built-in's
+    training is reported as ``on_epoch(spec, epoch, val_accuracy)`` and ``on_progress(spec, epochs_done)``."""
     if not specs:
         raise InputError("--teacher: at least one teacher member is needed")
     members = []
@@ -89,7 +90,8 @@ def load_teachers(specs: list[str], data, *, epochs: int, seed: int, device: str
         if fmt == "builtin":
             member = train_builtin(spec, data, epochs=epochs, seed=seed + i, device=device,
                                    jitter_pixels=jitter_pixels, recipe=recipe,
-                                   on_epoch=None if on_epoch is None else (lambda e, acc, s=spec: on_epoch(s, e, acc)))
+                                   on_epoch=None if on_epoch is None else (lambda e, acc, s=spec: on_epoch(s, e, acc)),
+                                   on_progress=None if on_progress is None else (lambda done, s=spec: on_progress(s, done)))
         else:
             member = TEACHER_FORMATS[fmt](spec, data=data)
         contract = _contract_for(spec, table, contracts, member, data)

@@ -15,6 +15,7 @@ with the cached weights and shown in the report.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def cached_weights_path(name: str, data, recipe: TeacherRecipe, seed: int) -> Pa
 
 
 def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, device: str | None = None,
-                         on_epoch=None) -> tuple[nn.Module, dict, bool]:
+                         on_epoch=None, on_progress=None) -> tuple[nn.Module, dict, bool]:
     """Registry model ``name`` trained on the labelled training split (or its cached weights):
-    (module on the CPU in eval mode, training curve, whether it came from the cache)."""
+    (module on the CPU in eval mode, training curve, whether it came from the cache). ``on_epoch(epoch,
+    val_accuracy)`` after each epoch; ``on_progress(epochs_done)`` from the first step on (``fit``'s),
+    never for cached weights."""
     if data.y_train is None:
         raise InputError(f"teacher {name!r}: built-in teachers are trained on labels, but the transfer set is unlabelled")
     with torch.random.fork_rng(devices=[]):  # initial weights from (name, seed) alone, not from the global RNG,
@@ -144,27 +147,29 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
         return module.eval().cpu(), dict(entry["curve"], cached=True), True
     train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, seed, recipe.val_max)
     y = torch.as_tensor(data.y_train[train_rows])
+    started = time.perf_counter()
     stopper = EarlyStopping(module, data.x_test[:0] if not len(val_rows) else data.x_train[val_rows],
                             data.y_train[val_rows], recipe.patience, on_epoch)
     fit(module, data.x_train[train_rows], lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
         epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
         seed=seed, device=pick_device(device), augment=recipe.augment,
-        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper)
+        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, on_progress=on_progress)
     stopper.restore()
     module = module.cpu().eval()
-    curve = stopper.curve(recipe.epochs)
+    curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2))  # validation included
     weights = module.state_dict()
     write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve}, str(tmp)))
     return module, dict(curve, cached=False), False
 
 
 def train_builtin(name: str, data, *, epochs: int, seed: int, device: str | None = None,
-                  jitter_pixels: int = 0, on_epoch=None, recipe: TeacherRecipe | None = None) -> Teacher:
+                  jitter_pixels: int = 0, on_epoch=None, recipe: TeacherRecipe | None = None,
+                  on_progress=None) -> Teacher:
     """Registry model ``name`` as a member: trained on the labelled training split, or its cached weights
     (validation split, early stopping, schedule, augmentation, curve: see the module's docstring)."""
     recipe = recipe or TeacherRecipe(epochs=epochs, augment=Augment(crop=jitter_pixels))
     module, curve, cached = train_builtin_module(name, data, recipe=recipe, seed=seed, device=device,
-                                                 on_epoch=on_epoch)
+                                                 on_epoch=on_epoch, on_progress=on_progress)
     member = module_teacher(name, "builtin", module, state_dict_sha256(module.state_dict()), cached=cached)
     member.training = curve
     return member
