@@ -18,8 +18,12 @@ params/MACs, the early-stopping epochs of each member, the model input (raw 8-bi
 model), and each stage's measured seconds beside the estimate the run printed for it (``run.stages``). A
 table is printed and everything goes to ``bench/results/real_data.json``.
 
+``--repeat`` runs each set a second time from another empty cache and compares every cached teacher,
+student and soft-target entry bit for bit (issue 27: same settings and seed -> the same models), with the
+student's test accuracy of both runs.
+
     python bench/real_data.py [--sets mnist colour-mnist] [--data ../shared/datasets/mnist]
-                              [--colour-train 20000] [--colour-test 4000] [--target onnx] [--quick]
+                              [--colour-train 20000] [--colour-test 4000] [--target onnx] [--repeat] [--quick]
 """
 
 from __future__ import annotations
@@ -80,6 +84,35 @@ def run_cli(data: Path, work: Path, target: str, extra: list[str]) -> dict:
     picked = [line for line in proc.stderr.splitlines() if line.startswith("defaults for this data")]
     return {"report": report, "wall_s": wall, "defaults_line": picked[0] if picked else None,
             "exit_code": proc.returncode, "log_lines": len(proc.stderr.splitlines())}
+
+
+def compare_caches(first: Path, second: Path) -> dict:
+    """Whether two runs from empty caches trained the same models: every cached teacher and student entry
+    (weights, optimizer state, curves) and every soft-target array compared bit for bit, by file name
+    (the names are content keys, so the same settings give the same names)."""
+    import torch
+
+    def same(a, b) -> bool:
+        if torch.is_tensor(a):
+            return torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+        return a == b
+
+    def entry(path: Path):
+        if path.suffix == ".npy":
+            return torch.from_numpy(np.load(path))
+        entry = torch.load(path, weights_only=True)
+        if isinstance(entry, dict) and isinstance(entry.get("curve"), dict):
+            entry = {**entry, "curve": {k: v for k, v in entry["curve"].items() if k != "seconds"}}  # a timing
+        return entry
+
+    names = sorted(str(p.relative_to(first)) for folder in ("teachers", "students", "soft-targets")
+                   for p in (first / folder).glob("*") if p.suffix in (".pt", ".npy"))
+    differing = [n for n in names if not (second / n).is_file() or not same(entry(first / n), entry(second / n))]
+    return {"entries": len(names), "differing": differing, "identical": bool(names) and not differing}
 
 
 def summarize(name: str, result: dict) -> dict:
@@ -152,6 +185,8 @@ def main() -> None:
     parser.add_argument("--colour-train", type=int, default=20000)
     parser.add_argument("--colour-test", type=int, default=4000)
     parser.add_argument("--target", default="onnx")
+    parser.add_argument("--repeat", action="store_true",
+                        help="run each set twice from empty caches and compare the models bit for bit")
     parser.add_argument("--quick", action="store_true", help="small slices and few epochs: checks the bench runs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "real_data.json"))
     args = parser.parse_args()
@@ -167,6 +202,14 @@ def main() -> None:
             data = mnist if name == "mnist" else make_colour_mnist(
                 mnist, work / "colour-mnist", *((2000, 500) if args.quick else (args.colour_train, args.colour_test)))
             rows.append(summarize(name, run_cli(data, work, args.target, extra)))
+            if args.repeat:  # the same settings and seed from another empty cache: the same models?
+                (work / "again").mkdir()
+                again = summarize(name, run_cli(data, work / "again", args.target, extra))
+                same = compare_caches(work / "cache", work / "again" / "cache")
+                rows[-1]["repeat"] = {"student_accuracy": [rows[-1]["student_accuracy"], again["student_accuracy"]],
+                                      "wall_s": again["wall_s"], **same}
+                rows[-1]["goals"]["same models twice"] = (same["identical"] and
+                                                          again["student_accuracy"] == rows[-1]["student_accuracy"])
             Console().print(table(rows[-1:]))
             Console().print(stage_table(rows[-1]))
     console = Console(width=200)
