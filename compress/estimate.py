@@ -26,7 +26,7 @@ from torch import nn
 from compress import models
 from compress.core.cache import write_entry
 from compress.core.threads import Cpus, allowed_cpus, choose_threads
-from compress.distill.train import OPTIMIZERS
+from compress.distill.train import OPTIMIZERS, nhwc_pays
 
 
 @contextlib.contextmanager
@@ -50,7 +50,7 @@ def _default_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
 def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int, epochs: int, batch_size: int,
                          loss: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None, *,
                          steps: int = 3, optimizer: str = "adam", device: torch.device | None = None,
-                         checkpoint_dir: Path | None = None) -> float:
+                         checkpoint_dir: Path | None = None, channels_last: bool = True) -> float:
     """Seconds ``compress.distill.train.fit`` will take for ``epochs`` over ``n_samples`` samples.
 
     Times one warm-up step (allocations, kernel selection) and then ``steps`` real training steps (forward,
@@ -60,7 +60,7 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
     checkpoint-sized cache write there is timed too and counted once per epoch (for a tiny student it costs
     more than the epoch's steps). A few real steps, not a
     FLOP count: on a CPU the small models this tool trains are bound by per-operation overhead, which only
-    a measurement sees.
+    a measurement sees. ``channels_last`` times the layout ``fit(..., channels_last=True)`` trains in.
 
     ``loss(logits, idx)`` is fit's per-batch loss (``idx`` indexes ``x_sample``: pass the training arrays'
     first rows, so the real loss, soft-target look-up included, is timed); default: a cheap stand-in. The
@@ -76,6 +76,8 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
     times = []
     with rng_preserved(device):
         trial = copy.deepcopy(model).to(device).train()
+        if channels_last and nhwc_pays(trial, xb.dim()):  # the layout fit trains in
+            trial, xb = trial.to(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
         opt = OPTIMIZERS[optimizer](trial.parameters(), 1e-3, 0.0)
         for i in range(steps + 1):
             started = time.perf_counter()

@@ -135,7 +135,7 @@ def _augment_key(augment) -> list:
 def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
     """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
     d = cfg.distill
-    key = content_key("student-checkpoint", 1, cfg.student.arch, data.fingerprint(), len(data.x_train),
+    key = content_key("student-checkpoint", 2, cfg.student.arch, data.fingerprint(), len(data.x_train),
                       data.y_train is not None, [m.fingerprint for m in members], d.loss, float(d.temperature),
                       float(d.alpha), d.epochs, float(d.lr), d.optimizer, float(d.weight_decay),
                       d.batch_size, d.seed, world, *_augment_key(augmentation(cfg, data)))
@@ -324,7 +324,7 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
                   optimizer=d.optimizer, weight_decay=d.weight_decay, seed=d.seed, device=device,
                   checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data),
                   on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)),
-                  on_progress=lambda done: progress.update(task, completed=round(done, 2)))
+                  on_progress=lambda done: progress.update(task, completed=round(done, 2)), channels_last=True)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

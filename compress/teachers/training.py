@@ -29,7 +29,7 @@ from compress.core.errors import InputError
 from compress.distill.train import Augment, fit, pick_device, predict_logits
 from compress.teachers.member import Teacher, module_teacher
 
-TEACHER_TRAINING_VERSION = 3  # bump when the built-in training recipe changes (invalidates caches)
+TEACHER_TRAINING_VERSION = 4  # bump when the built-in training recipe changes (invalidates caches)
 CACHE_FORMAT = 2  # {"format", "weights", "curve"}
 
 
@@ -153,7 +153,8 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
     fit(module, data.x_train[train_rows], lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
         epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
         seed=seed, device=pick_device(device), augment=recipe.augment,
-        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, on_progress=on_progress)
+        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, on_progress=on_progress,
+        channels_last=True)
     stopper.restore()
     module = module.cpu().eval()
     curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2))  # validation included
