@@ -335,16 +335,13 @@ def fit(
     ``on_progress(epochs_done)`` is told when training starts (0, or the resumed epoch) and about
     ``PROGRESS_CALLS_PER_EPOCH`` times inside each epoch (e.g. 2.5), so a 60k-sample epoch that takes a
     minute is not a minute of silence in a CI log; it reads nothing from the device (no host sync).
-    ``channels_last``: a model with 2-D convolutions on image batches trains in NHWC memory layout (see
-    ``nhwc_pays``) and is handed back in the ordinary layout.
+    ``channels_last``: a model with 2-D convolutions on image batches trains in NHWC layout (``nhwc_pays``).
     """
     device = device or pick_device()
     seed_everything(seed)
     rank, world = distributed() if data_parallel else (0, 1)
     model.to(device).train()
-    nhwc = channels_last and nhwc_pays(model, np.ndim(x))
-    if nhwc:  # before the optimizer holds the parameters: it keeps the converted ones
-        model.to(memory_format=torch.channels_last)
+    nhwc = _training_layout(model, channels_last and nhwc_pays(model, np.ndim(x)))
     trained = model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -376,10 +373,16 @@ def fit(
             on_epoch(epoch, history[-1])
         if stop is not None and stop(epoch, history[-1]):
             break
-    if nhwc:  # exporters and callers expect the ordinary layout
-        model.to(memory_format=torch.contiguous_format)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()  # exporters and callers expect the ordinary layout
     return history
+
+
+def _training_layout(model: nn.Module, nhwc: bool) -> bool:
+    """Put ``model`` in channels-last layout when ``nhwc`` (before the optimizer holds its parameters: it
+    keeps the converted ones); returns ``nhwc``."""
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
+    return nhwc
 
 
 def nhwc_pays(model: nn.Module, input_dims: int) -> bool:
