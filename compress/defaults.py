@@ -9,7 +9,7 @@ and chosen here, after the data is loaded, from
   flat features (MLPs only);
 * its size: up to ``SMALL_WORK`` (samples x values per sample) the digits' settings; above it, epoch budgets
   that fit a time budget on the training device, measured by timing real training steps of each model on
-  this machine (``compress.estimate``) — a few seconds spent to avoid guessing;
+  this machine (``compress.estimate``), once per machine and model — a few seconds spent to avoid guessing;
 * the device: CUDA, when present, gets larger budgets.
 
 Anything the user set (CLI flag or recipe key) is kept. What was picked, and why, is one line on the
@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 
 from compress.config import RunConfig
-from compress.models import build, count_macs, DEFAULT_STUDENT, DEFAULT_TEACHERS, is_known
+from compress.estimate import calibrated_epoch_seconds
+from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS, is_known
 
 SMALL_WORK = 2_000_000  # samples x values per sample at or below which the digits' settings are used
-BUDGET_S = {"cpu": {"teachers": 300.0, "student": 200.0}, "cuda": {"teachers": 600.0, "student": 300.0}}
+BUDGET_S = {"cpu": {"teachers": 140.0, "student": 80.0}, "cuda": {"teachers": 600.0, "student": 300.0}}
 EPOCH_LIMITS = {"teachers": (2, 15), "student": (3, 100)}
 
 SMALL = {"teacher_epochs": 10, "epochs": 100}
@@ -61,11 +62,12 @@ def _budgeted_epochs(seconds_per_epoch: float, budget: float, limits: tuple[int,
     return int(max(low, min(high, budget // seconds_per_epoch)))
 
 
-def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None) -> tuple[RunConfig, dict]:
+def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augment=None) -> tuple[RunConfig, dict]:
     """(``cfg`` with its unset ``teachers``, ``student``, ``teacher_epochs`` and ``epochs`` chosen for ``data``,
     what was chosen: ``{}`` when the user set everything). A new configuration; ``cfg`` is not changed.
     ``seconds_per_epoch(name, data, batch, device_type)`` models one training epoch of a registry model
-    (default: ``_modelled_epoch_seconds``)."""
+    (default: ``compress.estimate.calibrated_epoch_seconds``, timed once per machine with the run's batch
+    ``augment``)."""
     kind, size = size_class(data, cfg.streaming.task)
     teachers, student = SETS[(kind, size)]
     picked: dict = {}
@@ -78,7 +80,9 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None) -> tu
         if size == "small":
             budget = dict(SMALL)
         else:
-            budget = _epoch_budgets(chosen, data, device_type, seconds_per_epoch or _modelled_epoch_seconds)
+            measured = seconds_per_epoch or (lambda name, data_, batch, device: calibrated_epoch_seconds(
+                name, data_, batch, device, augment=augment))
+            budget = _epoch_budgets(chosen, data, device_type, measured)
         if cfg.teachers.epochs is None:
             picked["teacher_epochs"] = budget["teacher_epochs"]
         if cfg.distill.epochs is None:
@@ -104,29 +108,6 @@ def _epoch_budgets(cfg: RunConfig, data, device_type: str, seconds_per_epoch) ->
     student_s = seconds_per_epoch(cfg.student.arch, data, cfg.distill.batch_size, device_type)
     return {"teacher_epochs": _budgeted_epochs(teacher_s, budgets["teachers"], EPOCH_LIMITS["teachers"]),
             "epochs": _budgeted_epochs(student_s, budgets["student"], EPOCH_LIMITS["student"])}
-
-
-TRAIN_MACS_PER_S = {"cpu": 5e10, "cuda": 2e12}  # multiply-accumulates per second of training (forward + backward)
-LAYER_STEP_S = {"cpu": 6e-4, "cuda": 2e-4}  # per layer with weights and optimizer step (a deep thin net pays it)
-
-
-def _modelled_epoch_seconds(name: str, data, batch_size: int, device_type: str = "cpu") -> float:
-    """Seconds one training epoch of registry model ``name`` takes, modelled from its MACs per sample
-    (forward + backward = 3x forward) and a cost per weighted layer and step. A model, not a timing: the
-    same data and settings always choose the same epochs, however busy the machine is (same recipe + seed
-    -> same result). The rates were fitted to a quiet 2-core x86 CI machine with 2 training threads
-    (convolutions ran at 50-80 G MAC/s, MLPs at 30-40, a 0.35 MobileNet at ~10 with its ~100 layers
-    costing ~0.6 ms each per step); within 2x of the measured epoch times there."""
-    import torch
-
-
-    with torch.random.fork_rng():
-        model = build(name, data.input_shape, data.num_classes)
-    macs = count_macs(model, data.input_shape)
-    layers = sum(1 for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
-    dev = _dev(device_type)
-    steps = -(-len(data.x_train) // batch_size)
-    return len(data.x_train) * 3 * macs / TRAIN_MACS_PER_S[dev] + steps * layers * LAYER_STEP_S[dev]
 
 
 def describe(picked: dict) -> str:

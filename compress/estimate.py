@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import platform
 import random
 import tempfile
 import time
@@ -24,9 +26,9 @@ import torch
 from torch import nn
 
 from compress import models
-from compress.core.cache import write_entry
-from compress.core.threads import Cpus, allowed_cpus, choose_threads
-from compress.distill.train import OPTIMIZERS, nhwc_pays
+from compress.core.cache import content_key, machine_dir, read_verified, write_entry
+from compress.core.threads import Cpus, allowed_cpus, choose_threads, torch_threads
+from compress.distill.train import OPTIMIZERS, Augment, checkpoint_state, denormals_flushed, nhwc_pays, train_step
 
 
 @contextlib.contextmanager
@@ -49,18 +51,21 @@ def _default_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
 
 def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int, epochs: int, batch_size: int,
                          loss: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None, *,
-                         steps: int = 3, optimizer: str = "adam", device: torch.device | None = None,
-                         checkpoint_dir: Path | None = None, channels_last: bool = True) -> float:
+                         steps: int = 20, optimizer: str = "adam", device: torch.device | None = None,
+                         checkpoint_dir: Path | None = None, channels_last: bool = True,
+                         augment: Augment | None = None) -> float:
     """Seconds ``compress.distill.train.fit`` will take for ``epochs`` over ``n_samples`` samples.
 
-    Times one warm-up step (allocations, kernel selection) and then ``steps`` real training steps (forward,
-    ``loss``, backward, an ``optimizer`` step) of a deep copy of ``model`` on ``device`` (default: where the
-    model is), on one batch of ``batch_size`` rows of ``x_sample`` (repeated when fewer); the median step
-    is extrapolated to every step of every epoch. With ``checkpoint_dir`` (fit's ``checkpoint`` folder), one
-    checkpoint-sized cache write there is timed too and counted once per epoch (for a tiny student it costs
-    more than the epoch's steps). A few real steps, not a
-    FLOP count: on a CPU the small models this tool trains are bound by per-operation overhead, which only
-    a measurement sees. ``channels_last`` times the layout ``fit(..., channels_last=True)`` trains in.
+    Times one warm-up step (allocations, kernel selection) and then ``steps`` of fit's own training steps
+    (``compress.distill.train.train_step``: the row gather, ``augment``, the layout fit trains in, forward,
+    ``loss``, backward, the ``optimizer`` and schedule steps) of a deep copy of ``model`` on ``device``
+    (default: where the model is), on ``batch_size`` rows of ``x_sample`` (repeated when fewer); the median
+    step is extrapolated to every step of every epoch. Twenty steps, not three: on a 2-core EPYC the median
+    of the first five steps of ``mlp-800`` was 8.9 ms, of twenty 10.2, and fit's steady state 10.3. With
+    ``checkpoint_dir`` (fit's ``checkpoint`` folder), writing fit's checkpoint there is timed too and counted
+    once per epoch (for a tiny student it costs more than the epoch's steps). Real steps, not a FLOP count:
+    on a CPU the small models this tool trains are bound by per-operation overhead, which only a
+    measurement sees.
 
     ``loss(logits, idx)`` is fit's per-batch loss (``idx`` indexes ``x_sample``: pass the training arrays'
     first rows, so the real loss, soft-target look-up included, is timed); default: a cheap stand-in. The
@@ -72,38 +77,101 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
     device = device or next(model.parameters(), torch.empty(0)).device
     loss = loss or _default_loss
     idx = np.arange(batch_size) % len(x_sample)
-    xb = torch.as_tensor(np.asarray(x_sample)[idx], dtype=torch.float32, device=device)
-    times = []
-    with rng_preserved(device):
+    x_all = torch.as_tensor(np.array(x_sample[:batch_size], dtype=np.float32), device=device)  # a copy: writable
+    times, generator, total = [], torch.Generator().manual_seed(0), torch.zeros((), device=device)
+    with rng_preserved(device), denormals_flushed():  # as fit's epochs run
         trial = copy.deepcopy(model).to(device).train()
-        if channels_last and nhwc_pays(trial, xb.dim()):  # the layout fit trains in
-            trial, xb = trial.to(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
+        nhwc = channels_last and nhwc_pays(trial, x_all.dim())  # the layout fit trains in
+        if nhwc:
+            trial = trial.to(memory_format=torch.channels_last)
         opt = OPTIMIZERS[optimizer](trial.parameters(), 1e-3, 0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps + 1)
         for i in range(steps + 1):
             started = time.perf_counter()
-            value = loss(trial(xb), idx)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
+            total += train_step(trial, x_all, np.sort(idx), loss, opt, schedule, augment, generator, nhwc)[0]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first step warms up
                 times.append(time.perf_counter() - started)
-        per_epoch = 0.0 if checkpoint_dir is None else _checkpoint_seconds(trial, opt, checkpoint_dir)
+        per_epoch = 0.0 if checkpoint_dir is None else _checkpoint_seconds(trial, opt, schedule, checkpoint_dir)
     per_step = sorted(times)[len(times) // 2]
     return epochs * (math.ceil(n_samples / batch_size) * per_step + per_epoch)
 
 
-def _checkpoint_seconds(trial: nn.Module, opt, folder: Path) -> float:
-    """Seconds of one checkpoint-sized cache write (weights and optimizer state, with its checksum) in a
-    temporary folder inside ``folder`` (same disk as the real checkpoints), removed afterwards."""
+CALIBRATION_VERSION = 1  # bump when what a calibration entry times changes
+
+
+def machine_fingerprint(device_type: str = "cpu") -> dict:
+    """What a training-rate calibration is valid for: the processor, the CPUs this process may use, the
+    torch build and, for CUDA, the GPU (a changed one measures anew)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if device_type == "cuda" and torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpus": allowed_cpus().count, "torch": torch.__version__, "gpu": gpu}
+
+
+def calibrated_step_seconds(spec: str, x_sample: np.ndarray, num_classes: int, batch_size: int,
+                            device_type: str = "cpu", threads: int | None = None,
+                            augment: Augment | None = None) -> float:
+    """Seconds of one training step of the built-in model ``spec`` on this machine (``threads`` torch threads,
+    default: the measured rule for its step size), timed once per machine and cached in ``machine_dir()``.
+
+    Why cached per machine and not timed per run: the defaults' epoch budgets rest on it, and a timing
+    moves with the machine's load, so two runs would choose different epochs and train different models.
+    Why timed at all: a fixed model of MACs per second was fitted to one CI machine and was 1.6x off on
+    the next (an EPYC with 0.4x its fp32 matrix-multiply rate). The step is fit's (channels-last,
+    denormals flushed, fused Adam, the batch ``augment``: a crop is 7% of an ``mlp-800`` step) on the
+    first ``batch_size`` rows of ``x_sample`` (only their shape and kind matter). A damaged entry is
+    discarded and measured again."""
+    input_shape = tuple(int(v) for v in np.shape(x_sample)[1:])
+    if threads is None:
+        threads = choose_threads(step_macs(spec, input_shape, num_classes, batch_size))[0] if device_type != "cuda" else 1
+    key = content_key("training-step", CALIBRATION_VERSION, machine_fingerprint(device_type), spec, input_shape,
+                      num_classes, batch_size, threads, device_type, augment.describe() if augment else "none")
+    entry = machine_dir() / f"step-{key[:24]}.json"
+    cached = read_verified(entry, lambda p: float(json.loads(p.read_text(encoding="utf-8"))["seconds_per_step"]))
+    if cached is not None and math.isfinite(cached) and cached > 0:
+        return cached
+    device = torch.device("cuda" if device_type == "cuda" and torch.cuda.is_available() else "cpu")
+    with rng_preserved(device), torch_threads(threads):
+        model = models.build(spec, input_shape, num_classes)
+        seconds = estimate_fit_seconds(model, np.asarray(x_sample[:batch_size]), batch_size, 1, batch_size,
+                                       device=device, augment=augment)
+    facts = {"seconds_per_step": seconds, "model": spec, "input_shape": list(input_shape), "batch_size": batch_size,
+             "threads": threads, **machine_fingerprint(device_type)}
+    write_entry(entry, lambda p: p.write_text(json.dumps(facts, indent=1), encoding="utf-8"))
+    return seconds
+
+
+def calibrated_epoch_seconds(spec: str, data, batch_size: int, device_type: str = "cpu",
+                             threads: int | None = None, augment: Augment | None = None) -> float:
+    """Seconds one training epoch of ``spec`` over all of ``data``'s training split takes on this machine:
+    its steps at the calibrated step time (``calibrated_step_seconds``)."""
+    steps = math.ceil(len(data.x_train) / batch_size)
+    return steps * calibrated_step_seconds(spec, data.x_train, data.num_classes, batch_size, device_type, threads,
+                                           augment)
+
+
+def _checkpoint_seconds(trial: nn.Module, opt, schedule, folder: Path) -> float:
+    """Seconds of one checkpoint write (fit's ``checkpoint_state``, with its checksum) in a
+    temporary folder inside ``folder`` (same disk as the real checkpoints), removed afterwards. The second of
+    two writes to one entry: after the first epoch fit replaces its checkpoint (the old digest is read and
+    the checksum file written twice), which on the digits cost 5 ms an epoch against 0.4 ms for a new one."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        state = checkpoint_state(trial, opt, schedule, [0.0], torch.Generator(), next(trial.parameters()).device)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".estimate-") as tmp:
-            started = time.perf_counter()
-            write_entry(Path(tmp) / "probe.pt", lambda p: torch.save({"model": trial.state_dict(),
-                                                                      "optimizer": opt.state_dict()}, str(p)))
-            return time.perf_counter() - started
+            times = []
+            for _ in range(2):
+                started = time.perf_counter()
+                write_entry(Path(tmp) / "probe.pt", lambda p: torch.save(state, str(p)))
+                times.append(time.perf_counter() - started)
+            return times[-1]
     except OSError:  # a folder that cannot be written: the run warns about it itself
         return 0.0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ from compress.devices.profiles import load_profile
 from compress.distill.bias_correction import parse_correction, shift_class_bias
 from compress.distill.losses import LOSSES
 from compress.distill.train import Augment, distributed, fit, load_checkpoint, parse_augment, pick_device, seed_everything
-from compress.estimate import estimate_fit_seconds, format_duration, plan_threads, rng_preserved
+from compress.estimate import calibrated_step_seconds, estimate_fit_seconds, format_duration, plan_threads
 from compress.export import registry
 from compress.export.common import ModelInfo
 from compress.models.frontend import LogMel
@@ -66,15 +67,16 @@ def _train_threads(cfg: RunConfig, data: Dataset):
 
 def estimate_run(cfg: RunConfig, data: Dataset, threads, clock: StageClock | None = None) -> str | None:
     """One line before any training: how long the built-in members' and the student's training will take
-    here, from a few timed steps of each (``compress.estimate``; RNG states untouched). Members stop early
+    here, from this machine's calibrated step times (``compress.estimate``: timed once per machine, the same
+    figures the defaults' epoch budgets rest on; RNG states untouched). Members stop early
     on their validation split, so the teachers' part is an upper bound. None when every built-in member is
     cached (a warm run): the distillation stage estimates the student itself when it has epochs to train.
     Both estimates go to ``clock`` (the report's stage table sets them beside the measured times)."""
-    def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
-        with rng_preserved(), torch_threads(threads_):
-            model = models.build(spec, data.input_shape, data.num_classes)
-            return estimate_fit_seconds(model, data.x_train[:batch], n, epochs, batch)
+    device_type, augment = pick_device(cfg.distill.train_device).type, augmentation(cfg, data)
 
+    def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
+        return epochs * math.ceil(n / batch) * calibrated_step_seconds(spec, data.x_train, data.num_classes, batch,
+                                                                       device_type, threads_, augment)
 
     recipe = teacher_recipe(cfg, data)
     built_in = [t for i, t in enumerate(cfg.teachers.members)
@@ -135,7 +137,7 @@ def _augment_key(augment) -> list:
 def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
     """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
     d = cfg.distill
-    key = content_key("student-checkpoint", 2, cfg.student.arch, data.fingerprint(), len(data.x_train),
+    key = content_key("student-checkpoint", 3, cfg.student.arch, data.fingerprint(), len(data.x_train),
                       data.y_train is not None, [m.fingerprint for m in members], d.loss, float(d.temperature),
                       float(d.alpha), d.epochs, float(d.lr), d.optimizer, float(d.weight_decay),
                       d.batch_size, d.seed, world, *_augment_key(augmentation(cfg, data)))
@@ -155,7 +157,8 @@ def load_run_data(cfg: RunConfig) -> Dataset:
 def resolve_defaults(cfg: RunConfig, data: Dataset, console: Console | None) -> tuple[RunConfig, dict]:
     """(the configuration with the settings left unset chosen for this data, what was chosen): see
     ``compress.defaults``; the choice is said on one line."""
-    cfg, picked = defaults.choose(cfg, data, pick_device(cfg.distill.train_device).type)
+    cfg, picked = defaults.choose(cfg, data, pick_device(cfg.distill.train_device).type,
+                                  augment=augmentation(cfg, data))
     if picked and console is not None:
         console.print(defaults.describe(picked), highlight=False, soft_wrap=True, markup=False)
     return cfg, picked
@@ -312,7 +315,7 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
     if rank == 0 and done < d.epochs:
         seconds = estimate_fit_seconds(student, data.x_train[:d.batch_size], len(data.x_train), d.epochs - done,
                                        d.batch_size, batch_loss, optimizer=d.optimizer, device=device,
-                                       checkpoint_dir=checkpoint.parent)
+                                       checkpoint_dir=checkpoint.parent, augment=augmentation(cfg, data))
         progress.note(f"estimate: distilling {cfg.student.arch} ~{format_duration(seconds)} "
                       f"({d.epochs - done} epochs x {len(data.x_train)} samples)")
         if clock is not None:

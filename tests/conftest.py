@@ -19,6 +19,7 @@ def isolated_cache(tmp_path_factory):
 
     os.environ.setdefault("COMPRESS_EMU_DIR", str(emu_root()))  # the emulator built before the session is reused
     path = tmp_path_factory.mktemp("compress-cache")
+    os.environ["COMPRESS_MACHINE_DIR"] = str(tmp_path_factory.mktemp("compress-machine"))  # calibrations too
     old = os.environ.get("COMPRESS_CACHE_DIR")
     os.environ["COMPRESS_CACHE_DIR"] = str(path)
     yield path

@@ -203,3 +203,32 @@ def test_a_run_reports_member_curves_and_the_chosen_defaults(tmp_path, monkeypat
     html = (tmp_path / "dist" / run_facts["name"] / "report.html").read_text()
     section = html[html.index("<h2>Teacher training</h2>"):]
     assert "mlp-small" in section and "cnn-small" in section and "<svg" in section
+
+
+
+def test_the_training_rate_is_timed_once_per_machine_and_a_damaged_entry_is_measured_again(tmp_path, monkeypatch, caplog):
+    """The defaults' epoch budgets rest on calibrated step times: timed on the first use (a fixed MACs-per-
+    second model was 1.6x off on the next CI machine), then read back, on this machine only, from a folder
+    that runs with separate caches share (same machine -> same epochs -> same models)."""
+    from compress import estimate
+
+    monkeypatch.setenv("COMPRESS_MACHINE_DIR", str(tmp_path / "machine"))
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    timed = []
+    real = estimate.estimate_fit_seconds
+    monkeypatch.setattr(estimate, "estimate_fit_seconds", lambda *a, **k: timed.append(a[0]) or real(*a, **k))
+    x = np.zeros((8, 1, 12, 12), np.float32)
+    first = estimate.calibrated_step_seconds("mlp-small", x, 10, 8, threads=1)
+    assert first > 0 and len(timed) == 1
+    assert estimate.calibrated_step_seconds("mlp-small", x, 10, 8, threads=1) == first and len(timed) == 1
+    (entry,) = (tmp_path / "machine").glob("step-*.json")
+    assert not list((tmp_path / "cache").rglob("step-*")), "not in the run's cache: fresh caches share it"
+    entry.write_text('{"seconds_per_step": 1e9}')  # changed since it was written: its checksum fails
+    with caplog.at_level("WARNING"):
+        again = estimate.calibrated_step_seconds("mlp-small", x, 10, 8, threads=1)
+    assert len(timed) == 2 and again < 1e9 and "checksum mismatch" in caplog.text
+    monkeypatch.setattr(estimate, "machine_fingerprint", lambda device_type="cpu": {"cpu": "another machine"})
+    elsewhere = estimate.calibrated_step_seconds("mlp-small", x, 10, 8, threads=1)
+    assert len(timed) == 3, "another machine measures anew"
+    big = _large((1, 12, 12), n=8000)
+    assert estimate.calibrated_epoch_seconds("mlp-small", big, 8, threads=1) == pytest.approx(1000 * elsewhere)

@@ -43,13 +43,27 @@ def cache_dir(*parts: str) -> Path:
     exits 2). The pipeline asks for the cache before any training, so this happens before any work is
     done; the run never continues without its cache (resuming relies on it).
     """
-    env = os.environ.get("COMPRESS_CACHE_DIR")
+    return _usable_folder("COMPRESS_CACHE_DIR", (), parts)
+
+
+def machine_dir() -> Path:
+    """This machine's own measurements (the training-rate calibration, ``compress.estimate``):
+    ``$COMPRESS_MACHINE_DIR`` when set, else ``machine/`` in the user cache dir. Not under
+    ``$COMPRESS_CACHE_DIR``: runs on one machine with separate caches (a CI job's fresh cache every time)
+    share it, so they choose the same epochs and train the same models. Unusable: ``CacheUnusable``."""
+    return _usable_folder("COMPRESS_MACHINE_DIR", ("machine",), ())
+
+
+def _usable_folder(variable: str, default_parts: tuple[str, ...], parts: tuple[str, ...]) -> Path:
+    """``<root>/<parts...>`` created and writable, where ``<root>`` is ``$variable`` or the user cache dir
+    joined with ``default_parts``; else ``CacheUnusable`` naming the variable and the folder."""
+    env = os.environ.get(variable)
     if env:
         root = Path(env)
     else:
         from platformdirs import user_cache_dir
 
-        root = Path(user_cache_dir("compress"))
+        root = Path(user_cache_dir("compress")).joinpath(*default_parts)
     path = root.joinpath(*parts)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -61,11 +75,11 @@ def cache_dir(*parts: str) -> Path:
                 problem = f"{str(folder)!r} is a file, not a folder" if folder != root else "a file, not a folder"
                 break
     if problem:
-        where = (f"COMPRESS_CACHE_DIR {str(root)!r}" if env else
-                 f"cache folder {str(root)!r} (the user cache dir; COMPRESS_CACHE_DIR is not set)")
+        where = (f"{variable} {str(root)!r}" if env else
+                 f"cache folder {str(root)!r} (the user cache dir; {variable} is not set)")
         inside = "" if path == root else f" ({str(path)!r})"
         raise CacheUnusable(f"{where}: cannot keep the cache there{inside}: {problem}; expected a folder this user "
-                            "can create and write in (set COMPRESS_CACHE_DIR to one)")
+                            f"can create and write in (set {variable} to one)")
     return path
 
 

@@ -29,7 +29,7 @@ from compress.core.errors import InputError
 from compress.distill.train import Augment, fit, pick_device, predict_logits
 from compress.teachers.member import Teacher, module_teacher
 
-TEACHER_TRAINING_VERSION = 4  # bump when the built-in training recipe changes (invalidates caches)
+TEACHER_TRAINING_VERSION = 5  # bump when the built-in training recipe changes (invalidates caches)
 CACHE_FORMAT = 2  # {"format", "weights", "curve"}
 
 
