@@ -28,7 +28,8 @@ from torch import nn
 from compress import models
 from compress.core.cache import content_key, machine_dir, read_verified, write_entry
 from compress.core.threads import Cpus, allowed_cpus, choose_threads, torch_threads
-from compress.distill.train import OPTIMIZERS, Augment, checkpoint_state, denormals_flushed, nhwc_pays, train_step
+from compress.distill.train import (OPTIMIZERS, Augment, checkpoint_state, denormals_flushed, train_step,
+                                   training_layout)
 
 
 @contextlib.contextmanager
@@ -78,17 +79,15 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
     loss = loss or _default_loss
     idx = np.arange(batch_size) % len(x_sample)
     x_all = torch.as_tensor(np.array(x_sample[:batch_size], dtype=np.float32), device=device)  # a copy: writable
-    times, generator, total = [], torch.Generator().manual_seed(0), torch.zeros((), device=device)
+    times, generator = [], torch.Generator().manual_seed(0)
     with rng_preserved(device), denormals_flushed():  # as fit's epochs run
         trial = copy.deepcopy(model).to(device).train()
-        nhwc = channels_last and nhwc_pays(trial, x_all.dim())  # the layout fit trains in
-        if nhwc:
-            trial = trial.to(memory_format=torch.channels_last)
+        nhwc = training_layout(trial, channels_last, x_all.dim())  # the layout fit trains in
         opt = OPTIMIZERS[optimizer](trial.parameters(), 1e-3, 0.0)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps + 1)
         for i in range(steps + 1):
             started = time.perf_counter()
-            total += train_step(trial, x_all, np.sort(idx), loss, opt, schedule, augment, generator, nhwc)[0]
+            train_step(trial, x_all, np.sort(idx), loss, opt, schedule, augment, generator, nhwc)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first step warms up
@@ -131,7 +130,8 @@ def calibrated_step_seconds(spec: str, x_sample: np.ndarray, num_classes: int, b
     input_shape = tuple(int(v) for v in np.shape(x_sample)[1:])
     if threads is None:
         threads = choose_threads(step_macs(spec, input_shape, num_classes, batch_size))[0] if device_type != "cuda" else 1
-    key = content_key("training-step", CALIBRATION_VERSION, machine_fingerprint(device_type), spec, input_shape,
+    machine = machine_fingerprint(device_type)
+    key = content_key("training-step", CALIBRATION_VERSION, machine, spec, input_shape,
                       num_classes, batch_size, threads, device_type, augment.describe() if augment else "none")
     entry = machine_dir() / f"step-{key[:24]}.json"
     cached = read_verified(entry, lambda p: float(json.loads(p.read_text(encoding="utf-8"))["seconds_per_step"]))
@@ -143,7 +143,7 @@ def calibrated_step_seconds(spec: str, x_sample: np.ndarray, num_classes: int, b
         seconds = estimate_fit_seconds(model, np.asarray(x_sample[:batch_size]), batch_size, 1, batch_size,
                                        device=device, augment=augment)
     facts = {"seconds_per_step": seconds, "model": spec, "input_shape": list(input_shape), "batch_size": batch_size,
-             "threads": threads, **machine_fingerprint(device_type)}
+             "threads": threads, **machine}
     write_entry(entry, lambda p: p.write_text(json.dumps(facts, indent=1), encoding="utf-8"))
     return seconds
 

@@ -312,10 +312,11 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
         hard = None if labels is None else labels[idx].to(logits.device)
         return loss_fn(logits, soft, hard, d.temperature, d.alpha)
 
+    augment = augmentation(cfg, data)
     if rank == 0 and done < d.epochs:
         seconds = estimate_fit_seconds(student, data.x_train[:d.batch_size], len(data.x_train), d.epochs - done,
                                        d.batch_size, batch_loss, optimizer=d.optimizer, device=device,
-                                       checkpoint_dir=checkpoint.parent, augment=augmentation(cfg, data))
+                                       checkpoint_dir=checkpoint.parent, augment=augment)
         progress.note(f"estimate: distilling {cfg.student.arch} ~{format_duration(seconds)} "
                       f"({d.epochs - done} epochs x {len(data.x_train)} samples)")
         if clock is not None:
@@ -325,7 +326,7 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
 
     history = fit(student, data.x_train, batch_loss, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
                   optimizer=d.optimizer, weight_decay=d.weight_decay, seed=d.seed, device=device,
-                  checkpoint=checkpoint, data_parallel=world > 1, augment=augmentation(cfg, data),
+                  checkpoint=checkpoint, data_parallel=world > 1, augment=augment,
                   on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)),
                   on_progress=lambda done: progress.update(task, completed=round(done, 2)), channels_last=True)
     if world > 1:

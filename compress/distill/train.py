@@ -373,7 +373,7 @@ def fit(
     seed_everything(seed)
     rank, world = distributed() if data_parallel else (0, 1)
     model.to(device).train()
-    nhwc = _training_layout(model, channels_last and nhwc_pays(model, np.ndim(x)))
+    nhwc = training_layout(model, channels_last, np.ndim(x))
     trained = model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -407,9 +407,11 @@ def fit(
     return history
 
 
-def _training_layout(model: nn.Module, nhwc: bool) -> bool:
-    """Put ``model`` in channels-last layout when ``nhwc`` (before the optimizer holds its parameters: it
-    keeps the converted ones); returns ``nhwc``."""
+def training_layout(model: nn.Module, channels_last: bool, input_dims: int) -> bool:
+    """Whether ``model`` trains in channels-last layout (asked for, and ``nhwc_pays``); when it does, ``model``
+    is put in that layout here, before the optimizer holds its parameters (it keeps the converted ones).
+    ``fit`` and ``compress.estimate`` both decide it here, so an estimate times the layout fit trains in."""
+    nhwc = channels_last and nhwc_pays(model, input_dims)
     if nhwc:
         model.to(memory_format=torch.channels_last)
     return nhwc
