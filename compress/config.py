@@ -1,8 +1,8 @@
 """The run configuration: one frozen record of everything a run needs, in typed sections, below the stages.
 
 The sections are the recipe's (``compress.toml``'s ``[data]``, ``[teachers]``, ``[student]``, ``[distill]``,
-``[quantize]``, ``[export]``, ``[device]``, ``[budgets]``), each field named as its recipe key, so a recipe maps
-one-to-one to this record; a stage takes the sections it reads. Every setting also has one flat name, its CLI
+``[quantize]``, ``[export]``, ``[device]``, ``[budgets]``, ``[streaming]``, ``[specialists]``), each field named
+as its recipe key, so a recipe maps one-to-one to this record; a stage takes the sections it reads. Every setting also has one flat name, its CLI
 flag's (``--teacher-epochs`` is ``teachers.epochs``): ``SETTINGS`` maps the flat names to their places, and
 ``RunConfig.from_settings`` / ``settings`` / ``with_settings`` convert, for the command line, the recipe merge
 and the manifest, which record the settings flat. The target's own options travel as one table,
@@ -144,6 +144,25 @@ TASKS = ("classify", "keyword-spotting")
 
 
 @dataclass(frozen=True)
+class SpecialistsSection:
+    """``[specialists]``: specialist members for classes the generalist confuses, combined with it into the
+    student's soft targets (Hinton et al. 2015 §5; ``compress.specialists``). Off unless ``count`` or
+    ``subsets`` is set."""
+
+    count: int = field(default=0, metadata=_flat("specialists"))  # K-means clusters (0: no specialists)
+    subsets: list[str] | None = field(default=None, metadata=_flat("specialist_subsets"))  # by hand: "cat+dog", ...
+    min_classes: int = field(default=2, metadata=_flat("specialist_min_classes"))
+    max_classes: int | None = field(default=None, metadata=_flat("specialist_max_classes"))  # None: classes - 1
+    generalist: str = "ensemble"  # "ensemble" or one member's name
+    arch: str | None = field(default=None, metadata=_flat("specialist_arch"))  # None: the generalist's own
+    top_n: int = field(default=1, metadata=_flat("specialist_top_n"))  # generalist classes that wake specialists
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.count or self.subsets)
+
+
+@dataclass(frozen=True)
 class StreamingSection:
     """``[streaming]``: the keyword-spotting task (``compress.keywords``, ``compress.stages.streaming``): which
     labels are keywords, the background audio, how training mixes it, and how the streams that measure the
@@ -180,6 +199,7 @@ class RunConfig:
     device: DeviceSection = field(default_factory=DeviceSection)
     budgets: BudgetsSection = field(default_factory=BudgetsSection)
     streaming: StreamingSection = field(default_factory=StreamingSection)
+    specialists: SpecialistsSection = field(default_factory=SpecialistsSection)
     out: str = "dist"
     name: str | None = None
     recipe_path: str | None = None  # the recipe file this run came from (its hash goes into the manifest)
@@ -243,6 +263,20 @@ class RunConfig:
         if self.data.image_size is not None:
             parse_image_size(self.data.image_size)
         self._validate_streaming()
+        self._validate_specialists()
+
+    def _validate_specialists(self) -> None:
+        """The ``[specialists]`` settings that can be checked before the data is read."""
+        s = self.specialists
+        if not s.enabled:
+            return
+        if s.arch is not None and not models.is_known(s.arch):
+            raise InputError(f"--specialist-arch {s.arch!r}: {models.why_unknown(s.arch)}")
+        if self.streaming.task != "classify":
+            raise InputError("--specialists: specialists combine class distributions of --task classify; "
+                             f"expected no specialists with --task {self.streaming.task}")
+        if self.data.unlabelled:
+            raise InputError("--specialists: specialists train on labels; expected a labelled transfer set (no --unlabelled)")
 
     def _validate_streaming(self) -> None:
         """The keyword task's settings that can be checked before the data is read."""

@@ -47,6 +47,7 @@ from compress.stages.clock import StageClock
 from compress.stages.evaluate import evaluate
 from compress.stages.export import Exported, export_student, fallback_check, model_preprocessing
 from compress.stages.measure import peak_memory
+from compress.stages.specialists import measure as measure_specialists, specialist_targets
 from compress.stages.streaming import (KeywordTask, is_keyword_task, keyword_augment, keyword_task,
                                        measure_streaming, streaming_measured)
 from compress.teachers import Teacher, contract_warnings, load_teachers
@@ -134,13 +135,16 @@ def _augment_key(augment) -> list:
     return [augment.describe()] if augment else []
 
 
-def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int) -> Path:
-    """Where this run's student is checkpointed every epoch: keyed by everything that changes training."""
+def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], world: int,
+                        targets_key: str | None = None) -> Path:
+    """Where this run's student is checkpointed every epoch: keyed by everything that changes training
+    (``targets_key``: soft targets other than the ensemble's, the specialists' combination)."""
     d = cfg.distill
     key = content_key("student-checkpoint", 3, cfg.student.arch, data.fingerprint(), len(data.x_train),
                       data.y_train is not None, [m.fingerprint for m in members], d.loss, float(d.temperature),
                       float(d.alpha), d.epochs, float(d.lr), d.optimizer, float(d.weight_decay),
-                      d.batch_size, d.seed, world, *_augment_key(augmentation(cfg, data)))
+                      d.batch_size, d.seed, world, *_augment_key(augmentation(cfg, data)),
+                      *([targets_key] if targets_key else []))
     return cache_dir("students") / f"{safe_name(cfg.student.arch)}-{key[:24]}.pt"
 
 
@@ -290,18 +294,20 @@ def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
 
 def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, members: list[Teacher], targets,
                     progress: Progress, console: Console, rank: int, world: int,
-                    after_epoch=None, clock: StageClock | None = None) -> tuple[torch.nn.Module | None, list, torch.device]:
+                    after_epoch=None, clock: StageClock | None = None,
+                    targets_key: str | None = None) -> tuple[torch.nn.Module | None, list, torch.device]:
     """Stage 4: distillation, checkpointed every epoch (an interrupted run resumes from the last one).
     Returns (student on the CPU in eval mode, loss history, device); the student is None on ranks > 0.
     ``after_epoch(epoch)`` is called after each epoch's checkpoint (``compress search`` measures the
-    validation accuracy there and may stop a candidate by raising)."""
+    validation accuracy there and may stop a candidate by raising). ``targets_key``: the content key of
+    ``targets`` when they are not the ensemble's (the specialists' combination)."""
     d = cfg.distill
     device = pick_device(d.train_device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     loss_fn = LOSSES[d.loss]
     labels = None if data.y_train is None else torch.as_tensor(data.y_train)
-    checkpoint = _student_checkpoint(cfg, data, members, world)
+    checkpoint = _student_checkpoint(cfg, data, members, world, targets_key)
     done = _epochs_done(checkpoint)
     if done and rank == 0:
         console.print(f"{'student already trained' if done >= d.epochs else f'resuming from epoch {done}/{d.epochs}'}"
@@ -430,9 +436,15 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         with stage("teachers"), torch_threads(threads.teachers or threads.student):
             members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world, warnings,
                                                                          clock)
+        specialists = None
+        if cfg.specialists.enabled:
+            with stage("specialists", clock), torch_threads(threads.teachers or threads.student):
+                targets, *specialists = specialist_targets(cfg, data, members, teacher_recipe(cfg, data), progress,
+                                                           rank, world)
         with stage("distillation", clock), torch_threads(threads.student):
             student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
-                                                       rank, world, clock=clock)
+                                                       rank, world, clock=clock,
+                                                       targets_key=specialists and specialists[0]["targets_key"])
         if student is None:
             return None
         tmp_dir = public_mkdtemp(temp_prefix(name), out_root)
@@ -440,6 +452,10 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
             with stage("export and validation", clock):
                 report, exported = export_and_validate(cfg, data, members, student, targets, name, tmp_dir,
                                                        progress, profile)
+            if specialists:
+                with stage("specialists test", clock):
+                    report["specialists"] = measure_specialists(*specialists, data=data, student=student,
+                                                                threads=cfg.device.threads, runs=cfg.device.latency_runs)
             if task is not None:
                 with stage("streaming", clock), torch_threads(threads.student):
                     streaming_stage(cfg, task, student, members, report, tmp_dir, name, progress)

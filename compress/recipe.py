@@ -193,6 +193,24 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "tolerance_s": Key("tolerance_s", _NUM, "Scoring: a detection up to this many seconds after a keyword ends "
                            "still hits it (default: one window).", 1.0, bounds=NON_NEGATIVE),
     },
+    "specialists": {
+        "count": Key("specialists", _INT, "Specialist members (Hinton et al. 2015 section 5): K-means clusters of "
+                     "the classes the generalist confuses, one specialist each (its classes + a dustbin), combined "
+                     "with the generalist into the student's soft targets; 0: none.", 4, bounds=NON_NEGATIVE),
+        "subsets": Key("specialist_subsets", _LIST, "Specialists' classes by hand instead of clustering: one entry "
+                       "per specialist, class names joined by + (flag: a comma list, e.g. cat+dog,fox+wolf).",
+                       ["cat+dog", "fox+wolf"]),
+        "min_classes": Key("specialist_min_classes", _INT, "Specialists: a cluster with fewer classes gets no "
+                           "specialist.", bounds=Range(2, 1e9)),
+        "max_classes": Key("specialist_max_classes", _INT, "Specialists: a larger cluster is cut into parts "
+                           "(default: the number of classes - 1).", 12, bounds=Range(2, 1e9)),
+        "generalist": Key("generalist", _STR, "Specialists: the generalist whose confusions they cover and whose "
+                          "distribution they refine: ensemble, or one member's name."),
+        "arch": Key("specialist_arch", _STR, "Specialists: their architecture (default: the generalist's own, "
+                    "started from its weights with a new head; for an ensemble, its first built-in member's).", "cnn"),
+        "top_n": Key("specialist_top_n", _INT, "Specialists: a row's top-N generalist classes decide which "
+                     "specialists take part in its distribution.", bounds=AT_LEAST_1),
+    },
     "search": {  # compress search only; distill-and-export ignores this section
         "families": Key("search_families", _LIST, "compress search: student families to try (compress.models.FAMILIES; "
                         "default: chosen for the data's kind).", ["mlp", "cnn-small", "mobilenet"]),

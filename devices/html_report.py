@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from compress.devices.specialists_report import html_section as specialists_section
 from compress.devices.streaming_report import html_section as streaming_section
 from compress.devices.html_parts import CSS, escape, figure, mpl_text, pill, skipped_list, svg, table_open
 from compress.devices.report import _pct, format_count, format_size
@@ -481,7 +482,7 @@ def render(report: dict) -> str:
         f"<h2>Models</h2>{_table(report)}"
         f"<h2>Trade-offs</h2>{_plots(report)}"
         f"<h2>Student vs teacher</h2>{_confusion(report)}"
-        f"{streaming_section(report.get('streaming'))}"
+        f"{streaming_section(report.get('streaming'))}{specialists_section(report.get('specialists'))}"
         f"{_training(report)}{_stages(report)}{_optional_sections(report)}{_details(report)}"
         f"<footer>{escape(tool.get('name', 'compress'))} {escape(tool.get('version', ''))} · schema {escape(report.get('schema'))}"
         + (f" · artifacts in {escape(run.get('out_dir'))}" if run.get("out_dir") else "")

@@ -7,12 +7,15 @@ report.json schema ``compress.report/1`` (stable; fields are only ever added):
               (null where not measured), parity (for exported models, vs the torch model they came from)
   comparison  student vs teacher ensemble ratios, and whether both were timed in the same runtime
   checks[]    name, passed, detail; ``passed`` is true when every check passed
+  specialists (with ``--specialists``) the class subsets, generalist vs generalist + specialists on the test
+              split, the Table 4 view, the combination's cost (``compress.stages.specialists``)
 """
 
 from __future__ import annotations
 
 import json
 
+from compress.devices.specialists_report import console_lines as specialist_lines
 from compress.devices.streaming_report import console_lines
 from rich.console import Console
 from rich.table import Table
@@ -107,6 +110,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
     if compat and compat.get("summary"):  # each target's own format checks say themselves in one line
         console.print(compat["summary"], highlight=False, soft_wrap=True, markup=False)
     for line in console_lines(report["streaming"]) if report.get("streaming") else []:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    for line in specialist_lines(report["specialists"]) if report.get("specialists") else []:
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     for c in report["checks"]:
         mark = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"

@@ -103,7 +103,8 @@ def _run_configs(recipe_path: Optional[str], flags: dict) -> list:
 
 @app.command("distill-and-export")
 @with_target_options
-@with_settings(section_fields("streaming") + section_fields("budgets", "max_false") + ["max_macs_per_second"])
+@with_settings(section_fields("streaming") + section_fields("budgets", "max_false") + ["max_macs_per_second"]
+               + section_fields("specialists"))
 def distill_and_export(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present). Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target: {TARGET_NAMES} (default onnx; a recipe may list several)."),

@@ -56,7 +56,8 @@ def _configs(recipe_path: Optional[str], flags: dict, search_flags: dict):
 
 
 @with_target_options
-@with_settings(section_fields("streaming") + section_fields("budgets", "max_false") + ["max_macs_per_second"])
+@with_settings(section_fields("streaming") + section_fields("budgets", "max_false") + ["max_macs_per_second"]
+               + section_fields("specialists"))
 def search_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe file (default: ./compress.toml when present); its [search] section sets the space. Flags override it."),
     target: Optional[str] = typer.Option(None, help=f"Export target to search for: {TARGET_NAMES} (default onnx)."),

@@ -9,7 +9,9 @@ Where labels come from (``label_pattern``):
   ``root`` or ``root/recordings/`` and every name matches ``<label>_<speaker>_<index>``, that pattern.
 * ``"folder"``: class-per-subfolder.
 * a pattern of ``{field}`` placeholders and literal separators matched against the file stem, e.g.
-  ``"{label}_{speaker}_{index}"``. ``{label}`` is required; other fields can drive the split.
+  ``"{label}_{speaker}_{index}"``. ``{label}`` is required; other fields can drive the split. ``{label}``
+  may appear more than once: the label is the file name's text from the first to the last of them
+  (``"{label}_{label}_{index}"`` labels ``3_george_12.wav`` as ``3_george``: digit and speaker as one class).
 
 How the split is made (``split``):
 
@@ -68,21 +70,32 @@ def _pattern_regex(pattern: str) -> tuple[re.Pattern, list[str]]:
     fields = re.findall(r"\{(\w+)\}", pattern)
     if "label" not in fields:
         raise InputError(f"label_pattern {pattern!r}: expected a {{label}} field, e.g. '{AUTO_PATTERN}'")
-    if len(set(fields)) != len(fields):
-        raise InputError(f"label_pattern {pattern!r}: a field appears twice")
-    parts = re.split(r"(\{\w+\})", pattern)
-    rx = "".join(f"(?P<{p[1:-1]}>.+?)" if re.fullmatch(r"\{\w+\}", p) else re.escape(p) for p in parts if p)
-    return re.compile(f"^{rx}$", re.DOTALL), fields  # DOTALL: a label with a line break is caught, named
+    others = [f for f in fields if f != "label"]
+    if len(set(others)) != len(others) or any(re.fullmatch(r"label_\d+", f) for f in others):
+        raise InputError(f"label_pattern {pattern!r}: a field other than {{label}} appears twice")
+    parts, labels = [], 0
+    for part in re.split(r"(\{\w+\})", pattern):
+        if re.fullmatch(r"\{\w+\}", part):
+            name = part[1:-1]
+            if name == "label":  # the second and later {label} become label_1, label_2, ...
+                name, labels = ("label" if not labels else f"label_{labels}"), labels + 1
+            parts.append(f"(?P<{name}>.+?)")
+        elif part:
+            parts.append(re.escape(part))
+    return re.compile(f"^{''.join(parts)}$", re.DOTALL), fields  # DOTALL: a label with a line break is caught, named
 
 
 def _parse_names(files: list[Path], pattern: str, where: Path) -> list[dict[str, str]]:
-    rx, _ = _pattern_regex(pattern)
+    rx, fields = _pattern_regex(pattern)
+    last = f"label_{fields.count('label') - 1}" if fields.count("label") > 1 else "label"
     out = []
     for f in files:
         m = rx.match(f.stem)
         if not m:
             raise InputError(f"{f}: file name does not match label_pattern {pattern!r}")
-        out.append(m.groupdict())
+        found = {k: v for k, v in m.groupdict().items() if not re.fullmatch(r"label_\d+", k)}
+        found["label"] = f.stem[m.start("label"):m.end(last)]
+        out.append(found)
     return out
 
 

@@ -29,7 +29,8 @@ from compress.core.errors import InputError
 from compress.core.registry import Registry
 from compress.models.images import (CNN_CHANNELS, CNN_SMALL_CHANNELS, MLP_800_HIDDEN, InvertedResidual,  # noqa: F401
                                     ResidualBlock, cnn, cnn_family, cnn_small, cnn_small_family, downsampling_steps,
-                                    make_divisible, mlp, mlp_family, mobilenet, mobilenet_family, resnet)
+                                    make_divisible, mlp, mlp_family, mobilenet, mobilenet_family, resnet, vgg,
+                                    vgg_family)
 from compress.models.scaling import Family
 from compress.models.speech import SPEECH_FAMILIES, SPEECH_MODELS
 
@@ -39,6 +40,7 @@ MODELS = Registry("model", "--student", {  # name -> factory(input_shape, num_cl
     "mlp-1200": lambda s, n: mlp(s, n, hidden=(1200, 1200), dropout=0.2),
     "cnn": lambda s, n: cnn(s, n),
     "resnet": lambda s, n: resnet(s, n),
+    "vgg": lambda s, n: vgg(s, n),
     # students
     "mlp-small": lambda s, n: mlp(s, n, hidden=(64,)),
     "mlp-800": lambda s, n: mlp(s, n, hidden=MLP_800_HIDDEN),
@@ -54,6 +56,7 @@ FAMILIES = Registry("student family", "--family", {
     "cnn-small": Family(cnn_small_family, ("cnn-small:0.5", "cnn-small:2"), search={"width": (1.0, 2.0, 4.0)},
                         searched_for=("image",)),
     "cnn": Family(cnn_family, ("cnn:0.25", "cnn:0.5"), search={"width": (0.25, 0.5)}, searched_for=("image",)),
+    "vgg": Family(vgg_family, ("vgg:0.5", "vgg:0.25"), search={"width": (0.25, 0.5, 1.0)}, searched_for=("image",)),
     "mobilenet": Family(mobilenet_family, ("mobilenet:0.35", "mobilenet:0.5:0.5"),
                         search={"width": (0.25, 0.35, 0.5), "depth": (0.5, 1.0)}, searched_for=("image",)),
     **SPEECH_FAMILIES,

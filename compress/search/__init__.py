@@ -48,7 +48,7 @@ from compress.export.registry import TARGETS
 from compress.config import RunConfig, check_name
 from compress.pipeline import (_resolve_profile, _train_threads, distill_student,
                                initial_student, load_run_data, output_folder, run, safe_name, stage,
-                               teachers_and_soft_targets)
+                               teacher_recipe, teachers_and_soft_targets)
 from compress.progress import is_interactive, make_progress
 from compress.search.choice import best_feasible, summarize
 from compress.search.measure import (FINALIST_ROUNDS, Context, accuracy_floor, candidate_row, finalists, judge,
@@ -56,6 +56,7 @@ from compress.search.measure import (FINALIST_ROUNDS, Context, accuracy_floor, c
                                      scratch_folder, time_interleaved, trial_config, worth_probing)
 from compress.search.space import SearchOptions, SearchSpace, Trial, schemes as space_schemes, trials as space_trials
 from compress.stages.export import export_student
+from compress.stages.specialists import specialist_targets
 from compress.stages.streaming import is_keyword_task, keyword_task
 from compress.stages.measure import open_artifact
 from compress.teachers.training import TeacherRecipe, validation_split
@@ -128,10 +129,14 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
                   + ("" if "teachers" not in picked else " (default for this data)")
                   + f"; time budget {options.time_budget_min:g} min" + "".join(f"; {n}" for n in space.notes))
     threads = _train_threads(cfg, data)
-    targets = {}
+    targets, targets_keys = {}, {}
     with stage("teachers"), torch_threads(threads.teachers or threads.student):
         for t in sorted({tr.temperature for tr in plan}):
-            members, soft, _ = teachers_and_soft_targets(cfg.with_settings(temperature=t), data, progress, 0, 1)
+            at_t = cfg.with_settings(temperature=t)
+            members, soft, _ = teachers_and_soft_targets(at_t, data, progress, 0, 1)
+            if cfg.specialists.enabled:  # the students learn from generalist + specialists (compress.stages.specialists)
+                soft, section, _, _ = specialist_targets(at_t, data, members, teacher_recipe(at_t, data), progress)
+                targets_keys[t] = section["targets_key"]
             targets[t] = soft
     recipe = TeacherRecipe()
     train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, cfg.distill.seed, recipe.val_max)
@@ -147,7 +152,7 @@ def _prepare(cfg: RunConfig, space: SearchSpace, options: SearchOptions, progres
     budgets = gather(profile, {"max_accuracy_drop": b.max_accuracy_drop, "latency_ms": b.max_latency_ms,
                                "size_kb": b.max_size_kb, "peak_memory_mb": b.max_peak_memory_mb})
     ctx = Context(cfg, data, split, train_rows, members, targets, teacher_pred, reference_acc, budgets, profile,
-                  schemes, options, started, progress, console, epochs)
+                  schemes, options, started, progress, console, epochs, targets_keys)
     return ctx, plan, name
 
 
@@ -180,7 +185,8 @@ def _state_key(ctx: Context) -> str:
                        sorted(c.export.export_options("none").items()),  # the target's options, resolved
                        c.export.input, c.quantize.calibration_samples, c.distill.loss, float(c.distill.lr),
                        c.distill.optimizer, float(c.distill.weight_decay), c.distill.batch_size, c.distill.seed,
-                       c.device.threads, c.device.latency_runs, c.teachers.augment)
+                       c.device.threads, c.device.latency_runs, c.teachers.augment,
+                       *([sorted((ctx.targets_keys or {}).items())] if ctx.targets_keys else []))  # specialists' targets
 
 
 def _stored_name(ctx: Context, trial: Trial) -> str:
@@ -360,7 +366,8 @@ def _distill(ctx: Context, trial: Trial, handle, may_stop: bool):
     threads = _train_threads(cfg, ctx.split)
     with torch_threads(threads.student):
         student, history, _ = distill_student(cfg, ctx.split, student, ctx.members, ctx.targets[trial.temperature],
-                                              ctx.progress, ctx.console, 0, 1, after_epoch=after_epoch)
+                                              ctx.progress, ctx.console, 0, 1, after_epoch=after_epoch,
+                                              targets_key=(ctx.targets_keys or {}).get(trial.temperature))
     return student, len(history), bool(ran)
 
 
@@ -382,7 +389,8 @@ def _retime_finalists(ctx: Context, plan: list[Trial], rows: dict, time_one=None
             trained, cfg = trial_config(ctx, trial), trial_config(ctx, trial, scheme)
             with torch_threads(_train_threads(trained, ctx.split).student):  # loads the finished checkpoint
                 student, _, _ = distill_student(trained, ctx.split, initial_student(trained, ctx.split), ctx.members,
-                                                ctx.targets[trial.temperature], ctx.progress, ctx.console, 0, 1)
+                                                ctx.targets[trial.temperature], ctx.progress, ctx.console, 0, 1,
+                                                targets_key=(ctx.targets_keys or {}).get(trial.temperature))
             exported = export_student(cfg.export, cfg.quantize, cfg.distill, ctx.split, student,
                                       ctx.targets[trial.temperature], model_info(ctx, trial),
                                       Path(folder) / row["id"].replace("/", "-"))

@@ -57,6 +57,7 @@ class Context:
     progress: object = None
     console: object = None
     epochs: dict | None = None  # trial key -> epochs
+    targets_keys: dict | None = None  # temperature -> content key of targets that are not the ensemble's (specialists)
 
 
 def scratch_folder() -> tempfile.TemporaryDirectory:

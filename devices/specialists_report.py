@@ -1,0 +1,61 @@
+"""The specialists part of a report, for people: console lines and the HTML section.
+
+Reads ``report["specialists"]`` (``compress.stages.specialists``): the class subsets with the share of the
+generalist's confusion each covers, the generalist's and the combination's test accuracy with the number of
+test rows they rest on, the paper's Table 4 view and the combination's cost beside the student's.
+"""
+
+from __future__ import annotations
+
+from compress.devices.html_parts import escape
+
+
+def _subset(entry: dict) -> str:
+    names = entry["classes"]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "")
+    return f"{{{shown}}} covers {100 * entry['confusion_share']:.1f}% of the confusion"
+
+
+def console_lines(section: dict) -> list[str]:
+    """What ``print_report`` says about the specialists (a few lines)."""
+    cost = section["cost"]
+    lines = [f"specialists: {len(section['subsets'])} ({section['arch']}, "
+             f"{'from the generalist' if section['started_from_generalist'] else 'from scratch'}) for the "
+             f"{section['generalist']}'s confusions; test accuracy {100 * section['generalist_accuracy']:.2f}% "
+             f"generalist alone -> {100 * section['combined_accuracy']:.2f}% with specialists ({section['test_rows']} "
+             f"test rows, {section['active_per_row']:.2f} specialists active per row); the combination costs "
+             f"{cost['combination_macs_per_row'] / 1e6:.2f} M MACs per row vs the student's "
+             f"{cost['student_macs'] / 1e6:.3f} M"]
+    lines += [f"  specialist {i + 1}: {_subset(entry)}" for i, entry in enumerate(section["subsets"])]
+    return lines
+
+
+def html_section(section: dict | None) -> str:
+    """The report.html section (empty without specialists)."""
+    if not section:
+        return ""
+    cost = section["cost"]
+    subsets = "".join(
+        f"<tr><td>{i + 1}</td><td>{escape(', '.join(e['classes']))}</td><td>{100 * e['confusion_share']:.1f}%</td>"
+        f"<td>{escape(e['specialist_training'].get('epochs_run'))}</td><td>{e['dustbin_correction']:+.3f}</td></tr>"
+        for i, e in enumerate(section["subsets"]))
+    table4 = "".join(
+        f"<tr><td>{g['covering']}</td><td>{g['test_rows']}</td><td>{g['generalist']:.2f}%</td><td>{g['combined']:.2f}%</td>"
+        f"<td>{g['change_points']:+.2f}</td><td>{g['errors_fixed']}</td><td>{g['errors_made']}</td></tr>"
+        for g in section["table4"])
+    return (
+        "<h2>Specialists</h2><div class=\"card\">"
+        f"<p>Generalist: {escape(section['generalist'])}; specialists: {escape(section['arch'])} "
+        f"({'started from the generalist' if section['started_from_generalist'] else 'trained from scratch'}), a row's "
+        f"top {section['top_n']} generalist class(es) choose which take part. Test accuracy "
+        f"{100 * section['generalist_accuracy']:.2f}% alone, {100 * section['combined_accuracy']:.2f}% with "
+        f"specialists, on {section['test_rows']} test rows.</p>"
+        "<table><tr><th>#</th><th>classes</th><th>confusion covered</th><th>epochs</th><th>dustbin logit +</th></tr>"
+        f"{subsets}</table>"
+        "<h3>By how many specialists cover the true class (Hinton et al. Table 4)</h3>"
+        "<table><tr><th>covering</th><th>test rows</th><th>generalist</th><th>with specialists</th><th>change (pts)</th>"
+        f"<th>errors fixed</th><th>errors made</th></tr>{table4}</table>"
+        f"<p>Cost ({escape(cost['runtime'])}, {cost['threads']} thread(s), batch 1): combination "
+        f"{cost['combination_macs_per_row'] / 1e6:.2f} M MACs per row, p50 {cost['combination_latency_ms']['p50']:.3f} ms; "
+        f"student {cost['student_macs'] / 1e6:.3f} M MACs, p50 {cost['student_latency_ms']['p50']:.3f} ms. "
+        f"{escape(cost['note'])}.</p></div>")
