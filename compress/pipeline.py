@@ -284,6 +284,17 @@ def load_members(cfg: RunConfig, data: Dataset, progress: Progress, task, warnin
     return members
 
 
+def with_specialists(cfg: RunConfig, data: Dataset, members: list[Teacher], targets, progress: Progress, rank: int,
+                     world: int, threads, clock: StageClock) -> tuple[object, list | None]:
+    """Stage 3b (``--specialists``): (the student's soft targets, [report section, generalist, specialists]) from
+    generalist + specialists (``compress.stages.specialists``); (``targets``, None) without specialists."""
+    if not cfg.specialists.enabled:
+        return targets, None
+    with stage("specialists", clock), torch_threads(threads.teachers or threads.student):
+        combined, *specialists = specialist_targets(cfg, data, members, teacher_recipe(cfg, data), progress, rank, world)
+    return combined, specialists
+
+
 def initial_student(cfg: RunConfig, data: Dataset) -> torch.nn.Module:
     """The student's initial weights, which depend only on the seed. Built before the teachers train:
     the seeded generators then reach the teachers in the same state on every run (same recipe + seed ->
@@ -436,11 +447,7 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
         with stage("teachers"), torch_threads(threads.teachers or threads.student):
             members, targets, targets_cached = teachers_and_soft_targets(cfg, data, progress, rank, world, warnings,
                                                                          clock)
-        specialists = None
-        if cfg.specialists.enabled:
-            with stage("specialists", clock), torch_threads(threads.teachers or threads.student):
-                targets, *specialists = specialist_targets(cfg, data, members, teacher_recipe(cfg, data), progress,
-                                                           rank, world)
+        targets, specialists = with_specialists(cfg, data, members, targets, progress, rank, world, threads, clock)
         with stage("distillation", clock), torch_threads(threads.student):
             student, history, device = distill_student(cfg, data, student, members, targets, progress, console,
                                                        rank, world, clock=clock,
