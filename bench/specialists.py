@@ -9,6 +9,10 @@ Sets (real data from ``../shared``, read by the toolkit's own loaders):
             index 0-4: 300 clips). The same digit said by different speakers is the confusable structure.
   mnist     MNIST (10 classes; ``--mnist-train`` rows of the training split, the whole test split): the
             small-class control, where the paper does not expect specialists to matter.
+  mnist-pairs  a 100-class set built here from MNIST: two digits side by side (28x56 grayscale), the class
+            the pair ("38"); ``--pairs-train`` / ``--pairs-test`` pairs drawn (seeded) from MNIST's training and
+            test splits, written as an NPZ and read by the NPZ loader. Classes that share a digit ("38",
+            "88", "33") are the confusable structure, many of them.
 
 Per set: one generalist (a built-in member, the set's default teacher family) trained with the members'
 recipe; its distribution on the training split (the transfer set); for each K of the sweep, the class
@@ -21,7 +25,8 @@ PyTorch on this CPU), the paper's Table 4 view (accuracy change by how many spec
 class, with counts), MACs and CPU latency (one row, one thread, median) of the combination vs the student,
 and the seconds each part took. The goal is printed as met or not, with the numbers.
 
-    python bench/specialists.py [--sets fsdd-60 mnist] [--k 5 10] [--mnist-k 2 3] [--top-n 2] [--quick]
+    python bench/specialists.py [--sets fsdd-60 mnist mnist-pairs] [--k 5 10] [--mnist-k 2 3] [--pairs-k 10 20]
+                                [--top-n 2] [--quick]
 
 Each run starts from an empty cache of its own (a temporary ``COMPRESS_CACHE_DIR``), so the seconds are
 training seconds.
@@ -50,7 +55,26 @@ SETS = {  # the generalist (a built-in member) and student; epochs at most (memb
     "fsdd-60": {"teacher": "speech-cnn", "student": "ds-cnn", "teacher_epochs": 30, "specialist_epochs": 12,
                 "student_epochs": 40},
     "mnist": {"teacher": "cnn", "student": "mlp-800", "teacher_epochs": 6, "specialist_epochs": 4, "student_epochs": 8},
+    "mnist-pairs": {"teacher": "cnn", "student": "mlp-800", "teacher_epochs": 6, "specialist_epochs": 6,
+                    "student_epochs": 10},
 }
+
+
+def make_pairs(mnist: Path, dest: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Two MNIST digits side by side per image (28x56), labelled by the pair: 100 classes, as an NPZ."""
+    from compress.data import read_idx
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, prefix, count in (("train", "train", n_train), ("test", "t10k", n_test)):
+        (images,) = [p for p in mnist.iterdir() if p.name.startswith(f"{prefix}-images")]
+        (labels,) = [p for p in mnist.iterdir() if p.name.startswith(f"{prefix}-labels")]
+        x, y = read_idx(images), read_idx(labels).astype(np.int64)
+        left, right = rng.integers(0, len(x), count), rng.integers(0, len(x), count)
+        arrays[f"x_{split}"] = np.concatenate([x[left], x[right]], axis=2)
+        arrays[f"y_{split}"] = 10 * y[left] + y[right]
+    np.savez(dest, **arrays, labels=np.array([f"{a}{b}" for a in range(10) for b in range(10)]))
+    return dest
 
 
 def load_set(name: str, args):
@@ -60,6 +84,9 @@ def load_set(name: str, args):
     if name == "fsdd-60":
         return load_data(args.fsdd, "audio-folder", label_pattern="{label}_{label}_{index}", seed=0,
                          limit_train=1200 if args.quick else None)
+    if name == "mnist-pairs":
+        counts = (3000, 1000) if args.quick else (args.pairs_train, args.pairs_test)
+        return load_data(str(make_pairs(Path(args.mnist), Path(os.environ["COMPRESS_CACHE_DIR"]) / "pairs.npz", *counts)))
     return load_data(args.mnist, limit_train=2000 if args.quick else args.mnist_train,
                      limit_test=1000 if args.quick else None, seed=0)
 
@@ -155,7 +182,7 @@ def run_set(name: str, args) -> dict:
     baseline_acc, baseline_s = distill(spec["student"], data, softmax(logits_train, temperature), spec["student_epochs"],
                                        temperature, 0)
     student = models.build(spec["student"], data.input_shape, data.num_classes).eval()
-    sweep = args.k if name == "fsdd-60" else args.mnist_k
+    sweep = {"fsdd-60": args.k, "mnist": args.mnist_k, "mnist-pairs": args.pairs_k}[name]
     return {
         "set": name, "classes": data.num_classes, "train": len(data.x_train), "test": len(data.x_test),
         "generalist": spec["teacher"], "generalist_epochs": generalist.training.get("epochs_run"),
@@ -208,12 +235,15 @@ def main() -> None:
     parser.add_argument("--mnist-train", type=int, default=10000)
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10], help="specialist counts for fsdd-60")
     parser.add_argument("--mnist-k", type=int, nargs="+", default=[2, 3], help="specialist counts for mnist")
+    parser.add_argument("--pairs-train", type=int, default=20000)
+    parser.add_argument("--pairs-test", type=int, default=5000)
+    parser.add_argument("--pairs-k", type=int, nargs="+", default=[10, 20], help="specialist counts for mnist-pairs")
     parser.add_argument("--max-classes", type=int, default=12)
     parser.add_argument("--top-n", type=int, default=2, help="the generalist's top classes that pick the active specialists")
     parser.add_argument("--quick", action="store_true", help="small slices, 2 epochs: checks the bench runs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "specialists.json"))
     args = parser.parse_args()
-    for folder in (args.fsdd if "fsdd-60" in args.sets else None, args.mnist if "mnist" in args.sets else None):
+    for folder in (args.fsdd if "fsdd-60" in args.sets else None, args.mnist if {"mnist", "mnist-pairs"} & set(args.sets) else None):
         if folder and not Path(folder).is_dir():
             raise SystemExit(f"{folder}: data folder not found (expected ../shared/datasets/...)")
     console = Console(width=200)

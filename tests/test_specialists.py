@@ -94,7 +94,7 @@ def test_the_combination_matches_a_brute_force_optimizer():
     generalist = _softmax(rng.normal(size=(rows, classes)) * 2)
     folds = [Fold((0, 1, 2), classes), Fold((2, 3), classes), Fold((4, 5, 6), classes)]
     specialists = [_softmax(rng.normal(size=(rows, len(f.classes) + 1)) * 2) for f in folds]
-    q, on = combine(generalist, specialists, folds, top_n=3)
+    q, on = combine(generalist, specialists, folds, top_n=3, tolerance=1e-10, max_steps=20000)
     assert on.any(1).all()
     np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-9)
     for r in range(rows):

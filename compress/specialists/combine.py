@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TOLERANCE = 1e-7  # stop when no probability moved more than this in one step
-MAX_STEPS = 2000
+TOLERANCE = 1e-6  # a row stops when none of its probabilities moved more than this in one step
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,14 @@ class Fold:
         out[list(self.classes)] = np.arange(len(self.classes))
         return out
 
+    @property
+    def matrix(self) -> np.ndarray:
+        """(classes x outcomes) 0/1: which outcome each class falls in (``fold`` is ``q @ matrix``)."""
+        return np.eye(len(self.classes) + 1)[self.outcome]
+
     def fold(self, q: np.ndarray) -> np.ndarray:
         """``q`` (rows x classes) over the specialist's outcomes: its classes, then the dustbin (the rest)."""
-        folded = np.zeros((len(q), len(self.classes) + 1), dtype=q.dtype)
-        np.add.at(folded.T, self.outcome, q.T)
-        return folded
+        return q @ self.matrix
 
 
 def active(generalist: np.ndarray, folds: list[Fold], top_n: int) -> np.ndarray:
@@ -80,7 +83,7 @@ def combine(generalist: np.ndarray, specialists: list[np.ndarray], folds: list[F
     p_m = [np.asarray(p, dtype=np.float64) for p in specialists]
     on = active(p_g, folds, top_n)
     weights = 1.0 + on.sum(1, keepdims=True)
-    outcomes = [fold.outcome for fold in folds]
+    matrices = [fold.matrix for fold in folds]
     q = p_g.copy()
     rows = np.flatnonzero(on.any(1))  # the rows still moving
     for _ in range(max_steps):
@@ -88,10 +91,10 @@ def combine(generalist: np.ndarray, specialists: list[np.ndarray], folds: list[F
             break
         qr = q[rows]
         update = p_g[rows].copy()  # the generalist's term: each class its own outcome, so p_g[c] * q_c / q_c
-        for m, fold in enumerate(folds):
-            mass = np.maximum(fold.fold(qr), 1e-300)  # A_j q for each outcome j
-            share = p_m[m][rows] / mass  # p_j / (A_j q)
-            update += np.where(on[rows, m][:, None], share[:, outcomes[m]] * qr, 0.0)
+        for m, matrix in enumerate(matrices):
+            mass = np.maximum(qr @ matrix, 1e-300)  # A_j q for each outcome j
+            share = (p_m[m][rows] / mass) @ matrix.T  # p_j / (A_j q), back on the classes of each outcome
+            update += np.where(on[rows, m][:, None], share * qr, 0.0)
         new = update / weights[rows]
         moved = np.abs(new - qr).max(1)
         q[rows] = new
