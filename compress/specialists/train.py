@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -32,11 +30,11 @@ import torch
 from torch import nn
 
 from compress import models
-from compress.core.cache import cache_dir, content_key, read_verified, torch_load, write_entry
+from compress.core.cache import cache_dir, content_key, write_entry
 from compress.core.errors import InputError
-from compress.distill.train import fit, pick_device, predict_logits
+from compress.distill.train import predict_logits
 from compress.teachers.ensemble import softmax
-from compress.teachers.training import EarlyStopping, TeacherRecipe, validation_split
+from compress.teachers.training import TeacherRecipe, load_cached_weights, train_on_labels, validation_split
 
 SPECIALIST_VERSION = 1  # bump when the specialist recipe changes (invalidates cached specialists)
 CACHE_FORMAT = 1  # {"format", "weights", "curve", "classes", "correction"}
@@ -117,19 +115,6 @@ def _module(arch: str, generalist: nn.Module | None, data, outputs: int, seed: i
         return models.build(arch, data.input_shape, outputs)
 
 
-def _load(path: Path, module: nn.Module) -> dict | None:
-    def load(p):
-        entry = torch_load(p)
-        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
-            raise ValueError(f"not a format-{CACHE_FORMAT} specialist entry")
-        own = module.state_dict()
-        if set(entry["weights"]) != set(own) or any(entry["weights"][k].shape != v.shape for k, v in own.items()):
-            raise ValueError(f"not a state_dict of this {type(module).__name__}")
-        return entry
-
-    return read_verified(path, load)
-
-
 def train_specialist(classes: tuple[int, ...], data, *, arch: str, generalist: nn.Module | None,
                      generalist_key: str, recipe: TeacherRecipe, seed: int, device: str | None = None,
                      on_epoch=None, view: Callable[[np.ndarray], np.ndarray] | None = None) -> Specialist:
@@ -148,25 +133,16 @@ def train_specialist(classes: tuple[int, ...], data, *, arch: str, generalist: n
     key = content_key("specialist", SPECIALIST_VERSION, generalist_key, arch, classes, data.fingerprint(),
                       recipe.key(), seed)
     path = cache_dir("specialists") / f"{arch.replace(':', '-')}-{key[:20]}.pt"
-    entry = _load(path, module)
+    entry = load_cached_weights(path, module, CACHE_FORMAT, "specialist")
     if entry is not None:
         module.load_state_dict(entry["weights"])
         return Specialist(classes, module.eval().cpu(), float(entry["correction"]), arch,
                           dict(entry["curve"], cached=True), True, key, view)
     train, val = validation_split(labels, recipe.val_fraction, seed, recipe.val_max)
     own = (lambda x: x) if view is None else view
-    x_train, y = own(data.x_train[rows[train]]), torch.as_tensor(labels[train])
-    started = time.perf_counter()
-    stopper = EarlyStopping(module, own(data.x_train[rows[val]]), labels[val], recipe.patience, on_epoch,
-                            min_epochs=recipe.epochs // 2)
-    fit(module, x_train, lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
-        epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
-        seed=seed, device=pick_device(device), augment=recipe.augment,
-        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, channels_last=True)
-    stopper.restore()
-    module = module.cpu().eval()
-    curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2),
-                 rows=int(len(rows)), subset_rows=int((labels < len(classes)).sum()))
+    module, curve = train_on_labels(module, own(data.x_train[rows[train]]), labels[train], own(data.x_train[rows[val]]),
+                                    labels[val], recipe=recipe, seed=seed, device=device, on_epoch=on_epoch)
+    curve = dict(curve, rows=int(len(rows)), subset_rows=int((labels < len(classes)).sum()))
     weights = module.state_dict()
     write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve,
                                               "classes": list(classes), "correction": correction}, str(tmp)))

@@ -112,13 +112,14 @@ class EarlyStopping:
                             else "epoch budget reached (no validation split: a class has under 2 samples)")}
 
 
-def _load_cached(path, module: nn.Module) -> dict | None:
-    """The cached weights and curve when they are a verified entry of exactly this module, else None."""
+def load_cached_weights(path, module: nn.Module, fmt: int = CACHE_FORMAT, kind: str = "teacher") -> dict | None:
+    """The cached entry (weights, curve, ...) when it is a verified format-``fmt`` entry of exactly this
+    module, else None (a damaged or foreign entry is discarded: the caller trains again)."""
 
     def load(p):
         entry = torch_load(p)
-        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
-            raise ValueError(f"not a format-{CACHE_FORMAT} teacher entry")
+        if not isinstance(entry, dict) or entry.get("format") != fmt:
+            raise ValueError(f"not a format-{fmt} {kind} entry")
         own = module.state_dict()
         weights = entry["weights"]
         if set(weights) != set(own) or any(weights[k].shape != v.shape for k, v in own.items()):
@@ -134,6 +135,25 @@ def cached_weights_path(name: str, data, recipe: TeacherRecipe, seed: int) -> Pa
     return cache_dir("teachers") / f"{name.replace(':', '-')}-{key[:20]}.pt"  # no ':' in file names (Windows)
 
 
+def train_on_labels(module: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    *, recipe: TeacherRecipe, seed: int, device: str | None = None, on_epoch=None,
+                    on_progress=None) -> tuple[nn.Module, dict]:
+    """``module`` trained by the recipe on hard labels, early-stopped on the validation rows and put back to
+    its best epoch: (module on the CPU in eval mode, training curve with its seconds). Built-in members and
+    specialists (``compress.specialists``) train this one way."""
+    y = torch.as_tensor(y_train)
+    started = time.perf_counter()
+    stopper = EarlyStopping(module, x_val, y_val, recipe.patience, on_epoch, min_epochs=recipe.epochs // 2)
+    fit(module, x_train, lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
+        epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
+        seed=seed, device=pick_device(device), augment=recipe.augment,
+        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, on_progress=on_progress,
+        channels_last=True)
+    stopper.restore()
+    curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2))  # validation included
+    return module.cpu().eval(), curve
+
+
 def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, device: str | None = None,
                          on_epoch=None, on_progress=None) -> tuple[nn.Module, dict, bool]:
     """Registry model ``name`` trained on the labelled training split (or its cached weights):
@@ -146,23 +166,14 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
         torch.manual_seed(seed)              # whose state depends on which members came from the cache
         module = models.build(name, data.input_shape, data.num_classes)
     path = cached_weights_path(name, data, recipe, seed)
-    entry = _load_cached(path, module)
+    entry = load_cached_weights(path, module)
     if entry is not None:
         module.load_state_dict(entry["weights"])
         return module.eval().cpu(), dict(entry["curve"], cached=True), True
     train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, seed, recipe.val_max)
-    y = torch.as_tensor(data.y_train[train_rows])
-    started = time.perf_counter()
-    stopper = EarlyStopping(module, data.x_test[:0] if not len(val_rows) else data.x_train[val_rows],
-                            data.y_train[val_rows], recipe.patience, on_epoch, min_epochs=recipe.epochs // 2)
-    fit(module, data.x_train[train_rows], lambda logits, idx: nn.functional.cross_entropy(logits, y[idx].to(logits.device)),
-        epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
-        seed=seed, device=pick_device(device), augment=recipe.augment,
-        warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, on_progress=on_progress,
-        channels_last=True)
-    stopper.restore()
-    module = module.cpu().eval()
-    curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2))  # validation included
+    module, curve = train_on_labels(module, data.x_train[train_rows], data.y_train[train_rows], data.x_train[val_rows],
+                                    data.y_train[val_rows], recipe=recipe, seed=seed, device=device,
+                                    on_epoch=on_epoch, on_progress=on_progress)
     weights = module.state_dict()
     write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve}, str(tmp)))
     return module, dict(curve, cached=False), False
