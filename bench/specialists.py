@@ -108,23 +108,13 @@ def distill(arch: str, data, targets: np.ndarray, epochs: int, temperature: floa
 
 
 def latency_ms(modules: list[torch.nn.Module], x: np.ndarray, repeats: int = 30) -> float:
-    """Median milliseconds of one row through every module in turn, one thread, PyTorch on this CPU."""
-    one = torch.as_tensor(x[:1])
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            for m in modules:
-                m(one)
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                for m in modules:
-                    m(one)
-                times.append(time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(previous)
-    return 1000 * float(np.median(times))
+    """Median milliseconds of one row through every module in turn, one thread, PyTorch on this CPU (the
+    toolkit's own ``measure_latency``, as the run's report times the combination)."""
+    from compress.core.metrics import measure_latency
+    from compress.core.threads import torch_threads
+
+    with torch_threads(1), torch.inference_mode():
+        return measure_latency(lambda b: [m(torch.from_numpy(b)) for m in modules], x, runs=repeats)["p50"]
 
 
 def run_k(k: int, data, generalist, probs_train: np.ndarray, probs_test1: np.ndarray, spec: dict,

@@ -31,7 +31,7 @@ from compress.data import Dataset
 from compress.specialists import (Specialist, check_given, cluster_classes, combined, coverage_view,
                                   describe_subsets, train_specialists)
 from compress.teachers import Teacher, ensemble_probs
-from compress.teachers.soft_targets import soft_targets
+from compress.teachers.soft_targets import load_targets, soft_targets
 from compress.teachers.training import TeacherRecipe
 
 COMBINATION_VERSION = 1
@@ -109,14 +109,7 @@ def subsets_for(cfg: RunConfig, data: Dataset, probs_train: np.ndarray) -> list[
 def _combined_targets(key: str, compute: Callable[[], np.ndarray], rows: int) -> tuple[np.ndarray, bool]:
     """The combined soft targets, cached as a checksummed ``.npy`` (a damaged entry is computed again)."""
     path = cache_dir("soft-targets") / f"specialists-{key[:32]}.npy"
-
-    def load(p):
-        targets = np.load(p, mmap_mode="r", allow_pickle=False)
-        if targets.ndim != 2 or len(targets) != rows or targets.dtype != np.float32:
-            raise ValueError(f"holds {targets.dtype} {tuple(targets.shape)}, expected float32 ({rows}, classes)")
-        return targets
-
-    cached = read_verified(path, load)
+    cached = read_verified(path, lambda p: load_targets(p, rows))
     if cached is not None:
         return cached, True
     targets = compute().astype(np.float32)

@@ -53,10 +53,7 @@ def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data
     group = _Group(rank, world)
 
     def load(p: Path) -> np.ndarray:
-        targets = np.load(p, mmap_mode="r", allow_pickle=False)
-        if targets.ndim != 2 or len(targets) != len(x) or targets.dtype != np.float32:
-            raise ValueError(f"holds {targets.dtype} {tuple(targets.shape)}, expected float32 ({len(x)}, classes)")
-        return targets
+        return load_targets(p, len(x))
 
     def compute(i: int) -> np.ndarray:
         a, b = shards.bounds[i]
@@ -88,6 +85,15 @@ def soft_targets(members: list[Teacher], x: np.ndarray, temperature: float, data
     finally:
         if rank == 0:
             shards.unlock()
+
+
+def load_targets(path: Path, rows: int) -> np.ndarray:
+    """A soft-target ``.npy`` (read-only memmap, no pickles) that holds float32 (``rows``, classes); a
+    ValueError otherwise (``read_verified`` then discards it and the caller computes it again)."""
+    targets = np.load(path, mmap_mode="r", allow_pickle=False)
+    if targets.ndim != 2 or len(targets) != rows or targets.dtype != np.float32:
+        raise ValueError(f"holds {targets.dtype} {tuple(targets.shape)}, expected float32 ({rows}, classes)")
+    return targets
 
 
 SHARD_ROWS_ENV = "COMPRESS_SOFT_TARGET_SHARD_ROWS"
