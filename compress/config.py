@@ -147,7 +147,7 @@ TASKS = ("classify", "keyword-spotting")
 class SpecialistsSection:
     """``[specialists]``: specialist members for classes the generalist confuses, combined with it into the
     student's soft targets (Hinton et al. 2015 §5; ``compress.specialists``). Off unless ``count`` or
-    ``subsets`` is set."""
+    ``subsets`` is set, or specialists computed elsewhere are given (``outputs``: their .npz files)."""
 
     count: int = field(default=0, metadata=_flat("specialists"))  # K-means clusters (0: no specialists)
     subsets: list[str] | None = field(default=None, metadata=_flat("specialist_subsets"))  # by hand: "cat+dog", ...
@@ -156,10 +156,11 @@ class SpecialistsSection:
     generalist: str = "ensemble"  # "ensemble" or one member's name
     arch: str | None = field(default=None, metadata=_flat("specialist_arch"))  # None: the generalist's own
     top_n: int = field(default=1, metadata=_flat("specialist_top_n"))  # generalist classes that wake specialists
+    outputs: list[str] | None = field(default=None, metadata=_flat("specialist_outputs"))  # computed elsewhere
 
     @property
     def enabled(self) -> bool:
-        return bool(self.count or self.subsets)
+        return bool(self.count or self.subsets or self.outputs)
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,9 @@ class RunConfig:
         s = self.specialists
         if not s.enabled:
             return
+        if s.outputs and (s.count or s.subsets or s.arch):
+            raise InputError("--specialist-outputs: the specialists are the files given; expected no --specialists, "
+                             "--specialist-subsets or --specialist-arch with it")
         if s.arch is not None and not models.is_known(s.arch):
             raise InputError(f"--specialist-arch {s.arch!r}: {models.why_unknown(s.arch)}")
         if self.streaming.task != "classify":

@@ -210,6 +210,9 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
                     "started from its weights with a new head; for an ensemble, its first built-in member's).", "cnn"),
         "top_n": Key("specialist_top_n", _INT, "Specialists: a row's top-N generalist classes decide which "
                      "specialists take part in its distribution.", bounds=AT_LEAST_1),
+        "outputs": Key("specialist_outputs", _LIST, "Specialists computed elsewhere instead of trained here: their "
+                       ".npz files (compress soft-targets --specialist a+b), one per specialist.",
+                       ["cat-dog.npz", "fox-wolf.npz"]),
     },
     "search": {  # compress search only; distill-and-export ignores this section
         "families": Key("search_families", _LIST, "compress search: student families to try (compress.models.FAMILIES; "

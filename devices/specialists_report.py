@@ -16,16 +16,35 @@ def _subset(entry: dict) -> str:
     return f"{{{shown}}} covers {100 * entry['confusion_share']:.1f}% of the confusion"
 
 
+def _macs(value: int | None, digits: int) -> str:
+    return "not measured" if value is None else f"{value / 1e6:.{digits}f} M"
+
+
+def _cost(cost: dict) -> str:
+    if cost["combination_macs_per_row"] is None:
+        return f"the combination's cost is not measured ({cost['note'].split(': ', 1)[-1]})"
+    return (f"the combination costs {_macs(cost['combination_macs_per_row'], 2)} MACs per row vs the student's "
+            f"{_macs(cost['student_macs'], 3)}")
+
+
+def _p50(latency: dict | None) -> str:
+    return "not measured" if latency is None else f"{latency['p50']:.3f} ms"
+
+
+def _origin(section: dict) -> str:
+    """Where the specialists came from: files computed elsewhere, or trained here (from what)."""
+    if section.get("computed_elsewhere"):
+        return "computed elsewhere: " + ", ".join(section["computed_elsewhere"])
+    return f"{section['arch']}, {'started from the generalist' if section['started_from_generalist'] else 'trained from scratch'}"
+
+
 def console_lines(section: dict) -> list[str]:
     """What ``print_report`` says about the specialists (a few lines)."""
     cost = section["cost"]
-    lines = [f"specialists: {len(section['subsets'])} ({section['arch']}, "
-             f"{'from the generalist' if section['started_from_generalist'] else 'from scratch'}) for the "
+    lines = [f"specialists: {len(section['subsets'])} ({_origin(section)}) for the "
              f"{section['generalist']}'s confusions; test accuracy {100 * section['generalist_accuracy']:.2f}% "
              f"generalist alone -> {100 * section['combined_accuracy']:.2f}% with specialists ({section['test_rows']} "
-             f"test rows, {section['active_per_row']:.2f} specialists active per row); the combination costs "
-             f"{cost['combination_macs_per_row'] / 1e6:.2f} M MACs per row vs the student's "
-             f"{cost['student_macs'] / 1e6:.3f} M"]
+             f"test rows, {section['active_per_row']:.2f} specialists active per row); {_cost(cost)}"]
     lines += [f"  specialist {i + 1}: {_subset(entry)}" for i, entry in enumerate(section["subsets"])]
     return lines
 
@@ -37,7 +56,7 @@ def html_section(section: dict | None) -> str:
     cost = section["cost"]
     subsets = "".join(
         f"<tr><td>{i + 1}</td><td>{escape(', '.join(e['classes']))}</td><td>{100 * e['confusion_share']:.1f}%</td>"
-        f"<td>{escape(e['specialist_training'].get('epochs_run'))}</td><td>{e['dustbin_correction']:+.3f}</td></tr>"
+        f"<td>{escape(e['specialist_training'].get('epochs_run', 'elsewhere'))}</td><td>{e['dustbin_correction']:+.3f}</td></tr>"
         for i, e in enumerate(section["subsets"]))
     table4 = "".join(
         f"<tr><td>{g['covering']}</td><td>{g['test_rows']}</td><td>{g['generalist']:.2f}%</td><td>{g['combined']:.2f}%</td>"
@@ -45,8 +64,7 @@ def html_section(section: dict | None) -> str:
         for g in section["table4"])
     return (
         "<h2>Specialists</h2><div class=\"card\">"
-        f"<p>Generalist: {escape(section['generalist'])}; specialists: {escape(section['arch'])} "
-        f"({'started from the generalist' if section['started_from_generalist'] else 'trained from scratch'}), a row's "
+        f"<p>Generalist: {escape(section['generalist'])}; specialists: {escape(_origin(section))}; a row's "
         f"top {section['top_n']} generalist class(es) choose which take part. Test accuracy "
         f"{100 * section['generalist_accuracy']:.2f}% alone, {100 * section['combined_accuracy']:.2f}% with "
         f"specialists, on {section['test_rows']} test rows.</p>"
@@ -56,6 +74,6 @@ def html_section(section: dict | None) -> str:
         "<table><tr><th>covering</th><th>test rows</th><th>generalist</th><th>with specialists</th><th>change (pts)</th>"
         f"<th>errors fixed</th><th>errors made</th></tr>{table4}</table>"
         f"<p>Cost ({escape(cost['runtime'])}, {cost['threads']} thread(s), batch 1): combination "
-        f"{cost['combination_macs_per_row'] / 1e6:.2f} M MACs per row, p50 {cost['combination_latency_ms']['p50']:.3f} ms; "
-        f"student {cost['student_macs'] / 1e6:.3f} M MACs, p50 {cost['student_latency_ms']['p50']:.3f} ms. "
+        f"{_macs(cost['combination_macs_per_row'], 2)} MACs per row, p50 {_p50(cost['combination_latency_ms'])}; "
+        f"student {_macs(cost['student_macs'], 3)} MACs, p50 {_p50(cost['student_latency_ms'])}. "
         f"{escape(cost['note'])}.</p></div>")

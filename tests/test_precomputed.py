@@ -138,7 +138,7 @@ BAD = {
     "ndim": (lambda f: _edited(f, "flat.npz", train=np.zeros(3000, np.float32)), "expected float (300, 10)"),
     "label range": (lambda f: _edited(f, "label.npz", output=np.array("label"), train=np.full(300, 10, np.int64)),
                     "label 10"),
-    "classes": (lambda f: _edited(f, "nine.npz", train=np.load(f / "mlp.npz")["train"][:, :9]), "has 9 classes"),
+    "classes": (lambda f: _edited(f, "nine.npz", train=np.load(f / "mlp.npz")["train"][:, :9]), "has 9 outputs per row"),
     "no hash": (lambda f: _edited(f, "nohash.npz", train_sha256=None), "no 'train_sha256'"),
     "inputs only": (lambda f: _edited(f, "inputs.npz", train=None, output=None), "no 'train' array"),
     "train rows reversed": (lambda f: _reversed(f, "reversed.npz", "train"), "'train' rows agree with the data's"),

@@ -209,3 +209,133 @@ def test_subsets_by_hand_and_the_generalists_name_are_checked(tmp_path, monkeypa
     result = CliRunner().invoke(app, ["distill-and-export", *flags, "--specialist-subsets", "1+eel"])
     assert result.exit_code == 2 and "class 'eel' unknown" in result.output
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())  # nothing half-written
+
+
+# ---- specialists computed elsewhere: compress soft-targets --specialist, --specialist-outputs ----------------
+
+def test_a_specialist_computed_elsewhere_is_the_one_the_run_would_train(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+    from compress.pipeline import RunConfig, run
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    member = ["--teacher", "mlp-small", "--teacher-epochs", "2", "--limit-train", "500", "--limit-test", "200",
+              "--seed", "0", "--quiet"]
+    for subset, name in (("3+8", "a.npz"), ("1+7+9", "b.npz")):
+        result = CliRunner().invoke(app, ["soft-targets", *member, "--specialist", subset, "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert f"logits of the specialist for '{subset}'" in result.output
+    settings = dict(RUN, teachers=["mlp-small"], generalist="mlp-small", out=str(tmp_path / "out"))
+    files = [str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]
+    elsewhere = run(RunConfig.from_settings(**settings, specialist_outputs=files, name="e"), quiet=True)["specialists"]
+    here = run(RunConfig.from_settings(**settings, specialist_subsets=["3+8", "1+7+9"], name="h"), quiet=True)["specialists"]
+    assert all(s["specialist_training"]["cached"] for s in here["subsets"])  # trained once, by soft-targets
+    assert [s["classes"] for s in elsewhere["subsets"]] == [["3", "8"], ["1", "7", "9"]]
+    assert elsewhere["combined_accuracy"] == here["combined_accuracy"]
+    assert [s["dustbin_correction"] for s in elsewhere["subsets"]] == [s["dustbin_correction"] for s in here["subsets"]]
+    assert elsewhere["computed_elsewhere"] == ["a.npz", "b.npz"] and not here["computed_elsewhere"]
+    assert elsewhere["cost"]["combination_macs_per_row"] is None and "not measured" in elsewhere["cost"]["note"]
+    assert here["cost"]["combination_macs_per_row"] > 0
+
+
+def test_a_specialist_file_is_checked_against_the_data(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+    from compress.specialists.outputs import load_specialist
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    data_flags = ["--limit-train", "300", "--limit-test", "100", "--seed", "0"]
+    member = ["--teacher", "mlp-small", "--teacher-epochs", "1", *data_flags, "--quiet"]
+    assert CliRunner().invoke(app, ["soft-targets", *member, "--specialist", "3+8", "-o", str(tmp_path / "s.npz")]).exit_code == 0
+    assert CliRunner().invoke(app, ["soft-targets", *member, "-o", str(tmp_path / "member.npz")]).exit_code == 0
+    data = load_data(None, limit_train=300, limit_test=100, seed=0)
+    good = dict(np.load(tmp_path / "s.npz"))
+    loaded = load_specialist(str(tmp_path / "s.npz"), data)
+    assert loaded.classes == (3, 8) and np.allclose(loaded.logits(data.x_test[::-1]), good["test"][::-1])
+
+    def edited(name: str, **changes) -> str:
+        np.savez(tmp_path / name, **{**good, **changes})
+        return str(tmp_path / name)
+
+    as_probs = edited("p.npz", output=np.array("probs"), train=_softmax(good["train"]), test=_softmax(good["test"]))
+    assert np.allclose(_softmax(load_specialist(as_probs, data).logits(data.x_test)), _softmax(good["test"]), atol=1e-5)
+    bad = {"no classes": (str(tmp_path / "member.npz"), "no 1-d string array 'specialist_classes'"),
+           "unknown class": (edited("u.npz", specialist_classes=np.array(["3", "eel"])), "class 'eel' is not a label"),
+           "columns": (edited("c.npz", train=good["train"][:, :2]), "'train' has 2 outputs per row; expected 3"),
+           "no test": (edited("t.npz", test=np.zeros((0, 3), np.float32)), "'test' has 0 rows"),
+           "labels only": (edited("l.npz", output=np.array("label")), "holds class indices only")}
+    for why, (path, message) in bad.items():
+        with pytest.raises(InputError, match=message.replace("(", r"\(")) as caught:
+            load_specialist(path, data)
+        assert "\n" not in str(caught.value), why
+    flags = ["--teacher", "mlp-small", "--student", "mlp-small", "--teacher-epochs", "1", "--epochs", "1", *data_flags,
+             "--out", str(tmp_path / "bad")]
+    result = CliRunner().invoke(app, ["distill-and-export", *flags, "--specialist-outputs", str(tmp_path / "member.npz")])
+    assert result.exit_code == 2 and "'specialist_classes'" in result.output
+    result = CliRunner().invoke(app, ["distill-and-export", *flags, "--specialists", "2", "--specialist-outputs",
+                                      str(tmp_path / "s.npz")])
+    assert result.exit_code == 2 and "expected no --specialists" in result.output
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+TORCHRUN_RECIPE = """
+name = "spec"
+[data]
+limit_train = 600
+limit_test = 200
+[teachers]
+members = ["mlp-small"]
+epochs = 2
+[student]
+arch = "mlp-small"
+[distill]
+epochs = 2
+[device]
+latency_runs = 3
+[specialists]
+subsets = ["3+8", "1+7", "4+9", "2+5+6"]
+"""
+
+
+def _torchrun(work, cache, processes: int):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+              if processes > 1 else [sys.executable])
+    cmd = [*launch, "-m", "compress.cli", "distill-and-export", "--quiet", "--json", "--name", f"w{processes}"]
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_under_torchrun_each_process_trains_its_share_of_the_specialists(tmp_path):
+    """Two processes train specialists 0, 2 and 1, 3; both read all four after a barrier; the combination and
+    the student are the bits one process gets."""
+    import json
+
+    pytest.importorskip("torch.distributed.run")
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
+    (tmp_path / "compress.toml").write_text(TORCHRUN_RECIPE)
+    two = _torchrun(tmp_path, tmp_path / "cache2", 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _torchrun(tmp_path, tmp_path / "cache1", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_report, one_report = json.loads(two.stdout), json.loads(one.stdout)
+    assert two_report["run"]["world_size"] == 2
+    ranks = [s["specialist_training"]["trained_by_rank"] for s in two_report["specialists"]["subsets"]]
+    assert ranks == [0, 1, 0, 1]
+    assert [s["specialist_training"]["trained_by_rank"] for s in one_report["specialists"]["subsets"]] == [0, 0, 0, 0]
+    assert len(list((tmp_path / "cache2" / "specialists").glob("*.pt"))) == 4
+    for name in ("generalist_accuracy", "combined_accuracy", "targets_key"):
+        assert two_report["specialists"][name] == one_report["specialists"][name]
+    (two_targets,) = (tmp_path / "cache2" / "soft-targets").glob("specialists-*.npy")
+    (one_targets,) = (tmp_path / "cache1" / "soft-targets").glob("specialists-*.npy")
+    assert two_targets.read_bytes() == one_targets.read_bytes()
+    assert two_report["rows"][-1]["accuracy"] == one_report["rows"][-1]["accuracy"]

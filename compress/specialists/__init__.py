@@ -17,12 +17,12 @@ import numpy as np
 
 from compress.specialists.assign import check_given, cluster_classes, confusion_share, covariance_columns
 from compress.specialists.combine import Fold, active, combine, objective
-from compress.specialists.train import (Specialist, dustbin_correction, replace_head, train_specialist,
-                                        training_rows)
+from compress.specialists.train import (Specialist, dustbin_correction, replace_head, specialist_seed,
+                                        train_specialist, training_rows)
 
 __all__ = ["Fold", "Specialist", "active", "check_given", "cluster_classes", "combine", "combined",
            "confusion_share", "covariance_columns", "coverage_view", "describe_subsets", "dustbin_correction",
-           "objective", "replace_head", "train_specialist", "train_specialists", "training_rows"]
+           "objective", "replace_head", "specialist_seed", "train_specialist", "train_specialists", "training_rows"]
 
 
 def describe_subsets(subsets: list[tuple[int, ...]], labels: list[str], probs: np.ndarray,
@@ -35,7 +35,7 @@ def describe_subsets(subsets: list[tuple[int, ...]], labels: list[str], probs: n
 def train_specialists(subsets: list[tuple[int, ...]], data, *, arch: str, generalist, generalist_key: str,
                       recipe, seed: int, device: str | None = None, rank: int = 0, world: int = 1,
                       on_specialist=None, view=None) -> list[Specialist]:
-    """Every subset's specialist (trained, or from the cache), specialist ``i`` seeded ``seed + i``. Under
+    """Every subset's specialist (trained, or from the cache), seeded ``specialist_seed(seed, subset)``. Under
     ``torchrun`` (``world`` > 1) process ``rank`` trains specialists ``rank, rank + world, ...`` and the
     caller reads the others from the cache after a barrier. ``on_specialist(i, subset)`` before each."""
     out = []
@@ -45,7 +45,8 @@ def train_specialists(subsets: list[tuple[int, ...]], data, *, arch: str, genera
         if on_specialist is not None:
             on_specialist(i, subset)
         out.append(train_specialist(subset, data, arch=arch, generalist=generalist, generalist_key=generalist_key,
-                                    recipe=recipe, seed=seed + i, device=device, view=view))
+                                    recipe=recipe, seed=specialist_seed(seed, subset), device=device,
+                                    view=view, rank=rank))
     return out
 
 

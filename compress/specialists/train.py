@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,20 +44,25 @@ CACHE_FORMAT = 1  # {"format", "weights", "curve", "classes", "correction"}
 @dataclass
 class Specialist:
     """A trained specialist: its classes (indices into the data's labels), its module (outputs ``|S| + 1``
-    logits, the dustbin last), the dustbin logit correction, its training curve and cache facts."""
+    logits, the dustbin last), the dustbin logit correction, its training curve and cache facts. One
+    computed elsewhere (``compress.specialists.outputs``) has no module: ``stored`` answers with its
+    corrected logits."""
 
     classes: tuple[int, ...]
-    module: nn.Module
+    module: nn.Module | None
     correction: float
     arch: str
     curve: dict
     cached: bool
     fingerprint: str
     view: Callable[[np.ndarray], np.ndarray] | None = None  # the generalist's input contract, when it has one
+    stored: Callable[[np.ndarray], np.ndarray] | None = None  # outputs computed elsewhere, looked up by row
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Corrected logits (rows x (|S| + 1)) of the data's samples ``x``: the dustbin's raised by
-        ``correction``."""
+        ``correction`` (in a stored specialist's file, already)."""
+        if self.stored is not None:
+            return self.stored(x)
         out = predict_logits(self.module, x if self.view is None else self.view(x)).astype(np.float64)
         out[:, -1] += self.correction
         return out
@@ -79,6 +85,13 @@ def training_rows(y: np.ndarray, classes: tuple[int, ...], seed: int) -> tuple[n
     position = np.full(int(y.max()) + 1, len(classes), dtype=np.int64)
     position[list(classes)] = np.arange(len(classes))
     return rows, position[y[rows]]
+
+
+def specialist_seed(seed: int, classes: tuple[int, ...]) -> int:
+    """The training seed of the specialist for ``classes``: from the run's seed and the classes, not the
+    specialist's place in a list, so one trained on its own (``compress soft-targets --specialist``) is the
+    one the run would train."""
+    return seed + 1000 + zlib.crc32(",".join(str(c) for c in sorted(classes)).encode()) % 1_000_000
 
 
 def dustbin_correction(subset_share: float, training_share: float) -> float:
@@ -117,12 +130,13 @@ def _module(arch: str, generalist: nn.Module | None, data, outputs: int, seed: i
 
 def train_specialist(classes: tuple[int, ...], data, *, arch: str, generalist: nn.Module | None,
                      generalist_key: str, recipe: TeacherRecipe, seed: int, device: str | None = None,
-                     on_epoch=None, view: Callable[[np.ndarray], np.ndarray] | None = None) -> Specialist:
+                     on_epoch=None, view: Callable[[np.ndarray], np.ndarray] | None = None,
+                     rank: int = 0) -> Specialist:
     """One specialist for ``classes`` (see the module's docstring), trained or read from the cache.
     ``generalist``: the module whose weights it starts from (None: ``arch`` from scratch);
     ``generalist_key``: the generalist's fingerprint (the cache key changes with it; it carries the input
     contract); ``view``: the generalist's own view of the data's samples (its input contract), which the
-    specialist then takes too."""
+    specialist then takes too; ``rank``: the ``torchrun`` process training it, recorded in its curve."""
     if data.y_train is None:
         raise InputError("specialists are trained on labels, but the transfer set is unlabelled")
     classes = tuple(sorted(int(c) for c in classes))
@@ -142,7 +156,7 @@ def train_specialist(classes: tuple[int, ...], data, *, arch: str, generalist: n
     own = (lambda x: x) if view is None else view
     module, curve = train_on_labels(module, own(data.x_train[rows[train]]), labels[train], own(data.x_train[rows[val]]),
                                     labels[val], recipe=recipe, seed=seed, device=device, on_epoch=on_epoch)
-    curve = dict(curve, rows=int(len(rows)), subset_rows=int((labels < len(classes)).sum()))
+    curve = dict(curve, rows=int(len(rows)), subset_rows=int((labels < len(classes)).sum()), trained_by_rank=rank)
     weights = module.state_dict()
     write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve,
                                               "classes": list(classes), "correction": correction}, str(tmp)))

@@ -9,12 +9,14 @@ The generalist is the ensemble (default) or one named member; the specialists st
 the generalist (a member with a torch module; for the ensemble, its first built-in member) unless
 ``--specialist-arch`` names another architecture, which then trains from scratch. Members without a torch
 module (ONNX files, outputs computed elsewhere) can be the generalist: the specialists then need
-``--specialist-arch``.
+``--specialist-arch``. Specialists computed elsewhere (``--specialist-outputs``, files written by
+``compress soft-targets --specialist``) are read instead of trained.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,6 +32,7 @@ from compress.core.threads import torch_threads
 from compress.data import Dataset
 from compress.specialists import (Specialist, check_given, cluster_classes, combined, coverage_view,
                                   describe_subsets, train_specialists)
+from compress.specialists.outputs import load_specialist
 from compress.teachers import Teacher, ensemble_probs
 from compress.teachers.soft_targets import load_targets, soft_targets
 from compress.teachers.training import TeacherRecipe
@@ -70,7 +73,8 @@ def _base_name(member: Teacher) -> str:
 
 
 def pick_generalist(cfg: RunConfig, members: list[Teacher]) -> Generalist:
-    """The generalist named by ``--generalist`` (``ensemble`` or a member's name) and where specialists start."""
+    """The generalist named by ``--generalist`` (``ensemble`` or a member's name) and where specialists start
+    (with specialists computed elsewhere, nowhere: they are not trained here)."""
     wanted, arch = cfg.specialists.generalist, cfg.specialists.arch
     if wanted == "ensemble":
         chosen = members
@@ -83,6 +87,8 @@ def pick_generalist(cfg: RunConfig, members: list[Teacher]) -> Generalist:
         start_from = chosen[0] if chosen[0].module is not None else None
     if arch is not None and (start_from is None or start_from.kind != "builtin" or _base_name(start_from) != arch):
         start_from = None  # another architecture than the generalist's: trained from scratch
+    elif cfg.specialists.outputs:
+        start_from, arch = None, "computed elsewhere"
     elif arch is None:
         if start_from is None:
             raise InputError(f"--specialists: the generalist {wanted!r} has no torch module to start the specialists "
@@ -117,19 +123,15 @@ def _combined_targets(key: str, compute: Callable[[], np.ndarray], rows: int) ->
     return targets, False
 
 
-def specialist_targets(cfg: RunConfig, data: Dataset, members: list[Teacher], recipe: TeacherRecipe, progress,
-                       rank: int = 0, world: int = 1) -> tuple[np.ndarray, dict, Generalist, list[Specialist]]:
-    """(the student's soft targets from generalist + specialists, the report section so far, the generalist,
-    the specialists). Specialists train in parallel under ``torchrun`` (one share per process)."""
-    generalist = pick_generalist(cfg, members)
-    temperature, s = cfg.distill.temperature, cfg.specialists
-    probs_train = np.asarray(generalist.transfer_probs(data, 1.0))
-    subsets = subsets_for(cfg, data, probs_train)
+def _trained(cfg: RunConfig, data: Dataset, generalist: Generalist, subsets: list[tuple[int, ...]],
+             recipe: TeacherRecipe, progress, rank: int, world: int) -> list[Specialist]:
+    """Every subset's specialist, trained (or from the cache); under ``torchrun`` each process trains its
+    share, then all read every one from the cache after a barrier."""
     task = progress.add_task(f"specialists ({len(subsets)})", total=len(subsets))
 
     def train(rank_: int, world_: int) -> list[Specialist]:
         return train_specialists(subsets, data, arch=generalist.arch, generalist=generalist.start,
-                                 generalist_key=generalist.fingerprint, recipe=recipe, seed=cfg.distill.seed + 1000,
+                                 generalist_key=generalist.fingerprint, recipe=recipe, seed=cfg.distill.seed,
                                  device=cfg.distill.train_device, rank=rank_, world=world_, view=generalist.view,
                                  on_specialist=lambda i, subset: progress.update(task, completed=i))
 
@@ -138,6 +140,22 @@ def specialist_targets(cfg: RunConfig, data: Dataset, members: list[Teacher], re
         torch.distributed.barrier()
     specialists = train(0, 1)  # every one of them (from the cache, where another process trained it)
     progress.update(task, completed=len(subsets))
+    return specialists
+
+
+def specialist_targets(cfg: RunConfig, data: Dataset, members: list[Teacher], recipe: TeacherRecipe, progress,
+                       rank: int = 0, world: int = 1) -> tuple[np.ndarray, dict, Generalist, list[Specialist]]:
+    """(the student's soft targets from generalist + specialists, the report section so far, the generalist,
+    the specialists). Specialists train in parallel under ``torchrun`` (one share per process)."""
+    generalist = pick_generalist(cfg, members)
+    temperature, s = cfg.distill.temperature, cfg.specialists
+    probs_train = np.asarray(generalist.transfer_probs(data, 1.0))
+    if s.outputs:
+        specialists = [load_specialist(path, data) for path in s.outputs]
+        subsets = [sp.classes for sp in specialists]
+    else:
+        subsets = subsets_for(cfg, data, probs_train)
+        specialists = _trained(cfg, data, generalist, subsets, recipe, progress, rank, world)
     key = content_key("specialist-targets", COMBINATION_VERSION, generalist.fingerprint,
                       [sp.fingerprint for sp in specialists], s.top_n, float(temperature), data.fingerprint())
     targets, cached = _combined_targets(key, lambda: combined(np.asarray(generalist.transfer_probs(data, temperature)),
@@ -145,7 +163,8 @@ def specialist_targets(cfg: RunConfig, data: Dataset, members: list[Teacher], re
                                         len(data.x_train))
     section = {"generalist": generalist.name, "arch": generalist.arch,
                "started_from_generalist": generalist.start is not None, "top_n": s.top_n,
-               "given_by_hand": bool(s.subsets), "targets_key": key, "targets_cached": cached,
+               "given_by_hand": bool(s.subsets), "computed_elsewhere": [Path(f).name for f in s.outputs or []],
+               "targets_key": key, "targets_cached": cached,
                "subsets": [dict(d, specialist_training=sp.curve, dustbin_correction=round(sp.correction, 4))
                            for d, sp in zip(describe_subsets(subsets, data.labels, probs_train, data.y_train), specialists)]}
     return targets, section, generalist, specialists
@@ -158,20 +177,33 @@ def measure(section: dict, generalist: Generalist, specialists: list[Specialist]
     probs_test = generalist.probs(data.x_test, 1.0)
     q, on = combined(probs_test, specialists, data.x_test, 1.0, section["top_n"])
     before, after = probs_test.argmax(1), q.argmax(1)
-    spec_macs = [models.count_macs(sp.module, data.input_shape) for sp in specialists]
-    gen_macs = sum(models.count_macs(m, data.input_shape) for m in generalist.modules)
-    modules = [*generalist.modules, *(sp.module for sp in specialists)]
-    with torch_threads(threads), torch.inference_mode():
-        combination_latency = metrics.measure_latency(lambda b: [m(torch.from_numpy(b)) for m in modules], data.x_test, runs=runs)
-        student_latency = metrics.measure_latency(lambda b: student(torch.from_numpy(b)), data.x_test, runs=runs)
     return {**section, "test_rows": int(len(data.y_test)),
             "generalist_accuracy": float((before == data.y_test).mean()),
             "combined_accuracy": float((after == data.y_test).mean()),
             "active_per_row": round(float(on.sum(1).mean()), 3),
             "table4": coverage_view(data.y_test, [tuple(d["indices"]) for d in section["subsets"]], before, after),
-            "cost": {"runtime": f"torch {torch.__version__}", "threads": threads,
-                     "combination_macs_per_row": int(gen_macs + sum(on[:, m].mean() * spec_macs[m] for m in range(len(spec_macs)))),
-                     "student_macs": models.count_macs(student, data.input_shape),
-                     "combination_latency_ms": combination_latency, "student_latency_ms": student_latency,
-                     "note": "latency: the generalist's modules and every specialist run on each row (the active "
-                             "ones are known only after the generalist), batch 1"}}
+            "cost": _cost(generalist, specialists, on, data=data, student=student, threads=threads, runs=runs)}
+
+
+def _cost(generalist: Generalist, specialists: list[Specialist], on: np.ndarray, *, data: Dataset,
+          student: nn.Module, threads: int, runs: int) -> dict:
+    """The combination's MACs per row (the generalist's + the active specialists') and PyTorch latency beside
+    the student's; None where a part has no module here (computed elsewhere), with the reason."""
+    with torch_threads(threads), torch.inference_mode():
+        student_latency = metrics.measure_latency(lambda b: student(torch.from_numpy(b)), data.x_test, runs=runs)
+    cost = {"runtime": f"torch {torch.__version__}", "threads": threads, "student_latency_ms": student_latency,
+            "student_macs": models.count_macs(student, data.input_shape)}
+    elsewhere = sum(m.module is None for m in generalist.members) + sum(sp.module is None for sp in specialists)
+    if elsewhere:
+        return {**cost, "combination_macs_per_row": None, "combination_latency_ms": None,
+                "note": f"the combination's cost is not measured: {elsewhere} of its parts have no PyTorch module "
+                        "here (outputs computed elsewhere, or a model file run by another runtime)"}
+    spec_macs = [models.count_macs(sp.module, data.input_shape) for sp in specialists]
+    gen_macs = sum(models.count_macs(m, data.input_shape) for m in generalist.modules)
+    modules = [*generalist.modules, *(sp.module for sp in specialists)]
+    with torch_threads(threads), torch.inference_mode():
+        combination_latency = metrics.measure_latency(lambda b: [m(torch.from_numpy(b)) for m in modules], data.x_test, runs=runs)
+    return {**cost, "combination_latency_ms": combination_latency,
+            "combination_macs_per_row": int(gen_macs + sum(on[:, m].mean() * spec_macs[m] for m in range(len(spec_macs)))),
+            "note": "latency: the generalist's modules and every specialist run on each row (the active ones are "
+                    "known only after the generalist), batch 1"}

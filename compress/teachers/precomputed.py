@@ -123,7 +123,8 @@ _EXPECTED = {
 }
 
 
-def _outputs(spec: str, key: str, arr: np.ndarray, output: str, rows: int, k: int, what: str) -> np.ndarray:
+def _outputs(spec: str, key: str, arr: np.ndarray, output: str, rows: int, k: int, what: str,
+             columns: str) -> np.ndarray:
     """Check one split's outputs (dtype, shape, rows, classes, range) and return them as (rows, K) float32."""
     shape = f"float ({rows}, {k})" + (f" or integer ({rows},) class indices" if output == "label" else "")
     if output == "label" and arr.ndim == 1 and arr.dtype.kind in "iu":
@@ -132,15 +133,15 @@ def _outputs(spec: str, key: str, arr: np.ndarray, output: str, rows: int, k: in
         bad = (arr < 0) | (arr >= k)
         if bad.any():
             raise InputError(f"teacher {spec!r}: {key!r} holds label {int(arr[bad][0])} ({int(bad.sum())} such row(s)), "
-                             f"outside the data's {k} classes; expected class indices 0..{k - 1}")
+                             f"outside the {k} columns ({columns}); expected class indices 0..{k - 1}")
         return np.eye(k, dtype=np.float32)[arr.astype(np.int64)]
     if arr.ndim != 2 or arr.dtype.kind != "f":
         raise InputError(f"teacher {spec!r}: {key!r} is {arr.dtype} {tuple(arr.shape)}; expected {shape} {output}")
     if len(arr) != rows:
         raise _rows_error(spec, key, len(arr), rows, what)
     if arr.shape[1] != k:
-        raise InputError(f"teacher {spec!r}: {key!r} has {arr.shape[1]} classes but the data has {k} labels; "
-                         f"expected {k} outputs per row, one per label")
+        raise InputError(f"teacher {spec!r}: {key!r} has {arr.shape[1]} outputs per row; expected {k}, one per "
+                         f"{columns}")
     if not np.isfinite(arr).all():
         raise InputError(f"teacher {spec!r}: {key!r} holds {int((~np.isfinite(arr)).sum())} NaN or infinite value(s); "
                          "expected finite outputs")
@@ -163,6 +164,8 @@ def _test_keys(spec: str, arrays: dict, data, rows: int) -> list[bytes]:
     file's per-row digests, which must cover every test row of this data (a subset of the file's split)."""
     theirs, ours = _text(spec, arrays, "test_sha256"), split_sha256(data.x_test)
     if theirs == ours:
+        if rows != len(data.x_test):
+            raise _rows_error(spec, "test", rows, len(data.x_test), "test split")
         return row_digests(data.x_test)
     digests = arrays.get("test_row_sha256")
     if digests is None:
@@ -176,43 +179,66 @@ def _test_keys(spec: str, arrays: dict, data, rows: int) -> list[bytes]:
     return keys
 
 
-def _check_labels(spec: str, arrays: dict, data) -> None:
+def _check_labels(spec: str, arrays: dict, columns: list[str], what: str) -> None:
     labels = arrays.get("labels")
-    if labels is not None and [str(v) for v in labels.reshape(-1).tolist()] != list(data.labels):
-        raise InputError(f"teacher {spec!r}: 'labels' {[str(v) for v in labels.reshape(-1)][:5]} differ from the "
-                         f"data's {list(data.labels)[:5]}; expected outputs in the data's class order")
+    if labels is not None and [str(v) for v in labels.reshape(-1).tolist()] != list(columns):
+        raise InputError(f"teacher {spec!r}: 'labels' {[str(v) for v in labels.reshape(-1)][:5]} differ from "
+                         f"{list(columns)[:5]}; expected outputs in that order, one per {what}")
 
 
-def load_precomputed(spec: str, *, data=None, **_) -> Teacher:
-    """The member whose outputs ``spec`` (an .npz, see the module docstring) holds, checked against ``data``."""
-    path = Path(spec)
-    arrays = _read(spec, path)
-    if data is None:
-        raise InputError(f"teacher {spec!r}: outputs computed elsewhere need the data they were computed on")
+@dataclass(frozen=True)
+class StoredOutputs:
+    """A file's outputs, checked against the data: what the rows hold, the rows' lookup by content (the
+    member's or specialist's ``logits(x)``) and whether the test split is there."""
+
+    output: str
+    lookup: "_Lookup"
+    has_test: bool
+
+
+def read_arrays(spec: str) -> dict[str, np.ndarray]:
+    """The arrays of the .npz ``spec`` (not its inputs ``x_train``/``x_test``), every failure an ``InputError``."""
+    return _read(spec, Path(spec))
+
+
+def checked_outputs(spec: str, arrays: dict, data, columns: list[str], what: str, y_train, y_test) -> StoredOutputs:
+    """The file's outputs, one per entry of ``columns`` (``what`` names one in errors), checked against the
+    data's inputs (hashes), the row counts, and the row order (``y_train``/``y_test``: each row's column, or
+    None where unlabelled). A member's columns are the data's labels; a specialist's, its classes + dustbin."""
     if "train" not in arrays:
         raise InputError(f"teacher {spec!r}: no 'train' array; expected {_EXPECTED['train']}")
     output = _text(spec, arrays, "output")
     if output not in OUTPUTS:
         raise InputError(f"teacher {spec!r}: 'output' is {output!r}; expected one of {', '.join(OUTPUTS)}")
-    k, n = data.num_classes, len(data.x_train)
-    train = _outputs(spec, "train", arrays["train"], output, n, k, "transfer set")
+    k, n = len(columns), len(data.x_train)
+    train = _outputs(spec, "train", arrays["train"], output, n, k, "transfer set", what)
     theirs, ours = _text(spec, arrays, "train_sha256"), split_sha256(data.x_train)
     if theirs != ours:
         raise _hash_error(spec, "train_sha256", theirs, ours, "transfer set")
-    _check_labels(spec, arrays, data)
+    _check_labels(spec, arrays, columns, what)
     tables, keys = [train], row_digests(data.x_train)
     hashes = {"train": (ours, 0, n)}
     has_test = "test" in arrays
     if has_test:
         test_rows = len(arrays["test"])
-        tables.append(_outputs(spec, "test", arrays["test"], output, test_rows, k, "test split"))
+        tables.append(_outputs(spec, "test", arrays["test"], output, test_rows, k, "test split", what))
         keys += _test_keys(spec, arrays, data, test_rows)
         hashes["test"] = (_text(spec, arrays, "test_sha256"), n, n + test_rows)
     lookup = _Lookup(spec, np.concatenate(tables), keys, hashes,
                      missing=set() if has_test else set(row_digests(data.x_test)) - set(keys))
-    _check_row_order(spec, train, lookup(data.x_test) if has_test else None, data)
-    return PrecomputedTeacher(path.name, "precomputed", lookup, file_sha256(path), module=None, output=output,
-                              input_shape=tuple(data.input_shape), has_test_outputs=has_test)
+    _check_row_order(spec, train, lookup(data.x_test) if has_test else None, y_train, y_test)
+    return StoredOutputs(output, lookup, has_test)
+
+
+def load_precomputed(spec: str, *, data=None, **_) -> Teacher:
+    """The member whose outputs ``spec`` (an .npz, see the module docstring) holds, checked against ``data``."""
+    arrays = read_arrays(spec)
+    if data is None:
+        raise InputError(f"teacher {spec!r}: outputs computed elsewhere need the data they were computed on")
+    stored = checked_outputs(spec, arrays, data, list(data.labels), "label of the data", data.y_train, data.y_test)
+    return PrecomputedTeacher(Path(spec).name, "precomputed", stored.lookup, file_sha256(Path(spec)), module=None,
+                              output=stored.output, input_shape=tuple(data.input_shape),
+                              has_test_outputs=stored.has_test)
 
 
 def _gain_over_chance(outputs: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
@@ -223,16 +249,16 @@ def _gain_over_chance(outputs: np.ndarray, labels: np.ndarray) -> tuple[float, f
     return agreement, chance, float(np.sqrt(chance * (1 - chance) / len(labels)))
 
 
-def _check_row_order(spec: str, train: np.ndarray, test: np.ndarray | None, data) -> None:
+def _check_row_order(spec: str, train: np.ndarray, test: np.ndarray | None, y_train, y_test) -> None:
     """Outputs in another row order than the data's pass every hash (the hashes cover the inputs, not the
     rows of outputs) and silently teach the student noise. Such rows agree with the labels at chance level
     while the same member is far above chance on the other split: where both splits are labelled and one
     gains at least 20 points over chance (and 3 standard errors), the other gaining less than half as much is
     an error naming the file. A member at chance on both splits is not an order problem (the teachers' own
     check warns about a member near chance); an unlabelled transfer set has nothing to compare with."""
-    splits = {"train": (train, data.y_train)}
+    splits = {"train": (train, y_train)}
     if test is not None:
-        splits["test"] = (test, data.y_test)
+        splits["test"] = (test, y_test)
     gains = {}
     for key, (outputs, labels) in splits.items():
         if labels is None or len(labels) == 0:
