@@ -62,7 +62,7 @@ class TeachersSection:
     contract: dict = field(default_factory=dict, metadata=_flat("teacher_contracts"))  # member spec -> input contract
     strict: bool = field(default=False, metadata=_flat("strict_teachers"))  # a suspicious member fails the run
     epochs: int | None = field(default=None, metadata=_flat("teacher_epochs"))  # the most; early stopping ends sooner
-    patience: int = field(default=3, metadata=_flat("teacher_patience"))
+    patience: int | None = field(default=None, metadata=_flat("teacher_patience"))  # None: default_patience
     augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (teachers and student)
     jitter: int = 0
 

@@ -52,7 +52,7 @@ from compress.stages.streaming import (KeywordTask, is_keyword_task, keyword_aug
                                        measure_streaming, streaming_measured)
 from compress.teachers import Teacher, contract_warnings, load_teachers
 from compress.teachers.soft_targets import soft_targets
-from compress.teachers.training import cached_weights_path, TeacherRecipe
+from compress.teachers.training import cached_weights_path, default_patience, TeacherRecipe
 
 __all__ = ["RunConfig", "check_name", "run", "versions"]
 STATEFUL_TOP1 = 0.99  # a stateful file's float16 states may flip a near-tie hop, not more  # RunConfig lives in compress.config; re-exported
@@ -195,7 +195,8 @@ def teacher_recipe(cfg: RunConfig, data: Dataset):
     augment = augmentation(cfg, data)
     if cfg.teachers.jitter:
         augment = replace(augment, crop=cfg.teachers.jitter)
-    return TeacherRecipe(epochs=cfg.teachers.epochs, patience=cfg.teachers.patience, augment=augment)
+    patience = cfg.teachers.patience or default_patience(cfg.teachers.epochs)
+    return TeacherRecipe(epochs=cfg.teachers.epochs, patience=patience, augment=augment)
 
 
 def safe_name(name: str) -> str:

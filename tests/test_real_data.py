@@ -157,6 +157,15 @@ def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), again.state_dict().values()))
 
 
+def test_the_patience_grows_with_the_planned_epochs_unless_given():
+    from compress.pipeline import RunConfig, teacher_recipe
+
+    ds = load_data(limit_train=100)
+    patience = {epochs: teacher_recipe(RunConfig.from_settings(teacher_epochs=epochs), ds).patience for epochs in (4, 10, 20, 60)}
+    assert patience == {4: 3, 10: 3, 20: 4, 60: 12}
+    assert teacher_recipe(RunConfig.from_settings(teacher_epochs=60, teacher_patience=2), ds).patience == 2
+
+
 def _large(shape, n=60000, kind="image") -> Dataset:
     """A data set that is large in every way the defaults look at, without holding 60k samples."""
     x = np.broadcast_to(np.zeros((1, *shape), np.float32), (n, *shape))

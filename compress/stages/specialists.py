@@ -146,7 +146,8 @@ def _trained(cfg: RunConfig, data: Dataset, generalist: Generalist, subsets: lis
 def specialist_targets(cfg: RunConfig, data: Dataset, members: list[Teacher], recipe: TeacherRecipe, progress,
                        rank: int = 0, world: int = 1) -> tuple[np.ndarray, dict, Generalist, list[Specialist]]:
     """(the student's soft targets from generalist + specialists, the report section so far, the generalist,
-    the specialists). Specialists train in parallel under ``torchrun`` (one share per process)."""
+    the specialists). Specialists train in parallel under ``torchrun`` (one share per process); process 0
+    computes the combination and the others read it from the cache."""
     generalist = pick_generalist(cfg, members)
     temperature, s = cfg.distill.temperature, cfg.specialists
     probs_train = np.asarray(generalist.transfer_probs(data, 1.0))
@@ -158,9 +159,13 @@ def specialist_targets(cfg: RunConfig, data: Dataset, members: list[Teacher], re
         specialists = _trained(cfg, data, generalist, subsets, recipe, progress, rank, world)
     key = content_key("specialist-targets", COMBINATION_VERSION, generalist.fingerprint,
                       [sp.fingerprint for sp in specialists], s.top_n, float(temperature), data.fingerprint())
-    targets, cached = _combined_targets(key, lambda: combined(np.asarray(generalist.transfer_probs(data, temperature)),
-                                                              specialists, data.x_train, temperature, s.top_n)[0],
-                                        len(data.x_train))
+    probs_t = np.asarray(generalist.transfer_probs(data, temperature))  # every torchrun process takes part
+    compute = lambda: combined(probs_t, specialists, data.x_train, temperature, s.top_n)[0]  # noqa: E731
+    if rank > 0:  # process 0 computes and writes the combination; the others read it
+        torch.distributed.barrier()
+    targets, cached = _combined_targets(key, compute, len(data.x_train))
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
     section = {"generalist": generalist.name, "arch": generalist.arch,
                "started_from_generalist": generalist.start is not None, "top_n": s.top_n,
                "given_by_hand": bool(s.subsets), "computed_elsewhere": [Path(f).name for f in s.outputs or []],
