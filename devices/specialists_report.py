@@ -2,7 +2,7 @@
 
 Reads ``report["specialists"]`` (``compress.stages.specialists``): the class subsets with the share of the
 generalist's confusion each covers, the generalist's and the combination's test accuracy with the number of
-test rows they rest on, the paper's Table 4 view and the combination's cost beside the student's.
+test rows they rest on and the interval of their difference, the paper's Table 4 view and the combination's cost beside the student's.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ def _subset(entry: dict) -> str:
 
 def _macs(value: int | None, digits: int) -> str:
     return "not measured" if value is None else f"{value / 1e6:.{digits}f} M"
+
+
+def _gain(section: dict) -> str:
+    """The combination's change over the generalist on the same rows, with its interval and what it means."""
+    d = section["combined_vs_generalist"]
+    return (f"{d['points']:+.2f} points, {100 * d['confidence']:.0f}% interval {d['low']:+.2f} to {d['high']:+.2f}: "
+            f"{d['verdict']}")
 
 
 def _cost(cost: dict) -> str:
@@ -43,8 +50,8 @@ def console_lines(section: dict) -> list[str]:
     cost = section["cost"]
     lines = [f"specialists: {len(section['subsets'])} ({_origin(section)}) for the "
              f"{section['generalist']}'s confusions; test accuracy {100 * section['generalist_accuracy']:.2f}% "
-             f"generalist alone -> {100 * section['combined_accuracy']:.2f}% with specialists ({section['test_rows']} "
-             f"test rows, {section['active_per_row']:.2f} specialists active per row); {_cost(cost)}"]
+             f"generalist alone -> {100 * section['combined_accuracy']:.2f}% with specialists ({_gain(section)}; "
+             f"{section['test_rows']} test rows, {section['active_per_row']:.2f} specialists active per row); {_cost(cost)}"]
     lines += [f"  specialist {i + 1}: {_subset(entry)}" for i, entry in enumerate(section["subsets"])]
     return lines
 
@@ -67,7 +74,7 @@ def html_section(section: dict | None) -> str:
         f"<p>Generalist: {escape(section['generalist'])}; specialists: {escape(_origin(section))}; a row's "
         f"top {section['top_n']} generalist class(es) choose which take part. Test accuracy "
         f"{100 * section['generalist_accuracy']:.2f}% alone, {100 * section['combined_accuracy']:.2f}% with "
-        f"specialists, on {section['test_rows']} test rows.</p>"
+        f"specialists ({escape(_gain(section))}), on {section['test_rows']} test rows.</p>"
         "<table><tr><th>#</th><th>classes</th><th>confusion covered</th><th>epochs</th><th>dustbin logit +</th></tr>"
         f"{subsets}</table>"
         "<h3>By how many specialists cover the true class (Hinton et al. Table 4)</h3>"

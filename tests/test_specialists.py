@@ -120,6 +120,27 @@ def test_only_specialists_meeting_the_generalists_top_classes_take_part():
     assert not on.any() and np.array_equal(q, none_on)  # no specialist covers class 2: the generalist's own
 
 
+def test_each_specialist_runs_only_on_the_rows_where_it_is_active():
+    from compress.specialists import Specialist, combined
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    generalist = _softmax(rng.normal(size=(40, 6)) * 3)
+    asked = []
+
+    def answer(rows: np.ndarray) -> np.ndarray:  # a specialist's logits: a fixed function of the row
+        asked.append(len(rows))
+        return np.stack([rows[:, 0], rows[:, 1], rows[:, 2]], axis=1).astype(np.float64)
+
+    specialists = [Specialist((0, 1), None, 0.0, "test", {}, True, "a", stored=answer),
+                   Specialist((4, 5), None, 0.0, "test", {}, True, "b", stored=answer)]
+    q, on = combined(generalist, specialists, x, 1.0, top_n=1)
+    assert asked == [int(on[:, 0].sum()), int(on[:, 1].sum())] and sum(asked) < 40
+    every_row = [_softmax(answer(x)) for _ in specialists]  # what running every specialist on every row gives
+    expected, _ = combine(generalist, every_row, [Fold(sp.classes, 6) for sp in specialists], top_n=1)
+    np.testing.assert_allclose(q, expected, atol=1e-12)
+
+
 def test_the_table_4_view_groups_rows_by_how_many_specialists_cover_the_true_class():
     y = np.array([0, 1, 2, 3, 4])
     before = np.array([0, 2, 2, 0, 4])

@@ -8,6 +8,7 @@ Three questions, each answered with measured numbers only:
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
@@ -28,6 +29,24 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 def agreement(logits: np.ndarray, reference_pred: np.ndarray) -> float:
     """Fraction of samples where top-1 matches the reference's top-1 (non-finite rows never agree)."""
     return float(np.mean((np.argmax(logits, axis=1) == reference_pred) & _finite_rows(logits)))
+
+
+def paired_difference(before: np.ndarray, after: np.ndarray, confidence: float = 0.95) -> dict:
+    """How much ``after`` (one bool per test row: right or not) beats ``before`` on the same rows, in
+    accuracy points, with a normal-approximation ``confidence`` interval of the paired difference. Two
+    models on a few hundred or thousand rows differ by noise of a point or more; a change whose interval
+    holds 0 is not evidence of a gain (``verdict``: "better", "worse" or "within noise")."""
+    before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    rows = int(len(before))
+    fixed, broken = int((after & ~before).sum()), int((before & ~after).sum())
+    diff = (fixed - broken) / rows if rows else 0.0
+    spread = z * float(np.sqrt(max(fixed + broken - rows * diff ** 2, 0.0))) / rows if rows else 0.0
+    low, high = diff - spread, diff + spread
+    verdict = "better" if low > 0 else "worse" if high < 0 else "within noise"
+    return {"points": round(100 * diff, 2), "low": round(100 * low, 2), "high": round(100 * high, 2),
+            "confidence": confidence, "rows": rows, "fixed": fixed, "broken": broken,
+            "verdict": verdict}
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float | dict = FP32_PARITY_TOLERANCE) -> dict:

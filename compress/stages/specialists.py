@@ -2,8 +2,8 @@
 members, the generalist's confusions are clustered into class subsets, one specialist is trained per subset,
 and the generalist's soft targets are replaced by the combination of generalist + specialists, which the
 student is distilled from. The report's ``specialists`` section says what was built and what it gave on the
-test split (generalist alone vs the combination, the paper's Table 4 view, the combination's cost vs the
-student's, all measured in PyTorch on this CPU with the run's threads).
+test split (generalist alone vs the combination, with the paired difference's interval; the paper's Table 4
+view; the combination's cost vs the student's), all measured in PyTorch on this CPU with the run's threads.
 
 The generalist is the ensemble (default) or one named member; the specialists start from the weights of
 the generalist (a member with a torch module; for the ensemble, its first built-in member) unless
@@ -185,6 +185,7 @@ def measure(section: dict, generalist: Generalist, specialists: list[Specialist]
     return {**section, "test_rows": int(len(data.y_test)),
             "generalist_accuracy": float((before == data.y_test).mean()),
             "combined_accuracy": float((after == data.y_test).mean()),
+            "combined_vs_generalist": metrics.paired_difference(before == data.y_test, after == data.y_test),
             "active_per_row": round(float(on.sum(1).mean()), 3),
             "table4": coverage_view(data.y_test, [tuple(d["indices"]) for d in section["subsets"]], before, after),
             "cost": _cost(generalist, specialists, on, data=data, student=student, threads=threads, runs=runs)}
