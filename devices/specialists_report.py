@@ -2,7 +2,8 @@
 
 Reads ``report["specialists"]`` (``compress.stages.specialists``): the class subsets with the share of the
 generalist's confusion each covers, the generalist's and the combination's test accuracy with the number of
-test rows they rest on and the interval of their difference, the paper's Table 4 view and the combination's cost beside the student's.
+test rows they rest on and the interval of their difference, the paper's Table 4 view and the combination's
+cost beside the student's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _gain(section: dict) -> str:
 
 def _cost(cost: dict) -> str:
     if cost["combination_macs_per_row"] is None:
-        return f"the combination's cost is not measured ({cost['note'].split(': ', 1)[-1]})"
+        return cost["note"]  # why it is not measured, a whole sentence
     return (f"the combination costs {_macs(cost['combination_macs_per_row'], 2)} MACs per row vs the student's "
             f"{_macs(cost['student_macs'], 3)}")
 

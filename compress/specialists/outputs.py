@@ -26,6 +26,7 @@ from compress.core.cache import file_sha256
 from compress.core.errors import InputError
 from compress.specialists.train import Specialist
 from compress.teachers import precomputed
+from compress.teachers.ensemble import output_logits
 
 FORMAT = "compress.specialists.outputs/1"
 DUSTBIN = "(dustbin)"
@@ -76,10 +77,7 @@ def load_specialist(spec: str, data) -> Specialist:
     if not stored.has_test:
         raise InputError(f"specialist {spec!r}: no 'test' outputs; expected the test split's too (the combination "
                          "is measured on it)")
-    if stored.output == "probs":
-        read = lambda x: np.log(np.clip(stored.lookup(x).astype(np.float64), 1e-12, None))  # noqa: E731
-    else:
-        read = lambda x: stored.lookup(x).astype(np.float64)  # noqa: E731
+    read = lambda x: output_logits(stored.output, stored.lookup(x).astype(np.float64))  # noqa: E731
     correction = arrays.get("dustbin_correction")
     readable = correction is not None and correction.dtype.kind == "f" and correction.size == 1
     correction = float(correction.reshape(())) if readable and np.isfinite(correction).all() else 0.0  # the report's

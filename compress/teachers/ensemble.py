@@ -34,13 +34,19 @@ def member_probs(member: Teacher, x: np.ndarray, temperature: float = 1.0) -> np
     return output_probs(member.output, out, temperature)
 
 
+def output_logits(kind: str, out: np.ndarray) -> np.ndarray:
+    """A model's outputs of ``kind`` "logits" (as they are) or "probs" (their logs, zeros clipped to 1e-12)
+    as logits: what softmax turns back into the same distribution."""
+    if kind == "probs":
+        return np.log(np.clip(out.astype(np.float64), 1e-12, None))
+    return out
+
+
 def output_probs(kind: str, out: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """A model's outputs of ``kind`` ("logits", "probs" or "label") as a distribution at temperature T."""
     if kind == "label":
         return np.eye(out.shape[1], dtype=np.float64)[np.argmax(out, axis=1)]
-    if kind == "probs":
-        return softmax(np.log(np.clip(out.astype(np.float64), 1e-12, None)), temperature)
-    return softmax(out, temperature)
+    return softmax(output_logits(kind, out), temperature)
 
 
 def scores_from_probs(probs: np.ndarray) -> np.ndarray:

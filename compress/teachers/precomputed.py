@@ -45,6 +45,7 @@ from compress.core.atomic import atomic_path
 from compress.core.cache import file_sha256
 from compress.core.errors import InputError
 from compress.core.npz import check_npz_sizes
+from compress.teachers.ensemble import output_logits
 from compress.teachers.member import Teacher
 
 FORMAT = "compress.teachers.precomputed/1"
@@ -315,7 +316,7 @@ def _as_output(member: Teacher, out: np.ndarray, kind: str) -> np.ndarray:
     if kind == "probs":  # from logits
         z = out.astype(np.float64) - out.max(axis=1, keepdims=True)
         return (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
-    return np.log(np.clip(out.astype(np.float64), 1e-12, None)).astype(np.float32)  # log-probabilities: logits of p
+    return output_logits("probs", out).astype(np.float32)  # log-probabilities: logits of p
 
 
 def input_arrays(data) -> dict[str, np.ndarray]:
