@@ -48,7 +48,7 @@ from torch import nn  # noqa: E402
 from compress import models  # noqa: E402
 from compress.core.threads import allowed_cpus, choose_threads, torch_threads  # noqa: E402
 from compress.defaults import SETS  # noqa: E402
-from compress.distill.train import OPTIMIZERS  # noqa: E402
+from compress.distill.train import OPTIMIZERS, bf16_native  # noqa: E402
 
 SHAPES = {"mnist": (1, 28, 28), "colour": (3, 36, 36), "fsdd": (8000,)}
 KIND_SHAPE = {"image": "mnist", "features": "mnist", "audio": "fsdd", "keyword-spotting": "fsdd"}
@@ -57,15 +57,6 @@ KIND_SHAPE = {"image": "mnist", "features": "mnist", "audio": "fsdd", "keyword-s
 MATMUL_SIZES = [(64, 784, 1200), (64, 1200, 1200), (256, 1200, 1200), (64 * 26 * 26, 9, 32),
                 (64 * 13 * 13, 288, 64), (1024, 1024, 1024)]
 BATCH = 64  # TeacherRecipe.batch_size and DistillConfig.batch_size
-
-
-def bf16_native() -> bool:
-    """Whether this CPU multiplies bf16 natively (oneDNN's own check; flags as a fallback)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if check is not None:
-        return bool(check())
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _timed(step, seconds: float, device: torch.device, min_steps: int = 3) -> float:

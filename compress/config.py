@@ -20,7 +20,7 @@ from compress import models
 from compress.core.errors import InputError
 from compress.data import parse_image_size
 from compress.distill.losses import LOSSES
-from compress.distill.train import OPTIMIZERS, parse_augment
+from compress.distill.train import OPTIMIZERS, TRAIN_PRECISIONS, parse_augment
 from compress.export import registry
 from compress.export.registry import export_options
 
@@ -89,6 +89,7 @@ class DistillSection:
     seed: int = 0  # the run's seed: data split, members, student
     train_device: str | None = field(default=None, metadata=_flat("device"))  # torch device for training
     train_threads: int | None = None  # None: compress.core.threads' measured rule
+    train_precision: str = "auto"  # auto, fp32 or bf16 (compress.estimate.training_precision)
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
 
 
@@ -243,6 +244,9 @@ class RunConfig:
 
         OPTIMIZERS.lookup(self.distill.optimizer)
         LOSSES.lookup(self.distill.loss)
+        if self.distill.train_precision not in TRAIN_PRECISIONS:
+            raise InputError(f"--train-precision {self.distill.train_precision!r}: expected one of "
+                             f"{', '.join(TRAIN_PRECISIONS)}")
         student = self.student.arch
         if student is not None and not models.is_known(student):
             raise InputError(f"--student {student!r}: {models.why_unknown(student)}")

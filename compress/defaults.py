@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from compress.config import RunConfig
-from compress.estimate import calibrated_epoch_seconds
+from compress.estimate import calibrated_epoch_seconds, training_precision
 from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS, is_known
 
 SMALL_WORK = 2_000_000  # samples x values per sample at or below which the digits' settings are used
@@ -83,7 +83,8 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augme
             budget = dict(SMALL)
         else:
             measured = seconds_per_epoch or (lambda name, data_, batch, device: calibrated_epoch_seconds(
-                name, data_, batch, device, augment=augment))
+                name, data_, batch, device, augment=augment, precision=training_precision(
+                    name, data_, batch, device, cfg.distill.train_precision, augment)[0]))
             budget = _epoch_budgets(chosen, data, device_type, measured, BUDGET_SCALE.get((kind, size), 1.0))
         if cfg.teachers.epochs is None:
             picked["teacher_epochs"] = budget["teacher_epochs"]

@@ -28,8 +28,8 @@ from torch import nn
 from compress import models
 from compress.core.cache import content_key, machine_dir, read_verified, write_entry
 from compress.core.threads import Cpus, allowed_cpus, choose_threads, torch_threads
-from compress.distill.train import (OPTIMIZERS, Augment, checkpoint_state, denormals_flushed, train_step,
-                                   training_layout)
+from compress.distill.train import (OPTIMIZERS, Augment, bf16_native, checkpoint_state, denormals_flushed,
+                                   nhwc_pays, train_step, training_layout)
 
 
 @contextlib.contextmanager
@@ -54,12 +54,12 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
                          loss: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None, *,
                          steps: int = 20, optimizer: str = "adam", device: torch.device | None = None,
                          checkpoint_dir: Path | None = None, channels_last: bool = True,
-                         augment: Augment | None = None) -> float:
+                         augment: Augment | None = None, precision: str = "fp32") -> float:
     """Seconds ``compress.distill.train.fit`` will take for ``epochs`` over ``n_samples`` samples.
 
     Times one warm-up step (allocations, kernel selection) and then ``steps`` of fit's own training steps
-    (``compress.distill.train.train_step``: the row gather, ``augment``, the layout fit trains in, forward,
-    ``loss``, backward, the ``optimizer`` and schedule steps) of a deep copy of ``model`` on ``device``
+    (``compress.distill.train.train_step``: the row gather, ``augment``, the layout and ``precision`` fit trains
+    in, forward, ``loss``, backward, the ``optimizer`` and schedule steps) of a deep copy of ``model`` on ``device``
     (default: where the model is), on ``batch_size`` rows of ``x_sample`` (repeated when fewer); the median
     step is extrapolated to every step of every epoch. Twenty steps, not three: on a 2-core EPYC the median
     of the first five steps of ``mlp-800`` was 8.9 ms, of twenty 10.2, and fit's steady state 10.3. With
@@ -87,7 +87,8 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps + 1)
         for i in range(steps + 1):
             started = time.perf_counter()
-            train_step(trial, x_all, np.sort(idx), loss, opt, schedule, augment, generator, nhwc)
+            train_step(trial, x_all, np.sort(idx), loss, opt, schedule, augment, generator, nhwc,
+                       autocast=precision == "bf16")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first step warms up
@@ -97,7 +98,7 @@ def estimate_fit_seconds(model: nn.Module, x_sample: np.ndarray, n_samples: int,
     return epochs * (math.ceil(n_samples / batch_size) * per_step + per_epoch)
 
 
-CALIBRATION_VERSION = 1  # bump when what a calibration entry times changes
+CALIBRATION_VERSION = 2  # bump when what a calibration entry times changes
 
 
 def machine_fingerprint(device_type: str = "cpu") -> dict:
@@ -116,7 +117,7 @@ def machine_fingerprint(device_type: str = "cpu") -> dict:
 
 def calibrated_step_seconds(spec: str, x_sample: np.ndarray, num_classes: int, batch_size: int,
                             device_type: str = "cpu", threads: int | None = None,
-                            augment: Augment | None = None) -> float:
+                            augment: Augment | None = None, precision: str = "fp32") -> float:
     """Seconds of one training step of the built-in model ``spec`` on this machine (``threads`` torch threads,
     default: the measured rule for its step size), timed once per machine and cached in ``machine_dir()``.
 
@@ -125,14 +126,15 @@ def calibrated_step_seconds(spec: str, x_sample: np.ndarray, num_classes: int, b
     Why timed at all: a fixed model of MACs per second was fitted to one CI machine and was 1.6x off on
     the next (an EPYC with 0.4x its fp32 matrix-multiply rate). The step is fit's (channels-last,
     denormals flushed, fused Adam, the batch ``augment``: a crop is 7% of an ``mlp-800`` step) on the
-    first ``batch_size`` rows of ``x_sample`` (only their shape and kind matter). A damaged entry is
-    discarded and measured again."""
+    first ``batch_size`` rows of ``x_sample`` (only their shape and kind matter), in ``precision``. A damaged
+    entry is discarded and measured again."""
     input_shape = tuple(int(v) for v in np.shape(x_sample)[1:])
     if threads is None:
         threads = choose_threads(step_macs(spec, input_shape, num_classes, batch_size))[0] if device_type != "cuda" else 1
     machine = machine_fingerprint(device_type)
     key = content_key("training-step", CALIBRATION_VERSION, machine, spec, input_shape,
-                      num_classes, batch_size, threads, device_type, augment.describe() if augment else "none")
+                      num_classes, batch_size, threads, device_type, augment.describe() if augment else "none",
+                      precision)
     entry = machine_dir() / f"step-{key[:24]}.json"
     cached = read_verified(entry, lambda p: float(json.loads(p.read_text(encoding="utf-8"))["seconds_per_step"]))
     if cached is not None and math.isfinite(cached) and cached > 0:
@@ -141,20 +143,57 @@ def calibrated_step_seconds(spec: str, x_sample: np.ndarray, num_classes: int, b
     with rng_preserved(device), torch_threads(threads):
         model = models.build(spec, input_shape, num_classes)
         seconds = estimate_fit_seconds(model, np.asarray(x_sample[:batch_size]), batch_size, 1, batch_size,
-                                       device=device, augment=augment)
+                                       device=device, augment=augment, precision=precision)
     facts = {"seconds_per_step": seconds, "model": spec, "input_shape": list(input_shape), "batch_size": batch_size,
-             "threads": threads, **machine}
+             "threads": threads, "precision": precision, **machine}
     write_entry(entry, lambda p: p.write_text(json.dumps(facts, indent=1), encoding="utf-8"))
     return seconds
 
 
 def calibrated_epoch_seconds(spec: str, data, batch_size: int, device_type: str = "cpu",
-                             threads: int | None = None, augment: Augment | None = None) -> float:
+                             threads: int | None = None, augment: Augment | None = None,
+                             precision: str = "fp32") -> float:
     """Seconds one training epoch of ``spec`` over all of ``data``'s training split takes on this machine:
     its steps at the calibrated step time (``calibrated_step_seconds``)."""
     steps = math.ceil(len(data.x_train) / batch_size)
     return steps * calibrated_step_seconds(spec, data.x_train, data.num_classes, batch_size, device_type, threads,
-                                           augment)
+                                           augment, precision)
+
+
+BF16_MIN_GAIN = 1.1  # auto: bf16 only where its calibrated step is at least this much faster
+BF16_MIN_STEP_MACS = 100_000_000  # and its step this large (bench/throughput.py: mlp-small 0.8 -> 1.0 ms, ds-cnn 30 -> 42)
+
+
+def training_precision(spec: str, data, batch_size: int, device_type: str, requested: str = "auto",
+                       augment: Augment | None = None) -> tuple[str, str]:
+    """(``fp32`` or ``bf16``, why): the precision ``spec`` trains in on this machine for ``requested``
+    (``--train-precision``). ``auto`` is bf16 autocast only where it was measured to keep accuracy and is
+    measured here to pay: a model with 2-D convolutions on image batches (MNIST, 60k rows, 2 epochs, same
+    seed: ``cnn`` 98.46% fp32 / 98.51% bf16, ``resnet`` 99.17 / 99.15; 1.38-1.46x faster per epoch on a
+    2-core EPYC with ``avx512_bf16``), on a CPU that multiplies bf16 natively, whose calibrated bf16 step is
+    at least ``BF16_MIN_GAIN`` x faster than its fp32 one (a narrow model may not be). Both steps are timed
+    once per machine (``calibrated_step_seconds``), so the choice, like the epoch budgets, is the same on every
+    run here; a step under ``BF16_MIN_STEP_MACS`` (the digits' models) stays fp32 without a timing. CUDA: fp32
+    unless asked (not measured there)."""
+    if requested != "auto":
+        return requested, "asked for (--train-precision)"
+    if device_type != "cpu":
+        return "fp32", f"auto: bf16 autocast is chosen on CPUs only (not measured on {device_type})"
+    if not bf16_native():
+        return "fp32", "auto: this CPU has no native bf16"
+    input_shape = tuple(int(v) for v in np.shape(data.x_train)[1:])
+    with rng_preserved():
+        model = models.build(spec, input_shape, data.num_classes)
+    if not nhwc_pays(model, 1 + len(input_shape)):
+        return "fp32", "auto: bf16 is used for 2-D convolutional image models only (where its accuracy was measured)"
+    macs = models.count_macs(model, input_shape) * batch_size
+    if macs < BF16_MIN_STEP_MACS:  # decided without a timing: a tiny step's choice never rests on a noisy one
+        return "fp32", f"auto: {macs / 1e6:.0f}M MACs per step is too small to gain from bf16"
+    fp32, bf16 = (calibrated_step_seconds(spec, data.x_train, data.num_classes, batch_size, device_type,
+                                          augment=augment, precision=p) for p in ("fp32", "bf16"))
+    if fp32 < BF16_MIN_GAIN * bf16:
+        return "fp32", f"auto: bf16 steps not faster here ({1e3 * fp32:.1f} ms fp32, {1e3 * bf16:.1f} ms bf16)"
+    return "bf16", f"auto: bf16 steps {fp32 / bf16:.2f}x faster here ({1e3 * fp32:.1f} ms fp32, {1e3 * bf16:.1f} ms bf16)"
 
 
 def _checkpoint_seconds(trial: nn.Module, opt, schedule, folder: Path) -> float:

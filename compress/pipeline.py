@@ -38,7 +38,8 @@ from compress.devices.profiles import load_profile
 from compress.distill.bias_correction import parse_correction, shift_class_bias
 from compress.distill.losses import LOSSES
 from compress.distill.train import Augment, distributed, fit, load_checkpoint, parse_augment, pick_device, seed_everything
-from compress.estimate import calibrated_step_seconds, estimate_fit_seconds, format_duration, plan_threads
+from compress.estimate import (calibrated_step_seconds, estimate_fit_seconds, format_duration, plan_threads,
+                               training_precision)
 from compress.export import registry
 from compress.export.common import ModelInfo
 from compress.models.frontend import LogMel
@@ -76,8 +77,9 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads, clock: StageClock | Non
     device_type, augment = pick_device(cfg.distill.train_device).type, augmentation(cfg, data)
 
     def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
+        precision = training_precision(spec, data, batch, device_type, cfg.distill.train_precision, augment)[0]
         return epochs * math.ceil(n / batch) * calibrated_step_seconds(spec, data.x_train, data.num_classes, batch,
-                                                                       device_type, threads_, augment)
+                                                                       device_type, threads_, augment, precision)
 
     recipe = teacher_recipe(cfg, data)
     built_in = [t for i, t in enumerate(cfg.teachers.members)
@@ -144,7 +146,8 @@ def _student_checkpoint(cfg: RunConfig, data: Dataset, members: list[Teacher], w
                       data.y_train is not None, [m.fingerprint for m in members], d.loss, float(d.temperature),
                       float(d.alpha), d.epochs, float(d.lr), d.optimizer, float(d.weight_decay),
                       d.batch_size, d.seed, world, *_augment_key(augmentation(cfg, data)),
-                      *([targets_key] if targets_key else []))
+                      *([targets_key] if targets_key else []),
+                      *(["bf16"] if student_precision(cfg, data)[0] == "bf16" else []))  # fp32: the keys from before bf16
     return cache_dir("students") / f"{safe_name(cfg.student.arch)}-{key[:24]}.pt"
 
 
@@ -196,7 +199,18 @@ def teacher_recipe(cfg: RunConfig, data: Dataset):
     if cfg.teachers.jitter:
         augment = replace(augment, crop=cfg.teachers.jitter)
     patience = cfg.teachers.patience or default_patience(cfg.teachers.epochs)
-    return TeacherRecipe(epochs=cfg.teachers.epochs, patience=patience, augment=augment)
+    recipe = TeacherRecipe(epochs=cfg.teachers.epochs, patience=patience, augment=augment)
+    device_type = pick_device(cfg.distill.train_device).type
+    bf16 = tuple(t for t in cfg.teachers.members or [] if models.is_known(t) and training_precision(
+        t, data, recipe.batch_size, device_type, cfg.distill.train_precision, augment)[0] == "bf16")
+    return replace(recipe, bf16_members=bf16)
+
+
+def student_precision(cfg: RunConfig, data: Dataset) -> tuple[str, str]:
+    """(``fp32`` or ``bf16``, why): what the student trains in on this machine (``--train-precision``,
+    ``compress.estimate.training_precision``)."""
+    return training_precision(cfg.student.arch, data, cfg.distill.batch_size, pick_device(cfg.distill.train_device).type,
+                              cfg.distill.train_precision, augmentation(cfg, data))
 
 
 def safe_name(name: str) -> str:
@@ -330,11 +344,11 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
         hard = None if labels is None else labels[idx].to(logits.device)
         return loss_fn(logits, soft, hard, d.temperature, d.alpha)
 
-    augment = augmentation(cfg, data)
+    augment, precision = augmentation(cfg, data), student_precision(cfg, data)[0]
     if rank == 0 and done < d.epochs:
         seconds = estimate_fit_seconds(student, data.x_train[:d.batch_size], len(data.x_train), d.epochs - done,
                                        d.batch_size, batch_loss, optimizer=d.optimizer, device=device,
-                                       checkpoint_dir=checkpoint.parent, augment=augment)
+                                       checkpoint_dir=checkpoint.parent, augment=augment, precision=precision)
         progress.note(f"estimate: distilling {cfg.student.arch} ~{format_duration(seconds)} "
                       f"({d.epochs - done} epochs x {len(data.x_train)} samples)")
         if clock is not None:
@@ -346,7 +360,8 @@ def distill_student(cfg: RunConfig, data: Dataset, student: torch.nn.Module, mem
                   optimizer=d.optimizer, weight_decay=d.weight_decay, seed=d.seed, device=device,
                   checkpoint=checkpoint, data_parallel=world > 1, augment=augment,
                   on_epoch=lambda e, l: (progress.update(task, completed=e + 1), after_epoch and after_epoch(e)),
-                  on_progress=lambda done: progress.update(task, completed=round(done, 2)), channels_last=True)
+                  on_progress=lambda done: progress.update(task, completed=round(done, 2)), channels_last=True,
+                  precision=precision)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -536,6 +551,8 @@ def _run_facts(cfg: RunConfig, data: Dataset, members: list[Teacher], profile: d
             "name", "description", "runtime", "precision", "threads", "cpu", "budgets", "source")},
         "soft_targets_cached": targets_cached, "final_train_loss": history[-1] if history else None,
         "wall_time_s": round(time.perf_counter() - started, 2), **(train_threads or {}),
+        "train_precision": dict(zip(("student", "why"), student_precision(cfg, data)),
+                                requested=d.train_precision),  # each built-in member's: its training curve
     }
 
 

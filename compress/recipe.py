@@ -129,6 +129,10 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "train_device": Key("device", _STR, "Torch device for training (default: cuda when present, else cpu).", "cuda"),
         "train_threads": Key("train_threads", _INT, "Torch threads for training teachers and student (default: 1 for small "
                              "models, else the CPUs this process may use; the report says which and why).", 2, bounds=AT_LEAST_1),
+        "train_precision": Key("train_precision", _STR, "auto (default), fp32 or bf16: bf16 runs the training forward pass "
+                               "under bf16 autocast (weights, optimizer and loss stay fp32); auto uses it for convolutional "
+                               "image models on a CPU with native bf16 where a timed step says it pays (the report says "
+                               "which and why).", "fp32"),
         "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
     },
     "quantize": {

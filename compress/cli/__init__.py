@@ -126,6 +126,7 @@ def distill_and_export(
     device: Optional[str] = run_option("device"),
     threads: Optional[int] = typer.Option(None, help="Runtime threads for validation and latency (default: the profile's, else 1)."),
     train_threads: Optional[int] = run_option("train_threads"),
+    train_precision: Optional[str] = run_option("train_precision"),
     latency_runs: Optional[int] = typer.Option(None, help="Timed batch-1 runs per model after warm-up (default 100)."),
     max_accuracy_drop: Optional[float] = run_option("max_accuracy_drop"),
     max_latency_ms: Optional[float] = run_option("max_latency_ms"),

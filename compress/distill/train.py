@@ -348,6 +348,7 @@ def fit(
     stop: Callable[[int, float], bool] | None = None,
     on_progress: Callable[[float], None] | None = None,
     channels_last: bool = False,
+    precision: str = "fp32",
 ) -> list[float]:
     """Train ``model`` in place with a cosine learning-rate schedule; returns per-epoch mean loss.
 
@@ -368,8 +369,9 @@ def fit(
     ``PROGRESS_CALLS_PER_EPOCH`` times inside each epoch (e.g. 2.5), so a 60k-sample epoch that takes a
     minute is not a minute of silence in a CI log; it reads nothing from the device (no host sync).
     ``channels_last``: a model with 2-D convolutions on image batches trains in NHWC layout (``nhwc_pays``).
+    ``precision`` ``bf16``: the forward pass under bf16 autocast; weights, optimizer and loss stay fp32.
     """
-    device = device or pick_device()
+    autocast, device = _autocast(precision), device or pick_device()
     seed_everything(seed)
     rank, world = distributed() if data_parallel else (0, 1)
     model.to(device).train()
@@ -393,7 +395,7 @@ def fit(
     for epoch in range(len(history), epochs):
         within = None if on_progress is None else (lambda fraction, e=epoch: on_progress(e + fraction))
         history.append(_epoch(trained, x_all, batch_loss, opt, schedule, order_rng, batch_size, augment,
-                              rank, world, within, nhwc))
+                              rank, world, within, nhwc, autocast))
         if not math.isfinite(history[-1]):  # stop before a diverged epoch is checkpointed or exported
             raise TrainingDiverged(f"training diverged at epoch {epoch + 1}/{epochs}: the mean loss is "
                                    f"{history[-1]}; nothing was exported (lower --lr, or another --optimizer)")
@@ -405,6 +407,26 @@ def fit(
             break
     model.to(memory_format=torch.contiguous_format).eval()  # exporters and callers expect the ordinary layout
     return history
+
+
+PRECISIONS = ("fp32", "bf16")  # what fit trains in
+TRAIN_PRECISIONS = ("auto", *PRECISIONS)  # --train-precision: auto is resolved per model before fit
+
+
+def _autocast(precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision == "bf16"
+
+
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's own check; ``avx512_bf16`` / AMX flags as a
+    fallback): without it bf16 autocast is emulated and slower than fp32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is not None:
+        return bool(check())
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def training_layout(model: nn.Module, channels_last: bool, input_dims: int) -> bool:
@@ -466,7 +488,7 @@ def _resume(checkpoint: Path, model: nn.Module, opt, schedule, order_rng: torch.
 @denormals_flushed()
 def _epoch(trained: nn.Module, x_all: torch.Tensor, batch_loss: Callable, opt, schedule, order_rng: torch.Generator,
            batch_size: int, augment: Augment, rank: int, world: int,
-           on_fraction: Callable[[float], None] | None = None, nhwc: bool = False) -> float:
+           on_fraction: Callable[[float], None] | None = None, nhwc: bool = False, autocast: bool = False) -> float:
     """One pass over the shuffled data, with denormals flushed; the mean loss (summed on the device: no host
     sync per step).
     ``on_fraction(done)`` is called every ``1 / PROGRESS_CALLS_PER_EPOCH`` of the epoch (not at its end)."""
@@ -476,7 +498,8 @@ def _epoch(trained: nn.Module, x_all: torch.Tensor, batch_loss: Callable, opt, s
     every = max(1, steps // PROGRESS_CALLS_PER_EPOCH)
     for step, start in enumerate(range(0, len(order), batch_size), start=1):
         idx = np.sort(order[start:start + batch_size])  # sorted: friendlier to memory-mapped targets
-        summed, count = train_step(trained, x_all, idx, batch_loss, opt, schedule, augment, order_rng, nhwc, rank, world)
+        summed, count = train_step(trained, x_all, idx, batch_loss, opt, schedule, augment, order_rng, nhwc, rank, world,
+                                   autocast)
         total += summed
         seen += count
         if on_fraction is not None and step % every == 0 and step < steps:
@@ -486,10 +509,11 @@ def _epoch(trained: nn.Module, x_all: torch.Tensor, batch_loss: Callable, opt, s
 
 def train_step(trained: nn.Module, x_all: torch.Tensor, idx: np.ndarray, batch_loss: Callable, opt, schedule,
                augment: Augment, generator: torch.Generator, nhwc: bool = False, rank: int = 0,
-               world: int = 1) -> tuple[torch.Tensor, int]:
+               world: int = 1, autocast: bool = False) -> tuple[torch.Tensor, int]:
     """One optimizer step on rows ``idx`` of ``x_all`` (augmented, in the training layout, this process's
-    share under ``torchrun``): (the batch's summed loss as a device tensor, its rows). ``compress.estimate``
-    times this same function, so an estimate pays what a step pays."""
+    share under ``torchrun``; with ``autocast`` the forward pass in bf16, the loss in fp32): (the batch's
+    summed loss as a device tensor, its rows). ``compress.estimate`` times this same function, so an estimate
+    pays what a step pays."""
     xb = x_all[torch.as_tensor(idx, device=x_all.device)]
     if augment:
         xb = augment_batch(xb, augment, generator)
@@ -497,7 +521,9 @@ def train_step(trained: nn.Module, x_all: torch.Tensor, idx: np.ndarray, batch_l
         xb = xb.contiguous(memory_format=torch.channels_last)
     if world > 1:  # this process's share of the batch; DDP averages the gradients
         xb, idx = xb[rank::world], idx[rank::world]
-    loss = batch_loss(trained(xb), idx)
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = trained(xb)
+    loss = batch_loss(logits.float(), idx)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -49,6 +49,11 @@ class TeacherRecipe:
     weight_decay: float = 1e-4
     batch_size: int = 64
     warmup_epochs: float = 1.0
+    bf16_members: tuple[str, ...] = ()  # built-in members trained under bf16 autocast (resolved per machine)
+
+    def precision_of(self, name: str) -> str:
+        """What member ``name`` trains in: ``bf16`` or ``fp32`` (``compress.distill.train.fit``)."""
+        return "bf16" if name in self.bf16_members else "fp32"
 
     def key(self) -> list:
         a = self.augment
@@ -138,13 +143,15 @@ def load_cached_weights(path, module: nn.Module, fmt: int = CACHE_FORMAT, kind: 
 
 def cached_weights_path(name: str, data, recipe: TeacherRecipe, seed: int) -> Path:
     """Where a built-in member's trained weights are cached: keyed by everything that changes them."""
-    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), recipe.key(), seed)
+    precision = recipe.precision_of(name)  # fp32 keys are those from before bf16 existed: their entries stay valid
+    key = content_key("teacher", TEACHER_TRAINING_VERSION, name, data.fingerprint(), recipe.key(), seed,
+                      *([precision] if precision != "fp32" else []))
     return cache_dir("teachers") / f"{name.replace(':', '-')}-{key[:20]}.pt"  # no ':' in file names (Windows)
 
 
 def train_on_labels(module: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                     *, recipe: TeacherRecipe, seed: int, device: str | None = None, on_epoch=None,
-                    on_progress=None) -> tuple[nn.Module, dict]:
+                    on_progress=None, precision: str = "fp32") -> tuple[nn.Module, dict]:
     """``module`` trained by the recipe on hard labels, early-stopped on the validation rows and put back to
     its best epoch: (module on the CPU in eval mode, training curve with its seconds). Built-in members and
     specialists (``compress.specialists``) train this one way."""
@@ -155,9 +162,10 @@ def train_on_labels(module: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
         epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, batch_size=recipe.batch_size,
         seed=seed, device=pick_device(device), augment=recipe.augment,
         warmup_epochs=recipe.warmup_epochs if recipe.epochs > 2 else 0.0, stop=stopper, on_progress=on_progress,
-        channels_last=True)
+        channels_last=True, precision=precision)
     stopper.restore()
-    curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2))  # validation included
+    curve = dict(stopper.curve(recipe.epochs), seconds=round(time.perf_counter() - started, 2),  # validation included
+                 precision=precision)
     return module.cpu().eval(), curve
 
 
@@ -180,7 +188,7 @@ def train_builtin_module(name: str, data, *, recipe: TeacherRecipe, seed: int, d
     train_rows, val_rows = validation_split(data.y_train, recipe.val_fraction, seed, recipe.val_max)
     module, curve = train_on_labels(module, data.x_train[train_rows], data.y_train[train_rows], data.x_train[val_rows],
                                     data.y_train[val_rows], recipe=recipe, seed=seed, device=device,
-                                    on_epoch=on_epoch, on_progress=on_progress)
+                                    on_epoch=on_epoch, on_progress=on_progress, precision=recipe.precision_of(name))
     weights = module.state_dict()
     write_entry(path, lambda tmp: torch.save({"format": CACHE_FORMAT, "weights": weights, "curve": curve}, str(tmp)))
     return module, dict(curve, cached=False), False
