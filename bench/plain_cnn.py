@@ -8,7 +8,8 @@ standardization. It trains for the seconds it is given, its one-cycle schedule d
 spent (a step count fixed from a timed probe was 3.5x off when the probe met other work).
 
 Used by ``bench/real_data.py`` to put "what the defaults reach" beside "what a plain CNN reaches in the same
-minutes" on the same train/test split, read by the toolkit's own image-folder loader.
+minutes" on the same train/test split, read by the toolkit's own image-folder loader; ``widths_for`` sizes it
+like the student for a second yardstick (the student's own size trained without a teacher).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def one_cycle(fraction: float, max_lr: float = 3e-3) -> float:
 
 
 def train_for(seconds: float, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-              num_classes: int, batch: int = 64, seed: int = 0) -> dict:
+              num_classes: int, batch: int = 64, seed: int = 0, widths=(16, 32, 64)) -> dict:
     """Train the plain CNN for ``seconds`` of wall time (the learning rate follows the share of the time
     spent, so the schedule ends when the time does, whatever the machine's speed or load) and return its
     test accuracy (percent), the epochs it got through, its steps and the seconds it took."""
@@ -72,7 +73,7 @@ def train_for(seconds: float, x_train: np.ndarray, y_train: np.ndarray, x_test: 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     xs, ys = standardize(torch.from_numpy(x_train).float()), torch.from_numpy(y_train).long()
-    model = plain_cnn(xs.shape[1], num_classes).train()
+    model = plain_cnn(xs.shape[1], num_classes, widths).train()
     opt = torch.optim.AdamW(model.parameters(), lr=one_cycle(0.0), weight_decay=5e-4)
     steps, spent = 0, 0.0
     while spent < seconds:
@@ -95,4 +96,15 @@ def train_for(seconds: float, x_train: np.ndarray, y_train: np.ndarray, x_test: 
         predicted = torch.cat([model(xt[i:i + 512]).argmax(1) for i in range(0, len(xt), 512)])
     accuracy = 100 * float((predicted == torch.from_numpy(y_test)).float().mean())
     return {"accuracy": accuracy, "epochs": round(steps * batch / len(xs), 1), "steps": steps,
-            "seconds": round(time.perf_counter() - started, 1), "budget_s": round(seconds, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "budget_s": round(seconds, 1),
+            "widths": list(widths), "params": sum(p.numel() for p in model.parameters())}
+
+
+def widths_for(params: int, channels: int, num_classes: int) -> tuple[int, ...]:
+    """The plain CNN's widths scaled (k/16 of 16/32/64, at least 4) so its parameter count is nearest ``params``:
+    the yardstick at the student's own size."""
+    def count(widths) -> int:
+        return sum(p.numel() for p in plain_cnn(channels, num_classes, widths).parameters())
+
+    candidates = [tuple(max(4, round(c * k / 16)) for c in (16, 32, 64)) for k in range(2, 33)]
+    return min(candidates, key=lambda widths: abs(count(widths) - params))

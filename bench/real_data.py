@@ -21,7 +21,8 @@ EMPTY cache (a fresh ``COMPRESS_CACHE_DIR``), on this machine:
 On the colour sets the bench also trains an ordinary small CNN written by hand (``bench/plain_cnn.py``: three
 VGG blocks of 16/32/64 channels, batch norm, AdamW, one-cycle, flip + shift, per-image standardization) on the
 same split for the same seconds the defaults' whole run took, and prints both (issue 27's colour goal: the
-defaults' student at least the plain CNN's test accuracy, in <= 600 s end to end).
+defaults' student at least the plain CNN's test accuracy, in <= 600 s end to end); and the same CNN narrowed
+to about the student's parameter count, for the same seconds: what distillation adds at the student's size.
 
 Reported per set: wall time of the whole command, what the defaults picked (the line the run prints),
 the teacher ensemble's and every member's accuracy, the student's accuracy in the exported runtime, its
@@ -122,15 +123,18 @@ def make_colour_speech(fsdd: Path, dest: Path, size: int = 40, seed: int = 0, li
     return dest
 
 
-def plain_cnn_row(folder: Path, seconds: float) -> dict:
-    """The hand-written CNN (``bench/plain_cnn.py``) trained for ``seconds`` on the folder's own split."""
+def plain_cnn_row(folder: Path, seconds: float, student_params: int | None = None) -> dict:
+    """The hand-written CNN (``bench/plain_cnn.py``) trained for ``seconds`` on the folder's own split; with
+    ``student_params``, narrowed to about that many parameters (the student's size)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from plain_cnn import train_for
+    from plain_cnn import train_for, widths_for
 
     from compress.data import load_data
 
     data = load_data(str(folder))
-    return train_for(seconds, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes)
+    widths = (16, 32, 64) if student_params is None else widths_for(student_params, data.x_train.shape[1],
+                                                                     data.num_classes)
+    return train_for(seconds, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes, widths=widths)
 
 
 def run_cli(data: Path, work: Path, target: str, extra: list[str]) -> dict:
@@ -216,7 +220,7 @@ def _member_cost(row: dict, name: str) -> str:
 def table(rows: list[dict]) -> Table:
     t = Table(title="real data on default settings, empty cache, this machine")
     for col in ("set", "train/test", "wall", "defaults", "members (acc, epochs, s)", "ensemble", "student",
-                "plain CNN, same seconds", "goals"):
+                "plain CNN, same seconds", "plain CNN at the student's size", "goals"):
         t.add_column(col)
     for r in rows:
         members = ", ".join(f"{k.removeprefix('member ')} {v:.2f}% ({_member_cost(r, k.removeprefix('member '))})"
@@ -226,7 +230,7 @@ def table(rows: list[dict]) -> Table:
                   f"student {picked.get('student', r['student'])}, {picked.get('epochs', '?')} ep",
                   members, f"{r['ensemble_accuracy']:.2f}%",
                   f"{r['student']} {r['student_accuracy']:.2f}% ({r['student_runtime']})",
-                  _baseline_cell(r.get("plain_cnn")),
+                  _baseline_cell(r.get("plain_cnn")), _baseline_cell(r.get("plain_cnn_student_size")),
                   ", ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in r["goals"].items()))
     return t
 
@@ -234,7 +238,8 @@ def table(rows: list[dict]) -> Table:
 def _baseline_cell(baseline: dict | None) -> str:
     if baseline is None:
         return "-"
-    return f"{baseline['accuracy']:.2f}% ({baseline['epochs']} ep, {baseline['seconds']:.0f} s)"
+    size = f", {baseline['params']:,} params" if "params" in baseline else ""
+    return f"{baseline['accuracy']:.2f}% ({baseline['epochs']} ep, {baseline['seconds']:.0f} s{size})"
 
 
 def stage_table(row: dict) -> Table:
@@ -263,9 +268,11 @@ def make_set(name: str, args, work: Path) -> Path:
 
 
 def with_baseline(row: dict, data: Path, quick: bool) -> dict:
-    """The row with the plain CNN trained for the defaults' wall time beside it, and the goal comparing them."""
-    baseline = plain_cnn_row(data, 20.0 if quick else row["wall_s"])
-    row = {**row, "plain_cnn": baseline}
+    """The row with the plain CNN trained for the defaults' wall time beside it, and the goal comparing them;
+    and, for what distillation itself adds, the plain CNN at the student's size for the same seconds (no goal)."""
+    seconds = 20.0 if quick else row["wall_s"]
+    baseline = plain_cnn_row(data, seconds)
+    row = {**row, "plain_cnn": baseline, "plain_cnn_student_size": plain_cnn_row(data, seconds, row["student_params"])}
     row["goals"] = {**row["goals"], "student >= plain CNN": row["student_accuracy"] >= baseline["accuracy"]}
     return row
 

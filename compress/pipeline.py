@@ -131,6 +131,21 @@ def _init_distributed() -> tuple[int, int]:
     return distributed()
 
 
+@contextlib.contextmanager
+def rank_zero_first(first: bool, after: bool):
+    """Under ``torchrun``, process 0 runs the block first and the others after it: the block times this machine
+    (epoch budgets, bf16 or fp32) once, cached in ``machine_dir()``, and the others read those timings. Timed by
+    every process at once, they would each measure a machine half as fast and could choose differently (a
+    member trained in bf16 by process 0 would then be another cache entry for the rest)."""
+    if after:
+        torch.distributed.barrier()
+    try:
+        yield
+    finally:  # also when the block fails: the others then meet the same error themselves
+        if first:
+            torch.distributed.barrier()
+
+
 def _augment_key(augment) -> list:
     """The augmentation's part of the student's checkpoint key: nothing when there is none, so checkpoints
     of runs without augmentation keep their keys."""
@@ -451,7 +466,9 @@ def run(cfg: RunConfig, console: Console | None = None, quiet: bool = False, sea
             if rank == 0:
                 console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
             warnings.append(message)
-        cfg, picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
+        with rank_zero_first(world > 1 and rank == 0, world > 1 and rank != 0):
+            cfg, picked = resolve_defaults(cfg, data, None if quiet or rank != 0 else console)
+            teacher_recipe(cfg, data), student_precision(cfg, data)  # this machine's timings, read by every rank
         name, out_root = output_folder(cfg, data, rank)
         student = initial_student(cfg, data)
     with make_progress(console, quiet=quiet or rank != 0, interactive=is_interactive(console)) as progress:

@@ -102,3 +102,24 @@ def test_an_unknown_train_precision_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "--train-precision 'fp16': expected one of auto, fp32, bf16" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_in_bf16_says_so_and_its_export_matches_the_trained_model(tmp_path):
+    """``--train-precision bf16``: members and student train under autocast, the report says which and why, and
+    the exported student (fp32) passes the run's own parity check against the PyTorch model it came from."""
+    import json
+    import os
+
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "distill-and-export", "--train-precision", "bf16",
+                           "--teacher", "cnn", "--teacher", "mlp-small", "--student", "cnn-small",
+                           "--teacher-epochs", "2", "--epochs", "2", "--limit-train", "400", "--limit-test", "100",
+                           "--latency-runs", "3", "--quiet", "--json", "--out", str(tmp_path / "dist")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    run = report["run"]
+    assert run["train_precision"] == {"student": "bf16", "why": "asked for (--train-precision)", "requested": "bf16"}
+    assert [t["training"]["precision"] for t in run["teachers"]] == ["bf16", "bf16"]
+    parity = [c for c in report["checks"] if "parity" in c["name"].lower() or "match" in c["name"].lower()]
+    assert parity and all(c["passed"] for c in parity), report["checks"]
