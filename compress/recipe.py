@@ -131,7 +131,7 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
                              "models, else the CPUs this process may use; the report says which and why).", 2, bounds=AT_LEAST_1),
         "train_precision": Key("train_precision", _STR, "auto (default), fp32 or bf16: bf16 runs the training forward pass "
                                "under bf16 autocast (weights, optimizer and loss stay fp32); auto uses it for convolutional "
-                               "image models on a CPU with native bf16 where a timed step says it pays (the report says "
+                               "image members (not the student) on a CPU with native bf16 where a timed step says it pays (the report says "
                                "which and why).", "fp32"),
         "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
     },

@@ -123,3 +123,15 @@ def test_a_run_in_bf16_says_so_and_its_export_matches_the_trained_model(tmp_path
     assert [t["training"]["precision"] for t in run["teachers"]] == ["bf16", "bf16"]
     parity = [c for c in report["checks"] if "parity" in c["name"].lower() or "match" in c["name"].lower()]
     assert parity and all(c["passed"] for c in parity), report["checks"]
+
+
+def test_auto_keeps_the_student_in_fp32_even_where_a_member_would_train_in_bf16(timed):
+    """bf16's accuracy was measured for members trained on labels; a distilled student lost 7 points (README)."""
+    from compress.pipeline import student_precision, teacher_recipe
+
+    timed.update(fp32=0.040, bf16=0.020)
+    cfg, data = RunConfig.from_settings(teachers=["cnn"], student="cnn", teacher_epochs=2), _data(28)
+    assert teacher_recipe(cfg, data).precision_of("cnn") == "bf16"
+    precision, why = student_precision(cfg, data)
+    assert precision == "fp32" and "students train in fp32" in why
+    assert student_precision(cfg.with_settings(train_precision="bf16"), data)[0] == "bf16"
