@@ -67,9 +67,9 @@ def _budgeted_epochs(seconds_per_epoch: float, budget: float, limits: tuple[int,
 def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augment=None) -> tuple[RunConfig, dict]:
     """(``cfg`` with its unset ``teachers``, ``student``, ``teacher_epochs`` and ``epochs`` chosen for ``data``,
     what was chosen: ``{}`` when the user set everything). A new configuration; ``cfg`` is not changed.
-    ``seconds_per_epoch(name, data, batch, device_type)`` models one training epoch of a registry model
-    (default: ``compress.estimate.calibrated_epoch_seconds``, timed once per machine with the run's batch
-    ``augment``)."""
+    ``seconds_per_epoch(name, data, batch, device_type, student)`` models one training epoch of a registry
+    model as a member or the student (default: ``compress.estimate.calibrated_epoch_seconds`` in the precision
+    it trains in, timed once per machine with the run's batch ``augment``)."""
     kind, size = size_class(data, cfg.streaming.task)
     teachers, student = SETS[(kind, size)]
     picked: dict = {}
@@ -82,9 +82,9 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augme
         if size == "small":
             budget = dict(SMALL)
         else:
-            measured = seconds_per_epoch or (lambda name, data_, batch, device: calibrated_epoch_seconds(
+            measured = seconds_per_epoch or (lambda name, data_, batch, device, student: calibrated_epoch_seconds(
                 name, data_, batch, device, augment=augment, precision=training_precision(
-                    name, data_, batch, device, cfg.distill.train_precision, augment)[0]))
+                    name, data_, batch, device, cfg.distill.train_precision, augment, student)[0]))
             budget = _epoch_budgets(chosen, data, device_type, measured, BUDGET_SCALE.get((kind, size), 1.0))
         if cfg.teachers.epochs is None:
             picked["teacher_epochs"] = budget["teacher_epochs"]
@@ -108,8 +108,8 @@ def _epoch_budgets(cfg: RunConfig, data, device_type: str, seconds_per_epoch, sc
     """Epochs that fit the time budgets (times ``scale``), from measured seconds per epoch of each model."""
     budgets = {part: scale * seconds for part, seconds in BUDGET_S[_dev(device_type)].items()}
     builtin = [t for t in cfg.teachers.members if is_known(t)]
-    teacher_s = sum(seconds_per_epoch(t, data, 64, device_type) for t in builtin) if builtin else 0.0
-    student_s = seconds_per_epoch(cfg.student.arch, data, cfg.distill.batch_size, device_type)
+    teacher_s = sum(seconds_per_epoch(t, data, 64, device_type, False) for t in builtin) if builtin else 0.0
+    student_s = seconds_per_epoch(cfg.student.arch, data, cfg.distill.batch_size, device_type, True)
     return {"teacher_epochs": _budgeted_epochs(teacher_s, budgets["teachers"], EPOCH_LIMITS["teachers"]),
             "epochs": _budgeted_epochs(student_s, budgets["student"], EPOCH_LIMITS["student"])}
 

@@ -76,8 +76,7 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads, clock: StageClock | Non
     Both estimates go to ``clock`` (the report's stage table sets them beside the measured times)."""
     device_type, augment = pick_device(cfg.distill.train_device).type, augmentation(cfg, data)
 
-    def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int) -> float:
-        precision = training_precision(spec, data, batch, device_type, cfg.distill.train_precision, augment)[0]
+    def seconds(spec: str, epochs: int, batch: int, n: int, threads_: int, precision: str) -> float:
         return epochs * math.ceil(n / batch) * calibrated_step_seconds(spec, data.x_train, data.num_classes, batch,
                                                                        device_type, threads_, augment, precision)
 
@@ -87,8 +86,10 @@ def estimate_run(cfg: RunConfig, data: Dataset, threads, clock: StageClock | Non
     if not built_in:
         return None  # nothing to train before the student, whose own estimate comes when (if) it trains
     n_members = int(round(len(data.x_train) * 0.9))
-    teachers = sum(seconds(t, cfg.teachers.epochs, 64, n_members, threads.teachers or 1) for t in built_in)
-    student = seconds(cfg.student.arch, cfg.distill.epochs, cfg.distill.batch_size, len(data.x_train), threads.student)
+    teachers = sum(seconds(t, cfg.teachers.epochs, 64, n_members, threads.teachers or 1, recipe.precision_of(t))
+                   for t in built_in)
+    student = seconds(cfg.student.arch, cfg.distill.epochs, cfg.distill.batch_size, len(data.x_train), threads.student,
+                      student_precision(cfg, data)[0])
     if clock is not None:
         clock.expect("teachers", teachers)
         clock.expect("distillation", student)
@@ -222,13 +223,10 @@ def teacher_recipe(cfg: RunConfig, data: Dataset):
 
 
 def student_precision(cfg: RunConfig, data: Dataset) -> tuple[str, str]:
-    """(``fp32`` or ``bf16``, why): what the student trains in (``--train-precision``). ``auto`` keeps it in
-    fp32: bf16's accuracy was measured for members trained on labels, and a ``vgg:0.5`` student distilled
-    for 40 epochs on colour spectrograms reached 64.0% in fp32 and 57.0% in bf16 (its step only 1.13x faster)."""
-    if cfg.distill.train_precision == "auto":
-        return "fp32", "auto: students train in fp32 (bf16 measured for members only; README)"
+    """(``fp32`` or ``bf16``, why): what the student trains in (``--train-precision``; ``auto``: fp32,
+    ``compress.estimate.training_precision``)."""
     return training_precision(cfg.student.arch, data, cfg.distill.batch_size, pick_device(cfg.distill.train_device).type,
-                              cfg.distill.train_precision, augmentation(cfg, data))
+                              cfg.distill.train_precision, augmentation(cfg, data), student=True)
 
 
 def safe_name(name: str) -> str:

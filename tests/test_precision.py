@@ -135,3 +135,4 @@ def test_auto_keeps_the_student_in_fp32_even_where_a_member_would_train_in_bf16(
     precision, why = student_precision(cfg, data)
     assert precision == "fp32" and "students train in fp32" in why
     assert student_precision(cfg.with_settings(train_precision="bf16"), data)[0] == "bf16"
+    assert estimate.training_precision("cnn", data, 64, "cpu", student=True) == (precision, why)  # budgets, estimates
