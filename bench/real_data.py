@@ -192,7 +192,8 @@ def summarize(name: str, result: dict) -> dict:
     summary = {
         "set": name, "wall_s": round(result["wall_s"], 1), "exit_code": result["exit_code"],
         "train": run["data"]["train"], "test": run["data"]["test"], "input_shape": run["data"]["input_shape"],
-        "defaults": run.get("defaults_chosen"), "augment": run.get("augment"), "model_input": run.get("model_input"),
+        "defaults": run.get("defaults_chosen"), "augment": run.get("augment"),
+        "student_augment": run.get("student_augment"), "model_input": run.get("model_input"),
         "ensemble_accuracy": 100 * rows["teacher ensemble"]["accuracy"],
         "members": {m["model"]: 100 * m["accuracy"] for m in members},
         "member_epochs": {t["name"]: (t.get("training") or {}).get("epochs_run") for t in run["teachers"]},

@@ -63,7 +63,7 @@ class TeachersSection:
     strict: bool = field(default=False, metadata=_flat("strict_teachers"))  # a suspicious member fails the run
     epochs: int | None = field(default=None, metadata=_flat("teacher_epochs"))  # the most; early stopping ends sooner
     patience: int | None = field(default=None, metadata=_flat("teacher_patience"))  # None: default_patience
-    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (teachers and student)
+    augment: str = "auto"  # auto, none, or crop[=PIXELS],flip (the teachers'; the student's is distill.augment)
     jitter: int = 0
 
 
@@ -91,6 +91,7 @@ class DistillSection:
     train_threads: int | None = None  # None: compress.core.threads' measured rule
     train_precision: str = "auto"  # auto, fp32 or bf16 (compress.estimate.training_precision)
     bias_correction: str | None = None  # "LABEL=DELTA": raise one class's output bias after distillation
+    augment: str = field(default="auto", metadata=_flat("student_augment"))  # auto, teachers, none or a spec
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,8 @@ class RunConfig:
             raise InputError(f"--model-input {self.export.input!r}: expected raw (8-bit pixels into the model) or normalized")
         if self.teachers.augment != "auto":
             parse_augment(self.teachers.augment)
+        if self.distill.augment not in ("auto", "teachers"):
+            parse_augment(self.distill.augment, where="--student-augment")
         if self.data.image_size is not None:
             parse_image_size(self.data.image_size)
         self._validate_streaming()

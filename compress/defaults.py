@@ -64,12 +64,13 @@ def _budgeted_epochs(seconds_per_epoch: float, budget: float, limits: tuple[int,
     return int(max(low, min(high, budget // seconds_per_epoch)))
 
 
-def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augment=None) -> tuple[RunConfig, dict]:
+def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augment=None,
+           student_augment=None) -> tuple[RunConfig, dict]:
     """(``cfg`` with its unset ``teachers``, ``student``, ``teacher_epochs`` and ``epochs`` chosen for ``data``,
     what was chosen: ``{}`` when the user set everything). A new configuration; ``cfg`` is not changed.
     ``seconds_per_epoch(name, data, batch, device_type, student)`` models one training epoch of a registry
     model as a member or the student (default: ``compress.estimate.calibrated_epoch_seconds`` in the precision
-    it trains in, timed once per machine with the run's batch ``augment``)."""
+    it trains in, timed once per machine with the run's batch ``augment``: the teachers', or ``student_augment``)."""
     kind, size = size_class(data, cfg.streaming.task)
     teachers, student = SETS[(kind, size)]
     picked: dict = {}
@@ -82,9 +83,8 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augme
         if size == "small":
             budget = dict(SMALL)
         else:
-            measured = seconds_per_epoch or (lambda name, data_, batch, device, student: calibrated_epoch_seconds(
-                name, data_, batch, device, augment=augment, precision=training_precision(
-                    name, data_, batch, device, cfg.distill.train_precision, augment, student)[0]))
+            measured = seconds_per_epoch or (lambda name, data_, batch, device, student: _calibrated_epoch(
+                cfg, name, data_, batch, device, student_augment if student else augment, student))
             budget = _epoch_budgets(chosen, data, device_type, measured, BUDGET_SCALE.get((kind, size), 1.0))
         if cfg.teachers.epochs is None:
             picked["teacher_epochs"] = budget["teacher_epochs"]
@@ -98,6 +98,12 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augme
                             f"of teacher and {scale * budgets['student']:.0f} s of student training on "
                             f"{device_type} (early stopping may end teachers sooner)"))
     return cfg, picked
+
+
+def _calibrated_epoch(cfg: RunConfig, name: str, data, batch: int, device_type: str, augment, student: bool) -> float:
+    """Seconds per epoch of ``name`` as a member or the student, in the precision it trains in."""
+    precision = training_precision(name, data, batch, device_type, cfg.distill.train_precision, augment, student)[0]
+    return calibrated_epoch_seconds(name, data, batch, device_type, augment=augment, precision=precision)
 
 
 def _dev(device_type: str) -> str:

@@ -104,7 +104,7 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
         "epochs": Key("teacher_epochs", _INT, "Most training epochs for built-in members; early stopping on a validation split "
                       "usually ends sooner (default: chosen for the data size; cached).", 10, bounds=AT_LEAST_1),
         "patience": Key("teacher_patience", _INT, "Early stopping: epochs without a better validation accuracy before a built-in member stops (default: 3, or a fifth of its epochs where more).", bounds=AT_LEAST_1),
-        "augment": Key("augment", _STR, "Augmentation when training (teachers and student): auto (crop for 8-bit "
+        "augment": Key("augment", _STR, "Augmentation when training the built-in teachers (the student's: --student-augment): auto (crop for 8-bit "
                        "images of 16px and up, none for others), none, or a comma list of crop[=PIXELS],flip for images "
                        "(flip only where mirrored images keep their class) and shift=MS,noise=LOW:HIGH,gain=LOW:HIGH,"
                        "speed=LOW:HIGH for audio (a random time shift; noise at a random SNR in dB, the --background "
@@ -134,6 +134,9 @@ _FIXED: dict[str, dict[str, Key]] = {  # every key but the targets' own options 
                                "image members (not the student) on a CPU with native bf16 where a timed step says it pays (the report says "
                                "which and why).", "fp32"),
         "bias_correction": Key("bias_correction", _STR, "LABEL=DELTA: raise one class's output bias after distillation.", "3=+3.5"),
+        "augment": Key("student_augment", _STR, "Augmentation when distilling the student: auto (default: none for images, whose "
+                       "soft targets are the teachers' outputs on the un-augmented images; the teachers' --augment for audio, "
+                       "where the device hears noise), teachers (the teachers' --augment), none, or a spec as --augment.", "crop=2"),
     },
     "quantize": {
         "scheme": Key("quantize", _STR, "Quantization scheme (the list per target is generated: schema())."),

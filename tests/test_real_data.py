@@ -114,8 +114,9 @@ def test_augmentation_never_sees_the_test_split(tmp_path, monkeypatch):
     real = train.augment_batch
     monkeypatch.setattr(train, "augment_batch", lambda x, a, g: seen.append(x.clone()) or real(x, a, g))
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
-    report = run(RunConfig.from_settings(data=str(tmp_path / "data"), augment="crop=2,flip", teachers=["cnn"], teacher_epochs=2,
-                           student="cnn-small", epochs=2, latency_runs=3, out=str(tmp_path / "dist")), quiet=True)
+    report = run(RunConfig.from_settings(data=str(tmp_path / "data"), augment="crop=2,flip", student_augment="teachers",
+                                         teachers=["cnn"], teacher_epochs=2, student="cnn-small", epochs=2, latency_runs=3,
+                                         out=str(tmp_path / "dist")), quiet=True)
     ds = load_data(str(tmp_path / "data"))
     assert len(seen) >= 4, "teachers and student were augmented"
     train_rows = {r.tobytes() for r in ds.x_train}
@@ -124,7 +125,51 @@ def test_augmentation_never_sees_the_test_split(tmp_path, monkeypatch):
     assert len(originals) == sum(len(b) for b in seen)
     assert not any(r.numpy().tobytes() in test_rows for r in originals)
     assert report["run"]["augment"] == "random crop after padding 2px, horizontal flip"
+    assert report["run"]["student_augment"] == report["run"]["augment"]
     assert report["run"]["data"]["test"] == len(ds.x_test) and len(train_rows) > 0
+
+
+def test_the_student_trains_on_the_images_its_soft_targets_came_from(tmp_path, monkeypatch):
+    """``--student-augment auto`` (the default): the teachers train on cropped images, the student on the
+    images the soft targets were computed on (no augmentation); the report says both."""
+    import compress.pipeline as pipeline
+    from compress.distill.train import Augment
+
+    images, labels = _colour_digits(300)
+    _write_folder(tmp_path / "data", images, labels, [(16, 16)])
+    student_fits = []
+    real_fit = pipeline.fit
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: student_fits.append(k["augment"]) or real_fit(*a, **k))
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    report = pipeline.run(pipeline.RunConfig.from_settings(
+        data=str(tmp_path / "data"), teachers=["cnn"], teacher_epochs=2, student="cnn-small", epochs=2, latency_runs=3,
+        out=str(tmp_path / "dist")), quiet=True)
+    assert student_fits == [Augment()]
+    assert report["run"]["augment"] == "random crop after padding 1px" and report["run"]["student_augment"] == "none"
+
+
+def test_student_augment_choices(tmp_path):
+    """auto: none for images, the teachers' for audio; ``teachers``; an explicit spec; a bad one is one line."""
+    from dataclasses import replace
+
+    from compress.distill.train import Augment
+    from compress.pipeline import RunConfig, augmentation, student_augmentation
+
+    images, labels = _colour_digits(60)
+    _write_folder(tmp_path / "data", images, labels, [(20, 20)])
+    images_ds = load_data(str(tmp_path / "data"), test_fraction=0.25)
+    audio_ds = replace(images_ds, x_train=np.zeros((4, 800), np.float32), input_kind="audio",
+                       normalization={"sample_rate": 8000})
+    default = RunConfig.from_settings()
+    assert augmentation(default, images_ds) == Augment(crop=2)
+    assert student_augmentation(default, images_ds) == Augment()
+    assert student_augmentation(default.with_settings(student_augment="teachers"), images_ds) == Augment(crop=2)
+    assert student_augmentation(default.with_settings(student_augment="crop=3,flip"), images_ds) == Augment(3, True)
+    noisy = default.with_settings(augment="shift=50,noise=5:20")
+    assert student_augmentation(noisy, audio_ds) == augmentation(noisy, audio_ds)
+    assert student_augmentation(noisy, audio_ds).shift_ms == 50 and student_augmentation(noisy, audio_ds).sample_rate == 8000
+    with pytest.raises(InputError, match="--student-augment 'rotate'"):
+        default.with_settings(student_augment="rotate").validate()
 
 
 def test_validation_split_is_stratified_and_held_out():

@@ -140,6 +140,7 @@ def distill_and_export(
     limit_test: Optional[int] = run_option("limit_test"),
     jitter: Optional[int] = run_option("jitter"),
     augment: Optional[str] = run_option("augment"),
+    student_augment: Optional[str] = run_option("student_augment"),
     image_size: Optional[str] = run_option("image_size"),
     model_input: Optional[str] = typer.Option(None, help="raw (default): 8-bit images go into the exported model as is (uint8; a Core ML image) and it normalizes in its first op; normalized: float32 input the app normalizes."),
     teacher_patience: Optional[int] = run_option("teacher_patience"),
