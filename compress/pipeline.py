@@ -53,7 +53,7 @@ from compress.stages.streaming import (KeywordTask, is_keyword_task, keyword_aug
                                        measure_streaming, streaming_measured)
 from compress.teachers import Teacher, contract_warnings, load_teachers
 from compress.teachers.soft_targets import soft_targets
-from compress.teachers.training import cached_weights_path, default_patience, TeacherRecipe
+from compress.teachers.training import cached_weights_path, default_patience, recipe_for
 
 __all__ = ["RunConfig", "check_name", "run", "versions"]
 STATEFUL_TOP1 = 0.99  # a stateful file's float16 states may flip a near-tie hop, not more  # RunConfig lives in compress.config; re-exported
@@ -233,7 +233,7 @@ def teacher_recipe(cfg: RunConfig, data: Dataset):
     if cfg.teachers.jitter:
         augment = replace(augment, crop=cfg.teachers.jitter)
     patience = cfg.teachers.patience or default_patience(cfg.teachers.epochs)
-    recipe = TeacherRecipe(epochs=cfg.teachers.epochs, patience=patience, augment=augment)
+    recipe = recipe_for(data, epochs=cfg.teachers.epochs, patience=patience, augment=augment)
     device_type = pick_device(cfg.distill.train_device).type
     bf16 = tuple(t for t in cfg.teachers.members or [] if models.is_known(t) and training_precision(
         t, data, recipe.batch_size, device_type, cfg.distill.train_precision, augment)[0] == "bf16")

@@ -393,18 +393,20 @@ def _optional_sections(report: dict) -> str:
     return "".join(out)
 
 
-def _curves_svg(curves: list[tuple[str, dict]], prefix: str) -> str:
-    """Validation accuracy per epoch of every built-in member, its best epoch ringed."""
+def _curves_svg(curves: list[tuple[str, dict]], prefix: str, key: str = "val_accuracy",
+                label: str = "validation accuracy") -> str:
+    """``key`` (validation accuracy, or training loss where no member held out a validation split) per epoch
+    of every built-in member, the epoch kept ringed."""
     fig = figure(5.6, 3.2)
     ax = fig.add_subplot()
     for name, curve in curves:
-        acc = curve["val_accuracy"]
-        epochs = list(range(1, len(acc) + 1))
-        (line,) = ax.plot(epochs, acc, marker="o", ms=3, lw=1.4, label=mpl_text(name))
-        best = curve["best_epoch"]
-        ax.plot([best], [acc[best - 1]], marker="o", ms=9, mfc="none", mec=line.get_color(), ls="none")
+        values = curve[key]
+        epochs = list(range(1, len(values) + 1))
+        (line,) = ax.plot(epochs, values, marker="o", ms=3, lw=1.4, label=mpl_text(name))
+        best = min(max(1, curve["best_epoch"]), len(values))
+        ax.plot([best], [values[best - 1]], marker="o", ms=9, mfc="none", mec=line.get_color(), ls="none")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(label)
     ax.grid(True, alpha=0.35)
     ax.legend(fontsize=8, frameon=False)
     return svg(fig, prefix)
@@ -425,7 +427,9 @@ def _training(report: dict) -> str:
 
     rows = "".join(row(name, c) for name, c in members)
     plotted = [(n, c) for n, c in members if c["val_accuracy"]]
-    plot = f'<div class="plot">{_curves_svg(plotted, "curves")}</div>' if plotted else ""
+    losses = [(n, c) for n, c in members if c.get("train_loss")]  # small sets hold out no validation split
+    plot = (f'<div class="plot">{_curves_svg(plotted, "curves")}</div>' if plotted else
+            f'<div class="plot">{_curves_svg(losses, "curves", "train_loss", "training loss")}</div>' if losses else "")
     return ('<h2>Teacher training</h2><div class="card"><table><tr><th>member</th><th>epochs run / most</th>'
             f"<th>epoch kept</th><th>best validation accuracy</th><th>validation samples</th><th>training time</th>"
             f"<th>stopped</th></tr>"
