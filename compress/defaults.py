@@ -23,7 +23,7 @@ import math
 from compress.config import RunConfig
 from compress.estimate import calibrated_epoch_seconds, training_precision
 from compress.models import DEFAULT_STUDENT, DEFAULT_TEACHERS, is_known
-from compress.teachers.training import VALIDATION_MIN_PER_CLASS, holds_out_validation
+from compress.teachers.training import SMALL_SET, holds_out_validation
 
 SMALL_WORK = 2_000_000  # samples x values per sample at or below which the digits' settings are used
 BUDGET_S = {"cpu": {"teachers": 140.0, "student": 80.0}, "cuda": {"teachers": 600.0, "student": 300.0}}
@@ -105,9 +105,9 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augme
 
 def _stopping(data) -> str:
     """Whether the members' epochs are a cap or what they run (``compress.teachers.training.holds_out_validation``)."""
-    if data.y_train is None or holds_out_validation(data.y_train):
+    if holds_out_validation(data.y_train):
         return "early stopping may end teachers sooner"
-    return f"under {VALIDATION_MIN_PER_CLASS:,} training rows a class: members train on every row for all their epochs"
+    return f"{SMALL_SET}: members train on every row for all their epochs"
 
 
 def _calibrated_epoch(cfg: RunConfig, name: str, data, batch: int, device_type: str, augment, student: bool) -> float:

@@ -80,7 +80,7 @@ def recipe_for(data, **settings) -> TeacherRecipe:
     """The built-in members' recipe for ``data``: ``RECIPE_BY_KIND`` for its input kind over the general one,
     no validation split where it has too few rows a class (``holds_out_validation``), and ``settings``
     (epochs, patience, augmentation, ...) on top. The pipeline and ``train_builtin`` both start here."""
-    split = {} if data.y_train is None or holds_out_validation(data.y_train) else {"val_fraction": 0.0}
+    split = {} if holds_out_validation(data.y_train) else {"val_fraction": 0.0}
     return TeacherRecipe(**{**RECIPE_BY_KIND.get(data.input_kind, {}), **split, **settings})
 
 
@@ -105,12 +105,15 @@ def validation_split(y: np.ndarray, fraction: float, seed: int, cap: int = 5000)
 # them; its 27 validation rows a class had also picked epoch 43 of 55 (85.67%) under the general recipe. Early
 # stopping pays on large sets, where a tenth of the rows is a small loss and a precise measurement.
 VALIDATION_MIN_PER_CLASS = 1000
+SMALL_SET = f"under {VALIDATION_MIN_PER_CLASS:,} training rows a class"  # why a member held nothing out
+NO_STRATIFIED_SPLIT = "a class has under 2 samples"  # why ``validation_split`` returned no rows
 
 
-def holds_out_validation(y: np.ndarray) -> bool:
+def holds_out_validation(y: np.ndarray | None) -> bool:
     """Whether built-in members on labels ``y`` hold out a validation split and stop early on it
-    (``VALIDATION_MIN_PER_CLASS``), or train on every row for their planned epochs."""
-    return len(y) >= VALIDATION_MIN_PER_CLASS * max(1, len(np.unique(y)))
+    (``VALIDATION_MIN_PER_CLASS``), or train on every row for their planned epochs. ``None`` (an unlabelled
+    transfer set, which built-in members refuse) counts as holding out: nothing is decided for it here."""
+    return y is None or len(y) >= VALIDATION_MIN_PER_CLASS * max(1, len(np.unique(y)))
 
 
 def default_patience(epochs: int) -> int:
@@ -125,7 +128,7 @@ class EarlyStopping:
     ``restore()`` puts the best weights back."""
 
     def __init__(self, module: nn.Module, x_val: np.ndarray, y_val: np.ndarray, patience: int, on_epoch=None,
-                 min_epochs: int = 0, no_validation_reason: str = "a class has under 2 samples"):
+                 min_epochs: int = 0, no_validation_reason: str = NO_STRATIFIED_SPLIT):
         self.module, self.x_val, self.y_val, self.patience = module, x_val, y_val, patience
         self.no_validation_reason = no_validation_reason  # said in the curve when there are no validation rows
         self.min_epochs = min_epochs
@@ -194,8 +197,7 @@ def train_on_labels(module: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     specialists (``compress.specialists``) train this one way."""
     y = torch.as_tensor(y_train)
     started = time.perf_counter()
-    why = ("a class has under 2 samples" if recipe.val_fraction else
-           f"under {VALIDATION_MIN_PER_CLASS:,} training rows a class, so every row trains")
+    why = NO_STRATIFIED_SPLIT if recipe.val_fraction else f"{SMALL_SET}, so every row trains"
     stopper = EarlyStopping(module, x_val, y_val, recipe.patience, on_epoch, min_epochs=recipe.epochs // 2,
                             no_validation_reason=why)
 
