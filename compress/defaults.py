@@ -10,7 +10,10 @@ and chosen here, after the data is loaded, from
 * its size: up to ``SMALL_WORK`` (samples x values per sample) the digits' settings; above it, epoch budgets
   that fit a time budget on the training device, measured by timing real training steps of each model on
   this machine (``compress.estimate``), once per machine and model — a few seconds spent to avoid guessing;
-* the device: CUDA, when present, gets larger budgets.
+* the device: CUDA, when present, gets larger budgets;
+* how many members the teachers' budget holds: each default member should see at least
+  ``MEMBER_MIN_SAMPLES`` training samples, and where the budget does not hold them all, the last members of the
+  list (ordered strongest first) are left out rather than every member trained too briefly.
 
 Anything the user set (CLI flag or recipe key) is kept. What was picked, and why, is one line on the
 console and the ``defaults`` entry of the report.
@@ -32,11 +35,15 @@ BUDGET_SCALE = {("image", "large-colour"): 2.0}
 # the teachers' cap lets members on small sets use their time: one ``vgg`` member on 2,700 colour spectrograms
 # (image recipe, same seed) reached 91.00% after 60 epochs and 94.67% after 100; at 60 the members used 185 of 280 s
 EPOCH_LIMITS = {"teachers": (2, 150), "student": (3, 100)}
+# training samples (epochs x rows) a default member should see: one `vgg` member on 2,700 colour spectrograms
+# scored 86-90% after 32 epochs (86k samples) and 94.33% after 60 (162k), and the default pair at 32 epochs
+# each made a 92.00% ensemble; MNIST members reach 98.8-99.2% in 2 epochs (120k)
+MEMBER_MIN_SAMPLES = 120_000
 
 SMALL = {"teacher_epochs": 10, "epochs": 100}
 SETS = {  # (kind, size) -> teachers, student
     ("image", "small"): (list(DEFAULT_TEACHERS), DEFAULT_STUDENT),  # the digits' settings
-    ("image", "large-gray"): (["cnn", "resnet", "mlp-1200"], "mlp-800"),
+    ("image", "large-gray"): (["resnet", "cnn", "mlp-1200"], "mlp-800"),  # strongest first: resnet 99.1-99.3% on MNIST, cnn 98.5-98.9%
     ("image", "large-colour"): (["vgg", "vgg"], "vgg:0.5"),  # two seeds; resnet/cnn stayed near chance on spectrograms
     ("audio", "small"): (["speech-cnn", "speech-resnet", "speech-wide-cnn"], "ds-cnn"),
     ("audio", "large"): (["speech-cnn", "speech-resnet"], "ds-cnn"),
@@ -81,26 +88,55 @@ def choose(cfg: RunConfig, data, device_type: str, seconds_per_epoch=None, augme
         picked["teachers"] = list(teachers)
     if cfg.student.arch is None:
         picked["student"] = student
+    scale = BUDGET_SCALE.get((kind, size), 1.0)
+    held = None
     if cfg.teachers.epochs is None or cfg.distill.epochs is None:
-        chosen = cfg.with_settings(**{k: picked[k] for k in ("teachers", "student") if k in picked})
         if size == "small":
             budget = dict(SMALL)
         else:
             measured = seconds_per_epoch or (lambda name, data_, batch, device, student: _calibrated_epoch(
                 cfg, name, data_, batch, device, student_augment if student else augment, student))
-            budget = _epoch_budgets(chosen, data, device_type, measured, BUDGET_SCALE.get((kind, size), 1.0))
+            if "teachers" in picked and cfg.teachers.epochs is None:
+                held = _members_the_budget_holds(picked["teachers"], data, device_type, measured,
+                                                 scale * BUDGET_S[_dev(device_type)]["teachers"])
+                picked["teachers"] = held[0]
+            chosen = cfg.with_settings(**{k: picked[k] for k in ("teachers", "student") if k in picked})
+            budget = _epoch_budgets(chosen, data, device_type, measured, scale)
         if cfg.teachers.epochs is None:
             picked["teacher_epochs"] = budget["teacher_epochs"]
         if cfg.distill.epochs is None:
             picked["epochs"] = budget["epochs"]
     cfg = cfg.with_settings(**picked)
     if picked:
-        scale, budgets = BUDGET_SCALE.get((kind, size), 1.0), BUDGET_S[_dev(device_type)]
+        budgets = BUDGET_S[_dev(device_type)]
         picked["why"] = (f"{kind} data, {len(data.x_train):,} training samples of {'x'.join(map(str, data.input_shape))}"
                          + ("" if size == "small" else f": epoch budgets fit about {scale * budgets['teachers']:.0f} s "
                             f"of teacher and {scale * budgets['student']:.0f} s of student training on "
-                            f"{device_type} ({_stopping(data)})"))
+                            f"{device_type} ({_stopping(data)}{_members_left_out(teachers, held)})"))
     return cfg, picked
+
+
+def _members_the_budget_holds(members: list[str], data, device_type: str, seconds_per_epoch,
+                              budget_s: float) -> tuple[list[str], int]:
+    """(the first of ``members`` that each see ``MEMBER_MIN_SAMPLES`` training samples within ``budget_s``,
+    at least one; that minimum in epochs). Why: on a 2-core machine without bf16 the three MNIST members at
+    their 2-epoch floor overran a 140 s budget by a quarter, and two `vgg` members on 2,700 spectrograms got
+    32 epochs each where one member trained 60 epochs scores 2-8 points more: fewer members trained enough
+    beat more members trained too briefly. The list is ordered strongest first, so the last are left out."""
+    floor = max(EPOCH_LIMITS["teachers"][0], math.ceil(MEMBER_MIN_SAMPLES / max(1, len(data.x_train))))
+    kept = list(members)
+    while len(kept) > 1 and floor * sum(seconds_per_epoch(m, data, 64, device_type, False) for m in kept) > budget_s:
+        kept.pop()
+    return kept, floor
+
+
+def _members_left_out(members: list[str], held) -> str:
+    """The why-line's account of members the budget did not hold (empty when it held them all)."""
+    if held is None or len(held[0]) == len(members):
+        return ""
+    return (f"; the budget holds {len(held[0])} of the {len(members)} default members at {held[1]}+ epochs "
+            f"({MEMBER_MIN_SAMPLES:,}+ training samples each), so {', '.join(members[len(held[0]):])} "
+            f"{'is' if len(members) - len(held[0]) == 1 else 'are'} left out")
 
 
 def _stopping(data) -> str:

@@ -130,7 +130,7 @@ def variant_name(target: str, options: dict) -> str:
 
 def tolerance_for(target: str, variant: str) -> dict:
     """Parity bounds of ``variant`` on ``target``, as the target states them (with the reasons) in its folder
-    (each target's fp32 entry is ``core.metrics.FP32_PARITY_TOLERANCE``, the one absolute fp32 bound)."""
+    (each target's fp32 entry is ``core.metrics.FP32_PARITY_TOLERANCE``, the one fp32 bound, relative to the logits' size)."""
     return TARGETS[target].tolerance(variant)
 
 

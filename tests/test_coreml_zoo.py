@@ -115,7 +115,7 @@ def run_cell(arch: str, precision: str, target: str, compression: str, tmp_path:
     want = torch_outputs(module, x)[0]
     measured = {"variant": variant, "max_rel": rel_error(got, want),
                 "top1": float(np.mean(got.argmax(1) == want.argmax(1))), "bound": MAX_REL[variant], "vs_dense": None,
-                "top1_bound": TOLERANCES[variant].get("top1")}  # fp32: bounded by max_abs alone
+                "top1_bound": TOLERANCES[variant].get("top1")}  # fp32: bounded by max_rel alone
     RESULTS[(arch, precision, target, compression)] = measured
     if compression != "none":
         assert any(t.startswith("constexpr_") for t in program.op_types), \

@@ -195,7 +195,7 @@ def test_reference_parity_breach_exits_1_and_identical_file_passes(folder, tmp_p
                     "1e-4", "--json", "--latency-runs", "3", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("check failed:")]
-    assert len(failed) == 1 and "output parity vs reference model.onnx" in failed[0] and "bound 1e-04" in failed[0]
+    assert len(failed) == 1 and "output parity vs reference model.onnx" in failed[0] and "(bound 1e-04)" in failed[0]
     report = json.loads(proc.stdout)
     data_x = __import__("compress.data", fromlist=["load_data"]).load_data("digits").x_test
     expected = np.abs(ort_logits(scaled, data_x).astype(np.float64) - ort_logits(original, data_x)).max()
@@ -219,7 +219,7 @@ def test_reference_parity_breach_exits_1_and_identical_file_passes(folder, tmp_p
     report = json.loads(proc.stdout)
     par = report["rows"][-1]["parity"]
     assert par["max_abs_diff"] == 0.0 and par["top1_agreement"] == 1.0 and par["passed"] is True
-    assert report["reference"]["relation"] == "identical file" and report["reference"]["bound"] == {"max_abs": 1e-4}
+    assert report["reference"]["relation"] == "identical file" and report["reference"]["bound"] == {"max_rel": 1e-4}
     assert any(c["name"].startswith("output parity vs reference model.onnx") and c["passed"] for c in report["checks"])
     proc = compress("validate", str(original), "--data", "digits", "--reference", str(original), "--max-logit-diff",
                     "1e-4", "--latency-runs", "3", cwd=tmp_path)

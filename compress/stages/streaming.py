@@ -531,7 +531,7 @@ def _parity_bound(backend, scheme: str, parity: dict) -> dict:
     file by its top-1 agreement with the float student, at the variant's stated minimum (its logit bounds do
     not apply to probabilities)."""
     if scheme == "none":
-        bound = backend.tolerance("fp32")["max_abs"]
+        bound = backend.tolerance("fp32")["max_rel"]  # probabilities: max(1, max |p|) = 1, so relative = absolute
         ok = parity["max_abs_diff"] is not None and parity["max_abs_diff"] <= bound
         return {"tolerance": bound, "bounds": "max abs difference of probs", "passed": bool(ok)}
     minimum = _top1_minimum(backend, scheme)

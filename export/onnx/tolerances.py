@@ -8,9 +8,10 @@ from compress.core.metrics import FP32_PARITY_TOLERANCE
 # top1 is the minimum top-1 agreement with torch. Observed on the digits mlp-small / cnn-small students
 # (logits of magnitude 10-40) in tests/test_onnx_quant.py and bench/quant.py.
 TOLERANCES: dict[str, dict] = {
-    "fp32": {  # the one absolute bound every target holds an fp32 artifact to
-        "max_abs": FP32_PARITY_TOLERANCE,
-        "reason": "same float math in ONNX Runtime's MLAS kernels; only op order differs (observed <= 6e-6)",
+    "fp32": {  # the one bound every target holds an fp32 artifact to, relative to the logits' size
+        "max_rel": FP32_PARITY_TOLERANCE,
+        "reason": "same float math in ONNX Runtime's MLAS kernels; only op order differs (observed <= 6e-6 on "
+        "the digits; 1.5e-4 with logits up to 4.9, relative 3.1e-5, on a vgg:0.5 with per-image standardization)",
     },
     "fp16": {
         "max_abs": 0.1,
