@@ -81,6 +81,9 @@ def test_table_output_names_every_row(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for text in ("teacher ensemble", "member mlp-small", "member cnn-small", "student (onnx fp32)", "p50 ms", "PASS onnx fp32 parity"):
         assert text in proc.stdout
+    members = [line for line in proc.stdout.splitlines() if line.startswith("PASS member")]
+    assert len(members) == 2 and all("= 0.0001 x max(1, max |logit|" in line for line in members), \
+        "members' fp32 exports are held to the same relative bound as the student's"
 
 
 @pytest.mark.parametrize("args, message", [

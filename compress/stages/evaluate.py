@@ -114,7 +114,8 @@ def member_rows(export: ExportSection, device: DeviceSection, data, members: lis
             targets.append(runs_in)
             own = m.own_input(x)
             logits = metrics.batched(runner.predict, own)
-            par = None if m.artifact is not None and m.module is None else metrics.parity(torch_logits, logits)
+            par = None if m.artifact is not None and m.module is None else metrics.parity(
+                torch_logits, logits, tolerance_for(runs_in, "fp32"))  # members export in fp32
             rows.append(row(f"member {m.name}", "member", runner.engine, logits, data.y_test, teacher_pred,
                             m.params, macs, path_size(path), metrics.measure_latency(runner.predict, own, runs=runs),
                             threads, par))
