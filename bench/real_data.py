@@ -205,6 +205,7 @@ def summarize(name: str, result: dict) -> dict:
     }
     goals = GOALS.get(name, {})
     summary["goals"] = {
+        "every check passed (exit 0)": summary["exit_code"] == 0,  # exit 1: a failed check or breached budget
         **({"wall_s <= %g" % goals["wall_s"]: summary["wall_s"] <= goals["wall_s"]} if "wall_s" in goals else {}),
         **({"ensemble >= %g%%" % goals["ensemble"]: summary["ensemble_accuracy"] >= goals["ensemble"]} if "ensemble" in goals else {}),
         **({"student >= %g%%" % goals["student"]: summary["student_accuracy"] >= goals["student"]} if "student" in goals else {}),
