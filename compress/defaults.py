@@ -124,8 +124,9 @@ def _members_the_budget_holds(members: list[str], data, device_type: str, second
     32 epochs each where one member trained 60 epochs scores 2-8 points more: fewer members trained enough
     beat more members trained too briefly. The list is ordered strongest first, so the last are left out."""
     floor = max(EPOCH_LIMITS["teachers"][0], math.ceil(MEMBER_MIN_SAMPLES / max(1, len(data.x_train))))
+    seconds = {m: seconds_per_epoch(m, data, 64, device_type, False) for m in dict.fromkeys(members)}  # once each
     kept = list(members)
-    while len(kept) > 1 and floor * sum(seconds_per_epoch(m, data, 64, device_type, False) for m in kept) > budget_s:
+    while len(kept) > 1 and floor * sum(seconds[m] for m in kept) > budget_s:
         kept.pop()
     return kept, floor
 

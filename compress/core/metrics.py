@@ -64,11 +64,12 @@ def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float | dict
                 "detail": f"{bad} non-finite (NaN or infinite) output value(s): nothing to compare"}
     ref = reference.astype(np.float64)
     diff = np.abs(ref - candidate.astype(np.float64))
+    largest = float(np.abs(ref).max())
     measured = {
         "max_abs_diff": float(diff.max()),
         "p99_abs_diff": float(np.percentile(diff, 99)),
-        "max_rel_diff": float(diff.max() / max(1.0, float(np.abs(ref).max()))),
-        "max_abs_reference": float(np.abs(ref).max()),
+        "max_rel_diff": float(diff.max() / max(1.0, largest)),
+        "max_abs_reference": largest,
         "top1_agreement": agreement(candidate, np.argmax(reference, axis=1)),
     }
     bounds = {"max_abs": "max_abs_diff", "p99_abs": "p99_abs_diff", "max_rel": "max_rel_diff"}
